@@ -1,0 +1,1 @@
+"""Alembic revisions of the mirror schema, installed as ``mirror.migrations``."""

@@ -1,0 +1,422 @@
+"""The fal Platform API client: one ``httpx.Client`` passed in, retries, and strict pages.
+
+``FalClient.list_requests`` returns a validated ``Page`` of row tuples ready for the store,
+or raises one of ``mirror.errors``:
+
+- 429, 5xx, connection errors, timeouts, truncated or non-JSON bodies are retried with
+  exponential backoff and full jitter (``Retry-After`` honoured when present), then
+  ``ApiUnavailable``;
+- 400/401/403/404 and other 4xx fail at once (``ApiError`` / ``AuthError``) with the API's
+  ``error.message``, or a short description of a non-JSON (e.g. proxy HTML) body;
+- a body over the size cap, nesting beyond the JSON depth limit, wrong types, a missing
+  ``request_id`` or ``has_more`` without a cursor raise ``BadDataError`` at once: the page
+  is never handed to the store;
+- every attempt has a total deadline, so a body trickling in a byte at a time cannot hold
+  a sync forever (httpx's own timeouts are per read).
+
+The key is sent in the ``Authorization`` header of each request and kept nowhere else; it
+never appears in a message, a log line or an exception. Redirects are never followed, so
+the key cannot be carried to another host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from mirror import __version__
+from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror.pacing import Pacer
+from mirror.store import derive_status
+from mirror.timeparse import normalize
+
+log = logging.getLogger("mirror.api")
+
+DEFAULT_BASE_URL = "https://api.fal.ai/v1"
+LIST_PATH = "/serverless/requests/by-endpoint"
+ANALYTICS_PATH = "/serverless/analytics"
+PAGE_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    base: float = 0.5  # seconds; the n-th retry waits up to base * 2**n (full jitter)
+    cap: float = 30.0
+    max_retry_after: float = 300.0
+    deadline: float = 120.0  # total seconds for one attempt, body included
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_body: int = 64 * 1024 * 1024
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap, self.base * (2**retry)))
+
+
+def check_base_url(url: str) -> str:
+    """https anywhere; plain http only to a loopback address (the simulated API)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"base URL {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"base URL {url!r} uses plain http to a non-loopback host; the key would travel "
+            "unencrypted. Use https (plain http is allowed only for 127.0.0.1/localhost)"
+        )
+    if parts.username or parts.password:
+        raise ConfigError("base URL must not contain credentials")
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_http_client() -> httpx.Client:
+    """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive."""
+    return httpx.Client(
+        verify=True,
+        follow_redirects=False,
+        headers={"User-Agent": f"fal-mirror/{__version__}"},
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        trust_env=False,
+    )
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[tuple[Any, ...]]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+
+def _dump_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # orjson refuses nesting beyond 254 levels; the stdlib copes with a little more
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (RecursionError, ValueError) as e:
+            raise BadDataError(f"a payload cannot be stored: {e}") from None
+
+
+def _ts(item: Mapping[str, Any], name: str, required: bool) -> str | None:
+    v = item.get(name)
+    if v is None:
+        if required:
+            raise BadDataError(f"item {item.get('request_id')!r} has no {name}")
+        return None
+    if not isinstance(v, str):
+        raise BadDataError(
+            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a timestamp"
+        )
+    try:
+        return normalize(v)
+    except ValueError:
+        raise BadDataError(
+            f"item {item.get('request_id')!r}: {name} {v[:40]!r} is not a timestamp"
+        ) from None
+
+
+def _number(item: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    v = item.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise BadDataError(
+            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a number"
+        )
+    if isinstance(v, float) and not math.isfinite(v):
+        raise BadDataError(f"item {item.get('request_id')!r}: {name} is not finite")
+    return v
+
+
+def _text(item: Mapping[str, Any], name: str, required: bool) -> str | None:
+    v = item.get(name)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v or len(v) > 512:
+        raise BadDataError(f"item {item.get('request_id')!r}: {name} is missing or not a string")
+    return v
+
+
+def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
+    """One API item -> a tuple in ``store.API_FIELDS`` order plus the derived status."""
+    if not isinstance(item, dict):
+        raise BadDataError(f"an item is {type(item).__name__}, not an object")
+    ended_at = _ts(item, "ended_at", False)
+    status_code = _number(item, "status_code", int)
+    return (
+        _text(item, "request_id", True),
+        _text(item, "endpoint_id", True),
+        _text(item, "runner_id", False),
+        _ts(item, "sent_at", True),
+        _ts(item, "started_at", False),
+        ended_at,
+        status_code,
+        _number(item, "duration", (int, float)),
+        _number(item, "billable_units", (int, float)) if billing else None,
+        _dump_json(item.get("json_input")) if payloads else None,
+        _dump_json(item.get("json_output")) if payloads else None,
+        derive_status(ended_at, status_code),
+    )
+
+
+def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
+    if not isinstance(data, dict):
+        raise BadDataError(f"the page is {type(data).__name__}, not a JSON object")
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise BadDataError("the page has no items list")
+    if len(items) > PAGE_LIMIT:
+        raise BadDataError(f"the page has {len(items)} items, more than the {PAGE_LIMIT} asked for")
+    has_more = data.get("has_more")
+    cursor = data.get("next_cursor")
+    if not isinstance(has_more, bool):
+        raise BadDataError("the page's has_more is not a boolean")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
+        raise BadDataError("the page's next_cursor is not a string")
+    if has_more and cursor is None:
+        raise BadDataError("the page says has_more but gives no next_cursor")
+    rows = [item_to_row(it, payloads=payloads, billing=billing) for it in items]
+    # A cursor with has_more=false is followed anyway: stopping early could lose rows.
+    return Page(rows=rows, next_cursor=cursor)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+@dataclass
+class CallStats:
+    attempts: int = 0
+    pages: int = 0
+    retries: int = 0
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, wait: float | None = None, throttled: bool = False) -> None:
+        self.reason = reason
+        self.wait = wait
+        self.throttled = throttled
+
+
+class FalClient:
+    def __init__(
+        self,
+        http: httpx.Client,
+        key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        retry: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        self._http = http
+        self._auth = f"Key {key}"
+        self.base_url = check_base_url(base_url)
+        self.retry = retry or RetryPolicy()
+        self.pacer = pacer or Pacer(1)
+        #: how the client waits between attempts; the sync engine swaps in an interruptible wait
+        self.sleep = sleep
+        self._rng = random.Random(seed)
+        self._stats_lock = threading.Lock()
+        self.stats = CallStats()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"FalClient(base_url={self.base_url!r})"
+
+    def list_requests(
+        self,
+        endpoint_ids: Sequence[str],
+        *,
+        start: str,
+        end: str,
+        cursor: str | None = None,
+        payloads: bool = True,
+        billing: bool = True,
+        request_id: str | None = None,
+        limit: int = PAGE_LIMIT,
+    ) -> Page:
+        params: list[tuple[str, str]] = [("endpoint_id", e) for e in endpoint_ids]
+        params += [("start", start), ("end", end), ("limit", str(limit))]
+        if payloads:
+            params.append(("expand", "payloads"))
+        if billing:
+            params.append(("expand", "billing"))
+        if request_id:
+            params.append(("request_id", request_id))
+        if cursor:
+            params.append(("cursor", cursor))
+        data = self.get_json(LIST_PATH, params)
+        page = parse_page(data, payloads=payloads, billing=billing)
+        with self._stats_lock:
+            self.stats.pages += 1
+        return page
+
+    def analytics(self, endpoint_ids: Sequence[str], params: Sequence[tuple[str, str]]) -> Any:
+        return self.get_json(ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params])
+
+    def get_json(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
+        url = self.base_url + path
+        shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
+        policy = self.retry
+        last = "no attempt"
+        for attempt in range(policy.attempts):
+            self.pacer.acquire()
+            t0 = time.monotonic()
+            outcome, pause = "error", 0.0
+            try:
+                data = self._attempt(url, params, shown)
+                outcome = "ok"
+                log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
+                return data
+            except _Retry as r:
+                last = r.reason
+                wait = r.wait if r.wait is not None else policy.backoff(attempt, self._rng)
+                if r.throttled:
+                    outcome, pause = "throttled", wait
+                log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, attempt + 1, wait)
+            finally:
+                self.pacer.release(outcome, latency=time.monotonic() - t0, pause=pause)
+            if attempt + 1 < policy.attempts:
+                with self._stats_lock:
+                    self.stats.retries += 1
+                self.sleep(wait)
+        raise ApiUnavailable(
+            f"the API did not answer {path} after {policy.attempts} attempts (last: {last}); "
+            "mirror will pick up where it stopped on the next run"
+        )
+
+    def _attempt(self, url: str, params: Sequence[tuple[str, str]], shown: str) -> Any:
+        policy = self.retry
+        with self._stats_lock:
+            self.stats.attempts += 1
+        deadline = time.monotonic() + policy.deadline
+        timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+        try:
+            with self._http.stream(
+                "GET", url, params=params, headers={"Authorization": self._auth}, timeout=timeout
+            ) as resp:
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > policy.max_body:
+                    raise BadDataError(
+                        f"the API sent a {int(declared)}-byte page, over the {policy.max_body}-byte cap"
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > policy.max_body:
+                        raise BadDataError(
+                            f"the API sent a page over the {policy.max_body}-byte cap"
+                        )
+                    if time.monotonic() > deadline:
+                        raise _Retry(f"answer still incomplete after {policy.deadline:.0f}s")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+                status = resp.status_code
+                headers = resp.headers
+        except httpx.TimeoutException as e:
+            raise _Retry(f"timeout ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
+
+        if status == 200:
+            try:
+                return orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                if "depth" in str(e) or "recursion" in str(e):
+                    raise BadDataError(
+                        f"the API's page nests deeper than JSON allows: {e}"
+                    ) from None
+                raise _Retry(
+                    f"200 with a body that is not JSON ({_describe_body(body, headers)})"
+                ) from None
+        if status == 429:
+            return self._raise_throttled(headers)
+        if status >= 500:
+            raise _Retry(f"HTTP {status} ({_describe_body(body, headers)})")
+        if 300 <= status < 400:
+            where = urlsplit(headers.get("location", "")).netloc or "elsewhere"
+            raise ApiError(status, None, f"the API redirected to {where}; not followed", _path(url))
+        etype, message = _error_fields(body, headers)
+        cls = AuthError if status in (401, 403) else ApiError
+        raise cls(status, etype, message, _path(url))
+
+    def _raise_throttled(self, headers: httpx.Headers) -> Any:
+        ra = _retry_after(headers.get("retry-after"))
+        if ra is not None:
+            ra = min(ra, self.retry.max_retry_after)
+        raise _Retry(
+            f"429 rate limited{f' (Retry-After {ra:.0f}s)' if ra is not None else ''}",
+            wait=ra,
+            throttled=True,
+        )
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    v = value.strip()
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe_body(body: bytes, headers: httpx.Headers) -> str:
+    ctype = headers.get("content-type", "no content-type").split(";")[0]
+    return f"{len(body)} bytes of {ctype}"
+
+
+def _error_fields(body: bytes, headers: httpx.Headers) -> tuple[str | None, str]:
+    """fal's ``{"error": {"type", "message"}}``, or a description of whatever came instead."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        etype = err.get("type") if isinstance(err.get("type"), str) else None
+        msg = err.get("message") if isinstance(err.get("message"), str) else "no message"
+        return etype, " ".join(msg.split())[:300]
+    if isinstance(data, dict) and isinstance(data.get("detail"), str):
+        return None, data["detail"][:300]
+    return None, f"non-JSON error body ({_describe_body(body, headers)})"

@@ -1,0 +1,362 @@
+"""The `mirror` command. Click only: parse, open, call one library function, print.
+
+Exit codes: 0 success, 1 failure (API, key rejected, bad data, storage), 2 usage or
+configuration error, 75 another sync holds the database (EX_TEMPFAIL: try later), 130
+interrupted. Every known failure is one line on stderr; ``MIRROR_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from mirror import __version__
+from mirror.errors import ConfigError, MirrorError
+from mirror.timeparse import parse_duration, parse_when, utcnow
+
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+
+
+def _debug() -> bool:
+    return os.environ.get("MIRROR_DEBUG", "") not in ("", "0")
+
+
+def fail(err: MirrorError) -> NoReturn:
+    if _debug():
+        raise err
+    click.echo(f"mirror: {err.kind}: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+class MirrorGroup(click.Group):
+    """Turns library errors into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MirrorError as e:
+            fail(e)
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            click.echo("mirror: interrupted; everything committed so far is kept", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as e:
+            if _debug():
+                raise
+            click.echo(
+                f"mirror: internal error: {type(e).__name__}: {e} "
+                "(run with MIRROR_DEBUG=1 for details, and please report it)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_when(value, ctx.meta.setdefault("mirror.now", utcnow()))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("mirror")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # httpx logs every request at INFO; ours (mirror.api) already do, without headers
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+db_option = click.option(
+    "--db",
+    envvar="MIRROR_DB",
+    default="mirror.db",
+    show_default=True,
+    help="SQLite file (or database URL) of the mirror. Env: MIRROR_DB.",
+)
+verbose_option = click.option(
+    "-v", "--verbose", count=True, help="Log each API request (never the key)."
+)
+
+
+@click.group(cls=MirrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mirror")
+def cli() -> None:
+    """Keep a local, queryable mirror of your fal.ai request history."""
+    os.umask(0o077)  # every file mirror creates is private to the user
+
+
+# --------------------------------------------------------------------------- sync
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if v < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return v
+
+
+def retry_policy_from_env() -> Any:
+    """Tuning knobs for impatient networks and for tests (documented in the README)."""
+    from mirror.api import RetryPolicy
+
+    d = RetryPolicy()
+    return RetryPolicy(
+        attempts=max(1, int(_env_float("MIRROR_RETRY_ATTEMPTS", d.attempts))),
+        base=_env_float("MIRROR_RETRY_BASE", d.base),
+        cap=_env_float("MIRROR_RETRY_CAP", d.cap),
+        deadline=_env_float("MIRROR_REQUEST_DEADLINE", d.deadline),
+        read_timeout=min(d.read_timeout, _env_float("MIRROR_REQUEST_DEADLINE", d.read_timeout)),
+    )
+
+
+class _Progress:
+    """A one-line progress display on a terminal; nothing at all under cron."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, report: Any) -> None:
+        if not self.enabled:
+            return
+        self.shown = True
+        click.echo(
+            f"\rsyncing: {report.windows_done}/{report.windows_planned} windows, "
+            f"{report.inserted + report.updated} rows written ",
+            err=True,
+            nl=False,
+        )
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+@cli.command()
+@db_option
+@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
+              help="Endpoint id to sync (repeatable); an app id also covers its routes. "
+              "Default: every target already in the database.")  # fmt: skip
+@click.option("--since", callback=_when, metavar="WHEN",
+              help="Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d ago. "
+              "Default the first time: 24h.")  # fmt: skip
+@click.option(
+    "--until", callback=_when, metavar="WHEN", help="End of history to cover (default: now)."
+)
+@click.option("--lookback", callback=_duration, default="2h", show_default=True, metavar="DURATION",
+              help="Re-walk this much before the last completed point, to catch late changes.")  # fmt: skip
+@click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
+@click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
+@click.option("--base-url", envvar="MIRROR_BASE_URL", default="https://api.fal.ai/v1", show_default=True,
+              help="API base URL. Env: MIRROR_BASE_URL.")  # fmt: skip
+@click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="At most this many API calls in flight (adapts downwards on 429s).")  # fmt: skip
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another sync holds the database, wait for it instead of exiting 75.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@verbose_option
+def sync(
+    db: str,
+    endpoints: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    lookback: timedelta,
+    no_payloads: bool,
+    no_billing: bool,
+    base_url: str,
+    max_concurrency: int,
+    wait: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Fetch new and changed requests into the mirror.
+
+    \b
+    Exit codes: 0 ok, 1 failed (API, key, data, storage), 2 usage,
+    75 another sync is running (try later).
+    """
+    from mirror import lock
+    from mirror.api import FalClient, check_base_url, make_http_client
+    from mirror.auth import load_key
+    from mirror.pacing import Pacer
+    from mirror.store import Store, sqlite_path
+    from mirror.sync import SyncOptions
+    from mirror.sync import sync as run_sync
+
+    _setup_logging(verbose)
+    if since and until and until <= since:
+        raise click.UsageError(
+            f"--until ({until:%Y-%m-%dT%H:%M:%SZ}) must be after --since ({since:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    now = utcnow()
+    if since and since >= now:
+        raise click.UsageError("--since is in the future")
+    for e in endpoints:
+        if not e.strip() or len(e) > 256 or any(c.isspace() for c in e):
+            raise click.BadParameter(f"{e!r} is not an endpoint id", param_hint="--endpoint")
+    base_url = check_base_url(base_url)
+    path = sqlite_path(db)
+    if not endpoints and path is not None and not path.exists():
+        raise click.UsageError(f"{db} does not exist yet: name what to sync with --endpoint ID")
+    key = load_key(os.environ)
+    retry = retry_policy_from_env()
+
+    holder = (
+        lock.hold(path, wait=10**9 if wait else 0.0)
+        if path is not None
+        else contextlib.nullcontext()
+    )
+    with _sigterm_as_interrupt(), holder:
+        store = Store.open(db)
+        try:
+            targets = list(dict.fromkeys(endpoints)) or store.targets()
+            if not targets:
+                raise click.UsageError(f"{db} has no sync targets yet: name one with --endpoint ID")
+            opts = SyncOptions(
+                targets=targets,
+                since=since,
+                until=until,
+                lookback=lookback,
+                payloads=not no_payloads,
+                billing=not no_billing,
+                max_concurrency=max_concurrency,
+            )
+            progress = _Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
+            with make_http_client() as http:
+                client = FalClient(
+                    http, key, base_url=base_url, retry=retry, pacer=Pacer(max_concurrency)
+                )
+                try:
+                    report = run_sync(store, client, opts, progress=progress)
+                finally:
+                    progress.close()
+        finally:
+            store.close()
+    for note in report.notes:
+        click.echo(f"mirror: note: {note}", err=True)
+    if not quiet:
+        click.echo(report.summary())
+
+
+# --------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: str) -> None:
+    """Apply pending migrations (every command does this on its own too)."""
+    from mirror.store import make_engine, schema_state, upgrade
+
+    engine = make_engine(db)
+    try:
+        applied = upgrade(engine, db)
+        rev, _ = schema_state(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"{db}: {'upgraded to' if applied else 'already at'} schema revision {rev}")
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+@cli.command("fake-api")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def fake_api(port: int, seed: int) -> None:
+    """Serve the built-in simulated fal API on 127.0.0.1, to try mirror without a key."""
+    from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
+
+    api = SimulatedAPI(demo_world(utcnow(), seed=seed), port=port)
+    api.start()
+    endpoints = " ".join(f"--endpoint {e}" for e in demo_targets())
+    click.echo(f"simulated fal API at {api.base_url} (Ctrl-C to stop). Try:")
+    click.echo(f"  export MIRROR_BASE_URL={api.base_url} FAL_KEY={DEFAULT_KEY}")
+    click.echo(f"  mirror sync --db sim.db --since 3d {endpoints}")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.stop()
+
+
+def demo_targets() -> list[str]:
+    return ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
+
+
+@cli.command()
+@click.option("--db", default="demo.db", show_default=True, help="Where to write the demo mirror.")
+def demo(db: str) -> None:
+    """Sync a few days of simulated history into demo.db: no key, no network."""
+    from mirror.demo import run_demo
+
+    run_demo(Path(db), echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="mirror")
+
+
+Runner = Callable[..., Any]

@@ -1,0 +1,75 @@
+"""`mirror demo`: the whole product in one command, with no key and no network.
+
+Starts the simulated API on a free loopback port, syncs a few days of several endpoints
+into a fresh file over real HTTP, and prints what a user can now ask offline.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from mirror.api import FalClient, make_http_client
+from mirror.pacing import Pacer
+from mirror.store import Store
+from mirror.sync import SyncOptions, sync
+from mirror.timeparse import utcnow
+
+EXAMPLES = [
+    (
+        "Requests per endpoint and status",
+        "SELECT endpoint_id, status, count(*) AS n FROM requests "
+        "GROUP BY endpoint_id, status ORDER BY endpoint_id, n DESC",
+    ),
+    (
+        "The five slowest requests",
+        "SELECT request_id, endpoint_id, round(duration, 1) AS seconds, ended_at FROM requests "
+        "WHERE duration IS NOT NULL ORDER BY duration DESC LIMIT 5",
+    ),
+    (
+        "Billable units per day",
+        "SELECT substr(ended_at, 1, 10) AS day, round(sum(billable_units), 2) AS units, "
+        "count(*) AS requests FROM requests WHERE ended_at IS NOT NULL GROUP BY day ORDER BY day",
+    ),
+]
+
+
+def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) -> None:
+    from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
+
+    now = utcnow()
+    world = demo_world(now)
+    targets = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
+    echo(f"Simulated fal API: {days} days of requests to {', '.join(targets)}")
+    with SimulatedAPI(world) as api:
+        echo(f"  serving on {api.base_url} (loopback only)")
+        store = Store.open(str(path))
+        try:
+            with make_http_client() as http:
+                client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, pacer=Pacer(4))
+                opts = SyncOptions(targets=targets, since=now - timedelta(days=days))
+                report = sync(store, client, opts)
+        finally:
+            store.close()
+    echo(f"  {report.summary()}")
+    echo(f"  into {path}\n")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for title, sql in EXAMPLES:
+            echo(f"{title}:\n  {sql}")
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+            widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
+            echo("    " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)))
+            for r in rows[:12]:
+                echo("    " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+            echo("")
+    finally:
+        con.close()
+    echo("Browse it yourself:")
+    echo(f"  sqlite3 {path} 'SELECT endpoint_id, status, duration FROM requests LIMIT 10'")
+    echo(f"  pip install datasette && datasette {path}")
+    echo("Mirror your own history: export FAL_KEY=...; mirror sync --endpoint owner/app --since 7d")

@@ -1,0 +1,70 @@
+"""One exception hierarchy for the library.
+
+    MirrorError                  anything mirror knows how to explain in one line
+    ├── ConfigError              bad or unsafe configuration: no key, bad flag value (exit 2)
+    ├── LockedError              another sync holds this database (exit 75)
+    ├── ApiError                 the API answered with an error we do not retry
+    │   └── AuthError            401/403: the key is missing, wrong or lacks access
+    ├── ApiUnavailable           retries exhausted: 429s, 5xx, resets, timeouts
+    ├── BadDataError             the API's answer is malformed; nothing of it was committed
+    └── StoreError               local storage: disk full, read-only, corrupt, foreign file
+        └── SchemaTooNewError    the database was written by a newer mirror
+
+Messages never contain the API key: it is not stored on any of these objects. The CLI turns
+each into one line and an exit code (see ``mirror.cli``); tests see the full traceback.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Base class: ``str(err)`` is the one line a user sees."""
+
+    #: the short class name shown to users, e.g. "api unavailable"
+    kind = "error"
+    exit_code = 1
+
+
+class ConfigError(MirrorError):
+    kind = "usage"
+    exit_code = 2
+
+
+class LockedError(MirrorError):
+    kind = "busy"
+    exit_code = 75
+
+
+class ApiError(MirrorError):
+    """An error answer from the API: status, fal's error type and message, and the URL path."""
+
+    kind = "api error"
+
+    def __init__(self, status: int, error_type: str | None, message: str, url: str) -> None:
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.url = url
+        super().__init__(
+            f"HTTP {status}{f' {error_type}' if error_type else ''}: {message} ({url})"
+        )
+
+
+class AuthError(ApiError):
+    kind = "key rejected"
+
+
+class ApiUnavailable(MirrorError):
+    kind = "api unavailable"
+
+
+class BadDataError(MirrorError):
+    kind = "bad data from api"
+
+
+class StoreError(MirrorError):
+    kind = "storage error"
+
+
+class SchemaTooNewError(StoreError):
+    kind = "schema too new"

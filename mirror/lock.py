@@ -1,0 +1,57 @@
+"""One writer per database: an advisory ``flock`` on ``<db>.lock``.
+
+The kernel drops a ``flock`` when its holder dies, SIGKILL included, so a crashed sync never
+leaves a stale lock behind and there is no PID file to clean up. The lock file is created
+private to the user and holds nothing but the holder's PID (for the error message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from mirror.errors import LockedError, StoreError
+
+
+def lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".lock")
+
+
+@contextlib.contextmanager
+def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s."""
+    path = lock_path(db_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create lock file {path}: {e.strerror}") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    raise LockedError(
+                        f"another mirror sync{f' (pid {holder})' if holder else ''} is writing "
+                        f"{db_path}; try again later, or pass --wait"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,539 @@
+"""The store: tables, connection setup, migrations, the upsert and the sync state.
+
+Conventions, for everything in the file:
+
+- One row of ``requests`` is one fal request, keyed by its ``request_id``; its columns carry
+  the API's field names and values. ``status`` is derived from ``ended_at`` and
+  ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this mirror first stored
+  the row and when a sync last changed any of its values.
+- Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
+  text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
+- Sync state lives in the same file, so a row and the claim that its window is complete are
+  committed in one transaction: ``sync_windows`` holds, per target, the completed ``[start,
+  end)`` intervals (coalesced), ``sync_runs`` logs every run.
+
+The schema itself is created and changed only by the Alembic revisions in ``migrations/``
+(shipped as ``mirror.migrations``); the ``Table`` objects below describe it for queries and
+are checked against the migrated schema by the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from mirror import lock
+from mirror.errors import SchemaTooNewError, StoreError
+from mirror.timeparse import to_text
+
+metadata = sa.MetaData()
+
+#: one row per fal request; see the module docstring for conventions
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("runner_id", sa.Text),
+    sa.Column("sent_at", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Text),
+    sa.Column("ended_at", sa.Text),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("duration", sa.Float),
+    sa.Column("billable_units", sa.Float),
+    sa.Column("json_input", sa.Text),
+    sa.Column("json_output", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("first_seen_at", sa.Text, nullable=False),
+    sa.Column("last_changed_at", sa.Text, nullable=False),
+)
+
+#: one row per sync target: an endpoint id exactly as the user gave it
+sync_targets = sa.Table(
+    "sync_targets",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("added_at", sa.Text, nullable=False),
+)
+
+#: one row per coalesced completed interval [window_start, window_end) of a target
+sync_windows = sa.Table(
+    "sync_windows",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("window_start", sa.Text, primary_key=True),
+    sa.Column("window_end", sa.Text, nullable=False),
+    sa.Column("completed_at", sa.Text, nullable=False),
+)
+
+#: one row per `mirror sync` run
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.Text, nullable=False),
+    sa.Column("ended_at", sa.Text),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("targets", sa.Text, nullable=False),
+    sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("api_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_updated", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+)
+
+#: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
+API_FIELDS = (
+    "request_id",
+    "endpoint_id",
+    "runner_id",
+    "sent_at",
+    "started_at",
+    "ended_at",
+    "status_code",
+    "duration",
+    "billable_units",
+    "json_input",
+    "json_output",
+)
+ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
+STATUSES = ("success", "user_error", "error", "unfinished")
+
+
+def derive_status(ended_at: str | None, status_code: int | None) -> str:
+    """success (2xx/3xx), user_error (4xx), error (5xx and anything else), or unfinished."""
+    if ended_at is None or status_code is None:
+        return "unfinished"
+    if 200 <= status_code < 400:
+        return "success"
+    if 400 <= status_code < 500:
+        return "user_error"
+    return "error"
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def is_url(db: str) -> bool:
+    return "://" in db
+
+
+def sqlite_path(db: str) -> Path | None:
+    """The file behind a ``--db`` value, or None for a server database."""
+    if not is_url(db):
+        return Path(db)
+    url = sa.engine.make_url(db)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database)
+    return None
+
+
+def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    # We issue BEGIN ourselves (see _sqlite_on_begin), so the driver must not.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a crash or kill of the process loses nothing that was committed; only
+        # a power cut may lose the last transactions, and it never corrupts the file.
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA cache_size = -65536")
+        cur.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # Writers take the write lock up front, so a transaction never fails half-way with
+    # SQLITE_BUSY on upgrade from a read lock; readers in WAL mode are never blocked by it.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(db: str) -> Engine:
+    """An engine for a path or URL; SQLite files are created private to the user."""
+    path = sqlite_path(db)
+    if path is None:
+        return sa.create_engine(db, pool_pre_ping=True)
+    if path.exists() and path.is_dir():
+        raise StoreError(f"{path} is a directory, not a database file")
+    if not path.parent.exists():
+        raise StoreError(f"folder {path.parent} does not exist")
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise StoreError(f"cannot create {path}: {e.strerror}") from None
+    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.QueuePool, pool_size=2)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+@contextlib.contextmanager
+def translate_errors(path: str) -> Iterator[None]:
+    """Turn driver errors about the file into one-line StoreErrors."""
+    try:
+        yield
+    except sa.exc.OperationalError as e:
+        raise StoreError(describe_db_error(e.orig, path)) from None
+    except sa.exc.DatabaseError as e:
+        raise StoreError(describe_db_error(e.orig, path)) from None
+    except sqlite3.DatabaseError as e:
+        raise StoreError(describe_db_error(e, path)) from None
+
+
+def describe_db_error(err: BaseException | None, path: str) -> str:
+    text = str(err) if err is not None else "unknown database error"
+    low = text.lower()
+    if "database or disk is full" in low or "disk i/o error" in low:
+        return f"{path}: disk full or I/O error ({text}); free space and run again, nothing committed is lost"
+    if "readonly" in low or "read-only" in low:
+        return f"{path}: the database is read-only ({text}); check the file's permissions"
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return f"{path}: not a mirror database or corrupt ({text}); check the path, or restore a backup"
+    if "locked" in low or "busy" in low:
+        return f"{path}: the database stayed locked ({text}); a reader held it too long, run again"
+    if "unable to open" in low:
+        return f"{path}: cannot open the database ({text})"
+    return f"{path}: {text}"
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("mirror.migrations")))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _script_heads() -> tuple[Any, set[str]]:
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("mirror.migrations")))
+    script = ScriptDirectory.from_config(cfg)
+    known = {rev.revision for rev in script.walk_revisions()}
+    return script, known
+
+
+def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def schema_state(engine: Engine) -> tuple[str | None, str]:
+    """(the database's revision, this version's head); raises if the file is from the future."""
+    script, known = _script_heads()
+    head = script.get_current_head()
+    with engine.connect() as conn:
+        rev = current_revision(conn)
+        conn.rollback()
+    if rev is not None and rev not in known:
+        raise SchemaTooNewError(
+            f"this database has schema revision {rev}, newer than this mirror knows "
+            f"(head {head}); upgrade mirror (pip install -U fal-mirror)"
+        )
+    return rev, str(head)
+
+
+def _check_foreign(engine: Engine, rev: str | None, path: str) -> None:
+    """Refuse a file that holds tables but is not a mirror database."""
+    if rev is not None:
+        return
+    with engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names())
+        conn.rollback()
+    if names - {"alembic_version"}:
+        raise StoreError(
+            f"{path} is not a mirror database (it has tables {', '.join(sorted(names)[:5])}); "
+            "point --db at a new or existing mirror file"
+        )
+
+
+def upgrade(engine: Engine, db: str, *, lock_wait: float = 10.0) -> bool:
+    """Bring the schema to head; True if anything was applied.
+
+    Under the writer lock, after a backup of the file (when it already holds a schema), and
+    inside one transaction: a kill during an upgrade leaves the old or the new schema.
+    """
+    from alembic import command
+
+    with translate_errors(db):
+        rev, head = schema_state(engine)
+        if rev == head:
+            return False
+        _check_foreign(engine, rev, db)
+        path = sqlite_path(db)
+        ctx = lock.hold(path, wait=lock_wait) if path is not None else contextlib.nullcontext()
+        with ctx:
+            rev, head = schema_state(engine)  # another process may have upgraded meanwhile
+            if rev == head:
+                return False
+            if path is not None and rev is not None:
+                backup_sqlite(engine, path.with_name(f"{path.name}.bak-{rev}"))
+            with engine.begin() as conn:
+                command.upgrade(_alembic_config(conn), "head")
+        return True
+
+
+def backup_sqlite(engine: Engine, dest: Path) -> None:
+    """A consistent copy of a live database (SQLite's online backup API), private to the user."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    raw = engine.raw_connection()
+    try:
+        target = sqlite3.connect(tmp)
+        try:
+            raw.driver_connection.backup(target)  # type: ignore[union-attr]
+        finally:
+            target.close()
+    finally:
+        raw.close()
+    os.replace(tmp, dest)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int
+    updated: int
+
+
+class Store:
+    """A migrated database: the upsert, window state and run log. Not thread-safe: one writer."""
+
+    def __init__(self, engine: Engine, db: str) -> None:
+        self.engine = engine
+        self.db = db
+        self.dialect = engine.dialect.name
+        self._upsert_sql: dict[tuple[bool, bool], str] = {}
+
+    @classmethod
+    def open(cls, db: str, *, migrate: bool = True) -> Store:
+        engine = make_engine(db)
+        with translate_errors(db):
+            if migrate:
+                upgrade(engine, db)
+            else:
+                rev, head = schema_state(engine)
+                if rev != head:
+                    raise StoreError(
+                        f"{db}: schema is at {rev}, expected {head}; run mirror db upgrade"
+                    )
+        return cls(engine, db)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the upsert -------------------------------------------------------------------
+
+    def _upsert_statement(self, payloads: bool, billing: bool) -> str:
+        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed.
+
+        Payloads and billable units are fetched only on request; when a sync did not fetch
+        them, stored values are left alone. When the API returns null for one that is stored
+        (payloads expire after 30 days at fal; billing is never un-recorded), the stored value
+        is kept: the mirror outlives the platform's retention.
+        """
+        key = (payloads, billing)
+        sql = self._upsert_sql.get(key)
+        if sql is not None:
+            return sql
+        always = ["endpoint_id", "runner_id", "sent_at", "started_at", "ended_at",
+                  "status_code", "duration", "status"]  # fmt: skip
+        kept = (["json_input", "json_output"] if payloads else []) + (
+            ["billable_units"] if billing else []
+        )
+        sets = [f"{c} = excluded.{c}" for c in always]
+        sets += [f"{c} = COALESCE(excluded.{c}, requests.{c})" for c in kept]
+        sets.append("last_changed_at = excluded.last_changed_at")
+        changed = [f"requests.{c} IS NOT excluded.{c}" for c in always]
+        changed += [
+            f"(excluded.{c} IS NOT NULL AND requests.{c} IS NOT excluded.{c})" for c in kept
+        ]
+        if self.dialect == "postgresql":
+            changed = [c.replace(" IS NOT ", " IS DISTINCT FROM ") for c in changed]
+            ph = ", ".join(["%s"] * len(ROW_COLUMNS))
+        else:
+            ph = ", ".join(["?"] * len(ROW_COLUMNS))
+        sql = (
+            f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({ph}) "
+            f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(sets)} "
+            f"WHERE {' OR '.join(changed)}"
+        )
+        self._upsert_sql[key] = sql
+        return sql
+
+    def upsert(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[Any, ...]],
+        *,
+        payloads: bool,
+        billing: bool,
+        now: str,
+    ) -> UpsertResult:
+        """Upsert API rows (tuples in ``API_FIELDS`` order plus ``status``).
+
+        Returns how many rows were new and how many existing rows actually changed.
+        """
+        if not rows:
+            return UpsertResult(0, 0)
+        # last occurrence of an id wins, as if the rows were applied one after another
+        by_id: dict[str, tuple[Any, ...]] = {}
+        for r in rows:
+            by_id[r[0]] = r
+        ids = list(by_id)
+        existing = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            existing += conn.execute(
+                sa.select(sa.func.count())
+                .select_from(requests)
+                .where(requests.c.request_id.in_(chunk))
+            ).scalar_one()
+        params = [(*r, now, now) for r in by_id.values()]
+        cur = conn.exec_driver_sql(self._upsert_statement(payloads, billing), params)
+        changed = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(params)
+        inserted = len(ids) - existing
+        return UpsertResult(inserted, max(0, changed - inserted))
+
+    # -- targets and windows ------------------------------------------------------------
+
+    def targets(self) -> list[str]:
+        with self.engine.connect() as conn:
+            out = [
+                r[0]
+                for r in conn.execute(
+                    sa.select(sync_targets.c.target).order_by(sync_targets.c.target)
+                )
+            ]
+            conn.rollback()
+        return out
+
+    def add_targets_in(self, conn: Connection, targets: Iterable[str], now: str) -> None:
+        have = {r[0] for r in conn.execute(sa.select(sync_targets.c.target))}
+        new = [{"target": t, "added_at": now} for t in targets if t not in have]
+        if new:
+            conn.execute(sync_targets.insert(), new)
+
+    def completed(self, target: str, conn: Connection | None = None) -> list[tuple[str, str]]:
+        """The target's completed intervals, sorted, as canonical text pairs."""
+        q = (
+            sa.select(sync_windows.c.window_start, sync_windows.c.window_end)
+            .where(sync_windows.c.target == target)
+            .order_by(sync_windows.c.window_start)
+        )
+        if conn is not None:
+            return [(r[0], r[1]) for r in conn.execute(q)]
+        with self.engine.connect() as c:
+            out = [(r[0], r[1]) for r in c.execute(q)]
+            c.rollback()
+        return out
+
+    def mark_complete(self, conn: Connection, target: str, start: str, end: str, now: str) -> None:
+        """Record [start, end) complete, merged with every interval it touches or overlaps."""
+        w = sync_windows.c
+        touching = conn.execute(
+            sa.select(w.window_start, w.window_end).where(
+                w.target == target, w.window_start <= end, w.window_end >= start
+            )
+        ).all()
+        lo = min([start, *(r[0] for r in touching)])
+        hi = max([end, *(r[1] for r in touching)])
+        if touching:
+            conn.execute(
+                sync_windows.delete().where(
+                    w.target == target, w.window_start.in_([r[0] for r in touching])
+                )
+            )
+        conn.execute(
+            sync_windows.insert().values(
+                target=target, window_start=lo, window_end=hi, completed_at=now
+            )
+        )
+
+    def unfinished(self, target: str, before: str, limit: int) -> list[tuple[str, str, str]]:
+        """Unfinished rows of a target sent before ``before``: (request_id, endpoint_id, sent_at)."""
+        r = requests.c
+        q = (
+            sa.select(r.request_id, r.endpoint_id, r.sent_at)
+            .where(target_clause(target), r.ended_at.is_(None), r.sent_at < before)
+            .order_by(r.sent_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            out = [(a, b, c) for a, b, c in conn.execute(q)]
+            conn.rollback()
+        return out
+
+    # -- the run log --------------------------------------------------------------------
+
+    def start_run(self, targets: Sequence[str], now: datetime) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                sync_runs.insert().values(
+                    started_at=to_text(now), outcome="running", targets=",".join(targets)
+                )
+            )
+            return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_run(
+        self, run_id: int, now: datetime, outcome: str, counts: dict[str, int], error: str | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sync_runs.update()
+                .where(sync_runs.c.id == run_id)
+                .values(ended_at=to_text(now), outcome=outcome, error=error, **counts)
+            )
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database so it does not grow while readers idle."""
+        if self.dialect != "sqlite":
+            return
+        with contextlib.suppress(sa.exc.DBAPIError):
+            raw = self.engine.raw_connection()
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            finally:
+                raw.close()
+
+
+def target_clause(target: str) -> sa.ColumnElement[bool]:
+    """Rows a target covers: the id itself, and for an app id its routes (``owner/app/…``).
+
+    A range, not LIKE: ids contain ``_`` (a LIKE wildcard), and a range uses the index.
+    """
+    r = requests.c.endpoint_id
+    return sa.or_(r == target, sa.and_(r >= target + "/", r < target + "0"))
+
+
+def copy_file_private(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o600)

@@ -1,0 +1,486 @@
+"""The sync engine: plan windows, walk their pages in parallel, write them in one place.
+
+Data flows one way: worker threads each walk one window (page after page along the
+cursor) and put validated pages on a bounded queue; the calling thread is the only writer.
+It drains the queue in batches, upserts each batch in one transaction, and records a
+window complete in the same transaction as the window's last page. So a crash or kill at
+any point re-walks at most the windows that were in flight, and the state never claims a
+window whose rows are not committed.
+
+Correct under every reading of the API that fal leaves open (``fal-api.md`` §13):
+
+- *Which timestamp the window filters on.* Windows end at the moment the sync started and
+  are walked again from the last completed point minus the lookback, so requests that
+  arrive or end late are picked up whether the filter is ``ended_at``, ``sent_at`` or
+  ``started_at``. Rows seen unfinished (possible unless the filter is ``ended_at``) are kept
+  and, once they fall behind the re-walked range, refreshed one by one by ``request_id``
+  until they end.
+- *Sort direction and null placement.* Pages are offset-based, so rows moving while a
+  window is walked can shift a page boundary. A row that moves from the part already read
+  into the part not yet read is then read twice; every skip implies such a move (rows are
+  never deleted), so a walk that sees any ``request_id`` twice is repeated, and its window
+  is only marked complete after a walk without repeats.
+- *Dense windows.* After a window's first page the density is estimated from the page's
+  ``ended_at`` span; a window that would take more than ``walk_rows`` rows is split (its
+  first page is still stored), so no walk is long.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from mirror.api import FalClient, Page
+from mirror.errors import AuthError, BadDataError, MirrorError
+from mirror.store import Store, UpsertResult
+from mirror.timeparse import api_param, from_text, to_text, utcnow
+from mirror.windows import Window, floor_s, plan, split
+
+log = logging.getLogger("mirror.sync")
+
+#: rows per writer transaction at most; perf-notes: gains flatten beyond ~10,000
+BATCH_ROWS = 10_000
+#: a walk longer than this many pages without end is abandoned and its window split
+MAX_WALK_PAGES = 50
+#: pages in one window of one second that we consider impossible
+ABSURD_PAGES = 20_000
+
+
+@dataclass
+class SyncOptions:
+    targets: Sequence[str]
+    since: datetime | None = None
+    until: datetime | None = None
+    lookback: timedelta = timedelta(hours=2)
+    payloads: bool = True
+    billing: bool = True
+    #: how far back the first sync of a target goes without --since
+    first_since: timedelta = timedelta(days=1)
+    window: timedelta = timedelta(hours=6)
+    walk_rows: int = 2_000
+    max_concurrency: int = 4
+    unfinished_limit: int = 500
+    rewalks: int = 2
+
+
+@dataclass
+class SyncReport:
+    run_id: int
+    targets: list[str]
+    started_at: datetime
+    windows_planned: int = 0
+    windows_done: int = 0
+    windows_unstable: int = 0
+    pages: int = 0
+    api_calls: int = 0
+    inserted: int = 0
+    updated: int = 0
+    refreshed: int = 0
+    notes: list[str] = field(default_factory=list)
+    outcome: str = "running"
+    error: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (
+            f"synced {len(self.targets)} target{'s' if len(self.targets) != 1 else ''}: "
+            f"{self.inserted} new, {self.updated} updated, {self.windows_done} windows "
+            f"in {self.pages} pages ({self.api_calls} calls) in {self.seconds:.1f}s"
+        )
+        if self.windows_unstable:
+            line += f"; {self.windows_unstable} windows kept changing and will be walked again"
+        return line
+
+
+@dataclass(frozen=True)
+class _Walk:
+    target: str
+    window: Window
+
+
+@dataclass(frozen=True)
+class _Refresh:
+    target: str
+    rows: tuple[tuple[str, str, str], ...]  # (request_id, endpoint_id, sent_at)
+    until: datetime
+
+
+class _Stopped(Exception):
+    pass
+
+
+# events on the queue, worker -> writer
+@dataclass(frozen=True)
+class _Rows:
+    target: str
+    rows: list[tuple[Any, ...]]
+    billing: bool
+    complete: Window | None = None
+
+
+@dataclass(frozen=True)
+class _Split:
+    target: str
+    children: list[Window]
+
+
+@dataclass(frozen=True)
+class _Unstable:
+    target: str
+    window: Window
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class _Finished:
+    pass
+
+
+def plan_target(
+    store: Store, target: str, opts: SyncOptions, now: datetime
+) -> tuple[list[Window], datetime]:
+    """The windows to walk for a target, and where its re-walked tail starts."""
+    completed = [(from_text(a), from_text(b)) for a, b in store.completed(target)]
+    end = min(opts.until, now) if opts.until else now
+    if completed:
+        last = max(b for _, b in completed)
+        recheck_from: datetime | None = last - opts.lookback
+        start = opts.since if opts.since else min(a for a, _ in completed)
+        tail = min(recheck_from, end) if recheck_from else end
+    else:
+        recheck_from = None
+        start = opts.since if opts.since else now - opts.first_since
+        tail = start
+    return plan(start, end, completed, recheck_from=recheck_from, size=opts.window), tail
+
+
+def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
+    """How many parts a window should be split into, judging by its first (full) page.
+
+    The page's ``ended_at`` values tell how much of the window 100 rows span. Order is
+    detected from the page itself, since fal does not document the sort direction.
+    """
+    ends = [r[5] for r in page.rows if r[5] is not None]
+    length = window.length.total_seconds()
+    if len(ends) < 2:
+        return 2
+    if ends[0] >= ends[-1]:  # newest first: the page covers [oldest on page, end)
+        span = (window.end - from_text(ends[-1])).total_seconds()
+    else:  # oldest first: the page covers [start, newest on page)
+        span = (from_text(ends[-1]) - window.start).total_seconds()
+    span = min(max(span, 0.001), length)
+    estimate = len(page.rows) * length / span
+    if estimate <= walk_rows:
+        return 1
+    parts = math.ceil(estimate / (walk_rows / 2))
+    # children shorter than a minute are rarely worth their extra first page
+    return max(2, min(parts, 64, max(2, int(length // 60))))
+
+
+class Syncer:
+    def __init__(
+        self,
+        store: Store,
+        client: FalClient,
+        opts: SyncOptions,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        progress: Callable[[SyncReport], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.opts = opts
+        self.clock = clock
+        self.progress = progress
+        self._q: queue.Queue[object] = queue.Queue(maxsize=max(8, 4 * opts.max_concurrency))
+        self._stop = threading.Event()
+        self._writer_gone = threading.Event()
+        self._billing_refused: set[str] = set()
+        self._lock = threading.Lock()
+        self._known_targets: set[str] = set()
+
+    # -- worker side ------------------------------------------------------------------
+
+    def _put(self, ev: object) -> None:
+        while True:
+            if self._writer_gone.is_set():
+                raise _Stopped
+            if self._stop.is_set() and not isinstance(ev, _Finished):
+                raise _Stopped
+            try:
+                self._q.put(ev, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped
+
+    def _fetch(
+        self,
+        target: str,
+        start: datetime,
+        end: datetime,
+        cursor: str | None,
+        request_id: str | None = None,
+    ) -> tuple[Page, bool]:
+        if self._stop.is_set():
+            raise _Stopped
+        billing = self.opts.billing and target not in self._billing_refused
+        kw = dict(
+            start=api_param(start),
+            end=api_param(end),
+            payloads=self.opts.payloads,
+            request_id=request_id,
+        )
+        try:
+            return self.client.list_requests(
+                [target], cursor=cursor, billing=billing, **kw
+            ), billing  # type: ignore[arg-type]
+        except AuthError as e:
+            if not (billing and e.status == 403):
+                raise
+            page = self.client.list_requests([target], cursor=cursor, billing=False, **kw)  # type: ignore[arg-type]
+            with self._lock:
+                if target not in self._billing_refused:
+                    self._billing_refused.add(target)
+                    self._note(
+                        f"the API refused billing for {target} ({e.message}); "
+                        "continuing without billable_units"
+                    )
+            return page, False
+
+    def _note(self, text: str) -> None:
+        log.warning(text)
+        self._notes.append(text)
+
+    def _work(self, task: _Walk | _Refresh) -> None:
+        try:
+            if isinstance(task, _Refresh):
+                self._refresh(task)
+            else:
+                for _ in range(1 + self.opts.rewalks):
+                    outcome = self._walk_once(task)
+                    if outcome != "unstable":
+                        break
+                    log.info(
+                        "%s %s: rows moved while paging; walking it again", task.target, task.window
+                    )
+                else:
+                    self._put(_Unstable(task.target, task.window))
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 - handed to the writer, re-raised there
+            self._stop.set()
+            try:
+                self._q.put(_Failed(e), timeout=5)
+            except queue.Full:
+                pass
+        finally:
+            try:
+                self._put(_Finished())
+            except _Stopped:
+                pass
+
+    def _walk_once(self, task: _Walk) -> str:
+        w, target = task.window, task.target
+        cursor: str | None = None
+        seen: set[str] = set()
+        cursors: set[str] = set()
+        repeated = False
+        pages = 0
+        while True:
+            page, billing = self._fetch(target, w.start, w.end, cursor)
+            pages += 1
+            for r in page.rows:
+                if r[0] in seen:
+                    repeated = True
+                seen.add(r[0])
+            if page.has_more and w.length > timedelta(seconds=1):
+                parts = estimate_parts(page, w, self.opts.walk_rows) if pages == 1 else 1
+                if parts == 1 and pages >= MAX_WALK_PAGES:
+                    parts = 4
+                if parts > 1:
+                    children = split(w, parts)
+                    log.info("%s %s: dense, split into %d windows", target, w, len(children))
+                    self._put(_Rows(target, page.rows, billing))
+                    self._put(_Split(target, children))
+                    return "split"
+            if not page.has_more:
+                self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
+                return "unstable" if repeated else "done"
+            assert page.next_cursor is not None
+            if page.next_cursor == cursor or page.next_cursor in cursors:
+                raise BadDataError(
+                    f"the API repeated a page cursor while walking {target} {w.start}..{w.end}"
+                )
+            if pages > ABSURD_PAGES:
+                raise BadDataError(
+                    f"the API gave over {ABSURD_PAGES} pages for {target} {w.start}..{w.end}"
+                )
+            cursors.add(page.next_cursor)
+            self._put(_Rows(target, page.rows, billing))
+            cursor = page.next_cursor
+
+    def _refresh(self, task: _Refresh) -> None:
+        """Ask again, by id, for rows last seen unfinished that no window walk covers."""
+        for request_id, endpoint_id, sent_at in task.rows:
+            start = floor_s(from_text(sent_at) - timedelta(hours=1))
+            if start >= task.until:
+                continue
+            page, billing = self._fetch(task.target, start, task.until, None, request_id=request_id)
+            rows = [r for r in page.rows if r[0] == request_id]
+            if rows:
+                self._put(_Rows(task.target, rows, billing))
+
+    # -- writer side ------------------------------------------------------------------
+
+    def run(self) -> SyncReport:
+        opts = self.opts
+        started = self.clock()
+        now = floor_s(started)
+        self._notes: list[str] = []
+        report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
+        report.notes = self._notes
+        report.run_id = self.store.start_run(opts.targets, started)
+        self._known_targets = set(self.store.targets())
+        t0 = time.monotonic()
+        tasks: list[_Walk | _Refresh] = []
+        for target in opts.targets:
+            windows, tail = plan_target(self.store, target, opts, now)
+            tasks.extend(_Walk(target, w) for w in windows)
+            report.windows_planned += len(windows)
+            stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
+            for i in range(0, len(stale), 50):
+                tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
+            report.refreshed += len(stale)
+        self.client.sleep = self._sleep
+        error: BaseException | None = None
+        pool = ThreadPoolExecutor(
+            max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
+        )
+        try:
+            outstanding = 0
+            for t in tasks:
+                pool.submit(self._work, t)
+                outstanding += 1
+            while outstanding:
+                batch = self._drain()
+                outstanding -= sum(isinstance(ev, _Finished) for ev in batch)
+                failed = [ev.error for ev in batch if isinstance(ev, _Failed)]
+                if failed and error is None:
+                    error = failed[0]
+                for ev in batch:
+                    if isinstance(ev, _Split) and not self._stop.is_set():
+                        for child in ev.children:
+                            pool.submit(self._work, _Walk(ev.target, child))
+                            outstanding += 1
+                        report.windows_planned += len(ev.children) - 1
+                    elif isinstance(ev, _Unstable):
+                        report.windows_unstable += 1
+                self._write(batch, report, now)
+                if self.progress:
+                    self.progress(report)
+        except BaseException as e:
+            self._stop.set()
+            error = error or e
+        finally:
+            self._stop.set()
+            self._writer_gone.set()
+            pool.shutdown(wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True)
+            report.pages = self.client.stats.pages
+            report.api_calls = self.client.stats.attempts
+            report.seconds = time.monotonic() - t0
+            if isinstance(error, KeyboardInterrupt):
+                report.outcome = "interrupted"
+            elif error is not None:
+                report.outcome = "failed"
+            else:
+                report.outcome = "ok"
+            report.error = (
+                str(error)
+                if error is not None and not isinstance(error, KeyboardInterrupt)
+                else None
+            )
+            self._finish(report)
+        if error is not None:
+            raise error
+        self.store.checkpoint()
+        return report
+
+    def _drain(self) -> list[object]:
+        """At least one event, then whatever else is waiting, up to a batch of rows."""
+        batch = [self._q.get()]
+        rows = 0
+        while rows < BATCH_ROWS:
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(ev)
+            if isinstance(ev, _Rows):
+                rows += len(ev.rows)
+        return batch
+
+    def _write(self, batch: list[object], report: SyncReport, now: datetime) -> None:
+        row_events = [ev for ev in batch if isinstance(ev, _Rows)]
+        if not row_events:
+            return
+        stamp = to_text(now)
+        with self.store.engine.begin() as conn:
+            new_targets = {ev.target for ev in row_events} - self._known_targets
+            if new_targets:
+                self.store.add_targets_in(conn, sorted(new_targets), stamp)
+            for billing in (True, False):
+                rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
+                res = self.store.upsert(
+                    conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
+                )
+                report.inserted += res.inserted
+                report.updated += res.updated
+            for ev in row_events:
+                if ev.complete is not None:
+                    self.store.mark_complete(
+                        conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
+                    )
+                    report.windows_done += 1
+        self._known_targets |= new_targets
+
+    def _finish(self, report: SyncReport) -> None:
+        counts = {
+            "pages": report.pages,
+            "api_calls": report.api_calls,
+            "rows_inserted": report.inserted,
+            "rows_updated": report.updated,
+        }
+        try:
+            self.store.finish_run(report.run_id, self.clock(), report.outcome, counts, report.error)
+        except Exception as e:  # noqa: BLE001 - the run's own error matters more
+            log.warning("could not record the run's outcome: %s", e)
+
+
+def sync(
+    store: Store,
+    client: FalClient,
+    opts: SyncOptions,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    progress: Callable[[SyncReport], None] | None = None,
+) -> SyncReport:
+    return Syncer(store, client, opts, clock=clock, progress=progress).run()
+
+
+__all__ = ["MirrorError", "SyncOptions", "SyncReport", "Syncer", "UpsertResult", "sync"]

@@ -8,7 +8,6 @@ show up in ``ps`` and shell history), and never printed, logged or stored.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path

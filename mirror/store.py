@@ -24,11 +24,10 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -171,6 +170,8 @@ def make_engine(db: str) -> Engine:
         raise StoreError(f"{path} is a directory, not a database file")
     if not path.parent.exists():
         raise StoreError(f"folder {path.parent} does not exist")
+    if path.exists() and path.stat().st_size > 0:
+        _preflight(path)
     if not path.exists():
         try:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
@@ -182,6 +183,30 @@ def make_engine(db: str) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _preflight(path: Path) -> None:
+    """Look at an existing file read-only before anything writes to it (even the WAL switch).
+
+    A file that is not SQLite, is corrupt, or holds another application's tables is refused
+    byte-for-byte untouched.
+    """
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(describe_db_error(e, str(path))) from None
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise StoreError(describe_db_error(e, str(path))) from None
+    finally:
+        con.close()
+    if names and "alembic_version" not in names:
+        shown = ", ".join(sorted(names)[:5])
+        raise StoreError(
+            f"{path} is not a mirror database (it has tables {shown}); "
+            "point --db at a new or existing mirror file"
+        )
 
 
 @contextlib.contextmanager
@@ -226,9 +251,8 @@ def _alembic_config(conn: Connection) -> Any:
 
 
 def _script_heads() -> tuple[Any, set[str]]:
-    from alembic.script import ScriptDirectory
-
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("mirror.migrations")))
@@ -318,8 +342,7 @@ def backup_sqlite(engine: Engine, dest: Path) -> None:
 # --------------------------------------------------------------------------- the store
 
 
-@dataclass(frozen=True)
-class UpsertResult:
+class UpsertResult(NamedTuple):
     inserted: int
     updated: int
 

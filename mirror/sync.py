@@ -27,6 +27,7 @@ Correct under every reading of the API that fal leaves open (``fal-api.md`` §13
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -283,17 +284,13 @@ class Syncer:
                     self._put(_Unstable(task.target, task.window))
         except _Stopped:
             pass
-        except BaseException as e:  # noqa: BLE001 - handed to the writer, re-raised there
+        except BaseException as e:
             self._stop.set()
-            try:
+            with contextlib.suppress(queue.Full):
                 self._q.put(_Failed(e), timeout=5)
-            except queue.Full:
-                pass
         finally:
-            try:
+            with contextlib.suppress(_Stopped):
                 self._put(_Finished())
-            except _Stopped:
-                pass
 
     def _walk_once(self, task: _Walk) -> str:
         w, target = task.window, task.target
@@ -337,7 +334,7 @@ class Syncer:
 
     def _refresh(self, task: _Refresh) -> None:
         """Ask again, by id, for rows last seen unfinished that no window walk covers."""
-        for request_id, endpoint_id, sent_at in task.rows:
+        for request_id, _endpoint_id, sent_at in task.rows:
             start = floor_s(from_text(sent_at) - timedelta(hours=1))
             if start >= task.until:
                 continue
@@ -468,7 +465,7 @@ class Syncer:
         }
         try:
             self.store.finish_run(report.run_id, self.clock(), report.outcome, counts, report.error)
-        except Exception as e:  # noqa: BLE001 - the run's own error matters more
+        except Exception as e:
             log.warning("could not record the run's outcome: %s", e)
 
 

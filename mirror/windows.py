@@ -11,6 +11,7 @@ same range yields the same windows on every run.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,7 +100,7 @@ def split(window: Window, parts: int) -> list[Window]:
     if parts == 1:
         return [window]
     bounds = [window.start + SECOND * (seconds * i // parts) for i in range(parts)] + [window.end]
-    return [Window(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if a < b]
+    return [Window(a, b) for a, b in itertools.pairwise(bounds) if a < b]
 
 
 def floor_s(t: datetime) -> datetime:

@@ -1,0 +1,232 @@
+"""The API client against httpx.MockTransport: retries, errors, strict pages, the key."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+import pytest
+
+from mirror.api import FalClient, RetryPolicy, check_base_url, item_to_row, parse_page
+from mirror.auth import load_key
+from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+
+KEY = "kid-123:very-secret-canary-0xC0FFEE"
+ITEM = {
+    "request_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+    "endpoint_id": "acme/app",
+    "runner_id": None,
+    "started_at": "2025-01-01T00:00:05Z",
+    "sent_at": "2025-01-01T00:00:01Z",
+    "ended_at": "2025-01-01T00:00:08.5Z",
+    "status_code": 200,
+    "duration": 7.8,
+    "json_input": {"prompt": "café ☕ 東京"},
+    "json_output": {"status": "ok"},
+    "billable_units": 1.5,
+}
+PAGE = {"items": [ITEM], "next_cursor": None, "has_more": False}
+
+
+def client(handler, *, attempts=5, sleeps=None, base="https://api.example.test/v1"):
+    waits = sleeps if sleeps is not None else []
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    return FalClient(http, KEY, base_url=base, retry=RetryPolicy(attempts=attempts, base=0.5, cap=4), sleep=waits.append, seed=7)
+
+
+def scripted(*responses):
+    """A handler answering with the given responses (or raising the given exceptions) in turn."""
+    seen: list[httpx.Request] = []
+
+    def handler(request):
+        seen.append(request)
+        r = responses[min(len(seen) - 1, len(responses) - 1)]
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+def ok():
+    return httpx.Response(200, content=orjson.dumps(PAGE))
+
+
+def fetch(c):
+    return c.list_requests(["acme/app"], start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z")
+
+
+def test_request_shape_and_row():
+    h = scripted(ok())
+    page = fetch(client(h))
+    req = h.seen[0]
+    assert req.headers["authorization"] == f"Key {KEY}"
+    assert req.url.path == "/v1/serverless/requests/by-endpoint"
+    assert req.url.params.get_list("expand") == ["payloads", "billing"], "expand must be repeated (style=form, explode)"
+    assert req.url.params["endpoint_id"] == "acme/app" and req.url.params["limit"] == "100"
+    assert page.rows == [
+        (
+            ITEM["request_id"], "acme/app", None, "2025-01-01T00:00:01.000000Z", "2025-01-01T00:00:05.000000Z",
+            "2025-01-01T00:00:08.500000Z", 200, 7.8, 1.5, '{"prompt":"café ☕ 東京"}', '{"status":"ok"}', "success",
+        )
+    ]
+    assert page.next_cursor is None
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        (httpx.Response(429, json={"error": {"type": "rate_limited", "message": "Rate limit exceeded"}}), "429"),
+        (httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"}), "HTML 5xx"),
+        (httpx.Response(500, json={"error": {"type": "server_error", "message": "Unexpected server error"}}), "JSON 500"),
+        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "truncated"),
+        (httpx.ConnectError("connection reset by peer"), "reset"),
+        (httpx.ReadTimeout("timed out"), "timeout"),
+        (httpx.Response(200, text='{"items": [', headers={"content-type": "application/json"}), "truncated JSON"),
+        (httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"}), "HTML 200"),
+    ],
+)
+def test_transient_failures_are_retried_with_backoff(first, why):
+    sleeps: list[float] = []
+    h = scripted(first, first, ok())
+    page = fetch(client(h, sleeps=sleeps))
+    assert len(h.seen) == 3, f"{why}: expected two retries"
+    assert len(page.rows) == 1
+    assert len(sleeps) == 2 and all(0 <= s <= 4 for s in sleeps), f"{why}: backoff waits {sleeps}"
+
+
+def test_retry_after_is_honoured():
+    sleeps: list[float] = []
+    h = scripted(httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"type": "rate_limited", "message": "x"}}), ok())
+    fetch(client(h, sleeps=sleeps))
+    assert sleeps == [3.0]
+
+
+def test_backoff_grows_exponentially_up_to_the_cap():
+    sleeps: list[float] = []
+    h = scripted(httpx.Response(503, text="down"))
+    with pytest.raises(ApiUnavailable) as e:
+        fetch(client(h, attempts=6, sleeps=sleeps))
+    assert len(h.seen) == 6 and len(sleeps) == 5
+    for i, s in enumerate(sleeps):
+        assert 0 <= s <= min(4, 0.5 * 2**i), f"retry {i} waited {s}"
+    assert "6 attempts" in str(e.value) and "503" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "expected"),
+    [
+        (401, {"error": {"type": "authorization_error", "message": "Invalid API key or malformed Authorization header"}}, AuthError,
+         "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)"),
+        (403, {"error": {"type": "authorization_error", "message": "Access denied"}}, AuthError,
+         "HTTP 403 authorization_error: Access denied (/v1/serverless/requests/by-endpoint)"),
+        (400, {"error": {"type": "validation_error", "message": "limit must be <= 100"}}, ApiError,
+         "HTTP 400 validation_error: limit must be <= 100 (/v1/serverless/requests/by-endpoint)"),
+        (404, {"error": {"type": "not_found", "message": "Resource not found"}}, ApiError,
+         "HTTP 404 not_found: Resource not found (/v1/serverless/requests/by-endpoint)"),
+    ],
+)
+def test_client_errors_fail_at_once_naming_status_and_message(status, body, cls, expected):
+    h = scripted(httpx.Response(status, json=body))
+    with pytest.raises(cls) as e:
+        fetch(client(h))
+    assert len(h.seen) == 1, "4xx must not be retried"
+    assert str(e.value) == expected
+    assert KEY not in repr(e.value.__dict__)
+
+
+def test_html_error_body_from_a_proxy():
+    h = scripted(httpx.Response(403, text="<!DOCTYPE html><title>Just a moment...</title>", headers={"content-type": "text/html", "cf-mitigated": "challenge"}))
+    with pytest.raises(AuthError) as e:
+        fetch(client(h))
+    assert str(e.value) == "HTTP 403: non-JSON error body (46 bytes of text/html) (/v1/serverless/requests/by-endpoint)"
+
+
+def test_redirects_are_not_followed_so_the_key_stays_home():
+    h = scripted(httpx.Response(302, headers={"location": "https://evil.example/steal"}))
+    with pytest.raises(ApiError) as e:
+        fetch(client(h))
+    assert len(h.seen) == 1 and "evil.example" in str(e.value) and "not followed" in str(e.value)
+
+
+def test_body_size_cap():
+    big = httpx.Response(200, content=b"[" + b" " * 2000 + b"]", headers={"content-length": "2002"})
+    http = httpx.Client(transport=httpx.MockTransport(scripted(big)))
+    c = FalClient(http, KEY, base_url="https://x.test/v1", retry=RetryPolicy(max_body=1000))
+    with pytest.raises(BadDataError, match="cap"):
+        fetch(c)
+
+
+def test_deep_nesting_is_bad_data_not_retried():
+    body = b'{"items": [{"json_input": ' + b"[" * 5000 + b"]" * 5000 + b"}], \"has_more\": false, \"next_cursor\": null}"
+    h = scripted(httpx.Response(200, content=body))
+    with pytest.raises(BadDataError, match="nests"):
+        fetch(client(h))
+    assert len(h.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ([], "not a JSON object"),
+        ({"items": {}, "has_more": False, "next_cursor": None}, "no items list"),
+        ({"items": [], "has_more": True, "next_cursor": None}, "has_more but gives no next_cursor"),
+        ({"items": [], "has_more": "yes", "next_cursor": None}, "has_more is not a boolean"),
+        ({"items": [dict(ITEM, request_id=None)], "has_more": False, "next_cursor": None}, "request_id is missing"),
+        ({"items": [dict(ITEM, status_code="200")], "has_more": False, "next_cursor": None}, "status_code is str"),
+        ({"items": [dict(ITEM, duration={"s": 1})], "has_more": False, "next_cursor": None}, "duration is dict"),
+        ({"items": [dict(ITEM, status_code=True)], "has_more": False, "next_cursor": None}, "status_code is bool"),
+        ({"items": [dict(ITEM, ended_at="yesterday")], "has_more": False, "next_cursor": None}, "not a timestamp"),
+        ({"items": [dict(ITEM, sent_at=None)], "has_more": False, "next_cursor": None}, "has no sent_at"),
+        ({"items": ["x"], "has_more": False, "next_cursor": None}, "not an object"),
+        ({"items": [ITEM] * 101, "has_more": False, "next_cursor": None}, "more than the 100"),
+    ],
+)
+def test_malformed_pages_are_refused(page, message):
+    with pytest.raises(BadDataError, match=message):
+        parse_page(page, payloads=True, billing=True)
+
+
+def test_unfinished_row_and_missing_optionals():
+    row = item_to_row(
+        {"request_id": "r", "endpoint_id": "a/b", "sent_at": "2025-01-01T00:00:01Z", "started_at": "2025-01-01T00:00:02Z", "runner_id": None},
+        payloads=True,
+        billing=True,
+    )
+    assert row == ("r", "a/b", None, "2025-01-01T00:00:01.000000Z", "2025-01-01T00:00:02.000000Z", None, None, None, None, None, None, "unfinished")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.fal.ai/v1", "ftp://127.0.0.1/v1", "https://user:pw@api.fal.ai/v1", "not a url"],
+)
+def test_unsafe_base_urls_are_refused(url):
+    with pytest.raises(ConfigError):
+        check_base_url(url)
+
+
+def test_loopback_http_is_allowed():
+    assert check_base_url("http://127.0.0.1:8765/v1/") == "http://127.0.0.1:8765/v1"
+    assert check_base_url("http://localhost:1/v1") == "http://localhost:1/v1"
+    assert check_base_url("http://[::1]:1/v1") == "http://[::1]:1/v1"
+
+
+def test_key_sources_in_order(tmp_path):
+    assert load_key({"FAL_KEY": "a:b", "FAL_KEY_ID": "c", "FAL_KEY_SECRET": "d"}) == "a:b"
+    assert load_key({"FAL_KEY_ID": "c", "FAL_KEY_SECRET": "d"}) == "c:d"
+    with pytest.raises(ConfigError, match="together"):
+        load_key({"FAL_KEY_ID": "c"})
+    with pytest.raises(ConfigError, match="no fal API key"):
+        load_key({"XDG_CONFIG_HOME": str(tmp_path)})
+    f = tmp_path / "key"
+    f.write_text("e:f\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+        load_key({"MIRROR_KEY_FILE": str(f)})
+    f.chmod(0o600)
+    assert load_key({"MIRROR_KEY_FILE": str(f)}) == "e:f"
+
+
+def test_client_repr_hides_key():
+    c = client(scripted(ok()))
+    assert KEY not in repr(c) and KEY not in str(vars(c).get("base_url"))

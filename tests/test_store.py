@@ -1,0 +1,191 @@
+"""The store: migrations, the upsert's semantics, window state, and refusing bad files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mirror.errors import SchemaTooNewError, StoreError
+from mirror.store import API_FIELDS, Store, derive_status, metadata
+
+T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
+
+
+def row(rid="r1", *, ended="2026-11-28T09:00:01.000000Z", code=200, billable=1.5, inp='{"p":"x"}', out='{"o":1}', duration=1.0):
+    r = (rid, "acme/app", "run-1", "2026-11-28T09:00:00.000000Z", "2026-11-28T09:00:00.500000Z", ended, code, duration, billable, inp, out)
+    return (*r, derive_status(ended, code))
+
+
+def upsert(store, rows, now=T1, payloads=True, billing=True):
+    with store.engine.begin() as conn:
+        return store.upsert(conn, rows, payloads=payloads, billing=billing, now=now)
+
+
+def table(store):
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT {', '.join(API_FIELDS)}, status, first_seen_at, last_changed_at FROM requests ORDER BY request_id")]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(str(tmp_path / "m.db"))
+    yield s
+    s.close()
+
+
+def test_migrated_schema_matches_the_declared_tables(store):
+    insp = sa.inspect(store.engine)
+    for t in metadata.sorted_tables:
+        cols = [c["name"] for c in insp.get_columns(t.name)]
+        assert cols == [c.name for c in t.columns], f"{t.name}: migration and Table disagree"
+        assert insp.get_pk_constraint(t.name)["constrained_columns"] == [c.name for c in t.primary_key]
+    names = {i["name"] for i in insp.get_indexes("requests")}
+    assert {"ix_requests_endpoint_ended", "ix_requests_ended_at", "ix_requests_unfinished"} <= names
+
+
+def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
+    upsert(store, [row()])
+    for p in tmp_path.iterdir():
+        if p.name.startswith("m.db"):
+            assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, f"{p.name} is readable by others"
+    assert sqlite3.connect(tmp_path / "m.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_insert_then_update_counts_and_bookkeeping(store):
+    assert upsert(store, [row("a"), row("b")]) == (2, 0)
+    assert upsert(store, [row("a"), row("b")], now=T2) == (0, 0), "unchanged rows must not count as updated"
+    assert [r[-1] for r in table(store)] == [T1, T1], "unchanged rows must keep last_changed_at"
+    assert upsert(store, [row("a", billable=2.0), row("c")], now=T2) == (1, 1)
+    a = table(store)[0]
+    assert a[8] == 2.0 and a[-2:] == (T1, T2), "first_seen stays, last_changed moves"
+
+
+def test_unfinished_row_is_completed_in_place(store):
+    upsert(store, [row("a", ended=None, code=None, out=None, billable=None, duration=None)])
+    assert table(store)[0][11] == "unfinished"
+    assert upsert(store, [row("a")], now=T2) == (0, 1)
+    assert table(store) == [(*row("a"), T1, T2)]
+
+
+def test_fields_not_fetched_are_left_alone(store):
+    upsert(store, [row("a")])
+    no_extras = (*row("a", billable=None, inp=None, out=None)[:11], "success")
+    upsert(store, [no_extras], payloads=False, billing=False, now=T2)
+    assert table(store) == [(*row("a"), T1, T1)], "a sync without payloads/billing erased them"
+
+
+def test_expired_payloads_are_kept(store):
+    upsert(store, [row("a")])
+    upsert(store, [row("a", inp=None, out=None)], now=T2)
+    assert table(store)[0][9:11] == ('{"p":"x"}', '{"o":1}')
+
+
+def test_duplicate_ids_in_one_batch_last_wins(store):
+    assert upsert(store, [row("a", billable=1.0), row("a", billable=3.0)]) == (1, 0)
+    assert table(store)[0][8] == 3.0
+
+
+rows_strategy = st.lists(
+    st.builds(
+        row,
+        rid=st.sampled_from(["a", "b", "c", "d"]),
+        ended=st.sampled_from([None, "2026-11-28T09:00:01.000000Z", "2026-11-28T09:30:00.000000Z"]),
+        code=st.sampled_from([None, 200, 404, 500]),
+        billable=st.sampled_from([None, 1.0, 2.5]),
+        inp=st.sampled_from([None, '{"p":"x"}', '{"p":"東京"}']),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=rows_strategy)
+def test_upsert_twice_equals_once(tmp_path_factory, batch):
+    s = Store.open(str(tmp_path_factory.mktemp("h") / "m.db"))
+    try:
+        upsert(s, batch)
+        once = table(s)
+        assert upsert(s, batch, now=T2) == (0, 0)
+        assert table(s) == once
+    finally:
+        s.close()
+
+
+def test_completed_windows_coalesce(store):
+    with store.engine.begin() as conn:
+        store.mark_complete(conn, "t", "2026-11-28T00:00:00.000000Z", "2026-11-28T01:00:00.000000Z", T1)
+        store.mark_complete(conn, "t", "2026-11-28T03:00:00.000000Z", "2026-11-28T04:00:00.000000Z", T1)
+        store.mark_complete(conn, "t", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1)
+        store.mark_complete(conn, "u", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1)
+    assert store.completed("t") == [
+        ("2026-11-28T00:00:00.000000Z", "2026-11-28T02:00:00.000000Z"),
+        ("2026-11-28T03:00:00.000000Z", "2026-11-28T04:00:00.000000Z"),
+    ]
+    with store.engine.begin() as conn:
+        store.mark_complete(conn, "t", "2026-11-28T01:30:00.000000Z", "2026-11-28T03:00:00.000000Z", T1)
+    assert store.completed("t") == [("2026-11-28T00:00:00.000000Z", "2026-11-28T04:00:00.000000Z")]
+    assert store.completed("u") == [("2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z")]
+
+
+def test_target_covers_routes_but_not_lookalikes(store):
+    rows = [row(f"{i}") for i in range(4)]
+    ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]
+    rows = [(r[0], e, *r[2:]) for r, e in zip(rows, ids, strict=True)]
+    upsert(store, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
+    got = {e for _, e, _ in store.unfinished("acme/app", "9999", 100)}
+    assert got == {"acme/app", "acme/app/turbo"}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    p = tmp_path / "new.db"
+    Store.open(str(p)).close()
+    con = sqlite3.connect(p)
+    con.execute("UPDATE alembic_version SET version_num = '9999'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaTooNewError, match="revision 9999, newer than this mirror knows"):
+        Store.open(str(p))
+
+
+def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
+    foreign = tmp_path / "other.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
+    before = foreign.read_bytes()
+    with pytest.raises(StoreError, match="not a mirror database"):
+        Store.open(str(foreign))
+    assert foreign.read_bytes() == before
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(8192))
+    before = junk.read_bytes()
+    with pytest.raises(StoreError, match="not a mirror database or corrupt"):
+        Store.open(str(junk))
+    assert junk.read_bytes() == before
+
+
+def test_upgrade_from_an_older_revision_backs_up_first(tmp_path):
+    from alembic import command
+
+    from mirror.store import _alembic_config
+
+    p = tmp_path / "m.db"
+    s = Store.open(str(p))
+    upsert(s, [row("a")])
+    with s.engine.begin() as conn:
+        head = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        if head == "0001":
+            pytest.skip("only one revision so far: nothing to upgrade from")
+        command.downgrade(_alembic_config(conn), "0001")
+    s.close()
+    s = Store.open(str(p))
+    assert (tmp_path / "m.db.bak-0001").exists(), "no backup taken before the upgrade"
+    assert [r[0] for r in table(s)] == ["a"]
+    s.close()

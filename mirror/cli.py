@@ -43,6 +43,26 @@ def fail(err: MirrorError) -> NoReturn:
 class MirrorGroup(click.Group):
     """Turns library errors into one line and an exit code, never a traceback."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            if _debug():
+                raise
+            where = e.ctx.command_path if e.ctx else "mirror"
+            click.echo(f"mirror: usage: {e.format_message()} (see: {where} --help)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as e:
+            click.echo(f"mirror: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("mirror: aborted", err=True)
+            sys.exit(1)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            sys.exit(rv)
+        return rv
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

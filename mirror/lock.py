@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,30 @@ def lock_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".lock")
 
 
+#: locks this process holds, with a count: `hold` is re-entrant (sync holds the lock and then
+#: opens the store, whose migration step takes the same lock)
+_held: dict[str, int] = {}
+_held_guard = threading.Lock()
+
+
 @contextlib.contextmanager
 def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
     """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s."""
     path = lock_path(db_path)
+    key = str(path.resolve())
+    with _held_guard:
+        if _held.get(key):
+            _held[key] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
@@ -45,7 +66,13 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held.pop(key, None)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 

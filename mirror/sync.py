@@ -43,7 +43,7 @@ from mirror.api import FalClient, Page
 from mirror.errors import AuthError, BadDataError, MirrorError
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import api_param, from_text, to_text, utcnow
-from mirror.windows import Window, floor_s, plan, split
+from mirror.windows import Window, ceil_s, floor_s, plan, split
 
 log = logging.getLogger("mirror.sync")
 
@@ -199,7 +199,9 @@ class Syncer:
         *,
         clock: Callable[[], datetime] = utcnow,
         progress: Callable[[SyncReport], None] | None = None,
+        wait: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._wait = wait
         self.store = store
         self.client = client
         self.opts = opts
@@ -265,7 +267,8 @@ class Syncer:
             return page, False
 
     def _note(self, text: str) -> None:
-        log.warning(text)
+        """Something the user should hear once; the CLI prints notes after the run."""
+        log.info(text)
         self._notes.append(text)
 
     def _work(self, task: _Walk | _Refresh) -> None:
@@ -348,7 +351,10 @@ class Syncer:
     def run(self) -> SyncReport:
         opts = self.opts
         started = self.clock()
-        now = floor_s(started)
+        # Windows are whole seconds and the last one ends at the next whole second, reached
+        # before any call: so every request that ended before the sync started is covered.
+        now = ceil_s(started)
+        self._wait((now - started).total_seconds())
         self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes

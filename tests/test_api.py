@@ -30,7 +30,14 @@ PAGE = {"items": [ITEM], "next_cursor": None, "has_more": False}
 def client(handler, *, attempts=5, sleeps=None, base="https://api.example.test/v1"):
     waits = sleeps if sleeps is not None else []
     http = httpx.Client(transport=httpx.MockTransport(handler))
-    return FalClient(http, KEY, base_url=base, retry=RetryPolicy(attempts=attempts, base=0.5, cap=4), sleep=waits.append, seed=7)
+    return FalClient(
+        http,
+        KEY,
+        base_url=base,
+        retry=RetryPolicy(attempts=attempts, base=0.5, cap=4),
+        sleep=waits.append,
+        seed=7,
+    )
 
 
 def scripted(*responses):
@@ -62,12 +69,24 @@ def test_request_shape_and_row():
     req = h.seen[0]
     assert req.headers["authorization"] == f"Key {KEY}"
     assert req.url.path == "/v1/serverless/requests/by-endpoint"
-    assert req.url.params.get_list("expand") == ["payloads", "billing"], "expand must be repeated (style=form, explode)"
+    assert req.url.params.get_list("expand") == ["payloads", "billing"], (
+        "expand must be repeated (style=form, explode)"
+    )
     assert req.url.params["endpoint_id"] == "acme/app" and req.url.params["limit"] == "100"
     assert page.rows == [
         (
-            ITEM["request_id"], "acme/app", None, "2025-01-01T00:00:01.000000Z", "2025-01-01T00:00:05.000000Z",
-            "2025-01-01T00:00:08.500000Z", 200, 7.8, 1.5, '{"prompt":"café ☕ 東京"}', '{"status":"ok"}', "success",
+            ITEM["request_id"],
+            "acme/app",
+            None,
+            "2025-01-01T00:00:01.000000Z",
+            "2025-01-01T00:00:05.000000Z",
+            "2025-01-01T00:00:08.500000Z",
+            200,
+            7.8,
+            1.5,
+            '{"prompt":"café ☕ 東京"}',
+            '{"status":"ok"}',
+            "success",
         )
     ]
     assert page.next_cursor is None
@@ -76,14 +95,44 @@ def test_request_shape_and_row():
 @pytest.mark.parametrize(
     ("first", "why"),
     [
-        (httpx.Response(429, json={"error": {"type": "rate_limited", "message": "Rate limit exceeded"}}), "429"),
-        (httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"}), "HTML 5xx"),
-        (httpx.Response(500, json={"error": {"type": "server_error", "message": "Unexpected server error"}}), "JSON 500"),
-        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "truncated"),
+        (
+            httpx.Response(
+                429, json={"error": {"type": "rate_limited", "message": "Rate limit exceeded"}}
+            ),
+            "429",
+        ),
+        (
+            httpx.Response(
+                502,
+                text="<html><body>502 Bad Gateway</body></html>",
+                headers={"content-type": "text/html"},
+            ),
+            "HTML 5xx",
+        ),
+        (
+            httpx.Response(
+                500, json={"error": {"type": "server_error", "message": "Unexpected server error"}}
+            ),
+            "JSON 500",
+        ),
+        (
+            httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            ),
+            "truncated",
+        ),
         (httpx.ConnectError("connection reset by peer"), "reset"),
         (httpx.ReadTimeout("timed out"), "timeout"),
-        (httpx.Response(200, text='{"items": [', headers={"content-type": "application/json"}), "truncated JSON"),
-        (httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"}), "HTML 200"),
+        (
+            httpx.Response(200, text='{"items": [', headers={"content-type": "application/json"}),
+            "truncated JSON",
+        ),
+        (
+            httpx.Response(
+                200, text="<html>maintenance</html>", headers={"content-type": "text/html"}
+            ),
+            "HTML 200",
+        ),
     ],
 )
 def test_transient_failures_are_retried_with_backoff(first, why):
@@ -97,7 +146,14 @@ def test_transient_failures_are_retried_with_backoff(first, why):
 
 def test_retry_after_is_honoured():
     sleeps: list[float] = []
-    h = scripted(httpx.Response(429, headers={"retry-after": "3"}, json={"error": {"type": "rate_limited", "message": "x"}}), ok())
+    h = scripted(
+        httpx.Response(
+            429,
+            headers={"retry-after": "3"},
+            json={"error": {"type": "rate_limited", "message": "x"}},
+        ),
+        ok(),
+    )
     fetch(client(h, sleeps=sleeps))
     assert sleeps == [3.0]
 
@@ -116,14 +172,35 @@ def test_backoff_grows_exponentially_up_to_the_cap():
 @pytest.mark.parametrize(
     ("status", "body", "cls", "expected"),
     [
-        (401, {"error": {"type": "authorization_error", "message": "Invalid API key or malformed Authorization header"}}, AuthError,
-         "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)"),
-        (403, {"error": {"type": "authorization_error", "message": "Access denied"}}, AuthError,
-         "HTTP 403 authorization_error: Access denied (/v1/serverless/requests/by-endpoint)"),
-        (400, {"error": {"type": "validation_error", "message": "limit must be <= 100"}}, ApiError,
-         "HTTP 400 validation_error: limit must be <= 100 (/v1/serverless/requests/by-endpoint)"),
-        (404, {"error": {"type": "not_found", "message": "Resource not found"}}, ApiError,
-         "HTTP 404 not_found: Resource not found (/v1/serverless/requests/by-endpoint)"),
+        (
+            401,
+            {
+                "error": {
+                    "type": "authorization_error",
+                    "message": "Invalid API key or malformed Authorization header",
+                }
+            },
+            AuthError,
+            "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)",
+        ),
+        (
+            403,
+            {"error": {"type": "authorization_error", "message": "Access denied"}},
+            AuthError,
+            "HTTP 403 authorization_error: Access denied (/v1/serverless/requests/by-endpoint)",
+        ),
+        (
+            400,
+            {"error": {"type": "validation_error", "message": "limit must be <= 100"}},
+            ApiError,
+            "HTTP 400 validation_error: limit must be <= 100 (/v1/serverless/requests/by-endpoint)",
+        ),
+        (
+            404,
+            {"error": {"type": "not_found", "message": "Resource not found"}},
+            ApiError,
+            "HTTP 404 not_found: Resource not found (/v1/serverless/requests/by-endpoint)",
+        ),
     ],
 )
 def test_client_errors_fail_at_once_naming_status_and_message(status, body, cls, expected):
@@ -136,10 +213,19 @@ def test_client_errors_fail_at_once_naming_status_and_message(status, body, cls,
 
 
 def test_html_error_body_from_a_proxy():
-    h = scripted(httpx.Response(403, text="<!DOCTYPE html><title>Just a moment...</title>", headers={"content-type": "text/html", "cf-mitigated": "challenge"}))
+    h = scripted(
+        httpx.Response(
+            403,
+            text="<!DOCTYPE html><title>Just a moment...</title>",
+            headers={"content-type": "text/html", "cf-mitigated": "challenge"},
+        )
+    )
     with pytest.raises(AuthError) as e:
         fetch(client(h))
-    assert str(e.value) == "HTTP 403: non-JSON error body (46 bytes of text/html) (/v1/serverless/requests/by-endpoint)"
+    assert (
+        str(e.value)
+        == "HTTP 403: non-JSON error body (46 bytes of text/html) (/v1/serverless/requests/by-endpoint)"
+    )
 
 
 def test_redirects_are_not_followed_so_the_key_stays_home():
@@ -158,7 +244,12 @@ def test_body_size_cap():
 
 
 def test_deep_nesting_is_bad_data_not_retried():
-    body = b'{"items": [{"json_input": ' + b"[" * 5000 + b"]" * 5000 + b"}], \"has_more\": false, \"next_cursor\": null}"
+    body = (
+        b'{"items": [{"json_input": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b'}], "has_more": false, "next_cursor": null}'
+    )
     h = scripted(httpx.Response(200, content=body))
     with pytest.raises(BadDataError, match="nests"):
         fetch(client(h))
@@ -172,12 +263,30 @@ def test_deep_nesting_is_bad_data_not_retried():
         ({"items": {}, "has_more": False, "next_cursor": None}, "no items list"),
         ({"items": [], "has_more": True, "next_cursor": None}, "has_more but gives no next_cursor"),
         ({"items": [], "has_more": "yes", "next_cursor": None}, "has_more is not a boolean"),
-        ({"items": [dict(ITEM, request_id=None)], "has_more": False, "next_cursor": None}, "request_id is missing"),
-        ({"items": [dict(ITEM, status_code="200")], "has_more": False, "next_cursor": None}, "status_code is str"),
-        ({"items": [dict(ITEM, duration={"s": 1})], "has_more": False, "next_cursor": None}, "duration is dict"),
-        ({"items": [dict(ITEM, status_code=True)], "has_more": False, "next_cursor": None}, "status_code is bool"),
-        ({"items": [dict(ITEM, ended_at="yesterday")], "has_more": False, "next_cursor": None}, "not a timestamp"),
-        ({"items": [dict(ITEM, sent_at=None)], "has_more": False, "next_cursor": None}, "has no sent_at"),
+        (
+            {"items": [dict(ITEM, request_id=None)], "has_more": False, "next_cursor": None},
+            "request_id is missing",
+        ),
+        (
+            {"items": [dict(ITEM, status_code="200")], "has_more": False, "next_cursor": None},
+            "status_code is str",
+        ),
+        (
+            {"items": [dict(ITEM, duration={"s": 1})], "has_more": False, "next_cursor": None},
+            "duration is dict",
+        ),
+        (
+            {"items": [dict(ITEM, status_code=True)], "has_more": False, "next_cursor": None},
+            "status_code is bool",
+        ),
+        (
+            {"items": [dict(ITEM, ended_at="yesterday")], "has_more": False, "next_cursor": None},
+            "not a timestamp",
+        ),
+        (
+            {"items": [dict(ITEM, sent_at=None)], "has_more": False, "next_cursor": None},
+            "has no sent_at",
+        ),
         ({"items": ["x"], "has_more": False, "next_cursor": None}, "not an object"),
         ({"items": [ITEM] * 101, "has_more": False, "next_cursor": None}, "more than the 100"),
     ],
@@ -189,11 +298,30 @@ def test_malformed_pages_are_refused(page, message):
 
 def test_unfinished_row_and_missing_optionals():
     row = item_to_row(
-        {"request_id": "r", "endpoint_id": "a/b", "sent_at": "2025-01-01T00:00:01Z", "started_at": "2025-01-01T00:00:02Z", "runner_id": None},
+        {
+            "request_id": "r",
+            "endpoint_id": "a/b",
+            "sent_at": "2025-01-01T00:00:01Z",
+            "started_at": "2025-01-01T00:00:02Z",
+            "runner_id": None,
+        },
         payloads=True,
         billing=True,
     )
-    assert row == ("r", "a/b", None, "2025-01-01T00:00:01.000000Z", "2025-01-01T00:00:02.000000Z", None, None, None, None, None, None, "unfinished")
+    assert row == (
+        "r",
+        "a/b",
+        None,
+        "2025-01-01T00:00:01.000000Z",
+        "2025-01-01T00:00:02.000000Z",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "unfinished",
+    )
 
 
 @pytest.mark.parametrize(

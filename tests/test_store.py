@@ -17,8 +17,29 @@ from mirror.store import API_FIELDS, Store, derive_status, metadata
 T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
 
 
-def row(rid="r1", *, ended="2026-11-28T09:00:01.000000Z", code=200, billable=1.5, inp='{"p":"x"}', out='{"o":1}', duration=1.0):
-    r = (rid, "acme/app", "run-1", "2026-11-28T09:00:00.000000Z", "2026-11-28T09:00:00.500000Z", ended, code, duration, billable, inp, out)
+def row(
+    rid="r1",
+    *,
+    ended="2026-11-28T09:00:01.000000Z",
+    code=200,
+    billable=1.5,
+    inp='{"p":"x"}',
+    out='{"o":1}',
+    duration=1.0,
+):
+    r = (
+        rid,
+        "acme/app",
+        "run-1",
+        "2026-11-28T09:00:00.000000Z",
+        "2026-11-28T09:00:00.500000Z",
+        ended,
+        code,
+        duration,
+        billable,
+        inp,
+        out,
+    )
     return (*r, derive_status(ended, code))
 
 
@@ -29,7 +50,12 @@ def upsert(store, rows, now=T1, payloads=True, billing=True):
 
 def table(store):
     with store.engine.connect() as conn:
-        return [tuple(r) for r in conn.exec_driver_sql(f"SELECT {', '.join(API_FIELDS)}, status, first_seen_at, last_changed_at FROM requests ORDER BY request_id")]
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                f"SELECT {', '.join(API_FIELDS)}, status, first_seen_at, last_changed_at FROM requests ORDER BY request_id"
+            )
+        ]
 
 
 @pytest.fixture
@@ -44,7 +70,9 @@ def test_migrated_schema_matches_the_declared_tables(store):
     for t in metadata.sorted_tables:
         cols = [c["name"] for c in insp.get_columns(t.name)]
         assert cols == [c.name for c in t.columns], f"{t.name}: migration and Table disagree"
-        assert insp.get_pk_constraint(t.name)["constrained_columns"] == [c.name for c in t.primary_key]
+        assert insp.get_pk_constraint(t.name)["constrained_columns"] == [
+            c.name for c in t.primary_key
+        ]
     names = {i["name"] for i in insp.get_indexes("requests")}
     assert {"ix_requests_endpoint_ended", "ix_requests_ended_at", "ix_requests_unfinished"} <= names
 
@@ -59,7 +87,9 @@ def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
 
 def test_insert_then_update_counts_and_bookkeeping(store):
     assert upsert(store, [row("a"), row("b")]) == (2, 0)
-    assert upsert(store, [row("a"), row("b")], now=T2) == (0, 0), "unchanged rows must not count as updated"
+    assert upsert(store, [row("a"), row("b")], now=T2) == (0, 0), (
+        "unchanged rows must not count as updated"
+    )
     assert [r[-1] for r in table(store)] == [T1, T1], "unchanged rows must keep last_changed_at"
     assert upsert(store, [row("a", billable=2.0), row("c")], now=T2) == (1, 1)
     a = table(store)[0]
@@ -119,16 +149,26 @@ def test_upsert_twice_equals_once(tmp_path_factory, batch):
 
 def test_completed_windows_coalesce(store):
     with store.engine.begin() as conn:
-        store.mark_complete(conn, "t", "2026-11-28T00:00:00.000000Z", "2026-11-28T01:00:00.000000Z", T1)
-        store.mark_complete(conn, "t", "2026-11-28T03:00:00.000000Z", "2026-11-28T04:00:00.000000Z", T1)
-        store.mark_complete(conn, "t", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1)
-        store.mark_complete(conn, "u", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1)
+        store.mark_complete(
+            conn, "t", "2026-11-28T00:00:00.000000Z", "2026-11-28T01:00:00.000000Z", T1
+        )
+        store.mark_complete(
+            conn, "t", "2026-11-28T03:00:00.000000Z", "2026-11-28T04:00:00.000000Z", T1
+        )
+        store.mark_complete(
+            conn, "t", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1
+        )
+        store.mark_complete(
+            conn, "u", "2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z", T1
+        )
     assert store.completed("t") == [
         ("2026-11-28T00:00:00.000000Z", "2026-11-28T02:00:00.000000Z"),
         ("2026-11-28T03:00:00.000000Z", "2026-11-28T04:00:00.000000Z"),
     ]
     with store.engine.begin() as conn:
-        store.mark_complete(conn, "t", "2026-11-28T01:30:00.000000Z", "2026-11-28T03:00:00.000000Z", T1)
+        store.mark_complete(
+            conn, "t", "2026-11-28T01:30:00.000000Z", "2026-11-28T03:00:00.000000Z", T1
+        )
     assert store.completed("t") == [("2026-11-28T00:00:00.000000Z", "2026-11-28T04:00:00.000000Z")]
     assert store.completed("u") == [("2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z")]
 

@@ -27,7 +27,9 @@ def test_parse_when_accepts_iso_and_relative(text, expected):
     assert parse_when(text, NOW) == expected, f"{text!r} parsed wrongly"
 
 
-@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "-5h", "5 parsecs", "2026-11-01T25:00"])
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2026-13-01", "-5h", "5 parsecs", "2026-11-01T25:00"]
+)
 def test_parse_when_rejects_garbage_with_a_hint(text):
     with pytest.raises(ValueError) as e:
         parse_when(text, NOW)
@@ -54,7 +56,11 @@ def test_durations():
             parse_duration(bad)
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)))
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    )
+)
 def test_canonical_text_round_trips_and_sorts_like_time(dt):
     text = to_text(dt)
     assert len(text) == 27 and text.endswith("Z")
@@ -65,7 +71,12 @@ def test_canonical_text_round_trips_and_sorts_like_time(dt):
 
 
 @given(
-    st.lists(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)), min_size=2)
+    st.lists(
+        st.datetimes(
+            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+        ),
+        min_size=2,
+    )
 )
 def test_text_order_is_time_order(dts):
     assert sorted(to_text(d) for d in dts) == [to_text(d) for d in sorted(dts)]

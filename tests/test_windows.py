@@ -36,13 +36,17 @@ def test_plan_covers_exactly_what_is_not_trusted(start, length, done, lookback, 
     got_walked = covered_seconds(walked)
     assert sum(int(w.length.total_seconds()) for w in windows) == len(got_walked), "windows overlap"
     assert got_walked <= want, "a window lies outside the requested range"
-    assert want - covered_seconds(trusted) == got_walked, "planned windows != range minus trusted state"
+    assert want - covered_seconds(trusted) == got_walked, (
+        "planned windows != range minus trusted state"
+    )
     assert windows == sorted(windows), "windows are not oldest first"
     for w in windows:
         assert w.length <= timedelta(seconds=size), f"{w} is longer than the window size"
 
 
-@given(length=st.integers(min_value=1, max_value=86400), parts=st.integers(min_value=1, max_value=100))
+@given(
+    length=st.integers(min_value=1, max_value=86400), parts=st.integers(min_value=1, max_value=100)
+)
 def test_split_partitions_on_whole_seconds(length, parts):
     w = Window(T0, T0 + timedelta(seconds=length))
     pieces = split(w, parts)
@@ -64,7 +68,13 @@ def test_subtract_gaps():
 
 def test_same_range_gives_same_windows_every_run():
     """Windows are aligned to the size, so reruns re-walk identical windows."""
-    a = plan(T0 + timedelta(minutes=7), T0 + timedelta(hours=13), [], recheck_from=None, size=timedelta(hours=6))
+    a = plan(
+        T0 + timedelta(minutes=7),
+        T0 + timedelta(hours=13),
+        [],
+        recheck_from=None,
+        size=timedelta(hours=6),
+    )
     assert [(w.start, w.end) for w in a] == [
         (T0 + timedelta(minutes=7), T0 + timedelta(hours=6)),
         (T0 + timedelta(hours=6), T0 + timedelta(hours=12)),

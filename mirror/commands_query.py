@@ -1,0 +1,327 @@
+"""The offline commands: `mirror query`, `stats`, `sql`, `status` and `browse`.
+
+Click only: each command parses its flags, opens the database read-only, calls one
+function of ``mirror.query`` (or ``mirror.readonly``) and prints with ``mirror.output``.
+None of them creates a database, and all of them read while a sync writes the same file.
+`register` adds them to the `mirror` group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mirror import output, query
+from mirror.cli import _when, db_option
+from mirror.errors import ConfigError
+from mirror.store import STATUSES, sqlite_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+format_option = click.option(
+    "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",
+    show_default=True, help="table for people; json (one array), jsonl (one object a line) "
+    "or csv (with a header row) for programs.",
+)  # fmt: skip
+
+
+def filter_options(fn: F) -> F:
+    """The filters shared by `query` and `stats`, in the order --help shows them."""
+    opts = [
+        click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
+                     help="Only this endpoint (repeatable); an app id also matches its routes."),
+        click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+                     help="Only this status (repeatable)."),
+        click.option("--status-code", "status_codes", multiple=True, type=int, metavar="CODE",
+                     help="Only this HTTP status code (repeatable)."),
+        click.option("--since", callback=_when, metavar="WHEN",
+                     help="From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, "
+                     "or an age such as 90m, 36h, 7d."),
+        click.option("--until", callback=_when, metavar="WHEN",
+                     help="Before this time (exclusive); same forms as --since."),
+        click.option("--time-field", type=click.Choice(query.TIME_FIELDS), default="ended_at",
+                     show_default=True, help="Which time --since/--until (and hour/day) use."),
+        click.option("--id", "request_ids", multiple=True, metavar="REQUEST_ID",
+                     help="Only this request (repeatable)."),
+        click.option("--min-duration", type=click.FloatRange(min=0), metavar="SECONDS",
+                     help="Only requests that ran at least this long."),
+        click.option("--max-duration", type=click.FloatRange(min=0), metavar="SECONDS",
+                     help="Only requests that ran at most this long."),
+        click.option("--search", metavar="WORDS",
+                     help="Full-text search in the payloads: every word must occur."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _filters(kw: dict[str, Any]) -> query.Filters:
+    for e in kw["endpoints"]:
+        if not e.strip() or any(c.isspace() for c in e):
+            raise click.BadParameter(f"{e!r} is not an endpoint id", param_hint="--endpoint")
+    try:
+        return query.Filters(
+            endpoints=kw["endpoints"],
+            statuses=kw["statuses"],
+            status_codes=kw["status_codes"],
+            request_ids=kw["request_ids"],
+            since=kw["since"],
+            until=kw["until"],
+            time_field=kw["time_field"],
+            min_duration=kw["min_duration"],
+            max_duration=kw["max_duration"],
+            search=kw["search"],
+        )
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    """``a,b`` and repeated flags alike: ``--by endpoint,day`` == ``--by endpoint --by day``."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+@contextlib.contextmanager
+def _stdout() -> Iterator[Any]:
+    """stdout, and a quiet exit when the reader goes away (`mirror query | head`)."""
+    try:
+        yield sys.stdout
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
+def _print(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, **kw: Any) -> None:
+    with _stdout() as out:
+        output.write(out, columns, rows, fmt, **kw)
+
+
+# --------------------------------------------------------------------------- query
+
+
+@click.command("query")
+@db_option
+@filter_options
+@click.option("--sort", type=click.Choice(query.SORTS), default="ended_at", show_default=True,
+              help="Sort by this column; rows without a value come last.")  # fmt: skip
+@click.option(
+    "--asc", is_flag=True, help="Ascending (oldest or fastest first); default descending."
+)
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="At most this many rows; 0 for all.")  # fmt: skip
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many rows first.")
+@click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
+              help=f"Columns to show, from: {', '.join(query.COLUMNS)}. "
+              f"Default: {','.join(query.DEFAULT_COLUMNS)}.")  # fmt: skip
+@click.option("--payloads", is_flag=True,
+              help="Add json_input and json_output (decoded, in json/jsonl).")  # fmt: skip
+@format_option
+def query_cmd(
+    db: str,
+    sort: str,
+    asc: bool,
+    limit: int,
+    offset: int,
+    columns: tuple[str, ...],
+    payloads: bool,
+    fmt: str,
+    **kw: Any,
+) -> None:
+    """List requests, newest first, filtered offline.
+
+    \b
+    Examples:
+      mirror query -e acme/flux-lora -s error --since 12h
+      mirror query --sort duration -n 10          # the slowest
+      mirror query --search lighthouse -s error --payloads --format json
+    """
+    filters = _filters(kw)
+    cols = _split(columns) or list(query.DEFAULT_COLUMNS)
+    unknown = [c for c in cols if c not in query.COLUMNS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown column {unknown[0]!r}; choose from {', '.join(query.COLUMNS)}",
+            param_hint="--columns",
+        )
+    if payloads:
+        cols += [c for c in query.PAYLOAD_COLUMNS if c not in cols]
+    with query.open_reader(db) as conn:
+        rows = query.select_requests(
+            conn, filters, columns=cols, sort=sort, descending=not asc,
+            limit=limit or None, offset=offset,
+        )  # fmt: skip
+        _print(cols, rows, fmt, json_columns=query.PAYLOAD_COLUMNS)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@click.command("stats")
+@db_option
+@filter_options
+@click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
+              help="Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")  # fmt: skip
+@format_option
+def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
+    """Counts, error rates, duration percentiles and billable units.
+
+    \b
+    Percentiles (p50/p90/p95/p99, seconds) are exact, by nearest rank: the
+    duration at rank ceil(p*n/100) of the n sorted durations. Rates are of
+    finished requests. Example: mirror stats --by endpoint,day --since 7d
+    """
+    filters = _filters(kw)
+    groups = _split(by)
+    try:
+        groups = list(query.check_groups(groups))
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--by") from None
+    with query.open_reader(db) as conn:
+        result = query.stats(conn, filters, by=groups)
+    cols = [*groups, *query.STATS_FIELDS]
+    _print(cols, ([r[c] for c in cols] for r in result), fmt)
+
+
+# --------------------------------------------------------------------------- sql
+
+
+@click.command("sql")
+@click.argument("sql")
+@db_option
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="Bind :NAME to VALUE (repeatable), instead of pasting values into SQL.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="Stop the statement after this long.")  # fmt: skip
+@format_option
+def sql_cmd(
+    sql: str, db: str, params: tuple[tuple[str, str], ...], timeout: float, fmt: str
+) -> None:
+    """Run one read-only SQL statement against the mirror.
+
+    \b
+    The file is opened read-only and every write, schema change, ATTACH,
+    setting PRAGMA and VACUUM INTO is refused by SQLite itself (one line,
+    exit 1). Tables: requests, sync_targets, sync_windows, sync_runs; views:
+    request_log, hourly_summary, daily_summary, daily_usage; search: requests_fts.
+    Example: mirror sql "SELECT status, count(*) FROM requests GROUP BY 1"
+    """
+    from mirror.readonly import ReadOnlyDatabase
+
+    path = sqlite_path(db)
+    if path is None:
+        raise click.UsageError("mirror sql works on a SQLite file; --db is a server URL")
+    with ReadOnlyDatabase(path, timeout=timeout) as rdb:
+        cols, rows = rdb.execute(sql, dict(params))
+        _print(cols, rows, fmt)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@click.command("status")
+@db_option
+@format_option
+def status_cmd(db: str, fmt: str) -> None:
+    """What the mirror holds per sync target, how complete it is, and the last run.
+
+    \b
+    covered_from/covered_to: the span the completed windows reach; gaps: the
+    intervals between them that no sync has completed yet.
+    """
+    with query.open_reader(db) as conn:
+        result = [t.as_dict() for t in query.sync_status(conn)]
+    if not result:
+        click.echo(f"{db}: no sync targets yet (mirror sync --db {db} --endpoint ID)", err=True)
+    cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
+            "covered_from", "covered_to", "gaps", "last_run", "last_run_started_at",
+            "last_run_ended_at", "last_run_error"]  # fmt: skip
+    if fmt in ("table", "csv"):
+        for r in result:
+            r["gaps"] = _gaps_text(r["gaps"]) if fmt == "table" else json.dumps(r["gaps"])
+    _print(cols, ([r[c] for c in cols] for r in result), fmt)
+
+
+def _gaps_text(gaps: list[list[str]]) -> str:
+    if not gaps:
+        return "none"
+    first = f"{gaps[0][0][:16]}Z…{gaps[0][1][:16]}Z"
+    return first if len(gaps) == 1 else f"{len(gaps)}: {first}, …"
+
+
+# --------------------------------------------------------------------------- browse
+
+
+def datasette_metadata(database_name: str) -> dict[str, Any]:
+    """The shipped metadata, with its database entry renamed to the one Datasette serves."""
+    import yaml
+
+    text = resources.files("mirror").joinpath("datasette.yml").read_text(encoding="utf-8")
+    meta = yaml.safe_load(text)
+    meta["databases"] = {database_name: meta["databases"]["mirror"]}
+    return dict(meta)
+
+
+@click.command("browse")
+@db_option
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="Port on 127.0.0.1 (0: any free port).")  # fmt: skip
+@click.option("--print-metadata", is_flag=True,
+              help="Print the Datasette metadata (JSON) instead of serving.")  # fmt: skip
+def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
+    """Browse the mirror in Datasette, on 127.0.0.1 only (needs: pip install datasette).
+
+    Titles, column descriptions and units, newest-first sorting, facets on
+    endpoint and status, search, and canned queries for everyday questions.
+    """
+    path = sqlite_path(db)
+    if path is None:
+        raise click.UsageError("mirror browse serves a SQLite file; --db is a server URL")
+    try:
+        import datasette  # noqa: F401
+        from datasette.cli import cli as datasette_cli
+    except ImportError:
+        raise ConfigError(
+            "Datasette is not installed: pip install 'fal-mirror[datasette]' (or pip install datasette)"
+        ) from None
+    meta = datasette_metadata(path.stem)
+    if print_metadata:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    # the same checks as every reader: the file exists, is a mirror, has the views
+    engine = query.reader_engine(db)
+    try:
+        query.ensure_schema(db, engine)
+    finally:
+        engine.dispose()
+    with tempfile.TemporaryDirectory(prefix="mirror-browse-") as tmp:
+        meta_path = Path(tmp) / "metadata.json"
+        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+        args = ["serve", str(path), "--metadata", str(meta_path), "--host", "127.0.0.1",
+                "--port", str(port), "--setting", "sql_time_limit_ms", "5000",
+                "--setting", "facet_time_limit_ms", "1000"]  # fmt: skip
+        where = f"http://127.0.0.1:{port}/" if port else "a free port on 127.0.0.1"
+        click.echo(f"serving {path} with Datasette on {where} (Ctrl-C to stop)", err=True)
+        datasette_cli.main(args, prog_name="datasette", standalone_mode=True)
+
+
+COMMANDS = (query_cmd, stats_cmd, sql_cmd, status_cmd, browse_cmd)
+
+
+def register(group: click.Group) -> None:
+    """Add the offline commands to ``group``; calling it again changes nothing."""
+    for cmd in COMMANDS:
+        if group.commands.get(cmd.name or "") is not cmd:
+            group.add_command(cmd)

@@ -1,0 +1,526 @@
+"""The query layer: filters, request listings, stats and sync status, answered offline.
+
+Everything here reads through a connection handed in and never imports click: the CLI
+(``mirror.commands_query``) only parses flags into a `Filters` and prints what comes back.
+
+- **Values are always bound parameters.** Filters are built with SQLAlchemy Core on the
+  ``requests`` table of ``mirror.store``; column names come from the fixed `COLUMNS` list.
+- **Percentiles are exact**, by the *nearest-rank* method: the p-th percentile of ``n``
+  sorted durations is the value at 1-based rank ``ceil(p * n / 100)`` (rank 1 at least), a
+  value that really occurred. It is PostgreSQL's ``percentile_disc(p / 100.0)``. Durations
+  are fetched (along the covering index ``ix_requests_endpoint_ended``, which holds every
+  column stats needs) and picked in Python: that beat SQL window functions on SQLite
+  (../shared/perf-notes.md, Queries).
+- **Readers never take a lock.** On SQLite the file is opened read-only (``mode=ro``) in
+  WAL mode, so a `mirror query` runs while cron syncs into the same file.
+- **Dialect-specific SQL lives in one place**: the section "dialects" at the end (the
+  read-only engine and the full-text search clause). Everything else is portable Core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby, pairwise
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from mirror.errors import ConfigError, StoreError
+from mirror.store import (
+    ROW_COLUMNS,
+    STATUSES,
+    requests,
+    sqlite_path,
+    sync_runs,
+    sync_targets,
+    sync_windows,
+    target_clause,
+    translate_errors,
+)
+from mirror.timeparse import to_text
+
+#: every column a listing may show, in table order; nothing else is ever put in SQL
+COLUMNS: tuple[str, ...] = ROW_COLUMNS
+DEFAULT_COLUMNS = ("request_id", "endpoint_id", "status", "status_code", "duration", "ended_at")
+PAYLOAD_COLUMNS = ("json_input", "json_output")
+SORTS = ("ended_at", "sent_at", "duration")
+TIME_FIELDS = ("ended_at", "sent_at")
+GROUPS = ("endpoint", "status", "hour", "day")
+PERCENTILES = (50, 90, 95, 99)
+#: the fields of one stats row after its group keys, in output order
+STATS_FIELDS = (
+    "requests", "success", "user_error", "error", "unfinished", "error_rate",
+    "user_error_rate", "p50", "p90", "p95", "p99", "max", "billable_units",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    """Which requests a question is about; every field narrows, an empty one does not.
+
+    ``since`` is inclusive and ``until`` exclusive, both on ``time_field`` (``ended_at``
+    unless asked otherwise, so unfinished requests drop out of any time range). An endpoint
+    that is an app id (``owner/app``) also matches its routes (``owner/app/...``), as in sync.
+    ``search`` is full-text over the payloads: every word must occur, in any order.
+    """
+
+    endpoints: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    status_codes: tuple[int, ...] = ()
+    request_ids: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    time_field: str = "ended_at"
+    min_duration: float | None = None
+    max_duration: float | None = None
+    search: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("endpoints", "statuses", "status_codes", "request_ids"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        bad = [s for s in self.statuses if s not in STATUSES]
+        if bad:
+            raise ConfigError(f"unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
+        if self.time_field not in TIME_FIELDS:
+            raise ConfigError(f"cannot filter on {self.time_field!r}; use ended_at or sent_at")
+        for name in ("since", "until"):
+            v = getattr(self, name)
+            if v is not None and v.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
+        if self.since and self.until and self.until <= self.since:
+            raise ConfigError("--until must be after --since")
+        lo, hi = self.min_duration, self.max_duration
+        if lo is not None and hi is not None and hi < lo:
+            raise ConfigError("--max-duration must not be below --min-duration")
+        if self.search is not None and not self.search.split():
+            raise ConfigError("--search needs at least one word")
+
+
+def where_clauses(filters: Filters, dialect: str) -> list[sa.ColumnElement[bool]]:
+    """The filters as Core expressions (all values bound)."""
+    r = requests.c
+    out: list[sa.ColumnElement[bool]] = []
+    if filters.endpoints:
+        out.append(sa.or_(*(target_clause(e) for e in filters.endpoints)))
+    if filters.statuses:
+        out.append(r.status.in_(filters.statuses))
+    if filters.status_codes:
+        out.append(r.status_code.in_(filters.status_codes))
+    if filters.request_ids:
+        out.append(r.request_id.in_(filters.request_ids))
+    t = r[filters.time_field]
+    if filters.since is not None:
+        out.append(t >= to_text(filters.since))
+    if filters.until is not None:
+        out.append(t < to_text(filters.until))
+    if filters.min_duration is not None:
+        out.append(r.duration >= filters.min_duration)
+    if filters.max_duration is not None:
+        out.append(r.duration <= filters.max_duration)
+    if filters.search is not None:
+        out.append(_search_clause(dialect, filters.search))
+    return out
+
+
+def check_columns(columns: Iterable[str]) -> tuple[str, ...]:
+    cols = tuple(columns)
+    unknown = [c for c in cols if c not in COLUMNS]
+    if unknown:
+        raise ConfigError(f"unknown column {unknown[0]!r}; choose from {', '.join(COLUMNS)}")
+    if not cols:
+        raise ConfigError("no columns chosen")
+    return cols
+
+
+def select_statement(
+    filters: Filters,
+    *,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    sort: str = "ended_at",
+    descending: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+    dialect: str = "sqlite",
+) -> sa.Select[Any]:
+    """The listing as one statement: rows in a total order (ties broken by request_id).
+
+    Rows without a value in the sort column (unfinished ones, for ``ended_at``) come last in
+    either direction, stated explicitly because SQLite and PostgreSQL disagree by default.
+    """
+    cols = check_columns(columns)
+    if sort not in SORTS:
+        raise ConfigError(f"cannot sort by {sort!r}; use one of {', '.join(SORTS)}")
+    if limit is not None and limit < 0:
+        raise ConfigError("--limit must not be negative")
+    if offset < 0:
+        raise ConfigError("--offset must not be negative")
+    key = requests.c[sort]
+    tie = requests.c.request_id
+    order = (key.desc(), tie.desc()) if descending else (key.asc(), tie.asc())
+    stmt = (
+        sa.select(*(requests.c[c] for c in cols))
+        .where(*where_clauses(filters, dialect))
+        .order_by(order[0].nulls_last(), order[1])
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
+    return stmt
+
+
+def select_requests(
+    conn: Connection,
+    filters: Filters,
+    *,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    sort: str = "ended_at",
+    descending: bool = True,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[tuple[Any, ...]]:
+    """The matching requests, streamed as tuples in ``columns`` order."""
+    stmt = select_statement(
+        filters,
+        columns=columns,
+        sort=sort,
+        descending=descending,
+        limit=limit,
+        offset=offset,
+        dialect=conn.dialect.name,
+    )
+    for row in conn.execute(stmt):
+        yield tuple(row)
+
+
+def count_requests(conn: Connection, filters: Filters) -> int:
+    stmt = sa.select(sa.func.count()).select_from(requests)
+    return int(conn.execute(stmt.where(*where_clauses(filters, conn.dialect.name))).scalar_one())
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def nearest_rank(sorted_values: Sequence[float], p: int) -> float | None:
+    """The p-th percentile (0 < p <= 100) of ascending values, by nearest rank."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    rank = max(1, (p * n + 99) // 100)  # ceil(p * n / 100) in integers: no float rounding
+    return sorted_values[rank - 1]
+
+
+def _group_exprs(by: Sequence[str], time_field: str) -> tuple[list[Any], list[Any]]:
+    """(select expressions, order-by expressions) of the group keys.
+
+    Rows are fetched in group order so groups arrive one after another. When the last key
+    is a time bucket, ordering by the raw timestamp keeps each bucket contiguous and lets
+    ``--by endpoint,day`` walk the covering index ``(endpoint_id, ended_at, ...)`` unsorted.
+    """
+    t = requests.c[time_field]
+    exprs: list[Any] = []
+    order: list[Any] = []
+    for i, g in enumerate(by):
+        if g == "endpoint":
+            e: Any = requests.c.endpoint_id
+        elif g == "status":
+            e = requests.c.status
+        elif g == "hour":
+            e = sa.func.substr(t, 1, 13).concat(":00:00Z")
+        else:
+            e = sa.func.substr(t, 1, 10)
+        exprs.append(e.label(g))
+        order.append(t if g in ("hour", "day") and i == len(by) - 1 else e)
+    return exprs, order
+
+
+def check_groups(by: Iterable[str]) -> tuple[str, ...]:
+    groups = tuple(by)
+    for g in groups:
+        if g not in GROUPS:
+            raise ConfigError(f"cannot group by {g!r}; use {', '.join(GROUPS)}")
+    if len(set(groups)) != len(groups):
+        raise ConfigError("each --by group may be named once")
+    if "hour" in groups and "day" in groups:
+        raise ConfigError("group by hour or by day, not both")
+    return groups
+
+
+def stats_statement(filters: Filters, by: Sequence[str], dialect: str) -> sa.Select[Any]:
+    r = requests.c
+    exprs, order = _group_exprs(by, filters.time_field)
+    return (
+        sa.select(*exprs, r.status, r.duration, r.billable_units)
+        .where(*where_clauses(filters, dialect))
+        .order_by(*order)
+    )
+
+
+def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, list[Any]]:
+    """A statement as the driver receives it: SQL text and positional parameters.
+
+    For ``EXPLAIN QUERY PLAN`` in the tests and the benchmark, which must see the very SQL
+    the listing and stats run.
+    """
+    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
+    return str(compiled), [compiled.params[k] for k in compiled.positiontup or []]
+
+
+def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Counts, rates, duration percentiles and billable units, per group of ``by``.
+
+    ``by`` is any of ``endpoint``, ``status`` and one of ``hour`` / ``day`` (of the filter's
+    time field; unfinished requests have no ``ended_at`` and fall in a null bucket). Rates
+    are of *finished* requests: ``error_rate = error / (success + user_error + error)``.
+    Percentiles and ``max`` are over the requests that have a duration; ``billable_units``
+    is summed with ``math.fsum`` (correctly rounded, so independent of row order).
+    With no ``by``, one row for all matching requests (zero counts when none match).
+    """
+    groups = check_groups(by)
+    k = len(groups)
+    out: list[dict[str, Any]] = []
+    result = conn.execute(stats_statement(filters, groups, conn.dialect.name))
+    status_of = itemgetter(k)
+    duration_of = itemgetter(k + 1)
+    units_of = itemgetter(k + 2)
+    keyfn = itemgetter(*range(k)) if k else (lambda _row: ())
+    for key, rows_iter in groupby(result, key=keyfn):
+        rows = list(rows_iter)
+        keys = key if k > 1 else (key,) if k == 1 else ()
+        out.append(_summarize(groups, keys, rows, status_of, duration_of, units_of))
+    if not out and not groups:
+        out.append(_summarize((), (), [], status_of, duration_of, units_of))
+    return out
+
+
+def _summarize(
+    groups: Sequence[str],
+    keys: Sequence[Any],
+    rows: list[Any],
+    status_of: Any,
+    duration_of: Any,
+    units_of: Any,
+) -> dict[str, Any]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for status in map(status_of, rows):
+        counts[status] = counts.get(status, 0) + 1
+    durations = sorted(d for d in map(duration_of, rows) if d is not None)
+    finished = counts["success"] + counts["user_error"] + counts["error"]
+    row: dict[str, Any] = dict(zip(groups, keys, strict=True))
+    row["requests"] = len(rows)
+    row.update(counts)
+    row["error_rate"] = counts["error"] / finished if finished else None
+    row["user_error_rate"] = counts["user_error"] / finished if finished else None
+    for p in PERCENTILES:
+        row[f"p{p}"] = nearest_rank(durations, p)
+    row["max"] = durations[-1] if durations else None
+    row["billable_units"] = math.fsum(u for u in map(units_of, rows) if u is not None)
+    return row
+
+
+# --------------------------------------------------------------------------- sync status
+
+
+@dataclass
+class TargetStatus:
+    """What the mirror holds for one sync target, and how complete it is."""
+
+    target: str
+    rows: int
+    unfinished: int
+    oldest_ended_at: str | None
+    newest_ended_at: str | None
+    covered_from: str | None
+    covered_to: str | None
+    gaps: list[tuple[str, str]] = field(default_factory=list)
+    last_run_outcome: str | None = None
+    last_run_started_at: str | None = None
+    last_run_ended_at: str | None = None
+    last_run_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "rows": self.rows,
+            "unfinished": self.unfinished,
+            "oldest_ended_at": self.oldest_ended_at,
+            "newest_ended_at": self.newest_ended_at,
+            "covered_from": self.covered_from,
+            "covered_to": self.covered_to,
+            "gaps": [list(g) for g in self.gaps],
+            "last_run": self.last_run_outcome,
+            "last_run_started_at": self.last_run_started_at,
+            "last_run_ended_at": self.last_run_ended_at,
+            "last_run_error": self.last_run_error,
+        }
+
+
+def sync_status(conn: Connection) -> list[TargetStatus]:
+    """Per sync target: rows, time span, completed windows and their gaps, the last run."""
+    r = requests.c
+    w = sync_windows.c
+    targets = [t for (t,) in conn.execute(sa.select(sync_targets.c.target).order_by("target"))]
+    runs = conn.execute(
+        sa.select(sync_runs.c.targets, sync_runs.c.outcome, sync_runs.c.started_at,
+                  sync_runs.c.ended_at, sync_runs.c.error).order_by(sync_runs.c.id.desc())
+    ).all()  # fmt: skip
+    out = []
+    for t in targets:
+        n, oldest, newest = conn.execute(
+            sa.select(sa.func.count(), sa.func.min(r.ended_at), sa.func.max(r.ended_at)).where(
+                target_clause(t)
+            )
+        ).one()
+        unfinished = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(requests)
+            .where(target_clause(t), r.ended_at.is_(None))
+        ).scalar_one()
+        windows = conn.execute(
+            sa.select(w.window_start, w.window_end).where(w.target == t).order_by(w.window_start)
+        ).all()
+        gaps = [(a[1], b[0]) for a, b in pairwise(windows) if a[1] < b[0]]
+        st = TargetStatus(
+            target=t,
+            rows=int(n),
+            unfinished=int(unfinished),
+            oldest_ended_at=oldest,
+            newest_ended_at=newest,
+            covered_from=windows[0][0] if windows else None,
+            covered_to=windows[-1][1] if windows else None,
+            gaps=gaps,
+        )
+        for run in runs:
+            if t in run.targets.split(","):
+                st.last_run_outcome = run.outcome
+                st.last_run_started_at = run.started_at
+                st.last_run_ended_at = run.ended_at
+                st.last_run_error = run.error
+                break
+        out.append(st)
+    return out
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def reader_engine(db: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """An engine that only reads; for a SQLite file that must already exist.
+
+    Opening never creates a database: ``mode=ro`` refuses a missing file, and a path that
+    does not exist is reported before SQLite is asked at all.
+    """
+    path = sqlite_path(db)
+    if path is None:
+        return sa.create_engine(db, pool_pre_ping=True)
+    if not path.exists():
+        raise ConfigError(f"{db} does not exist; run mirror sync --db {db} first")
+    if path.is_dir():
+        raise ConfigError(f"{db} is a directory, not a database file")
+    return _sqlite_reader(path, busy_timeout_ms)
+
+
+def ensure_schema(db: str, engine: Engine) -> None:
+    """Refuse a file that is not a mirror; bring an older mirror's schema to head first.
+
+    The upgrade is what every mirror command does (under the writer lock, after a backup);
+    an up-to-date file is never written.
+    """
+    from mirror.store import Store, schema_state
+
+    with translate_errors(db):
+        rev, head = schema_state(engine)
+    if rev is None:
+        raise StoreError(f"{db} is not a mirror database (no schema); check --db")
+    if rev != head:
+        Store.open(db).close()
+
+
+@contextlib.contextmanager
+def open_reader(db: str) -> Iterator[Connection]:
+    """A read-only connection to a mirror at schema head; driver errors become one line."""
+    engine = reader_engine(db)
+    try:
+        ensure_schema(db, engine)
+        with translate_errors(db), engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+        path = sqlite_path(db)
+        if path is not None:
+            tidy_wal(path)
+
+
+# --------------------------------------------------------------------------- dialects
+# Everything below knows which database it talks to. PostgreSQL (a later issue) needs:
+# a plain engine in reader_engine (read-only transactions), and in _search_clause a
+# tsvector match; percentiles may move into SQL there as percentile_disc(p / 100.0).
+
+
+def _search_clause(dialect: str, text: str) -> sa.ColumnElement[bool]:
+    if dialect != "sqlite":
+        raise StoreError(f"full-text search is not available on {dialect} yet")
+    return sa.text(
+        "requests.rowid IN (SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts_query)"
+    ).bindparams(fts_query=fts_query(text))
+
+
+def fts_query(text: str) -> str:
+    """User words -> an FTS5 query that cannot be a syntax error: every word, quoted.
+
+    Each word becomes a phrase (``"foo-bar"`` matches the tokens foo, bar in a row), and all
+    of them must occur; FTS5 operators typed by the user are matched as plain words.
+    """
+    return " ".join('"' + w.replace('"', '""') + '"' for w in text.split())
+
+
+def sqlite_uri(path: Path, **params: str) -> str:
+    """A ``file:`` URI for a path, escaped so that ``?`` or ``#`` in a name stay literal."""
+    quoted = urllib.parse.quote(str(path.absolute()))
+    return f"file:{quoted}?{urllib.parse.urlencode(params)}"
+
+
+def _sqlite_reader(path: Path, busy_timeout_ms: int) -> Engine:
+    uri = sqlite_uri(path, mode="ro")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    engine = sa.create_engine("sqlite+pysqlite://", creator=connect, poolclass=sa.pool.NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # waits out the rare moments a WAL reader can be turned away (a checkpoint's restart)
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+
+    return engine
+
+
+def tidy_wal(path: Path) -> None:
+    """Remove the ``-wal``/``-shm`` files a read-only open left behind, when nobody uses them.
+
+    A read-only connection to a WAL database creates those two files but may not delete them
+    when it closes. When they did not exist before, the last connection to close should have
+    removed them; a short read-write open (which reads nothing and writes nothing: the WAL is
+    empty) lets SQLite do that itself, and does nothing at all while a sync has the file open.
+    """
+    wal = path.with_name(path.name + "-wal")
+    if not wal.exists() or wal.stat().st_size != 0:
+        return
+    with contextlib.suppress(sqlite3.Error, OSError):
+        con = sqlite3.connect(sqlite_uri(path, mode="rw"), uri=True, timeout=0.1)
+        try:
+            con.execute("PRAGMA query_only = 1")
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            con.close()

@@ -1,0 +1,430 @@
+"""`mirror sync` end to end: the real CLI in a subprocess, the simulated API over loopback.
+
+The scenarios of the sync issue: a faulty backfill under each reading of the API, the next
+incremental run, wrong keys, billing refused, unfinished rows refreshed by id, SIGKILL at
+random points, one writer at a time, and time zones.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mirror.simulator import FaultConfig, SimRequest, SimulatedAPI, WorldConfig, generate_world
+
+from .harness import (
+    CANARY_KEY,
+    compare,
+    completed_windows,
+    fast_env,
+    files_contain,
+    integrity_ok,
+    mirror,
+    mirror_rows,
+    server_record,
+    spawn,
+)
+
+TARGETS = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
+ENDPOINTS = ["acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler", "acme/whisper-v3"]
+FAULTS = FaultConfig(
+    seed=11, p_429=0.05, p_retry_after=0.5, retry_after=0.05, p_5xx=0.04, p_json_500=0.01,
+    p_reset=0.03, p_truncate=0.03,
+)  # fmt: skip
+
+READINGS = [
+    pytest.param(WorldConfig(filter_field="ended_at"), id="filter-ended_at"),
+    pytest.param(WorldConfig(filter_field="sent_at"), id="filter-sent_at"),
+    pytest.param(
+        WorldConfig(filter_field="sent_at", sort_direction="asc", nulls="first"),
+        id="sent_at-asc-nullsfirst",
+    ),
+    pytest.param(
+        WorldConfig(filter_field="started_at", unfinished_visible=False),
+        id="started_at-hidden-unfinished",
+    ),
+]
+
+
+def world_for(config: WorldConfig, *, seed: int = 3, **kw):
+    now = datetime.now(UTC)
+    kw.setdefault("days", 3)
+    kw.setdefault("requests_per_hour", 120)
+    kw.setdefault("dense_hour", (now - timedelta(hours=30), 2500))
+    kw.setdefault("future_minutes", 10)
+    return generate_world(config, seed=seed, now=now, endpoints=ENDPOINTS, **kw)
+
+
+class _Either:
+    """Billing that landed after the sync started may or may not have been seen by it."""
+
+    def __init__(self, *values) -> None:
+        self.values = values
+
+    def __eq__(self, other) -> bool:
+        return other in self.values
+
+    def __repr__(self) -> str:
+        return f"either{self.values}"
+
+
+def expected_finished(world, at: datetime, after: datetime | None = None) -> dict:
+    """Requests that had ended (and were visible) at ``at``, with their values now."""
+    ended_then = {
+        rid for rid, it in world.server_view(at).items() if it.get("ended_at") is not None
+    }
+    current = world.server_view(after)
+    out = {}
+    for rid in ended_then:
+        rec = server_record(current[rid])
+        billing_at = world.get(rid).billing_at
+        if billing_at is not None and billing_at > at:
+            rec["billable_units"] = _Either(None, rec["billable_units"])
+        out[rid] = rec
+    return out
+
+
+def land_recent_billing(world, within: timedelta) -> int:
+    """Billing events still pending for requests that ended in the last ``within`` land now.
+
+    (Events that never land are left alone: only scheduled re-checks of older windows can
+    catch billing that is hours late, and that is the reliability issue's scenario.)
+    """
+    now = world.now()
+    due = [r.request_id for r in world if r.billable_units is not None and r.ended_at > now - within
+           and (r.billing_at is None or r.billing_at > now)]  # fmt: skip
+    for rid in due:
+        world.update(rid, billing_at=max(now, world.get(rid).ended_at))
+    return len(due)
+
+
+def list_calls(api: SimulatedAPI) -> list[dict[str, list[str]]]:
+    return [e.params for e in api.log if e.path.endswith("/requests/by-endpoint")]
+
+
+@pytest.mark.parametrize("config", READINGS)
+def test_faulty_backfill_then_incremental_sync(tmp_path: Path, config: WorldConfig) -> None:
+    world = world_for(config)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world, faults=FAULTS) as api:
+        env = fast_env(api.base_url)
+        t1 = world.now()
+        r1 = mirror(
+            ["sync", "--db", str(db), "--since", "4d", *sum((["-e", t] for t in TARGETS), [])], env
+        )
+        assert r1.code == 0, f"backfill failed: {r1.stderr}"
+        faults_seen = {e.fault for e in api.log if e.fault}
+        # the mix is random per run (concurrency orders the calls): demand most kinds, not all
+        kinds = {"429", "429+retry-after", "5xx-html", "json-500", "reset", "truncate"}
+        assert len(faults_seen & kinds) >= 4, f"too few kinds of fault were injected: {faults_seen}"
+        expected = expected_finished(world, t1)
+        assert len(expected) > 8000, "the world is too small to prove anything"
+        compare(db, expected, allow_extra=set(world.server_view()))
+        integrity_ok(db)
+        assert r1.stdout.startswith("synced 3 targets: "), r1.stdout
+        assert r1.stderr == "", f"a clean run printed to stderr: {r1.stderr}"
+
+        # Later: requests end, billing lands, new requests arrive, a few land in the lookback.
+        before = mirror_rows(db)
+        last_end = max(b for _, _, b in completed_windows(db))
+        time.sleep(1.1)
+        world.finish_all()
+        assert land_recent_billing(world, timedelta(hours=1)) > 0
+        world.backdate(25, hours_ago=0.5, endpoint_id="acme/upscaler", seed=5)
+        api.clear_log()
+        t2 = world.now()
+        r2 = mirror(["sync", "--db", str(db)], env)
+        assert r2.code == 0, f"incremental sync failed: {r2.stderr}"
+        expected = expected_finished(world, t2)
+        compare(db, expected, allow_extra=set(world.server_view()))
+        after = mirror_rows(db)
+        billed_late = [
+            rid
+            for rid, row in before.items()
+            if row["billable_units"] is None and after[rid]["billable_units"] is not None
+        ]
+        assert billed_late, "no late billing was filled in: the scenario proves nothing"
+        new = set(after) - set(before)
+        assert len(new) >= 25, f"only {len(new)} new requests picked up"
+        if config.unfinished_visible and config.filter_field != "ended_at":
+            ended_later = [
+                rid
+                for rid, row in before.items()
+                if row["ended_at"] is None and after[rid]["ended_at"] is not None
+            ]
+            assert ended_later, "no unfinished row was completed: the scenario proves nothing"
+
+        # It asked only for the lookback (2h before the last completed point), nothing older.
+        calls = list_calls(api)
+        assert calls, "the second run made no list calls"
+        lookback_start = last_end - timedelta(hours=2)
+        for params in calls:
+            start = datetime.fromisoformat(params["start"][0].replace("Z", "+00:00"))
+            if "request_id" in params:
+                continue  # refreshing one unfinished row by id
+            assert start >= lookback_start - timedelta(seconds=1), (
+                f"second run walked {start}, before the lookback {lookback_start}"
+            )
+        assert len(calls) < 40, f"the incremental run cost {len(calls)} list calls"
+
+
+def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(tmp_path: Path) -> None:
+    world = world_for(
+        WorldConfig(filter_field="sent_at"), days=0.5, dense_hour=None, future_minutes=0, running=0
+    )
+    now = world.now()
+    slow = SimRequest(
+        request_id="0190c6a1-0000-7000-8000-00000000beef",
+        endpoint_id="acme/upscaler",
+        runner_id="f1e2d3c4-b5a6-7890-dcba-0987654321fe",
+        sent_at=now - timedelta(hours=3),
+        started_at=now - timedelta(hours=3) + timedelta(seconds=2),
+        ended_at=now + timedelta(hours=1),
+        status_code=200,
+        duration=4 * 3600 - 2,
+        billable_units=9.0,
+        billing_at=now + timedelta(hours=1),
+        json_input={"prompt": "a very long upscale — très long"},
+        json_output={"images": ["https://cdn.example/x.png"]},
+    )
+    world.add(slow)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world) as api:
+        env = fast_env(api.base_url)
+        assert (
+            mirror(["sync", "--db", str(db), "--since", "6h", "-e", "acme/upscaler"], env).code == 0
+        )
+        assert mirror_rows(db)[slow.request_id]["ended_at"] is None
+        time.sleep(1.1)
+        world.finish_all()
+        land_recent_billing(world, timedelta(hours=6))
+        api.clear_log()
+        r = mirror(["sync", "--db", str(db), "--lookback", "10m"], env)
+        assert r.code == 0, r.stderr
+        by_id = [c for c in list_calls(api) if c.get("request_id") == [slow.request_id]]
+        assert len(by_id) == 1, f"expected one refresh by id, saw {len(by_id)}"
+        row = mirror_rows(db)[slow.request_id]
+        assert row == server_record(world.server_view()[slow.request_id]) | {
+            "json_input": slow.json_input,
+            "json_output": slow.json_output,
+        }
+
+
+def test_wrong_key_fails_with_401_and_records_nothing(tmp_path: Path) -> None:
+    world = world_for(WorldConfig(), days=0.2, dense_hour=None)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world) as api:
+        env = fast_env(api.base_url, FAL_KEY="wrong-id:wrong-secret")
+        r = mirror(["sync", "--db", str(db), "-e", "acme/upscaler"], env)
+    assert r.code == 1, r
+    assert r.stderr.count("\n") == 1 and "401" in r.stderr and "Invalid API key" in r.stderr, (
+        r.stderr
+    )
+    assert "Traceback" not in r.stderr and "wrong-secret" not in r.stderr + r.stdout
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM sync_windows").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM sync_targets").fetchone() == (0,)
+    assert con.execute("SELECT outcome, error FROM sync_runs").fetchall() == [
+        (
+            "failed",
+            "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)",
+        )
+    ]
+
+
+def test_endpoint_of_another_owner_is_403(tmp_path: Path) -> None:
+    world = world_for(WorldConfig(), days=0.2, dense_hour=None)
+    with SimulatedAPI(world) as api:
+        r = mirror(
+            ["sync", "--db", str(tmp_path / "m.db"), "-e", "someone-else/app"],
+            fast_env(api.base_url),
+        )
+    assert r.code == 1 and "HTTP 403" in r.stderr and "Access denied" in r.stderr, r.stderr
+
+
+def test_the_key_appears_nowhere(tmp_path: Path) -> None:
+    world = world_for(WorldConfig(filter_field="sent_at"), days=0.3, dense_hour=None)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world, faults=FAULTS) as api:
+        env = fast_env(api.base_url)
+        runs = [
+            mirror(
+                [
+                    "sync",
+                    "--db",
+                    str(db),
+                    "-vv",
+                    "--since",
+                    "8h",
+                    *sum((["-e", t] for t in TARGETS), []),
+                ],
+                env,
+            ),
+            mirror(["sync", "--db", str(db), "-v"], env),
+            mirror(["sync", "--db", str(db), "-e", "nobody/else"], env),
+        ]
+    assert [r.code for r in runs] == [0, 0, 1], [r.stderr[-500:] for r in runs]
+    assert "GET /serverless/requests/by-endpoint" in runs[0].stderr, "-v did not log requests"
+    for r in runs:
+        assert CANARY_KEY not in r.stdout + r.stderr, "the key was printed"
+        assert "sim-key-secret" not in r.stdout + r.stderr
+    assert files_contain(tmp_path, b"sim-key-secret") == [], "the key was written to a file"
+
+
+def test_billing_refused_continues_without_it_and_says_so_once(tmp_path: Path) -> None:
+    world = world_for(
+        WorldConfig(billing_refused=frozenset({"acme/upscaler"})), days=0.5, dense_hour=None
+    )
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world) as api:
+        t = world.now()
+        r = mirror(
+            ["sync", "--db", str(db), "--since", "13h", *sum((["-e", x] for x in TARGETS), [])],
+            fast_env(api.base_url),
+        )
+    assert r.code == 0, r.stderr
+    assert r.stderr.count("refused billing for acme/upscaler") == 1, r.stderr
+    expected = expected_finished(world, t)
+    for rid, rec in expected.items():
+        if rec["endpoint_id"] == "acme/upscaler":
+            expected[rid] = rec | {"billable_units": None}
+    compare(db, expected, allow_extra=set(world.server_view()))
+
+
+def _not_ahead(db: Path, world, config: WorldConfig) -> None:
+    """Every request inside a window the state calls complete is in the mirror."""
+    rows = mirror_rows(db)
+    view = world.server_view()
+    for target, a, b in completed_windows(db):
+        for rid, it in view.items():
+            ep = it["endpoint_id"]
+            if ep != target and not ep.startswith(target + "/"):
+                continue
+            v = it.get(config.filter_field)
+            if v is None:
+                continue
+            ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            if (
+                a <= ts < b and world.get(rid).recorded_at <= a
+            ):  # recorded before the window began to matter
+                assert rid in rows, f"window {target} {a}..{b} is marked complete but lacks {rid}"
+
+
+@pytest.mark.parametrize("config", [READINGS[0], READINGS[2]])  # pytest unwraps the params
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, config) -> None:
+    world = world_for(config, days=2, requests_per_hour=150, future_minutes=0)
+    cfg = config
+    db = tmp_path / "m.db"
+    rng = random.Random(2026)
+    slow = FaultConfig(seed=5, latency=0.03, p_429=0.03, retry_after=0.02, p_reset=0.01)
+    with SimulatedAPI(world, faults=slow) as api:
+        env = fast_env(api.base_url)
+        args = [
+            "sync",
+            "--db",
+            str(db),
+            "--since",
+            "3d",
+            "--max-concurrency",
+            "2",
+            *sum((["-e", t] for t in TARGETS), []),
+        ]
+        kills = 0
+        for _ in range(6):
+            p = spawn(args, env)
+            time.sleep(rng.uniform(0.5, 1.3))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                kills += 1
+            p.wait(timeout=60)
+            integrity_ok(db)
+            _not_ahead(db, world, cfg)
+            mirror_rows(db)  # asserts no request_id twice
+        assert kills >= 3, (
+            f"only {kills} runs were still going when killed: make the backfill slower"
+        )
+        t = world.now()
+        final = mirror(args, env)
+        assert final.code == 0, final.stderr
+    compare(db, expected_finished(world, t), allow_extra=set(world.server_view()))
+    integrity_ok(db)
+
+
+def test_a_second_sync_exits_75_while_one_runs(tmp_path: Path) -> None:
+    world = world_for(WorldConfig(), days=1, dense_hour=None)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world, faults=FaultConfig(latency=0.3)) as api:
+        env = fast_env(api.base_url)
+        first = spawn(
+            [
+                "sync",
+                "--db",
+                str(db),
+                "--since",
+                "2d",
+                "-e",
+                "acme/flux-lora",
+                "--max-concurrency",
+                "1",
+            ],
+            env,
+        )
+        deadline = time.time() + 20
+        while not list_calls(api) and time.time() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        second = mirror(["sync", "--db", str(db), "-e", "acme/upscaler"], env)
+        waited = time.monotonic() - t0
+        assert first.poll() is None, "the first sync finished too early to test the lock"
+        assert second.code == 75, second
+        assert "another mirror sync" in second.stderr and second.stderr.count("\n") == 1, (
+            second.stderr
+        )
+        assert waited < 5, f"the second sync took {waited:.1f}s to give up"
+        assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
+        third = mirror(["sync", "--db", str(db), "-e", "acme/upscaler", "--wait"], env)
+        assert third.code == 0, third.stderr
+
+
+@pytest.mark.parametrize("tz", ["America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe"])
+def test_local_timezone_changes_nothing(tmp_path: Path, tz: str) -> None:
+    world = world_for(WorldConfig(), days=1, dense_hour=None, future_minutes=0)
+    fixed = ["--since", (world.now() - timedelta(hours=20)).strftime("%Y-%m-%dT%H:%M:%S"), "--until",
+             (world.now() - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")]  # fmt: skip
+    results = {}
+    with SimulatedAPI(world) as api:
+        for zone in ("UTC", tz):
+            db = tmp_path / f"{zone.replace('/', '_')}.db"
+            r = mirror(
+                ["sync", "--db", str(db), "-e", "acme/flux-lora", *fixed],
+                fast_env(api.base_url, TZ=zone),
+            )
+            assert r.code == 0, r.stderr
+            results[zone] = (completed_windows(db), mirror_rows(db))
+    assert results[tz] == results["UTC"], f"syncing under TZ={tz} gave a different mirror"
+
+
+def test_request_parameters_are_what_fal_documents(tmp_path: Path) -> None:
+    world = world_for(WorldConfig(), days=0.3, dense_hour=None)
+    with SimulatedAPI(world) as api:
+        assert (
+            mirror(
+                ["sync", "--db", str(tmp_path / "m.db"), "-e", "acme/flux-lora"],
+                fast_env(api.base_url),
+            ).code
+            == 0
+        )
+        entries = [e for e in api.log if e.path.endswith("/requests/by-endpoint")]
+    for e in entries:
+        assert e.authorization_present
+        p = e.params
+        assert p["endpoint_id"] == ["acme/flux-lora"] and p["limit"] == ["100"]
+        assert p["expand"] == ["payloads", "billing"]
+        for k in ("start", "end"):
+            assert len(p[k]) == 1 and p[k][0].endswith("Z") and len(p[k][0]) == 20, p[k]

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -376,7 +376,7 @@ def demo(db: str) -> None:
 
 
 def main() -> None:
+    # `mirror query ... | head` should stop quietly, like any Unix tool
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     cli(prog_name="mirror")
 
-
-Runner = Callable[..., Any]

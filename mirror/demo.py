@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from mirror.api import FalClient, make_http_client
+from mirror.errors import StoreError
 from mirror.pacing import Pacer
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
@@ -36,9 +37,28 @@ EXAMPLES = [
 ]
 
 
+def _fresh(path: Path) -> None:
+    """Start from an empty file; replace an earlier demo's, never anything else."""
+    if not path.exists():
+        return
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            targets = [r[0] for r in con.execute("SELECT target FROM sync_targets")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        targets = ["?"]
+    if any(not t.startswith("acme/") for t in targets):
+        raise StoreError(f"{path} exists and is not a demo database; pass another --db")
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) -> None:
     from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
 
+    _fresh(path)
     now = utcnow()
     world = demo_world(now)
     targets = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]

@@ -1,0 +1,25 @@
+"""A deterministic simulation of fal's request-history Platform API, for tests and demos.
+
+`World` holds the simulated requests and answers queries the way the API would at the
+world's current time; `generate_world`/`demo_world` fill one with realistic history;
+`SimulatedAPI` serves it over real HTTP on 127.0.0.1 with optional `FaultConfig` faults.
+"""
+
+from mirror.simulator.faults import FaultConfig
+from mirror.simulator.generate import demo_world, generate_world
+from mirror.simulator.server import DEFAULT_KEY, LoggedRequest, SimulatedAPI
+from mirror.simulator.world import ManualClock, Query, SimRequest, World, WorldConfig
+
+__all__ = [
+    "DEFAULT_KEY",
+    "FaultConfig",
+    "LoggedRequest",
+    "ManualClock",
+    "Query",
+    "SimRequest",
+    "SimulatedAPI",
+    "World",
+    "WorldConfig",
+    "demo_world",
+    "generate_world",
+]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any
 
-from mirror.simulator.world import SimRequest, World, WorldConfig, from_us, to_us
+from mirror.simulator.world import EPOCH, NEVER_US, SimRequest, World, WorldConfig, to_us
 
 __all__ = ["DEFAULT_ENDPOINTS", "demo_world", "generate_world", "make_requests"]
 
@@ -40,6 +40,9 @@ _S = 1_000_000  # microseconds per second
 _HOUR = 3600 * _S
 _PAYLOAD_RETENTION = 30 * 24 * _HOUR  # fal keeps payload JSON 30 days (fal-api.md section 10)
 _POOL = 48
+_EPOCH = EPOCH
+_NEVER = NEVER_US
+_td = timedelta
 
 PROMPTS = (
     "a cup of café au lait on a rainy Paris windowsill, soft morning light",
@@ -117,7 +120,10 @@ def _inputs(kind: str, rng: random.Random) -> list[Any]:
             }
             if kind == "image":
                 inp["loras"] = [
-                    {"path": f"https://huggingface.co/acme/lora-{_hex(rng, 6)}/resolve/main/w.safetensors", "scale": round(rng.uniform(0.4, 1.2), 2)}
+                    {
+                        "path": f"https://huggingface.co/acme/lora-{_hex(rng, 6)}/resolve/main/w.safetensors",
+                        "scale": round(rng.uniform(0.4, 1.2), 2),
+                    }
                     for _ in range(rng.choice((0, 1, 1, 2)))
                 ]
         elif kind == "upscale":
@@ -183,21 +189,37 @@ def _outputs(kind: str, rng: random.Random) -> list[Any]:
             chunks = []
             for piece in text.split(" ")[: rng.randint(1, 4)]:
                 step = round(rng.uniform(0.4, 3.0), 2)
-                chunks.append({"timestamp": [round(t, 2), round(t + step, 2)], "text": piece, "speaker": None})
+                chunks.append(
+                    {"timestamp": [round(t, 2), round(t + step, 2)], "text": piece, "speaker": None}
+                )
                 t += step
-            out.append({"text": text, "chunks": chunks, "inferred_languages": [_LANGS[k % len(_LANGS)]]})
+            out.append(
+                {"text": text, "chunks": chunks, "inferred_languages": [_LANGS[k % len(_LANGS)]]}
+            )
         else:
             out.append({"result": PROMPTS[k % len(PROMPTS)][::-1], "tokens": rng.randrange(5, 500)})
     return out
 
 
 _ERROR_OUTPUTS: dict[int, tuple[Any, ...]] = {
-    400: ({"detail": "Could not download the file at image_url: HTTP 403"}, {"detail": "Unsupported audio format: .m4b"}),
+    400: (
+        {"detail": "Could not download the file at image_url: HTTP 403"},
+        {"detail": "Unsupported audio format: .m4b"},
+    ),
     404: ({"detail": "LoRA weights not found at the given path"},),
     413: ({"detail": "Request body larger than 50 MB"},),
     422: (
         {"detail": [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]},
-        {"detail": [{"loc": ["body", "image_size", "width"], "msg": "Input should be less than or equal to 14142", "type": "less_than_equal", "ctx": {"le": 14142}}]},
+        {
+            "detail": [
+                {
+                    "loc": ["body", "image_size", "width"],
+                    "msg": "Input should be less than or equal to 14142",
+                    "type": "less_than_equal",
+                    "ctx": {"le": 14142},
+                }
+            ]
+        },
     ),
     500: ({"detail": "Internal Server Error"}, None),
     503: ({"detail": "No runner available, try again later"}, None),
@@ -247,8 +269,8 @@ class _Factory:
             runner_assigned = code != 503 or rng.random() < 0.2
 
         if not runner_assigned:  # failed before dispatch: fast, no runner, no queue
-            queue = rng.randrange(200, 20_000)
-            dur = rng.randrange(500, 50_000)
+            queue = 200 + int(rng.random() * 19_800)
+            dur = 500 + int(rng.random() * 49_500)
         else:
             queue = int(rng.lognormvariate(-1.9, 1.0) * _S) + 1  # median 0.15 s
             if rng.random() < 0.02:  # cold start
@@ -282,15 +304,15 @@ class _Factory:
         if rng.random() < 0.03:  # caller sent X-Fal-Store-IO: 0
             inp = out = None
         else:
-            inp = self.inputs[ep][rng.randrange(_POOL)]
+            inp = self.inputs[ep][int(rng.random() * _POOL)]
             if code < 300:
-                out = self.outputs[ep][rng.randrange(_POOL)]
+                out = self.outputs[ep][int(rng.random() * _POOL)]
             else:
                 choices = _ERROR_OUTPUTS[code]
-                out = choices[rng.randrange(len(choices))]
+                out = choices[int(rng.random() * len(choices))]
 
         rid = self._uuid7(sent)
-        runner = self.runners[ep][rng.randrange(8)] if runner_assigned else None
+        runner = self.runners[ep][int(rng.random() * 8)] if runner_assigned else None
         return [rid, ep, runner, sent, started, ended, code, units, lag, inp, out, 0]
 
     def _units(self, ep: int, dur_us: int) -> float:
@@ -320,31 +342,38 @@ class _Factory:
         h = f"{v:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
-    def materialize(self, row: list[Any], now_us: int | None) -> SimRequest:
-        """Turn a row into a `SimRequest`; payloads past retention (relative to the
-        generation's `now`) come back null, as they would from fal."""
+    def materialize(
+        self, row: list[Any], now_us: int | None
+    ) -> tuple[SimRequest, tuple[int, int, int, int, int]]:
+        """Turn a row into a `SimRequest` plus the integer columns `World._extend` takes.
+
+        Payloads past retention (relative to the generation's `now`) come back null, as
+        they would from fal.
+        """
         sent, started, ended = row[_SENT], row[_STARTED], row[_ENDED]
-        sent_dt = from_us(sent)
+        sent_dt = _EPOCH + _td(microseconds=sent)
         lag = row[_BILL_LAG]
-        late = row[_LATE]
+        late = row[_LATE] or sent
         inp, out = row[_IN], row[_OUT]
         if now_us is not None and ended < now_us - _PAYLOAD_RETENTION:
             inp = out = None
-        return SimRequest(
+        billing = _NEVER if lag is None else ended + lag
+        req = SimRequest(
             request_id=row[_RID],
             endpoint_id=self.endpoints[row[_EP]],
             runner_id=row[_RUNNER],
             sent_at=sent_dt,
-            started_at=from_us(started),
-            ended_at=from_us(ended),
+            started_at=_EPOCH + _td(microseconds=started),
+            ended_at=_EPOCH + _td(microseconds=ended),
             status_code=row[_CODE],
             duration=(ended - started) / _S,
             billable_units=row[_UNITS],
-            billing_at=None if lag is None else from_us(ended + lag),
+            billing_at=None if lag is None else _EPOCH + _td(microseconds=billing),
             json_input=inp,
             json_output=out,
-            recorded_at=sent_dt if not late else from_us(late),
+            recorded_at=sent_dt if late == sent else _EPOCH + _td(microseconds=late),
         )
+        return req, (sent, started, ended, late, billing)
 
 
 def _diurnal(hour_us: int) -> float:
@@ -455,12 +484,13 @@ def generate_world(
     if future_minutes > 0:
         future_end = now_us + int(future_minutes * 60 * _S)
         rows.extend(
-            row(pick(), t)
-            for t in _arrivals(rng, now_us + 1, future_end, requests_per_hour)
+            row(pick(), t) for t in _arrivals(rng, now_us + 1, future_end, requests_per_hour)
         )
 
+    world = World(config)
     mat = factory.materialize
-    return World(config, [mat(r, now_us) for r in rows])
+    world._extend(mat(r, now_us) for r in rows)
+    return world
 
 
 def _big_tie_group(factory: _Factory, size: int, now_us: int, start_us: int) -> list[list[Any]]:
@@ -519,7 +549,7 @@ def make_requests(
             r[_ENDED] = min(max(r[_ENDED], r[_STARTED] + 1), limit)
         if late:
             r[_LATE] = max(late, r[_SENT])
-        out.append(factory.materialize(r, None))
+        out.append(factory.materialize(r, None)[0])
     return out
 
 

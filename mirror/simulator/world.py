@@ -65,7 +65,7 @@ _CACHE_ENTRIES = 32
 def to_us(dt: datetime) -> int:
     """Microseconds since the epoch; exact (no float), and refuses naive datetimes."""
     if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt!r}: the simulator only handles tz-aware UTC times")
+        raise ValueError(f"naive datetime {dt!r}: the simulator needs timezone-aware times")
     return (dt - EPOCH) // _ONE_US
 
 
@@ -147,10 +147,6 @@ class SimRequest:
             self.recorded_at = self.sent_at
 
 
-def _utc_now_default() -> Callable[[], datetime]:
-    return real_clock
-
-
 @dataclass(frozen=True, slots=True)
 class WorldConfig:
     """Switches for every undocumented behaviour (fal-api.md section 13).
@@ -170,11 +166,13 @@ class WorldConfig:
     unfinished_visible: bool = True
     owner: str = "acme"
     billing_refused: frozenset[str] = frozenset()
-    clock: Callable[[], datetime] = field(default_factory=_utc_now_default)
+    clock: Callable[[], datetime] = field(default=real_clock)
 
     def __post_init__(self) -> None:
         if self.filter_field not in ("ended_at", "sent_at", "started_at"):
-            raise ValueError(f"filter_field must be ended_at, sent_at or started_at, not {self.filter_field!r}")
+            raise ValueError(
+                f"filter_field must be ended_at, sent_at or started_at, not {self.filter_field!r}"
+            )
         if self.sort_direction not in ("desc", "asc"):
             raise ValueError(f"sort_direction must be desc or asc, not {self.sort_direction!r}")
         if self.nulls not in ("last", "first"):
@@ -226,6 +224,20 @@ class _CacheEntry:
     order: list[int]
 
 
+_TIME_FIELDS = ("sent_at", "started_at", "ended_at", "billing_at", "recorded_at")
+
+
+def _in_utc(req: SimRequest) -> SimRequest:
+    """The request with every timestamp in UTC (served with a `Z`), copied only if needed."""
+    changes = {}
+    for name in _TIME_FIELDS:
+        value = getattr(req, name)
+        if value is not None and value.tzinfo is not UTC:
+            to_us(value)  # refuses naive datetimes with a clear message
+            changes[name] = value.astimezone(UTC)
+    return replace(req, **changes) if changes else req
+
+
 def _status_matches(status: Status, code: int) -> bool:
     if status == "success":
         return 200 <= code <= 299
@@ -241,7 +253,9 @@ class World:
     mutate through `add`, `finish_all`, `fill_billing`, `backdate` and `update`.
     """
 
-    def __init__(self, config: WorldConfig | None = None, requests: Iterable[SimRequest] = ()) -> None:
+    def __init__(
+        self, config: WorldConfig | None = None, requests: Iterable[SimRequest] = ()
+    ) -> None:
         self._config = config or WorldConfig()
         self._lock = threading.RLock()
         self._reqs: list[SimRequest] = []
@@ -328,25 +342,34 @@ class World:
 
     def add_many(self, reqs: Iterable[SimRequest]) -> None:
         """Add requests in bulk (cheaper than `add` in a loop: one index rebuild)."""
+        normalized = (_in_utc(req) for req in reqs)
+        self._extend((req, self._columns(req)) for req in normalized)
+
+    def _extend(self, pairs: Iterable[tuple[SimRequest, tuple[int, int, int, int, int]]]) -> None:
+        """Append requests with their integer timestamp columns already computed.
+
+        The generator calls this directly with columns it already has, which saves the
+        datetime arithmetic of a million `to_us` calls.
+        """
         with self._lock:
             touched: set[str] = set()
+            reqs, rid, index_of, rows_of = self._reqs, self._rid, self._index_of, self._rows_of
             try:
-                for req in reqs:
-                    if req.request_id in self._index_of:
+                for req, (sent, started, ended, recorded, billing) in pairs:
+                    if req.request_id in index_of:
                         raise ValueError(f"duplicate request_id {req.request_id}")
-                    cols = self._columns(req)
-                    i = len(self._reqs)
-                    self._reqs.append(req)
-                    self._rid.append(req.request_id)
-                    self._index_of[req.request_id] = i
-                    self._sent.append(cols[0])
-                    self._started.append(cols[1])
-                    self._ended.append(cols[2])
-                    self._recorded.append(cols[3])
-                    self._billing.append(cols[4])
+                    i = len(reqs)
+                    reqs.append(req)
+                    rid.append(req.request_id)
+                    index_of[req.request_id] = i
+                    self._sent.append(sent)
+                    self._started.append(started)
+                    self._ended.append(ended)
+                    self._recorded.append(recorded)
+                    self._billing.append(billing)
                     self._status.append(req.status_code)
                     self._duration.append(req.duration)
-                    self._rows_of.setdefault(req.endpoint_id, []).append(i)
+                    rows_of.setdefault(req.endpoint_id, []).append(i)
                     touched.add(req.endpoint_id)
             finally:
                 # even when one request is refused, the ones before it are in: keep consistent
@@ -365,7 +388,7 @@ class World:
             i = self._index_of[request_id]
             if {"request_id", "endpoint_id"} & changes.keys():
                 raise ValueError("request_id and endpoint_id of a stored request cannot change")
-            new = replace(self._reqs[i], **changes)
+            new = _in_utc(replace(self._reqs[i], **changes))
             self._store(i, new)
             self._changed()
             return new
@@ -391,15 +414,21 @@ class World:
             return count
 
     def fill_billing(self) -> int:
-        """Record now every billing event that has not landed yet; returns how many."""
+        """Land every billing event still pending: at now, or when the request ends.
+
+        After `finish_all` + `fill_billing` the world is quiet: every billable request shows
+        its units, so a complete mirror must equal `server_view()`. Returns how many moved.
+        """
         with self._lock:
             now = self.now()
             now_us = to_us(now)
             count = 0
             for i, req in enumerate(self._reqs):
                 if req.billable_units is not None and self._billing[i] > now_us:
-                    self._store(i, replace(req, billing_at=now))
-                    count += 1
+                    at = max(now, req.ended_at)
+                    if req.billing_at != at:
+                        self._store(i, replace(req, billing_at=at))
+                        count += 1
             if count:
                 self._changed()
             return count

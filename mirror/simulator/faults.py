@@ -1,0 +1,375 @@
+"""Fault injection for the simulated API: what can go wrong between a client and fal.
+
+`FaultConfig` says how often each kind of failure happens; a `FaultInjector` (one per
+config, owned by the server) draws the decisions from a seeded RNG under a lock. Every
+request to a faultable path draws the same number of random values whatever happens, so
+a given seed and request order always yields the same faults: a failing test can be
+replayed exactly.
+
+The failures are the ones a mirror meets in the wild (fal-api.md sections 6 and 7):
+429s with and without `Retry-After`, HTML 5xx pages from a proxy, JSON 500s, connections
+reset or cut mid-body, bodies dripping in byte by byte, latency, a token-bucket rate limit,
+a full outage, and hostile 200 pages (huge, absurdly nested, wrongly typed, or with a
+cursor that never ends) for the client's defences.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "ANALYTICS_PATH",
+    "API_PATHS",
+    "BAD_DATA_MODES",
+    "MODELS_LIST_PATH",
+    "SERVERLESS_LIST_PATH",
+    "Body",
+    "Decision",
+    "FaultConfig",
+    "FaultInjector",
+    "bad_body",
+    "html_error_page",
+]
+
+SERVERLESS_LIST_PATH = "/v1/serverless/requests/by-endpoint"
+MODELS_LIST_PATH = "/v1/models/requests/by-endpoint"
+ANALYTICS_PATH = "/v1/serverless/analytics"
+#: The three operations the simulator serves; the default `fault_paths`.
+API_PATHS = frozenset({SERVERLESS_LIST_PATH, MODELS_LIST_PATH, ANALYTICS_PATH})
+
+BadData = Literal[
+    "oversize",
+    "deep_nesting",
+    "wrong_types",
+    "missing_request_id",
+    "has_more_no_cursor",
+    "repeat_cursor",
+    "not_json",
+    "items_not_list",
+]
+BAD_DATA_MODES: frozenset[str] = frozenset(BadData.__args__)  # type: ignore[attr-defined]
+
+#: Size of the page body in "oversize" mode: past the 64 MiB a sane client accepts.
+OVERSIZE_BYTES = 65 * 1024 * 1024 + 17
+DEEP_NESTING = 100_000
+_HTML_5XX = (500, 502, 503, 504)
+_DRAWS = 11  # random values drawn per request, whatever is decided
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """How often each failure happens. All probabilities are per request, in [0, 1].
+
+    Decisions are checked in this order and the first that fires wins: `outage` (every
+    call 503 HTML), `rate_limit` (token bucket of `rate_limit` requests/second holding up
+    to `burst`; over it 429 without `Retry-After`), `p_429` (of which `p_retry_after` carry
+    `Retry-After: retry_after` seconds when `retry_after` is set; fractional seconds are
+    sent as such, which real servers never do but keeps tests fast), `p_5xx` (HTML page,
+    status 500/502/503/504), `p_json_500` (fal's JSON `server_error`), `p_reset` (RST, no
+    response), `p_truncate` (full `Content-Length`, half the body, close), `p_stall` (body
+    one byte every `stall_byte_delay` seconds), then `bad_data` with `p_bad_data` (only on
+    200 pages of the two list operations). `latency` (+ uniform `latency_jitter`) delays
+    every answer on `fault_paths`. After `max_faults` injected faults, none are injected.
+    """
+
+    seed: int = 0
+    p_429: float = 0.0
+    retry_after: float | None = None
+    p_retry_after: float = 1.0
+    p_5xx: float = 0.0
+    p_json_500: float = 0.0
+    p_reset: float = 0.0
+    p_truncate: float = 0.0
+    p_stall: float = 0.0
+    stall_byte_delay: float = 0.05
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    rate_limit: float | None = None
+    burst: float = 10.0
+    outage: bool = False
+    max_faults: int | None = None
+    fault_paths: frozenset[str] = field(default=API_PATHS)
+    bad_data: BadData | None = None
+    p_bad_data: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "p_429",
+            "p_retry_after",
+            "p_5xx",
+            "p_json_500",
+            "p_reset",
+            "p_truncate",
+            "p_stall",
+            "p_bad_data",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("latency", "latency_jitter", "stall_byte_delay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.retry_after is not None and self.retry_after < 0:
+            raise ValueError("retry_after must not be negative")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError("rate_limit must be positive requests/second (or None)")
+        if self.burst < 1:
+            raise ValueError("burst must be at least 1")
+        if self.bad_data is not None and self.bad_data not in BAD_DATA_MODES:
+            modes = ", ".join(sorted(BAD_DATA_MODES))
+            raise ValueError(f"unknown bad_data mode {self.bad_data!r}; known: {modes}")
+        if self.max_faults is not None and self.max_faults < 0:
+            raise ValueError("max_faults must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one request.
+
+    `action`: `serve` (the real answer, possibly `bad` data), `respond` (replace it with
+    `status`/`body`), `reset`, `truncate` or `stall` (the real answer, badly delivered).
+    `fault` is the label written to the request log, None when nothing was injected.
+    """
+
+    action: Literal["serve", "respond", "reset", "truncate", "stall"] = "serve"
+    fault: str | None = None
+    latency: float = 0.0
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    bad: str | None = None
+    stall_byte_delay: float = 0.0
+
+
+_NO_FAULT = Decision()
+
+
+def html_error_page(status: int) -> bytes:
+    """A proxy's error page, as nginx or a CDN would send it instead of fal's JSON."""
+    titles = {
+        500: "500 Internal Server Error",
+        502: "502 Bad Gateway",
+        503: "503 Service Temporarily Unavailable",
+        504: "504 Gateway Time-out",
+    }
+    title = titles.get(status, f"{status} Error")
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+
+
+def _error_json(kind: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"type": kind, "message": message}})
+
+
+class FaultInjector:
+    """The mutable side of a `FaultConfig`: RNG, fault count and token bucket.
+
+    The server makes a fresh one whenever its `faults` is replaced, so a new config starts
+    from its own seed.
+    """
+
+    def __init__(self, config: FaultConfig) -> None:
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._lock = threading.Lock()
+        self._injected = 0
+        self._tokens = float(config.burst)
+        self._refilled = time.monotonic()
+
+    @property
+    def injected(self) -> int:
+        """How many faults were injected so far (latency is not a fault)."""
+        with self._lock:
+            return self._injected
+
+    def decide(self, path: str, *, page: bool) -> Decision:
+        """Decide the fate of one request to `path`; `page` says whether the real answer
+        is a 200 page of a list operation (the only thing bad data can corrupt)."""
+        cfg = self.config
+        if path not in cfg.fault_paths:
+            return _NO_FAULT
+        with self._lock:
+            u = [self._rng.random() for _ in range(_DRAWS)]
+            latency = cfg.latency + cfg.latency_jitter * u[10]
+            decision = self._choose(u, page)
+            if decision is not None and (cfg.max_faults is None or self._injected < cfg.max_faults):
+                self._injected += 1
+                return _with_latency(decision, latency)
+        return Decision(latency=latency) if latency else _NO_FAULT
+
+    def _choose(self, u: list[float], page: bool) -> Decision | None:
+        cfg = self.config
+        if cfg.outage:
+            return Decision(
+                action="respond",
+                fault="outage",
+                status=503,
+                body=html_error_page(503),
+                content_type="text/html; charset=utf-8",
+            )
+        if cfg.rate_limit is not None and not self._take_token():
+            return Decision(
+                action="respond",
+                fault="rate-limit",
+                status=429,
+                body=_error_json("rate_limited", "Rate limit exceeded"),
+            )
+        if u[0] < cfg.p_429:
+            headers: tuple[tuple[str, str], ...] = ()
+            fault = "429"
+            if cfg.retry_after is not None and u[1] < cfg.p_retry_after:
+                headers = (("Retry-After", f"{cfg.retry_after:g}"),)
+                fault = "429+retry-after"
+            return Decision(
+                action="respond",
+                fault=fault,
+                status=429,
+                body=_error_json("rate_limited", "Rate limit exceeded"),
+                headers=headers,
+            )
+        if u[2] < cfg.p_5xx:
+            status = _HTML_5XX[int(u[3] * len(_HTML_5XX))]
+            return Decision(
+                action="respond",
+                fault="5xx-html",
+                status=status,
+                body=html_error_page(status),
+                content_type="text/html; charset=utf-8",
+            )
+        if u[4] < cfg.p_json_500:
+            return Decision(
+                action="respond",
+                fault="json-500",
+                status=500,
+                body=_error_json("server_error", "Unexpected server error"),
+            )
+        if u[5] < cfg.p_reset:
+            return Decision(action="reset", fault="reset")
+        if u[6] < cfg.p_truncate:
+            return Decision(action="truncate", fault="truncate")
+        if u[7] < cfg.p_stall:
+            return Decision(action="stall", fault="stall", stall_byte_delay=cfg.stall_byte_delay)
+        if page and cfg.bad_data is not None and u[8] < cfg.p_bad_data:
+            return Decision(action="serve", fault=f"bad:{cfg.bad_data}", bad=cfg.bad_data)
+        return None
+
+    def _take_token(self) -> bool:
+        cfg = self.config
+        assert cfg.rate_limit is not None
+        now = time.monotonic()
+        self._tokens = min(cfg.burst, self._tokens + (now - self._refilled) * cfg.rate_limit)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def _with_latency(decision: Decision, latency: float) -> Decision:
+    if not latency:
+        return decision
+    return Decision(
+        action=decision.action,
+        fault=decision.fault,
+        latency=latency,
+        status=decision.status,
+        body=decision.body,
+        content_type=decision.content_type,
+        headers=decision.headers,
+        bad=decision.bad,
+        stall_byte_delay=decision.stall_byte_delay,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A response body known by length and produced in chunks, so an oversize page can be
+    streamed without ever being held in memory."""
+
+    length: int
+    chunks: Iterator[bytes]
+    content_type: str = "application/json"
+
+
+def _one(data: bytes, content_type: str = "application/json") -> Body:
+    return Body(len(data), iter((data,)), content_type)
+
+
+def bad_body(mode: str, page: dict[str, Any], dumps_option: int) -> Body:
+    """A hostile version of a real 200 page (`page` holds items, cursor and has_more).
+
+    Item-level corruptions touch the first item only: one bad row in a good page is the
+    case that tests whether a client rejects the page or silently skips the row.
+    """
+    items: list[dict[str, Any]] = [dict(item) for item in page["items"]]
+    out: dict[str, Any] = {**page, "items": items}
+    if mode == "wrong_types":
+        if items:
+            first = items[0]
+            first["status_code"] = str(first.get("status_code"))
+            first["duration"] = {"seconds": first.get("duration")}
+            first["started_at"] = 1_700_000_000
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "missing_request_id":
+        if items:
+            del items[0]["request_id"]
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "has_more_no_cursor":
+        out["has_more"] = True
+        out["next_cursor"] = None
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "repeat_cursor":
+        out["has_more"] = True
+        out["next_cursor"] = "Mg=="
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "not_json":
+        html = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>"
+        html += b"<h1>Checking your browser before accessing api.fal.ai</h1></body></html>"
+        return _one(html, "text/html; charset=utf-8")
+    if mode == "items_not_list":
+        out["items"] = {str(k): item for k, item in enumerate(items)}
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "deep_nesting":
+        marker = "__deep_nesting_marker__"
+        template = items[0] if items else {"request_id": "00000000-0000-7000-8000-000000000000"}
+        template = {**template, "json_input": marker}
+        out["items"] = [template, *items[1:]]
+        raw = orjson.dumps(out, option=dumps_option)
+        deep = b'{"a":' * DEEP_NESTING + b"null" + b"}" * DEEP_NESTING
+        return _one(raw.replace(b'"' + marker.encode() + b'"', deep, 1))
+    if mode == "oversize":
+        return _oversize(items, dumps_option)
+    raise ValueError(f"unknown bad_data mode {mode!r}")
+
+
+def _oversize(items: list[dict[str, Any]], dumps_option: int) -> Body:
+    """A syntactically valid page of more than 64 MiB: real items padded with 1 MiB blobs.
+
+    The length is computed up front (so `Content-Length` is honest) and the bytes are
+    generated as they are written.
+    """
+    base = items[0] if items else {"request_id": "00000000-0000-7000-8000-000000000000"}
+    blob = "x" * (1024 * 1024)
+    item = orjson.dumps({**base, "json_output": {"blob": blob}}, option=dumps_option)
+    head, sep, tail = b'{"items":[', b",", b'],"next_cursor":null,"has_more":false}'
+    count = -(-(OVERSIZE_BYTES - len(head) - len(tail)) // (len(item) + 1))
+    length = len(head) + count * len(item) + (count - 1) * len(sep) + len(tail)
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        for k in range(count):
+            yield item if k == 0 else sep + item
+        yield tail
+
+    return Body(length, chunks())

@@ -1,0 +1,717 @@
+"""The simulated fal Platform API over real HTTP on 127.0.0.1, standard library only.
+
+`http.server` rather than a framework because fault injection needs the socket itself:
+an RST instead of a response, a `Content-Length` the body never reaches, a body that
+drips one byte at a time. Connections are HTTP/1.1 keep-alive, one daemon thread each,
+with Nagle off so small pages are not held back.
+
+The semantics follow fal-api.md sections 2-6, 12 and 14 and the vendored OpenAPI file:
+validation errors are 400 `validation_error`, auth 401, foreign endpoints 403, unknown
+paths 404, all as fal's JSON error body. Behaviour the service leaves open comes from the
+`World`'s `WorldConfig` switches. Decided here (all [I] in fal-api.md): auth is checked
+before parameters, parameters before ownership; a scalar parameter given twice uses its
+last value; `expand` also accepts a comma-joined value; unknown parameters are ignored;
+explicit `start` later than explicit `end` is a 400; the models operation applies no
+ownership check (it lists the caller's own requests to anyone's endpoints); analytics pages
+its buckets 100 per page by default and at most 1000 (larger limits are clamped); other
+methods than GET/HEAD, like other paths, are 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import ipaddress
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from mirror.simulator import analytics
+from mirror.simulator.faults import (
+    ANALYTICS_PATH,
+    MODELS_LIST_PATH,
+    SERVERLESS_LIST_PATH,
+    Body,
+    Decision,
+    FaultConfig,
+    FaultInjector,
+    bad_body,
+)
+from mirror.simulator.world import ItemView, Query, World, app_id_of
+
+__all__ = [
+    "DEFAULT_KEY",
+    "Answer",
+    "ApiError",
+    "LoggedRequest",
+    "SimulatedAPI",
+    "encode_cursor",
+    "parse_time",
+]
+
+#: The key a `SimulatedAPI` accepts unless told otherwise (fal's `<key_id>:<key_secret>`).
+DEFAULT_KEY = "sim-key-id:sim-key-secret"
+_JSON = "application/json"
+_DUMPS = orjson.OPT_UTC_Z
+_MAX_ENDPOINT_IDS = 50
+_ENDPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_DATETIME_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?$"
+)
+_LIST_EXPAND = {True: ("payloads", "billing"), False: ("payloads",)}
+_ANALYTICS_DEFAULT_LIMIT = 100
+_ANALYTICS_MAX_LIMIT = 1000
+
+
+class ApiError(Exception):
+    """An error answer in fal's JSON shape: `{"error": {"type", "message"}}`."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"type": self.kind, "message": self.message}})
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "validation_error", message)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """One request as the server saw it; the Authorization value is never kept.
+
+    `time` is the real wall clock (for measuring client back-off), `world_time` the world's
+    clock (for relating calls to simulated history). `status` is None when no status line
+    was sent (a reset); `fault` names the injected fault, if any.
+    """
+
+    time: datetime
+    method: str
+    path: str
+    params: dict[str, list[str]]
+    status: int | None
+    fault: str | None
+    authorization_present: bool
+    world_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the application decided, before faults decide how (or whether) it is sent.
+
+    `page` is the decoded 200 page of a list operation, kept so bad-data faults can
+    corrupt it.
+    """
+
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: tuple[tuple[str, str], ...] = ()
+    page: dict[str, Any] | None = field(default=None)
+
+
+def encode_cursor(page: int) -> str:
+    """fal's cursor: base64 of the page number as text (`Mg==` is page 2)."""
+    return base64.b64encode(str(page).encode()).decode()
+
+
+def _decode_cursor(value: str) -> int:
+    try:
+        text = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _invalid(f"Invalid cursor {value!r}: not a cursor returned by this API") from None
+    if not text.isdigit() or not 0 < len(text) <= 18 or int(text) < 1:
+        raise _invalid(f"Invalid cursor {value!r}: not a cursor returned by this API")
+    return int(text)
+
+
+def parse_time(name: str, value: str) -> datetime:
+    """RFC 3339 date-time (Z, offset, or none meaning UTC; any fraction) or YYYY-MM-DD."""
+    try:
+        m = _DATE_RE.match(value)
+        if m:
+            y, mo, d = (int(g) for g in m.groups())
+            return datetime(y, mo, d, tzinfo=UTC)
+        m = _DATETIME_RE.match(value)
+        if m:
+            y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+            frac, _zulu, sign, oh, om = m.groups()[6:]
+            micro = int((frac or "0")[:6].ljust(6, "0"))
+            offset = timedelta()
+            if sign:
+                if int(oh) > 23 or int(om) > 59:
+                    raise ValueError("offset out of range")
+                offset = timedelta(hours=int(oh), minutes=int(om)) * (1 if sign == "+" else -1)
+            local = datetime(y, mo, d, h, mi, s, micro, tzinfo=UTC)
+            return local - offset
+    except (ValueError, OverflowError):
+        pass
+    hint = ""
+    if " " in value and re.search(r" \d{2}:\d{2}$", value):
+        hint = " (a '+' in the offset must be URL-encoded as %2B)"
+    raise _invalid(
+        f"Invalid {name} {value!r}: expected an RFC 3339 date-time such as "
+        f"2025-01-01T00:00:00Z or a date such as 2025-01-01{hint}"
+    )
+
+
+def _last(params: Mapping[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
+
+def _split(params: Mapping[str, list[str]], name: str) -> list[str]:
+    """All values of a repeated and/or comma-separated parameter, in order, deduplicated."""
+    out: list[str] = []
+    for value in params.get(name, ()):
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def _enum(params: Mapping[str, list[str]], name: str, allowed: Sequence[str]) -> str | None:
+    value = _last(params, name)
+    if value is None:
+        return None
+    if value not in allowed:
+        raise _invalid(f"Invalid {name} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: int | None) -> int:
+    value = _last(params, name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"-?\d{1,18}", value):
+        raise _invalid(f"Invalid {name} {value!r}: must be an integer")
+    number = int(value)
+    if number < lo or (hi is not None and number > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise _invalid(f"Invalid {name} {number}: must be {bound}")
+    return number
+
+
+def _endpoint_ids(params: Mapping[str, list[str]]) -> list[str]:
+    ids = _split(params, "endpoint_id")
+    if not ids:
+        raise _invalid("endpoint_id is required (1-50 ids, repeated or comma-separated)")
+    if len(ids) > _MAX_ENDPOINT_IDS:
+        raise _invalid(f"Too many endpoint_id values: {len(ids)} given, at most 50 allowed")
+    for endpoint_id in ids:
+        if not _ENDPOINT_ID_RE.match(endpoint_id):
+            raise _invalid(
+                f"Invalid endpoint_id {endpoint_id!r}: expected owner/name or owner/name/route"
+            )
+    return ids
+
+
+def _window(
+    params: Mapping[str, list[str]],
+) -> tuple[datetime | None, datetime | None]:
+    start_text, end_text = _last(params, "start"), _last(params, "end")
+    start = parse_time("start", start_text) if start_text is not None else None
+    end = parse_time("end", end_text) if end_text is not None else None
+    if start is not None and end is not None and start > end:
+        raise _invalid(f"start ({start_text}) must not be later than end ({end_text})")
+    return start, end
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    api: SimulatedAPI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about clients that hang up; keep anything else for the tests."""
+        exc = sys.exc_info()[1]
+        if exc is not None and not isinstance(exc, OSError):
+            self.api._record_error(exc)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fal-sim/1.0"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.api._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.api._track(self.connection, False)
+
+    def do_GET(self) -> None:
+        self.server.api._handle(self, "GET")
+
+    def do_HEAD(self) -> None:
+        self.server.api._handle(self, "HEAD")
+
+    def do_POST(self) -> None:
+        self.server.api._handle(self, "POST")
+
+    def do_PUT(self) -> None:
+        self.server.api._handle(self, "PUT")
+
+    def do_PATCH(self) -> None:
+        self.server.api._handle(self, "PATCH")
+
+    def do_DELETE(self) -> None:
+        self.server.api._handle(self, "DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the request log is `SimulatedAPI.log`, not stderr."""
+
+
+class SimulatedAPI:
+    """fal's request-history API over HTTP, backed by a `World`, with optional faults.
+
+    Use as a context manager (or `start()`/`stop()`); `base_url` is the `/v1` root to give
+    the client. `faults` may be replaced while running; `world` is shared, so a test can
+    move the clock or add requests between calls. Binds only to loopback addresses: it
+    accepts any caller and serves fixed keys, so it must never face a network.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        faults: FaultConfig | None = None,
+        keys: frozenset[str] = frozenset({DEFAULT_KEY}),
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if host != "localhost":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ValueError(f"refusing to bind the simulated API to non-loopback {host!r}")
+        self.world = world
+        self.keys = frozenset(keys)
+        self._host = host
+        self._port = port
+        self._injector = FaultInjector(faults or FaultConfig())
+        self._lock = threading.Lock()
+        self._log: list[LoggedRequest] = []
+        self._errors: list[BaseException] = []
+        self._connections: set[socket.socket] = set()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> SimulatedAPI:
+        """Bind and serve in a daemon thread; returns self so `api = SimulatedAPI(w).start()`."""
+        if self._httpd is not None:
+            return self
+        server_cls = _Server6 if ":" in self._host else _Server
+        httpd = server_cls((self._host, self._port), _Handler)
+        httpd.api = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and cut open keep-alive connections, so clients see the server go."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def serve_forever(self) -> None:
+        """Serve until KeyboardInterrupt (for `mirror fake-api`), then stop cleanly."""
+        self.start()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> SimulatedAPI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (an ephemeral one when constructed with port 0)."""
+        if self._httpd is None:
+            raise RuntimeError("the simulated API is not running; call start() first")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """The API root to configure a client with, e.g. `http://127.0.0.1:PORT/v1`."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/v1"
+
+    # -- faults, log, errors --------------------------------------------------------------
+
+    @property
+    def faults(self) -> FaultConfig:
+        """Current fault configuration; assigning one restarts its RNG from its seed."""
+        return self._injector.config
+
+    @faults.setter
+    def faults(self, config: FaultConfig | None) -> None:
+        self._injector = FaultInjector(config or FaultConfig())
+
+    @property
+    def log(self) -> list[LoggedRequest]:
+        """A snapshot of every request served so far, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        """Forget logged requests (e.g. between phases of a test)."""
+        with self._lock:
+            self._log.clear()
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Unexpected exceptions inside the simulator (answered as 500); tests assert none."""
+        with self._lock:
+            return list(self._errors)
+
+    def _record_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+
+    def _track(self, conn: socket.socket, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _handle(self, handler: _Handler, method: str) -> None:
+        split = urlsplit(handler.path)
+        params = parse_qs(split.query, keep_blank_values=True)
+        length = handler.headers.get("Content-Length")
+        if length and length.isdigit():
+            handler.rfile.read(int(length))
+        auth = handler.headers.get("Authorization")
+        world_now = self.world.now()
+        try:
+            answer = self.respond(method, split.path, params, auth, now=world_now)
+        except Exception as exc:  # a simulator bug: answer like fal would, keep it for tests
+            self._record_error(exc)
+            answer = Answer(
+                500, ApiError(500, "server_error", "An unexpected error occurred").body()
+            )
+        decision = self._injector.decide(split.path, page=answer.page is not None)
+        if decision.latency:
+            time.sleep(decision.latency)
+        if decision.action == "reset":
+            status: int | None = None
+        elif decision.action == "respond":
+            status = decision.status
+        else:
+            status = answer.status
+        # logged before the first byte goes out, so a client that has its answer can
+        # already see the entry (no race between a test's assertion and this thread)
+        self._append_log(
+            LoggedRequest(
+                time=datetime.now(UTC),
+                method=method,
+                path=split.path,
+                params=params,
+                status=status,
+                fault=decision.fault,
+                authorization_present=auth is not None,
+                world_time=world_now,
+            )
+        )
+        try:
+            self._deliver(handler, method, answer, decision)
+        except OSError:  # the client hung up (or we reset it)
+            handler.close_connection = True
+
+    def _append_log(self, entry: LoggedRequest) -> None:
+        with self._lock:
+            self._log.append(entry)
+
+    def _deliver(self, handler: _Handler, method: str, answer: Answer, decision: Decision) -> None:
+        """Send the answer as the fault decision says."""
+        if decision.action == "reset":
+            _reset(handler)
+            return
+        if decision.action == "respond":
+            body = Body(len(decision.body), iter((decision.body,)), decision.content_type)
+            _send(handler, method, decision.status, decision.headers, body)
+            return
+        if decision.bad is not None and answer.page is not None:
+            body = bad_body(decision.bad, answer.page, _DUMPS)
+        else:
+            body = Body(len(answer.body), iter((answer.body,)), answer.content_type)
+        if decision.action == "truncate":
+            data = b"".join(body.chunks)
+            cut = Body(len(data), iter((data[: len(data) // 2],)), body.content_type)
+            _send(handler, method, answer.status, answer.headers, cut)
+            handler.close_connection = True
+        elif decision.action == "stall":
+            _send(
+                handler,
+                method,
+                answer.status,
+                answer.headers,
+                body,
+                byte_delay=decision.stall_byte_delay,
+            )
+        else:
+            _send(handler, method, answer.status, answer.headers, body)
+
+    # -- the application ------------------------------------------------------------------
+
+    def respond(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, list[str]],
+        authorization: str | None,
+        *,
+        now: datetime | None = None,
+    ) -> Answer:
+        """The API's answer to one request, without HTTP or faults (also handy in tests)."""
+        now = now or self.world.now()
+        routes = {
+            SERVERLESS_LIST_PATH: "serverless",
+            MODELS_LIST_PATH: "models",
+            ANALYTICS_PATH: "analytics",
+        }
+        operation = routes.get(path)
+        try:
+            if operation is None or method not in ("GET", "HEAD"):
+                raise ApiError(404, "not_found", f"Resource not found: {method} {path}")
+            self._authenticate(authorization)
+            if operation == "analytics":
+                return self._analytics(params, now)
+            return self._list(params, serverless=operation == "serverless", now=now)
+        except ApiError as err:
+            return Answer(err.status, err.body())
+
+    def _authenticate(self, authorization: str | None) -> None:
+        if authorization is None or not authorization.startswith("Key "):
+            raise ApiError(401, "authorization_error", "Authentication required")
+        if authorization[4:].strip() not in self.keys:
+            raise ApiError(
+                401, "authorization_error", "Invalid API key or malformed Authorization header"
+            )
+
+    def _check_owner(self, endpoint_ids: Sequence[str]) -> None:
+        foreign = [e for e in endpoint_ids if not self.world.owns(e)]
+        if foreign:
+            raise ApiError(403, "authorization_error", "Access denied")
+
+    def _list(self, params: Mapping[str, list[str]], *, serverless: bool, now: datetime) -> Answer:
+        endpoint_ids = _endpoint_ids(params)
+        limit = _int(params, "limit", 50, 1, 100)
+        cursor = _last(params, "cursor")
+        page = _decode_cursor(cursor) if cursor is not None else 1
+        start, end = _window(params)
+        status = _enum(params, "status", ("success", "error", "user_error"))
+        sort_by = _enum(params, "sort_by", ("ended_at", "duration")) or "ended_at"
+        request_id = _last(params, "request_id")
+        if request_id is not None and not _UUID_RE.match(request_id):
+            raise _invalid(f"Invalid request_id {request_id!r}: must be a UUID")
+        allowed = _LIST_EXPAND[serverless]
+        expand = _split(params, "expand")
+        for value in expand:
+            if value not in allowed:
+                raise _invalid(f"Invalid expand value {value!r}; allowed: {', '.join(allowed)}")
+        if serverless:
+            self._check_owner(endpoint_ids)
+            refused = self.world.config.billing_refused
+            if "billing" in expand and any(app_id_of(e) in refused for e in endpoint_ids):
+                raise ApiError(403, "authorization_error", "Access denied")
+        query = Query(
+            endpoint_ids=tuple(endpoint_ids),
+            start=start,
+            end=end,
+            status=status,  # type: ignore[arg-type]
+            sort_by=sort_by,  # type: ignore[arg-type]
+            request_id=request_id.lower() if request_id is not None else None,
+        )
+        view = ItemView(
+            serverless=serverless, payloads="payloads" in expand, billing="billing" in expand
+        )
+        items, more = self.world.page(
+            query, offset=(page - 1) * limit, limit=limit, view=view, now=now
+        )
+        next_cursor = encode_cursor(page + 1) if more else None
+        body = {"items": items, "next_cursor": next_cursor, "has_more": next_cursor is not None}
+        return Answer(200, orjson.dumps(body, option=_DUMPS), page=body)
+
+    def _analytics(self, params: Mapping[str, list[str]], now: datetime) -> Answer:
+        endpoint_ids = _endpoint_ids(params)
+        limit = _int(params, "limit", _ANALYTICS_DEFAULT_LIMIT, 1, None)
+        limit = min(limit, _ANALYTICS_MAX_LIMIT)
+        cursor = _last(params, "cursor")
+        page = _decode_cursor(cursor) if cursor is not None else 1
+        start, end = _window(params)
+        start = start or now - timedelta(hours=24)
+        end = end or now
+        if start > end:
+            raise _invalid("start must not be later than end")
+        timeframe = _enum(params, "timeframe", analytics.TIMEFRAMES)
+        bound = _enum(params, "bound_to_timeframe", ("true", "false")) or "true"
+        tz = _timezone(_last(params, "timezone") or "UTC")
+        expand = (
+            _split(params, "expand") if "expand" in params else ["time_series", "request_count"]
+        )
+        known = ("time_series", "summary", *analytics.METRICS)
+        for value in expand:
+            if value not in known:
+                raise _invalid(f"Invalid expand value {value!r}; allowed: {', '.join(known)}")
+        metrics = [m for m in analytics.METRICS if m in expand]
+        if not {"time_series", "summary"} & set(expand) or not metrics:
+            raise _invalid(
+                "expand must name time_series and/or summary and at least one metric "
+                "(e.g. expand=time_series&expand=request_count)"
+            )
+        self._check_owner(endpoint_ids)
+        try:
+            rng = analytics.resolve_range(
+                start,
+                end,
+                timeframe,  # type: ignore[arg-type]
+                tz,
+                bound_to_timeframe=bound == "true",
+            )
+        except (ValueError, OverflowError) as err:
+            raise _invalid(str(err)) from None
+        series, summary = analytics.compute(self.world, endpoint_ids, rng, tz, metrics, now=now)
+        body: dict[str, Any] = {}
+        next_cursor = None
+        if "time_series" in expand:
+            offset = (page - 1) * limit
+            body["time_series"] = series[offset : offset + limit]
+            if offset + limit < len(series):
+                next_cursor = encode_cursor(page + 1)
+        if "summary" in expand:
+            body["summary"] = summary
+        body["next_cursor"] = next_cursor
+        body["has_more"] = next_cursor is not None
+        return Answer(200, orjson.dumps(body, option=_DUMPS))
+
+
+def _timezone(name: str) -> tzinfo:
+    if name.upper() in ("UTC", "Z", "ETC/UTC"):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _invalid(
+            f"Invalid timezone {name!r}: expected an IANA name such as Europe/Paris"
+        ) from None
+
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _send(
+    handler: _Handler,
+    method: str,
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    body: Body,
+    *,
+    byte_delay: float = 0.0,
+) -> None:
+    """Write a whole response (one write for small bodies, chunks for streamed ones)."""
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"Server: {handler.server_version}",
+        f"Date: {handler.date_time_string()}",
+        f"Content-Type: {body.content_type}",
+        f"Content-Length: {body.length}",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if handler.close_connection:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    write = handler.wfile.write
+    if method == "HEAD":
+        write(head)
+        return
+    if byte_delay:
+        write(head)
+        for chunk in body.chunks:
+            for k in range(len(chunk)):
+                time.sleep(byte_delay)
+                write(chunk[k : k + 1])
+        return
+    first = next(body.chunks, b"")
+    write(head + first)
+    for chunk in body.chunks:
+        write(chunk)
+
+
+def _reset(handler: _Handler) -> None:
+    """Abort the connection with an RST and no response (SO_LINGER 0, then close).
+
+    The read buffer is closed first: it holds a reference that would otherwise keep the
+    socket open past `close()`, turning the reset into a graceful FIN later.
+    """
+    conn = handler.connection
+    handler.close_connection = True
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handler.rfile.close()
+    conn.close()

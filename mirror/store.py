@@ -150,6 +150,9 @@ def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         # a power cut may lose the last transactions, and it never corrupts the file.
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA cache_size = -65536")
+        # after each checkpoint the WAL file is cut back to this, so an idle reader's past
+        # cannot leave a huge file behind (SQLite's automatic checkpoints run every ~4 MB)
+        cur.execute("PRAGMA journal_size_limit = 67108864")
         cur.execute("PRAGMA foreign_keys = ON")
     finally:
         cur.close()
@@ -515,6 +518,20 @@ class Store:
             conn.rollback()
         return out
 
+    def hourly_counts(self, target: str, start: str, end: str) -> dict[str, int]:
+        """Rows the mirror holds per hour of ``ended_at`` (hour as ``YYYY-MM-DDTHH``)."""
+        r = requests.c
+        hour = sa.func.substr(r.ended_at, 1, 13)
+        q = (
+            sa.select(hour, sa.func.count())
+            .where(target_clause(target), r.ended_at >= start, r.ended_at < end)
+            .group_by(hour)
+        )
+        with self.engine.connect() as conn:
+            out = {h: int(n) for h, n in conn.execute(q)}
+            conn.rollback()
+        return out
+
     # -- the run log --------------------------------------------------------------------
 
     def start_run(self, targets: Sequence[str], now: datetime) -> int:
@@ -537,13 +554,22 @@ class Store:
             )
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database so it does not grow while readers idle."""
+        """Fold the WAL back into the database and truncate it, if no reader is in the way.
+
+        Never waits: a reader in the middle of a long transaction keeps its view, and the
+        next run (or SQLite's automatic checkpoint) finishes the job.
+        """
         if self.dialect != "sqlite":
             return
-        with contextlib.suppress(sa.exc.DBAPIError):
+        with contextlib.suppress(sa.exc.DBAPIError, sqlite3.Error):
             raw = self.engine.raw_connection()
             try:
-                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+                con = raw.driver_connection
+                con.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+                try:
+                    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+                finally:
+                    con.execute("PRAGMA busy_timeout = 30000")  # type: ignore[union-attr]
             finally:
                 raw.close()
 

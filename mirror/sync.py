@@ -43,7 +43,7 @@ from mirror.api import FalClient, Page
 from mirror.errors import AuthError, BadDataError, MirrorError
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import api_param, from_text, to_text, utcnow
-from mirror.windows import Window, ceil_s, floor_s, plan, split
+from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
 
@@ -65,7 +65,8 @@ class SyncOptions:
     billing: bool = True
     #: how far back the first sync of a target goes without --since
     first_since: timedelta = timedelta(days=1)
-    window: timedelta = timedelta(hours=6)
+    #: the longest window planned; a dense one is split by history or by its first page
+    window: timedelta = timedelta(days=1)
     walk_rows: int = 2_000
     max_concurrency: int = 4
     unfinished_limit: int = 500
@@ -164,7 +165,12 @@ def plan_target(
         recheck_from = None
         start = opts.since if opts.since else now - opts.first_since
         tail = start
-    return plan(start, end, completed, recheck_from=recheck_from, size=opts.window), tail
+    windows = plan(start, end, completed, recheck_from=recheck_from, size=opts.window)
+    if windows:
+        counts = store.hourly_counts(target, to_text(windows[0].start), to_text(windows[-1].end))
+        hourly = {from_text(h + ":00:00Z"): n for h, n in counts.items()}
+        windows = [p for w in windows for p in pack(w, hourly, target_rows=opts.walk_rows, max_len=opts.window)]
+    return windows, tail
 
 
 def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:

@@ -5,8 +5,11 @@ A target's state is its completed intervals. A sync wants ``[start, end)`` cover
 and ``end`` is ``--until`` or the moment the sync started. Completed intervals are trusted
 only up to ``recheck_from`` (the last completed point minus the lookback): everything after
 it is walked again, which picks up late-arriving requests, late billing and rows that ended
-since. What remains is cut into windows on whole seconds aligned to the window size, so the
-same range yields the same windows on every run.
+since. What remains is cut into windows of whole seconds, at most ``size`` long; where the
+mirror already holds rows (a re-walked tail, a gap left by a crash) ``pack`` cuts them by
+the density seen, so each window is about one walk of ``target_rows`` and a sparse range is
+one call, not one per hour. Where nothing is known yet, the walker splits a window after
+its first page (``mirror.sync.estimate_parts``).
 """
 
 from __future__ import annotations
@@ -59,13 +62,53 @@ def align_down(t: datetime, size: timedelta) -> datetime:
 
 
 def cut(start: datetime, end: datetime, size: timedelta) -> list[Window]:
-    """Cut ``[start, end)`` at multiples of ``size`` (from the epoch)."""
+    """Cut ``[start, end)`` into equal whole-second windows of at most ``size``."""
+    if start >= end:
+        return []
+    seconds = int((end - start).total_seconds())
+    parts = max(1, -(-seconds // max(1, int(size.total_seconds()))))
+    return split(Window(start, end), parts)
+
+
+HOUR = timedelta(hours=1)
+
+
+def pack(
+    window: Window, hourly: dict[datetime, int], *, target_rows: int, max_len: timedelta
+) -> list[Window]:
+    """Re-cut a window by known density: each piece about ``target_rows`` rows.
+
+    ``hourly`` maps the start of an hour to the rows the mirror holds in it. Hours are taken
+    greedily while the estimate stays under the target; an hour denser than the target is
+    split evenly. Without counts the window is returned as it is.
+    """
+    est_total = sum(n for h, n in hourly.items() if h + HOUR > window.start and h < window.end)
+    if est_total <= target_rows:
+        return [window]
     out: list[Window] = []
-    cur = start
-    while cur < end:
-        nxt = min(end, align_down(cur, size) + size)
-        out.append(Window(cur, nxt))
-        cur = nxt
+    cur = window.start
+    acc = 0.0
+    t = window.start
+    while t < window.end:
+        h = align_down(t, HOUR)
+        nxt = min(window.end, h + HOUR)
+        frac = (nxt - t) / HOUR
+        n = hourly.get(h, 0) * frac
+        if n > target_rows:  # a dense hour: close what we have, split this one
+            if cur < t:
+                out.append(Window(cur, t))
+            piece = Window(t, nxt)
+            out.extend(split(piece, -(-int(n) // target_rows)))
+            cur, acc = nxt, 0.0
+        elif acc + n > target_rows or (nxt - cur) > max_len:
+            if cur < t:
+                out.append(Window(cur, t))
+            cur, acc = t, n
+        else:
+            acc += n
+        t = nxt
+    if cur < window.end:
+        out.append(Window(cur, window.end))
     return out
 
 
@@ -89,7 +132,7 @@ def plan(
             trusted.append((a, b))
     windows: list[Window] = []
     for a, b in subtract(start, end, trusted):
-        windows.extend(cut(floor_s(a), ceil_s(b) if ceil_s(b) <= end else end, size))
+        windows.extend(cut(floor_s(a), min(ceil_s(b), end), size))
     return windows
 
 

@@ -1,9 +1,10 @@
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirror.windows import Window, plan, split, subtract
+from mirror.windows import Window, pack, plan, split, subtract
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 secs = st.integers(min_value=0, max_value=10 * 86400)
@@ -66,17 +67,47 @@ def test_subtract_gaps():
     ]
 
 
-def test_same_range_gives_same_windows_every_run():
-    """Windows are aligned to the size, so reruns re-walk identical windows."""
-    a = plan(
-        T0 + timedelta(minutes=7),
-        T0 + timedelta(hours=13),
-        [],
-        recheck_from=None,
-        size=timedelta(hours=6),
-    )
+def test_a_sparse_tail_is_one_window():
+    """Nothing known and shorter than the size: one call, wherever the range falls."""
+    a = plan(T0 + timedelta(minutes=7), T0 + timedelta(hours=2, minutes=7), [], recheck_from=None, size=timedelta(days=1))
+    assert [(w.start, w.end) for w in a] == [(T0 + timedelta(minutes=7), T0 + timedelta(hours=2, minutes=7))]
+
+
+def test_long_ranges_are_cut_into_equal_windows():
+    a = plan(T0, T0 + timedelta(hours=60), [], recheck_from=None, size=timedelta(days=1))
     assert [(w.start, w.end) for w in a] == [
-        (T0 + timedelta(minutes=7), T0 + timedelta(hours=6)),
-        (T0 + timedelta(hours=6), T0 + timedelta(hours=12)),
-        (T0 + timedelta(hours=12), T0 + timedelta(hours=13)),
+        (T0, T0 + timedelta(hours=20)),
+        (T0 + timedelta(hours=20), T0 + timedelta(hours=40)),
+        (T0 + timedelta(hours=40), T0 + timedelta(hours=60)),
     ]
+
+
+@given(
+    length_h=st.integers(min_value=1, max_value=72),
+    offset_s=st.integers(min_value=0, max_value=3599),
+    counts=st.lists(st.integers(min_value=0, max_value=9000), min_size=74, max_size=74),
+    target=st.sampled_from([500, 2000]),
+)
+def test_pack_partitions_the_window_by_density(length_h, offset_s, counts, target):
+    w = Window(T0 + timedelta(seconds=offset_s), T0 + timedelta(hours=length_h, seconds=offset_s))
+    hourly = {T0 + timedelta(hours=i): n for i, n in enumerate(counts)}
+    pieces = pack(w, hourly, target_rows=target, max_len=timedelta(days=1))
+    assert pieces[0].start == w.start and pieces[-1].end == w.end, "pack lost an edge"
+    for a, b in itertools.pairwise(pieces):
+        assert a.end == b.start, "pack left a gap or overlap"
+
+    def estimate(p):
+        total = 0.0
+        t = p.start
+        while t < p.end:
+            h = T0 + timedelta(hours=int((t - T0).total_seconds() // 3600))
+            nxt = min(p.end, h + timedelta(hours=1))
+            total += hourly.get(h, 0) * ((nxt - t) / timedelta(hours=1))
+            t = nxt
+        return total
+
+    for p in pieces:
+        # a piece over the target is a single-second split of a very dense hour, or rounding
+        assert estimate(p) <= target * 1.01 + 1 or p.length <= timedelta(seconds=1), f"{p} holds ~{estimate(p):.0f} rows"
+    if sum(estimate(p) for p in pieces) <= target:
+        assert pieces == [w], "a sparse window was cut"

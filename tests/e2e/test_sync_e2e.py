@@ -428,3 +428,26 @@ def test_request_parameters_are_what_fal_documents(tmp_path: Path) -> None:
         assert p["expand"] == ["payloads", "billing"]
         for k in ("start", "end"):
             assert len(p[k]) == 1 and p[k][0].endswith("Z") and len(p[k][0]) == 20, p[k]
+
+
+def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "MIRROR_"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mirror", "fake-api", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = server.stdout.readline() if server.stdout else ""
+        assert first.startswith("simulated fal API at http://127.0.0.1:"), first
+        base_url = first.split(" at ", 1)[1].split(" ", 1)[0]
+        hint = (server.stdout.readline() if server.stdout else "").strip()
+        assert hint == f"export MIRROR_BASE_URL={base_url} FAL_KEY=sim-key-id:sim-key-secret", hint
+        r = mirror(["sync", "--db", str(tmp_path / "f.db"), "--since", "3d", "-e", "acme/upscaler"], fast_env(base_url))
+        assert r.code == 0 and r.stdout.startswith("synced 1 target: "), r
+        assert len(mirror_rows(tmp_path / "f.db")) > 1000
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 0, server.stderr.read() if server.stderr else ""

@@ -72,6 +72,11 @@ class MirrorGroup(click.Group):
             if _debug():
                 raise
             click.echo("mirror: interrupted; everything committed so far is kept", err=True)
+            if threading.active_count() > 1:
+                # a worker may sit in a slow HTTP read; what matters is committed already
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise

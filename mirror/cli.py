@@ -380,6 +380,16 @@ def demo(db: str) -> None:
     run_demo(Path(db), echo=click.echo)
 
 
+def _register_commands() -> None:
+    """Command families that live in their own modules (each keeps click out of its library)."""
+    from mirror.commands_query import register as register_query
+
+    register_query(cli)
+
+
+_register_commands()
+
+
 def main() -> None:
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

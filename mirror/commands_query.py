@@ -248,16 +248,27 @@ def status_cmd(db: str, fmt: str) -> None:
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "covered_from", "covered_to", "gaps", "last_run", "last_run_started_at",
             "last_run_ended_at", "last_run_error"]  # fmt: skip
-    if fmt in ("table", "csv"):
+    if fmt == "table":  # to the minute, and the run's end left to json: it has to fit
+        cols.remove("last_run_ended_at")
         for r in result:
-            r["gaps"] = _gaps_text(r["gaps"]) if fmt == "table" else json.dumps(r["gaps"])
+            for c in cols:
+                if c.endswith(("_at", "_from", "_to")) and r[c]:
+                    r[c] = _minute(r[c])
+            r["gaps"] = _gaps_text(r["gaps"])
+    elif fmt == "csv":
+        for r in result:
+            r["gaps"] = json.dumps(r["gaps"])
     _print(cols, ([r[c] for c in cols] for r in result), fmt)
+
+
+def _minute(ts: str) -> str:
+    return ts[:16] + "Z"
 
 
 def _gaps_text(gaps: list[list[str]]) -> str:
     if not gaps:
         return "none"
-    first = f"{gaps[0][0][:16]}Z…{gaps[0][1][:16]}Z"
+    first = f"{_minute(gaps[0][0])}…{_minute(gaps[0][1])}"
     return first if len(gaps) == 1 else f"{len(gaps)}: {first}, …"
 
 

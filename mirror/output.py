@@ -3,8 +3,9 @@
 Rows arrive as an iterator of tuples with a list of column names, and every format but
 ``table`` streams them, so `mirror query --limit 0 --format jsonl` over millions of rows
 runs in constant memory. ``table`` has to see every row to size its columns, then fits the
-terminal (``shutil.get_terminal_size``, which honours ``COLUMNS``), shortening the widest
-columns with an ellipsis.
+terminal (``shutil.get_terminal_size``, which honours ``COLUMNS``): the widest columns are
+shortened with an ellipsis, and when even that cannot fit, each row is printed as a block
+of ``column  value`` lines. Timestamps show to the second there.
 
 - ``json``: one JSON array of objects; ``jsonl``: one object per line. Columns named in
   ``json_columns`` (the payloads) hold JSON text and are decoded into real JSON values.
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import csv
 import shutil
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 import orjson
 
 FORMATS = ("table", "json", "jsonl", "csv")
-#: a cell of a table is never cut below this many characters
-_MIN_WIDTH = 6
+#: a column of a table is never cut below this many characters (see `fit`)
+_MIN_WIDTH = 12
 
 
 def write(
@@ -110,18 +112,26 @@ def cell_text(value: Any, *, full: bool = False) -> str:
         return orjson.dumps(value, default=_default).decode()
     if isinstance(value, bytes):
         return value.hex()
-    return str(value).replace("\n", " ")
+    text = str(value)
+    if not full and len(text) == 27 and text[10] == "T" and text[19] == "." and text[26] == "Z":
+        return text[:19] + "Z"  # a stored timestamp, to the second: people do not read µs
+    return text.replace("\n", " ")
 
 
 def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], width: int) -> int:
+    """Columns side by side when they fit (the widest shortened first), else one record a block."""
+    width = max(width, 20)
     data = [list(r) for r in rows]
     cells = [[cell_text(v) for v in r] for r in data]
     numeric = [
         all(isinstance(r[i], (int, float)) or r[i] is None for r in data) and bool(data)
         for i in range(len(columns))
     ]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    widths = fit(widths, max(width, 20), gap=2)
+    natural = [max([len(c), *(display_width(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    widths = fit(natural, width, gap=2)
+    if widths is None:
+        _records(out, columns, cells, width)
+        return len(data)
     lines = [_line([str(c) for c in columns], widths, numeric)]
     lines.append("  ".join("-" * w for w in widths))
     lines += [_line(r, widths, numeric) for r in cells]
@@ -129,21 +139,68 @@ def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], w
     return len(data)
 
 
-def fit(widths: list[int], total: int, *, gap: int) -> list[int]:
-    """Shrink the widest columns, one character at a time, until the row fits ``total``."""
-    widths = list(widths)
+def fit(natural: list[int], total: int, *, gap: int) -> list[int] | None:
+    """Column widths that fit ``total``, shortening the widest first; None if none do.
+
+    No column is cut below ``_MIN_WIDTH`` characters (or its natural width, if smaller):
+    past that a table is unreadable, and records are printed one after another instead.
+    """
+    widths = list(natural)
+    floor = [min(n, _MIN_WIDTH) for n in natural]
     while sum(widths) + gap * (len(widths) - 1) > total:
-        i = max(range(len(widths)), key=lambda j: widths[j])
-        if widths[i] <= _MIN_WIDTH:
-            break  # nothing sensible left to cut; the terminal wraps
+        i = max(range(len(widths)), key=lambda j: widths[j] - floor[j])
+        if widths[i] <= floor[i]:
+            return None
         widths[i] -= 1
     return widths
 
 
+def _records(out: TextIO, columns: Sequence[str], cells: list[list[str]], width: int) -> None:
+    """One block per row, a column a line (like psql's expanded display)."""
+    key_w = max(len(c) for c in columns)
+    room = max(width - key_w - 2, 8)
+    for n, row in enumerate(cells, 1):
+        out.write(
+            f"-[ {n} ]" + "-" * max(0, min(width, key_w + 2 + room) - len(f"-[ {n} ]")) + "\n"
+        )
+        for c, text in zip(columns, row, strict=True):
+            out.write(f"{c.ljust(key_w)}  {_clip(text, room)}".rstrip() + "\n")
+
+
+def display_width(text: str) -> int:
+    """Terminal columns a text takes: wide (CJK) characters two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_width(c) for c in text)
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal columns (an ellipsis marking the cut), then padded."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for c in text:
+        w = _char_width(c)
+        if used + w > width - 1:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "…"
+
+
+def _pad(text: str, width: int, *, right: bool) -> str:
+    gap = " " * max(0, width - display_width(text))
+    return gap + text if right else text + gap
+
+
 def _line(cells: Sequence[str], widths: Sequence[int], numeric: Sequence[bool]) -> str:
-    parts = []
-    for text, w, num in zip(cells, widths, numeric, strict=True):
-        if len(text) > w:
-            text = text[: w - 1] + "…"
-        parts.append(text.rjust(w) if num else text.ljust(w))
-    return "  ".join(parts)
+    return "  ".join(
+        _pad(_clip(text, w), w, right=num)
+        for text, w, num in zip(cells, widths, numeric, strict=True)
+    )

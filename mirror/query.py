@@ -20,7 +20,7 @@ Everything here reads through a connection handed in and never imports click: th
 from __future__ import annotations
 
 import contextlib
-import math
+import itertools
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,10 +44,25 @@ from mirror.store import (
     sync_runs,
     sync_targets,
     sync_windows,
-    target_clause,
     translate_errors,
 )
 from mirror.timeparse import to_text
+
+#: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
+#: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
+#: stay exact under the subtractions of updates and deletes.
+summary_hourly = sa.Table(
+    "summary_hourly",
+    sa.MetaData(),
+    sa.Column("hour", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("durations", sa.Integer, nullable=False),
+    sa.Column("duration_us", sa.Integer, nullable=False),
+    sa.Column("billed", sa.Integer, nullable=False),
+    sa.Column("billable_micro", sa.Integer, nullable=False),
+)
 
 #: every column a listing may show, in table order; nothing else is ever put in SQL
 COLUMNS: tuple[str, ...] = ROW_COLUMNS
@@ -106,14 +121,24 @@ class Filters:
             raise ConfigError("--search needs at least one word")
 
 
-def where_clauses(filters: Filters, dialect: str) -> list[sa.ColumnElement[bool]]:
-    """The filters as Core expressions (all values bound)."""
+def where_clauses(
+    filters: Filters, dialect: str, *, endpoint_ids: Sequence[str] | None = None
+) -> list[sa.ColumnElement[bool]]:
+    """The filters as Core expressions (all values bound).
+
+    ``endpoint_ids``: the endpoints' ids as `resolve_endpoints` found them, which the
+    planner can use with the time range; without them, the endpoints as ranges.
+    """
     r = requests.c
     out: list[sa.ColumnElement[bool]] = []
     if filters.endpoints:
-        out.append(sa.or_(*(target_clause(e) for e in filters.endpoints)))
+        if endpoint_ids is None:
+            out.append(endpoint_clause(r.endpoint_id, filters.endpoints))
+        else:
+            out.append(r.endpoint_id.in_(endpoint_ids))
     if filters.statuses:
-        out.append(r.status.in_(filters.statuses))
+        status = _status_column(dialect, steer=bool(filters.endpoints))
+        out.append(status.in_(filters.statuses))
     if filters.status_codes:
         out.append(r.status_code.in_(filters.status_codes))
     if filters.request_ids:
@@ -130,6 +155,45 @@ def where_clauses(filters: Filters, dialect: str) -> list[sa.ColumnElement[bool]
     if filters.search is not None:
         out.append(_search_clause(dialect, filters.search))
     return out
+
+
+def endpoint_clause(column: Any, endpoints: Iterable[str]) -> sa.ColumnElement[bool]:
+    """Rows of any of the endpoints; an app id also covers its routes (``owner/app/…``).
+
+    The same reading as ``mirror.store.target_clause`` (which sync uses), for any column: a
+    range rather than LIKE, since ids contain ``_`` and a range uses the index.
+    """
+    return sa.or_(
+        *(sa.or_(column == e, sa.and_(column >= e + "/", column < e + "0")) for e in endpoints)
+    )
+
+
+_NEXT_ID = sa.text(
+    """
+    WITH RECURSIVE ids(id) AS (
+        SELECT min(endpoint_id) FROM requests WHERE endpoint_id >= :lo AND endpoint_id < :hi
+        UNION ALL
+        SELECT (SELECT min(endpoint_id) FROM requests WHERE endpoint_id > ids.id AND endpoint_id < :hi)
+        FROM ids WHERE ids.id IS NOT NULL
+    )
+    SELECT id FROM ids WHERE id IS NOT NULL
+    """
+)
+
+
+def resolve_endpoints(conn: Connection, endpoints: Iterable[str]) -> tuple[str, ...]:
+    """The endpoint ids stored for some endpoints or app ids (an app's routes included).
+
+    ``endpoint_id IN (...)`` lets the planner combine the endpoint index with a time range,
+    which it will not do for the OR of an id and a range of routes. The routes are found by
+    a loose index scan: one index seek per distinct id, however many rows each has.
+    """
+    out: dict[str, None] = {}
+    for e in endpoints:
+        out[e] = None
+        for (rid,) in conn.execute(_NEXT_ID, {"lo": e + "/", "hi": e + "0"}):
+            out[rid] = None
+    return tuple(out)
 
 
 def check_columns(columns: Iterable[str]) -> tuple[str, ...]:
@@ -151,6 +215,7 @@ def select_statement(
     limit: int | None = None,
     offset: int = 0,
     dialect: str = "sqlite",
+    endpoint_ids: Sequence[str] | None = None,
 ) -> sa.Select[Any]:
     """The listing as one statement: rows in a total order (ties broken by request_id).
 
@@ -169,7 +234,7 @@ def select_statement(
     order = (key.desc(), tie.desc()) if descending else (key.asc(), tie.asc())
     stmt = (
         sa.select(*(requests.c[c] for c in cols))
-        .where(*where_clauses(filters, dialect))
+        .where(*where_clauses(filters, dialect, endpoint_ids=endpoint_ids))
         .order_by(order[0].nulls_last(), order[1])
     )
     if limit is not None:
@@ -190,22 +255,26 @@ def select_requests(
     offset: int = 0,
 ) -> Iterator[tuple[Any, ...]]:
     """The matching requests, streamed as tuples in ``columns`` order."""
-    stmt = select_statement(
-        filters,
-        columns=columns,
-        sort=sort,
-        descending=descending,
-        limit=limit,
+    stmt = listing_statement(
+        conn, filters, columns=columns, sort=sort, descending=descending, limit=limit,
         offset=offset,
-        dialect=conn.dialect.name,
-    )
+    )  # fmt: skip
     for row in conn.execute(stmt):
         yield tuple(row)
 
 
+def listing_statement(conn: Connection, filters: Filters, **kw: Any) -> sa.Select[Any]:
+    """The statement `select_requests` runs (endpoints resolved on ``conn``)."""
+    ids = resolve_endpoints(conn, filters.endpoints) if filters.endpoints else None
+    return select_statement(filters, dialect=conn.dialect.name, endpoint_ids=ids, **kw)
+
+
 def count_requests(conn: Connection, filters: Filters) -> int:
-    stmt = sa.select(sa.func.count()).select_from(requests)
-    return int(conn.execute(stmt.where(*where_clauses(filters, conn.dialect.name))).scalar_one())
+    ids = resolve_endpoints(conn, filters.endpoints) if filters.endpoints else None
+    where = where_clauses(filters, conn.dialect.name, endpoint_ids=ids)
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(requests).where(*where)).scalar_one()
+    )
 
 
 # --------------------------------------------------------------------------- stats
@@ -220,28 +289,15 @@ def nearest_rank(sorted_values: Sequence[float], p: int) -> float | None:
     return sorted_values[rank - 1]
 
 
-def _group_exprs(by: Sequence[str], time_field: str) -> tuple[list[Any], list[Any]]:
-    """(select expressions, order-by expressions) of the group keys.
+def micro_units(value: float) -> int:
+    """``CAST(round(value * 1000000) AS INTEGER)`` exactly as SQLite computes it.
 
-    Rows are fetched in group order so groups arrive one after another. When the last key
-    is a time bucket, ordering by the raw timestamp keeps each bucket contiguous and lets
-    ``--by endpoint,day`` walk the covering index ``(endpoint_id, ended_at, ...)`` unsorted.
+    Billable units are summed as integer millionths, the way ``summary_hourly`` keeps them,
+    so a sum is exact whichever way it is taken (rows or summary) and in whatever order.
+    SQLite's ``round`` rounds halves away from zero (Python's rounds them to even).
     """
-    t = requests.c[time_field]
-    exprs: list[Any] = []
-    order: list[Any] = []
-    for i, g in enumerate(by):
-        if g == "endpoint":
-            e: Any = requests.c.endpoint_id
-        elif g == "status":
-            e = requests.c.status
-        elif g == "hour":
-            e = sa.func.substr(t, 1, 13).concat(":00:00Z")
-        else:
-            e = sa.func.substr(t, 1, 10)
-        exprs.append(e.label(g))
-        order.append(t if g in ("hour", "day") and i == len(by) - 1 else e)
-    return exprs, order
+    r = value * 1000000
+    return int(r + 0.5) if r >= 0 else -int(-r + 0.5)
 
 
 def check_groups(by: Iterable[str]) -> tuple[str, ...]:
@@ -256,76 +312,223 @@ def check_groups(by: Iterable[str]) -> tuple[str, ...]:
     return groups
 
 
-def stats_statement(filters: Filters, by: Sequence[str], dialect: str) -> sa.Select[Any]:
-    r = requests.c
-    exprs, order = _group_exprs(by, filters.time_field)
-    return (
-        sa.select(*exprs, r.status, r.duration, r.billable_units)
-        .where(*where_clauses(filters, dialect))
-        .order_by(*order)
-    )
+def _key_exprs(by: Sequence[str], endpoint: Any, status: Any, t: Any) -> list[Any]:
+    """The group keys over some columns; hours are the text of the hour's first instant."""
+    exprs: list[Any] = []
+    for g in by:
+        if g == "endpoint":
+            exprs.append(endpoint)
+        elif g == "status":
+            exprs.append(status)
+        elif g == "hour":
+            exprs.append(sa.func.substr(t, 1, 13).concat(":00:00Z"))
+        else:
+            exprs.append(sa.func.substr(t, 1, 10))
+    return exprs
 
 
-def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, list[Any]]:
-    """A statement as the driver receives it: SQL text and positional parameters.
+def _stream_order(by: Sequence[str], exprs: list[Any], t: Any) -> list[Any]:
+    """Row order that keeps groups contiguous, in ascending key order.
 
-    For ``EXPLAIN QUERY PLAN`` in the tests and the benchmark, which must see the very SQL
-    the listing and stats run.
+    When the last key is a time bucket, ordering by the raw timestamp keeps each bucket
+    contiguous and lets ``--by endpoint,day`` walk the covering index
+    ``(endpoint_id, ended_at, ...)`` with no sort at all.
     """
-    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
-    return str(compiled), [compiled.params[k] for k in compiled.positiontup or []]
+    order = list(exprs)
+    if by and by[-1] in ("hour", "day"):
+        order[-1] = t
+    return order
+
+
+def stats_statement(
+    filters: Filters, by: Sequence[str], dialect: str, *, endpoint_ids: Sequence[str] | None = None
+) -> sa.Select[Any]:
+    """Every matching row's group keys, status, duration and units, in group order."""
+    r = requests.c
+    t = r[filters.time_field]
+    exprs = _key_exprs(by, r.endpoint_id, r.status, t)
+    return (
+        sa.select(*(e.label(g) for e, g in zip(exprs, by, strict=True)), r.status, r.duration,
+                  r.billable_units)
+        .where(*where_clauses(filters, dialect, endpoint_ids=endpoint_ids))
+        .order_by(*_stream_order(by, exprs, t))
+    )  # fmt: skip
+
+
+class _Group:
+    """What stats accumulates for one group before the figures are worked out."""
+
+    __slots__ = ("counts", "durations", "units")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(STATUSES, 0)
+        self.durations: list[float] = []
+        self.units = 0
+
+    def row(self, groups: Sequence[str], key: tuple[Any, ...]) -> dict[str, Any]:
+        counts = self.counts
+        durations = self.durations
+        durations.sort()
+        finished = counts["success"] + counts["user_error"] + counts["error"]
+        out: dict[str, Any] = dict(zip(groups, key, strict=True))
+        out["requests"] = sum(counts.values())
+        out.update(counts)
+        out["error_rate"] = counts["error"] / finished if finished else None
+        out["user_error_rate"] = counts["user_error"] / finished if finished else None
+        for p in PERCENTILES:
+            out[f"p{p}"] = nearest_rank(durations, p)
+        out["max"] = durations[-1] if durations else None
+        out["billable_units"] = self.units / 1_000_000
+        return out
 
 
 def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Counts, rates, duration percentiles and billable units, per group of ``by``.
 
     ``by`` is any of ``endpoint``, ``status`` and one of ``hour`` / ``day`` (of the filter's
-    time field; unfinished requests have no ``ended_at`` and fall in a null bucket). Rates
-    are of *finished* requests: ``error_rate = error / (success + user_error + error)``.
-    Percentiles and ``max`` are over the requests that have a duration; ``billable_units``
-    is summed with ``math.fsum`` (correctly rounded, so independent of row order).
-    With no ``by``, one row for all matching requests (zero counts when none match).
+    time field; unfinished requests have no ``ended_at`` and fall in a null bucket). Groups
+    come in ascending key order, null first. Rates are of *finished* requests:
+    ``error_rate = error / (success + user_error + error)``. Percentiles (nearest rank) and
+    ``max`` are over the requests that have a duration. ``billable_units`` is summed exactly,
+    to a millionth of a unit (see `micro_units`). With no ``by``, one row for all matching
+    requests (zero counts when none match).
+
+    When the filters line up with ``summary_hourly`` (endpoint, status, and whole hours of
+    ``ended_at``), counts and units come from it and only durations are read from the
+    covering index: several times faster on millions of rows, and the same answer. Both
+    reads happen in one transaction, so a sync writing meanwhile cannot skew them.
     """
     groups = check_groups(by)
-    k = len(groups)
-    out: list[dict[str, Any]] = []
-    result = conn.execute(stats_statement(filters, groups, conn.dialect.name))
-    status_of = itemgetter(k)
-    duration_of = itemgetter(k + 1)
-    units_of = itemgetter(k + 2)
-    keyfn = itemgetter(*range(k)) if k else (lambda _row: ())
-    for key, rows_iter in groupby(result, key=keyfn):
-        rows = list(rows_iter)
-        keys = key if k > 1 else (key,) if k == 1 else ()
-        out.append(_summarize(groups, keys, rows, status_of, duration_of, units_of))
-    if not out and not groups:
-        out.append(_summarize((), (), [], status_of, duration_of, units_of))
-    return out
+    acc: dict[tuple[Any, ...], _Group] = {}
+    ids = resolve_endpoints(conn, filters.endpoints) if filters.endpoints else None
+    if _summary_applies(conn, filters):
+        _from_summary(conn, filters, groups, acc, ids)
+        if filters.since is None and filters.until is None:
+            # the summary counts requests once they end; add the rest from their own rows
+            _from_rows(conn, filters, groups, acc, ids, extra=requests.c.ended_at.is_(None))
+    else:
+        _from_rows(conn, filters, groups, acc, ids)
+    if not acc and not groups:
+        acc[()] = _Group()
+    order = sorted(acc, key=lambda k: tuple((v is not None, v) for v in k))
+    return [acc[k].row(groups, k) for k in order]
 
 
-def _summarize(
+def _from_rows(
+    conn: Connection,
+    filters: Filters,
     groups: Sequence[str],
-    keys: Sequence[Any],
-    rows: list[Any],
-    status_of: Any,
-    duration_of: Any,
-    units_of: Any,
-) -> dict[str, Any]:
-    counts = dict.fromkeys(STATUSES, 0)
-    for status in map(status_of, rows):
-        counts[status] = counts.get(status, 0) + 1
-    durations = sorted(d for d in map(duration_of, rows) if d is not None)
-    finished = counts["success"] + counts["user_error"] + counts["error"]
-    row: dict[str, Any] = dict(zip(groups, keys, strict=True))
-    row["requests"] = len(rows)
-    row.update(counts)
-    row["error_rate"] = counts["error"] / finished if finished else None
-    row["user_error_rate"] = counts["user_error"] / finished if finished else None
-    for p in PERCENTILES:
-        row[f"p{p}"] = nearest_rank(durations, p)
-    row["max"] = durations[-1] if durations else None
-    row["billable_units"] = math.fsum(u for u in map(units_of, rows) if u is not None)
-    return row
+    acc: dict[tuple[Any, ...], _Group],
+    ids: Sequence[str] | None,
+    *,
+    extra: sa.ColumnElement[bool] | None = None,
+) -> None:
+    stmt = stats_statement(filters, groups, conn.dialect.name, endpoint_ids=ids)
+    if extra is not None:
+        stmt = stmt.where(extra)
+    k = len(groups)
+    keyfn = itemgetter(*range(k)) if k else (lambda _row: ())
+    status_of, duration_of, units_of = itemgetter(k), itemgetter(k + 1), itemgetter(k + 2)
+    for key, rows_iter in groupby(_raw_rows(conn, stmt), key=keyfn):
+        key = key if k > 1 else (key,) if k == 1 else ()
+        rows = list(rows_iter)
+        g = acc.get(key) or acc.setdefault(key, _Group())
+        for status in map(status_of, rows):
+            g.counts[status] = g.counts.get(status, 0) + 1
+        g.durations += [d for d in map(duration_of, rows) if d is not None]
+        g.units += sum(micro_units(u) for u in map(units_of, rows) if u is not None)
+
+
+def _summary_applies(conn: Connection, f: Filters) -> bool:
+    def whole_hour(dt: datetime | None) -> bool:
+        return dt is None or (dt.minute, dt.second, dt.microsecond) == (0, 0, 0)
+
+    return (
+        conn.dialect.name == "sqlite"
+        and f.time_field == "ended_at"
+        and whole_hour(f.since)
+        and whole_hour(f.until)
+        and not (f.status_codes or f.request_ids or f.search)
+        and f.min_duration is None
+        and f.max_duration is None
+    )
+
+
+def _from_summary(
+    conn: Connection,
+    f: Filters,
+    groups: Sequence[str],
+    acc: dict[tuple[Any, ...], _Group],
+    ids: Sequence[str] | None,
+) -> None:
+    s = summary_hourly.c
+    where: list[Any] = []
+    if ids is not None:
+        where.append(s.endpoint_id.in_(ids))
+    if f.statuses:
+        where.append(s.status.in_(f.statuses))
+    if f.since is not None:
+        where.append(s.hour >= to_text(f.since)[:13] + ":00:00Z")
+    if f.until is not None:
+        where.append(s.hour < to_text(f.until)[:13] + ":00:00Z")
+    exprs = _key_exprs(groups, s.endpoint_id, s.status, s.hour)
+    stmt = (
+        sa.select(*exprs, s.status, sa.func.sum(s.requests), sa.func.sum(s.durations),
+                  sa.func.sum(s.billable_micro))
+        .where(*where)
+        .group_by(*exprs, s.status)
+    )  # fmt: skip
+    k = len(groups)
+    sizes: dict[tuple[Any, ...], int] = {}
+    for row in conn.execute(stmt):
+        key = tuple(row[:k])
+        g = acc.get(key) or acc.setdefault(key, _Group())
+        g.counts[row[k]] = g.counts.get(row[k], 0) + int(row[k + 1])
+        g.units += int(row[k + 3])
+        sizes[key] = sizes.get(key, 0) + int(row[k + 2])
+    # the durations of the same rows, group after group in ascending key order
+    durations = durations_statement(f, groups, ids)
+    cur = _raw_rows(conn, durations)
+    for key in sorted(sizes):
+        n = sizes[key]
+        if n:
+            acc[key].durations += [d for (d,) in itertools.islice(cur, n)]
+
+
+def durations_statement(
+    f: Filters, groups: Sequence[str], ids: Sequence[str] | None
+) -> sa.Select[Any]:
+    """The durations behind the summary's rows, in group order (read from the covering index)."""
+    r = requests.c
+    t = r.ended_at
+    exprs = _key_exprs(groups, r.endpoint_id, r.status, t)
+    return (
+        sa.select(r.duration)
+        .where(
+            *where_clauses(f, "sqlite", endpoint_ids=ids), t.is_not(None), r.duration.is_not(None)
+        )
+        .order_by(*_stream_order(groups, exprs, t))
+    )
+
+
+def _raw_rows(conn: Connection, stmt: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
+    """The driver's own rows: SQLAlchemy's Row objects cost more than the query on 1M rows."""
+    sql, params = statement_sql(conn, stmt)
+    result = conn.exec_driver_sql(sql, tuple(params))
+    cursor = result.cursor
+    if cursor is None:
+        return iter(())
+    return iter(cursor)  # type: ignore[call-overload]  # a DB-API cursor iterates its rows
+
+
+def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, list[Any]]:
+    """A statement as the driver receives it: SQL text and positional parameters.
+
+    Also for ``EXPLAIN QUERY PLAN`` in the tests and the benchmark, which must see the very
+    SQL that listings and stats run.
+    """
+    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
+    return str(compiled), [compiled.params[k] for k in compiled.positiontup or []]
 
 
 # --------------------------------------------------------------------------- sync status
@@ -378,13 +581,13 @@ def sync_status(conn: Connection) -> list[TargetStatus]:
     for t in targets:
         n, oldest, newest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(r.ended_at), sa.func.max(r.ended_at)).where(
-                target_clause(t)
+                endpoint_clause(r.endpoint_id, [t])
             )
         ).one()
         unfinished = conn.execute(
             sa.select(sa.func.count())
             .select_from(requests)
-            .where(target_clause(t), r.ended_at.is_(None))
+            .where(endpoint_clause(r.endpoint_id, [t]), r.ended_at.is_(None))
         ).scalar_one()
         windows = conn.execute(
             sa.select(w.window_start, w.window_end).where(w.target == t).order_by(w.window_start)
@@ -467,7 +670,20 @@ def open_reader(db: str) -> Iterator[Connection]:
 # tsvector match; percentiles may move into SQL there as percentile_disc(p / 100.0).
 
 
-def _search_clause(dialect: str, text: str) -> sa.ColumnElement[bool]:
+def _status_column(dialect: str, *, steer: bool) -> Any:
+    """``status``, or on SQLite ``+status`` when an endpoint is filtered too.
+
+    SQLite plans without statistics (no one runs ANALYZE on a mirror), and given endpoint,
+    status and a time range it may pick ``(status, ended_at)``, scanning every endpoint's
+    errors. The unary plus keeps the term off that index, so the endpoint index
+    ``(endpoint_id, ended_at, ..., status, ...)`` is used and status is checked inside it.
+    """
+    if dialect == "sqlite" and steer:
+        return sa.literal_column("+requests.status", sa.Text)
+    return requests.c.status
+
+
+def _search_clause(dialect: str, text: str) -> Any:
     if dialect != "sqlite":
         raise StoreError(f"full-text search is not available on {dialect} yet")
     return sa.text(
@@ -500,8 +716,17 @@ def _sqlite_reader(path: Path, busy_timeout_ms: int) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # we issue BEGIN ourselves: the driver would not for SELECTs, leaving each statement
+        # its own snapshot
+        dbapi_conn.isolation_level = None
         # waits out the rare moments a WAL reader can be turned away (a checkpoint's restart)
         dbapi_conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # a deferred (read) transaction: every statement until rollback sees one snapshot,
+        # and in WAL mode it never waits for, nor blocks, a writer
+        conn.exec_driver_sql("BEGIN")
 
     return engine
 

@@ -1,0 +1,190 @@
+"""The search index and the hourly summary stay exact while syncs insert, update and delete.
+
+Both are maintained by triggers on ``requests``; these tests drive them through the store's
+real upsert, and compare against what a recomputation from ``requests`` gives.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mirror import query
+from mirror.store import Store, derive_status
+from mirror.timeparse import to_text
+
+from .helpers import NOW, fill, make_rows
+
+SUMMARY_SQL = """
+    SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, endpoint_id, status, count(*),
+           count(duration), COALESCE(sum(CAST(round(duration * 1000000) AS INTEGER)), 0),
+           count(billable_units), COALESCE(sum(CAST(round(billable_units * 1000000) AS INTEGER)), 0)
+    FROM requests WHERE ended_at IS NOT NULL GROUP BY h, endpoint_id, status ORDER BY 1, 2, 3
+"""
+
+
+def check_exact(path: Path) -> None:
+    con = sqlite3.connect(path)
+    try:
+        kept = con.execute("SELECT * FROM summary_hourly ORDER BY 1, 2, 3").fetchall()
+        recomputed = con.execute(SUMMARY_SQL).fetchall()
+        assert kept == recomputed, "summary_hourly drifted from a recomputation over requests"
+        try:  # compares every indexed entry with the content table: a row indexed twice fails
+            con.execute(
+                "INSERT INTO requests_fts (requests_fts, rank) VALUES ('integrity-check', 1)"
+            )
+        except sqlite3.DatabaseError as e:
+            pytest.fail(f"requests_fts does not match requests: {e}")
+        docs = con.execute("SELECT count(*) FROM requests_fts_docsize").fetchone()[0]
+        rows = con.execute("SELECT count(*) FROM requests").fetchone()[0]
+        assert docs == rows, f"{docs} documents indexed for {rows} rows"
+    finally:
+        con.close()
+
+
+def search(path: Path, words: str, **kw: Any) -> list[str]:
+    engine = query.reader_engine(str(path))
+    try:
+        with engine.connect() as conn:
+            f = query.Filters(search=words, **kw)
+            return [r[0] for r in query.select_requests(conn, f, columns=["request_id"])]
+    finally:
+        engine.dispose()
+
+
+def row(
+    rid: str,
+    prompt: str | None,
+    *,
+    ended: bool = True,
+    code: int = 200,
+    billable: float | None = 1.0,
+) -> tuple[Any, ...]:
+    sent = to_text(NOW)
+    end = to_text(NOW.replace(minute=30)) if ended else None
+    status_code = code if ended else None
+    payload = orjson.dumps({"prompt": prompt}).decode() if prompt is not None else None
+    base = (rid, "acme/flux-lora", "r1", sent, sent, end, status_code, 2.5 if ended else None,
+            billable if ended else None, payload, None)  # fmt: skip
+    return (*base, derive_status(end, status_code))
+
+
+def upsert(path: Path, rows: list[tuple[Any, ...]], *, payloads: bool = True) -> None:
+    store = Store.open(str(path))
+    try:
+        with store.engine.begin() as conn:
+            store.upsert(conn, rows, payloads=payloads, billing=True, now=to_text(NOW))
+    finally:
+        store.close()
+
+
+def test_a_non_ascii_prompt_is_found(tmp_path):
+    db = tmp_path / "m.db"
+    upsert(db, [row("a", "Leuchtturm über Kiel im Nebel"), row("b", "маяк на рассвете"),
+                row("c", "phare à Saint-Malo"), row("d", "lighthouse at dusk")])  # fmt: skip
+    assert search(db, "über") == ["a"]
+    assert search(db, "uber") == ["a"], "diacritics are folded"
+    assert search(db, "МАЯК") == ["b"], "case is folded beyond ASCII"
+    assert search(db, "Saint-Malo phare") == ["c"]
+    assert search(db, "a") == ["c"]  # 'à' is the word 'a' once folded; 'at' is not
+    check_exact(db)
+
+
+def test_an_updated_row_is_found_once_and_by_its_new_text_only(tmp_path):
+    db = tmp_path / "m.db"
+    upsert(db, [row("a", "alpha lighthouse", ended=False), row("b", "beta")])
+    upsert(db, [row("a", "omega lighthouse")])  # finished, new prompt: one UPDATE
+    assert search(db, "alpha") == []
+    assert search(db, "omega") == ["a"]
+    assert search(db, "lighthouse") == ["a"]
+    check_exact(db)
+    upsert(db, [row("a", "omega lighthouse", code=500)])  # a non-payload change
+    assert search(db, "lighthouse") == ["a"]
+    upsert(db, [row("a", None, code=500)])  # payload expired at fal: the mirror keeps its copy
+    assert search(db, "omega", statuses=("error",)) == ["a"]
+    upsert(db, [row("a", "omega lighthouse", code=500)] * 3)  # the same row thrice in a batch
+    check_exact(db)
+    con = sqlite3.connect(db)
+    assert con.execute(
+        "SELECT count(*) FROM requests_fts WHERE requests_fts MATCH 'omega'"
+    ).fetchone() == (1,)
+    con.close()
+
+
+# ----------------------------------------------------------------- random histories
+
+rids = st.sampled_from([f"r{i}" for i in range(12)])
+changes = st.tuples(
+    rids,
+    st.sampled_from(["insert", "delete"]),
+    st.none() | st.sampled_from(["lighthouse", "harbor dusk", "маяк", "über alles"]),
+    st.booleans(),  # ended
+    st.sampled_from([200, 404, 500]),
+    st.none() | st.sampled_from([0.5, 1.0, 0.1, 0.2]),  # billable units: 0.1 + 0.2 drift in floats
+    st.sampled_from(["acme/flux-lora", "acme/upscaler"]),
+    st.sampled_from([0, 1, 2, 26]),  # hour offset of ended_at
+    st.sampled_from([0.1, 0.2, 2.5, 1e-6]),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_size=6))
+def test_random_histories_keep_index_and_summary_exact(tmp_path_factory, history):
+    db = tmp_path_factory.mktemp("h") / "m.db"
+    store = Store.open(str(db))
+    try:
+        for batch in history:
+            with store.engine.begin() as conn:
+                rows = []
+                for rid, op, prompt, ended, code, units, ep, hours, dur in batch:
+                    if op == "delete":  # not something a sync does, but the triggers must hold
+                        conn.exec_driver_sql("DELETE FROM requests WHERE request_id = ?", (rid,))
+                        continue
+                    end = to_text(NOW.replace(hour=hours % 24)) if ended else None
+                    sc = code if ended else None
+                    payload = orjson.dumps({"prompt": prompt}).decode() if prompt else None
+                    rows.append((rid, ep, None, to_text(NOW), None, end, sc, dur if ended else None,
+                                 units, payload, payload, derive_status(end, sc)))  # fmt: skip
+                store.upsert(conn, rows, payloads=True, billing=True, now=to_text(NOW))
+    finally:
+        store.close()
+    check_exact(db)
+
+
+def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
+    """0001 with rows -> 0002 (index and summary built from them) -> 0001 -> 0002."""
+    from alembic import command
+
+    from mirror.store import _alembic_config, make_engine
+
+    db = tmp_path / "m.db"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0001")
+    engine.dispose()
+    store = Store(make_engine(str(db)), str(db))
+    with store.engine.begin() as conn:
+        store.upsert(conn, make_rows(300, seed=9), payloads=True, billing=True, now=to_text(NOW))
+    store.close()
+    fill(db, [])  # Store.open upgrades to head
+    check_exact(db)
+    assert search(db, "lighthouse"), "the existing rows were not indexed"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")
+    with engine.connect() as conn:
+        names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+        cols = [r[2] for r in conn.exec_driver_sql("PRAGMA index_info(ix_requests_endpoint_ended)")]
+    engine.dispose()
+    assert not names & {"requests_fts", "summary_hourly", "request_log", "ix_requests_sent_at"}
+    assert cols == ["endpoint_id", "ended_at", "status_code", "duration"]
+    fill(db, make_rows(50, seed=10))
+    check_exact(db)

@@ -1,0 +1,139 @@
+"""`mirror sql` only reads: every way to write is refused by SQLite, in one line, exit 1.
+
+After each attempt the database file is byte-for-byte what it was and no file has appeared
+next to it (SQLite's ``-shm`` index aside, which holds no data).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .helpers import fill, folder_state, make_rows, read_all
+
+
+@pytest.fixture
+def db(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "m.db"
+    fill(path, make_rows(200, seed=2))
+    return path
+
+
+def one_line(result) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+ESCAPES = [
+    ("DROP TABLE requests", "changing the schema"),
+    ("DELETE FROM requests", "DELETE"),
+    ("UPDATE requests SET status = 'success'", "UPDATE"),
+    ("INSERT INTO sync_targets VALUES ('x', 'y')", "INSERT"),
+    ("REPLACE INTO sync_targets VALUES ('x', 'y')", "INSERT"),
+    ("WITH t AS (SELECT 1) DELETE FROM requests", "DELETE"),
+    ("CREATE TABLE evil (x)", "changing the schema"),
+    ("CREATE TEMP TABLE evil AS SELECT * FROM requests", "changing the schema"),
+    ("CREATE VIEW evil AS SELECT 1", "changing the schema"),
+    ("CREATE TRIGGER evil AFTER INSERT ON requests BEGIN SELECT 1; END", "CREATE TRIGGER"),
+    ("DROP VIEW request_log", "changing the schema"),
+    ("ALTER TABLE requests ADD COLUMN evil TEXT", "ALTER TABLE"),
+    ("ATTACH 'evil.db' AS evil", "ATTACH"),
+    ("ATTACH 'file:evil.db?mode=rwc' AS evil", "ATTACH"),
+    ("VACUUM INTO 'copy.db'", "VACUUM INTO"),
+    ("VACUUM", "refused"),
+    ("REINDEX", "REINDEX"),
+    ("ANALYZE", "refused"),
+    ("PRAGMA user_version = 7", "PRAGMA user_version = 7"),
+    ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode"),
+    ("PRAGMA query_only = 0", "PRAGMA query_only"),
+    ("PRAGMA writable_schema = 1", "PRAGMA writable_schema"),
+    ("PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA wal_checkpoint"),
+    ("BEGIN IMMEDIATE", "TRANSACTION"),
+    ("INSERT INTO requests_fts(requests_fts) VALUES ('delete-all')", "INSERT"),
+    ("SELECT load_extension('/tmp/evil')", "load_extension"),
+    ("SELECT 1; DROP TABLE requests", "one statement at a time"),
+    ("SELECT 1; ATTACH 'evil.db' AS e", "one statement at a time"),
+]
+
+
+@pytest.mark.parametrize(("sql", "needle"), ESCAPES, ids=[e[0][:40] for e in ESCAPES])
+def test_writes_are_refused_and_change_nothing(run_cli, db, sql, needle):
+    before = folder_state(db.parent)
+    n_before = read_all(db, "SELECT count(*), sum(length(json_input)) FROM requests")
+    result = run_cli(["sql", sql, "--db", str(db)])
+    assert result.exit_code == 1, f"{sql!r}: exit {result.exit_code}\n{result.output}"
+    line = one_line(result)
+    assert line.startswith("mirror: sql: ") and needle in line, line
+    assert folder_state(db.parent) == before, f"{sql!r} changed or created files"
+    assert read_all(db, "SELECT count(*), sum(length(json_input)) FROM requests") == n_before
+
+
+def test_a_runaway_query_is_stopped_by_the_time_limit(run_cli, db):
+    before = folder_state(db.parent)
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    result = run_cli(["sql", sql, "--db", str(db), "--timeout", "0.3"])
+    assert result.exit_code == 1
+    assert one_line(result) == (
+        "mirror: sql: stopped after 0.3s (the time limit; raise it with --timeout)"
+    )
+    assert folder_state(db.parent) == before
+
+
+def test_a_runaway_stream_is_stopped_too(run_cli, db):
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n"
+    result = run_cli(["sql", sql, "--db", str(db), "--timeout", "0.3", "--format", "csv"])
+    assert result.exit_code == 1
+    assert "stopped after 0.3s" in one_line(result)
+
+
+def test_reading_works_with_bound_parameters(run_cli, db):
+    before = folder_state(db.parent)
+    result = run_cli([
+        "sql", "SELECT status, count(*) AS n FROM requests WHERE endpoint_id = :ep "
+        "GROUP BY status ORDER BY status", "--db", str(db), "-p", "ep", "acme/upscaler",
+        "--format", "json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    want = read_all(
+        db,
+        "SELECT status, count(*) FROM requests WHERE endpoint_id = ? GROUP BY status ORDER BY status",
+        ("acme/upscaler",),
+    )
+    assert json.loads(result.stdout) == [{"status": s, "n": n} for s, n in want]
+    assert folder_state(db.parent) == before
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PRAGMA table_info(requests)",
+        "SELECT name FROM pragma_table_info('requests') ORDER BY cid",
+        "SELECT count(*) FROM json_each('[1, 2, 3]')",
+        "PRAGMA user_version",
+        "SELECT count(*) FROM requests_fts WHERE requests_fts MATCH 'lighthouse'",
+        "SELECT * FROM request_log ORDER BY ended_at DESC LIMIT 3",
+        "SELECT * FROM daily_usage",
+    ],
+)
+def test_reading_the_schema_and_views_is_allowed(run_cli, db, sql):
+    result = run_cli(["sql", sql, "--db", str(db), "--format", "jsonl"])
+    assert result.exit_code == 0, f"{sql}: {result.output}"
+    assert result.stdout.strip(), f"{sql}: no rows"
+
+
+def test_a_missing_file_is_not_created(run_cli, tmp_path):
+    result = run_cli(["sql", "SELECT 1", "--db", str(tmp_path / "nope.db")])
+    assert result.exit_code == 2
+    assert "does not exist" in one_line(result)
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_a_syntax_error_is_one_line(run_cli, db):
+    result = run_cli(["sql", "SELEC 1", "--db", str(db)])
+    assert result.exit_code == 1
+    assert one_line(result) == 'mirror: sql: near "SELEC": syntax error'

@@ -169,6 +169,109 @@ def _text(item: Mapping[str, Any], name: str, required: bool) -> str | None:
 
 def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
     """One API item -> a tuple in ``store.API_FIELDS`` order plus the derived status."""
+    if type(item) is dict:
+        row = _fast_row(item, payloads, billing)
+        if row is not None:
+            return row
+    return _checked_row(item, payloads, billing)
+
+
+_INF = math.inf
+_dumps = orjson.dumps
+
+
+def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any, ...] | None:
+    """The common item in one pass: exact types, timestamps already in the stored shape.
+
+    It accepts only what ``_checked_row`` accepts and builds the same tuple; anything else
+    (wrong types, other timestamp shapes, payloads orjson cannot encode) returns None and
+    goes through ``_checked_row``, which gives the precise error or the slower conversion.
+    This runs for every row of every page: it is most of a sync's Python work.
+    """
+    get = item.get
+    rid = get("request_id")
+    ep = get("endpoint_id")
+    runner = get("runner_id")
+    if not (
+        type(rid) is str
+        and 0 < len(rid) <= 512
+        and type(ep) is str
+        and 0 < len(ep) <= 512
+        and (runner is None or (type(runner) is str and 0 < len(runner) <= 512))
+    ):
+        return None
+    # timestamps: the stored shape as is (what normalize() returns unchanged), else normalize
+    sent = get("sent_at")
+    if not (type(sent) is str and len(sent) == 27 and sent[26] == "Z" and sent[10] == "T"
+            and sent[19] == "."):  # fmt: skip
+        sent = _other_ts(sent)
+        if sent is None:
+            return None
+    started = get("started_at")
+    if started is not None and not (
+        type(started) is str and len(started) == 27 and started[26] == "Z"
+        and started[10] == "T" and started[19] == "."
+    ):  # fmt: skip
+        started = _other_ts(started)
+        if started is None:
+            return None
+    ended = get("ended_at")
+    if ended is not None and not (
+        type(ended) is str and len(ended) == 27 and ended[26] == "Z"
+        and ended[10] == "T" and ended[19] == "."
+    ):  # fmt: skip
+        ended = _other_ts(ended)
+        if ended is None:
+            return None
+    code = get("status_code")
+    if code is not None and type(code) is not int:
+        return None
+    duration = get("duration")
+    if duration is not None and not (
+        (type(duration) is float and -_INF < duration < _INF) or type(duration) is int
+    ):
+        return None
+    units = None
+    if billing:
+        units = get("billable_units")
+        if units is not None and not (
+            (type(units) is float and -_INF < units < _INF) or type(units) is int
+        ):
+            return None
+    inp = out = None
+    if payloads:
+        inp = get("json_input")
+        out = get("json_output")
+        try:
+            if inp is not None:
+                inp = _dumps(inp).decode()
+            if out is not None:
+                out = _dumps(out).decode()
+        except TypeError:  # e.g. nesting orjson refuses: the checked path copes or says why
+            return None
+    if ended is None or code is None:
+        status = "unfinished"
+    elif 200 <= code < 400:
+        status = "success"
+    elif 400 <= code < 500:
+        status = "user_error"
+    else:
+        status = "error"
+    return (rid, ep, runner, sent, started, ended, code, duration, units, inp, out, status)
+
+
+def _other_ts(value: Any) -> str | None:
+    """A timestamp in another shape, normalized; None if the checked path must judge it."""
+    if type(value) is not str:
+        return None
+    try:
+        return normalize(value)
+    except ValueError:
+        return None
+
+
+def _checked_row(item: Any, payloads: bool, billing: bool) -> tuple[Any, ...]:
+    """Field by field, with a precise error for whatever is wrong."""
     if not isinstance(item, dict):
         raise BadDataError(f"an item is {type(item).__name__}, not an object")
     ended_at = _ts(item, "ended_at", False)
@@ -205,7 +308,11 @@ def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
         raise BadDataError("the page's next_cursor is not a string")
     if has_more and cursor is None:
         raise BadDataError("the page says has_more but gives no next_cursor")
-    rows = [item_to_row(it, payloads=payloads, billing=billing) for it in items]
+    fast, checked = _fast_row, _checked_row
+    rows = [
+        (type(it) is dict and fast(it, payloads, billing)) or checked(it, payloads, billing)
+        for it in items
+    ]
     # A cursor with has_more=false is followed anyway: stopping early could lose rows.
     return Page(rows=rows, next_cursor=cursor)
 
@@ -323,7 +430,11 @@ class FalClient:
         timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
         try:
             with self._http.stream(
-                "GET", url, params=params, headers={"Authorization": self._auth}, timeout=timeout
+                "GET",
+                url,
+                params=list(params),
+                headers={"Authorization": self._auth},
+                timeout=timeout,
             ) as resp:
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_body:

@@ -383,8 +383,10 @@ def demo(db: str) -> None:
 def _register_commands() -> None:
     """Command families that live in their own modules (each keeps click out of its library)."""
     from mirror.commands_query import register as register_query
+    from mirror.commands_verify import register as register_verify
 
     register_query(cli)
+    register_verify(cli)
 
 
 _register_commands()
@@ -394,4 +396,3 @@ def main() -> None:
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     cli(prog_name="mirror")
-

@@ -61,7 +61,7 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
                     holder = _read_holder(fd)
                     raise LockedError(
                         f"another mirror sync{f' (pid {holder})' if holder else ''} is writing "
-                        f"{db_path}; try again later, or pass --wait"
+                        f"{db_path} (a sync, a repair or a migration); try again later, or pass --wait"
                     ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)

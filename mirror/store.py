@@ -93,6 +93,15 @@ sync_runs = sa.Table(
     sa.Column("error", sa.Text),
 )
 
+#: when a target's older history was last re-checked, per tier ("day", "week")
+sync_rechecks = sa.Table(
+    "sync_rechecks",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("checked_at", sa.Text, nullable=False),
+)
+
 #: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
 API_FIELDS = (
     "request_id",
@@ -345,6 +354,13 @@ def backup_sqlite(engine: Engine, dest: Path) -> None:
 # --------------------------------------------------------------------------- the store
 
 
+_MAX_ROWID = "SELECT max(rowid) FROM requests"
+
+
+def _ended_at(row: tuple[Any, ...]) -> str:
+    return row[5] or ""
+
+
 class UpsertResult(NamedTuple):
     inserted: int
     updated: int
@@ -431,23 +447,35 @@ class Store:
         if not rows:
             return UpsertResult(0, 0)
         # last occurrence of an id wins, as if the rows were applied one after another
-        by_id: dict[str, tuple[Any, ...]] = {}
-        for r in rows:
-            by_id[r[0]] = r
-        ids = list(by_id)
-        existing = 0
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            existing += conn.execute(
-                sa.select(sa.func.count())
-                .select_from(requests)
-                .where(requests.c.request_id.in_(chunk))
-            ).scalar_one()
-        params = [(*r, now, now) for r in by_id.values()]
-        cur = conn.exec_driver_sql(self._upsert_statement(payloads, billing), params)
-        changed = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(params)
-        inserted = len(ids) - existing
-        return UpsertResult(inserted, max(0, changed - inserted))
+        by_id = {r[0]: r for r in rows}
+        # In ended_at order (unfinished rows first): new rows then land side by side in the
+        # time indexes instead of on scattered pages (1.3-1.4x on new rows, bench/ingest_bench).
+        params = [(*r, now, now) for r in sorted(by_id.values(), key=_ended_at)]
+        sql = self._upsert_statement(payloads, billing)
+        if self.dialect != "sqlite":
+            existing = 0
+            ids = list(by_id)
+            for i in range(0, len(ids), 500):
+                existing += conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(requests)
+                    .where(requests.c.request_id.in_(ids[i : i + 500]))
+                ).scalar_one()
+            cur = conn.exec_driver_sql(sql, params)
+            changed = (
+                cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(params)
+            )
+            inserted = len(ids) - existing
+            return UpsertResult(inserted, max(0, changed - inserted))
+        # SQLite counts without looking the ids up first. The statement's change count is
+        # inserted + actually updated rows (an update skipped by its WHERE counts 0, trigger
+        # changes are never counted). A new row takes rowid max(rowid) + 1 (no AUTOINCREMENT,
+        # rows are never deleted by the upsert), and the transaction holds the write lock,
+        # so max(rowid) moves by exactly the number inserted; max(rowid) is one index seek.
+        before = conn.exec_driver_sql(_MAX_ROWID).scalar() or 0
+        cur = conn.exec_driver_sql(sql, params)
+        inserted = (conn.exec_driver_sql(_MAX_ROWID).scalar() or 0) - before
+        return UpsertResult(inserted, cur.rowcount - inserted)
 
     # -- targets and windows ------------------------------------------------------------
 
@@ -531,6 +559,26 @@ class Store:
             out = {h: int(n) for h, n in conn.execute(q)}
             conn.rollback()
         return out
+
+    def rechecked(self, target: str) -> dict[str, str]:
+        """tier -> when the target's older history was last re-checked."""
+        c = sync_rechecks.c
+        with self.engine.connect() as conn:
+            out = {
+                t: at
+                for t, at in conn.execute(sa.select(c.tier, c.checked_at).where(c.target == target))
+            }
+            conn.rollback()
+        return out
+
+    def mark_rechecked(self, target: str, tiers: Iterable[str], now: str) -> None:
+        c = sync_rechecks.c
+        with self.engine.begin() as conn:
+            for tier in tiers:
+                conn.execute(sync_rechecks.delete().where(c.target == target, c.tier == tier))
+                conn.execute(
+                    sync_rechecks.insert().values(target=target, tier=tier, checked_at=now)
+                )
 
     # -- the run log --------------------------------------------------------------------
 

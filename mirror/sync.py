@@ -169,7 +169,11 @@ def plan_target(
     if windows:
         counts = store.hourly_counts(target, to_text(windows[0].start), to_text(windows[-1].end))
         hourly = {from_text(h + ":00:00Z"): n for h, n in counts.items()}
-        windows = [p for w in windows for p in pack(w, hourly, target_rows=opts.walk_rows, max_len=opts.window)]
+        windows = [
+            p
+            for w in windows
+            for p in pack(w, hourly, target_rows=opts.walk_rows, max_len=opts.window)
+        ]
     return windows, tail
 
 
@@ -249,20 +253,24 @@ class Syncer:
         if self._stop.is_set():
             raise _Stopped
         billing = self.opts.billing and target not in self._billing_refused
-        kw = dict(
-            start=api_param(start),
-            end=api_param(end),
-            payloads=self.opts.payloads,
-            request_id=request_id,
-        )
-        try:
+
+        def fetch(billing: bool) -> Page:
             return self.client.list_requests(
-                [target], cursor=cursor, billing=billing, **kw
-            ), billing  # type: ignore[arg-type]
+                [target],
+                start=api_param(start),
+                end=api_param(end),
+                cursor=cursor,
+                payloads=self.opts.payloads,
+                billing=billing,
+                request_id=request_id,
+            )
+
+        try:
+            return fetch(billing), billing
         except AuthError as e:
             if not (billing and e.status == 403):
                 raise
-            page = self.client.list_requests([target], cursor=cursor, billing=False, **kw)  # type: ignore[arg-type]
+            page = fetch(False)
             with self._lock:
                 if target not in self._billing_refused:
                     self._billing_refused.add(target)

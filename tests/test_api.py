@@ -349,7 +349,7 @@ def test_key_sources_in_order(tmp_path):
     f = tmp_path / "key"
     f.write_text("e:f\n")
     f.chmod(0o644)
-    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+    with pytest.raises(ConfigError, match=r"readable by others.*chmod 600"):
         load_key({"MIRROR_KEY_FILE": str(f)})
     f.chmod(0o600)
     assert load_key({"MIRROR_KEY_FILE": str(f)}) == "e:f"

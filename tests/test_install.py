@@ -29,14 +29,22 @@ def _can_unshare_net() -> bool:
 def test_pip_install_then_demo_from_another_folder(tmp_path: Path) -> None:
     src = tmp_path / "clone"
     # a clean copy of the tracked tree, as a fresh clone would have it
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, src / f)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(src)], capture_output=True, text=True)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(src)], capture_output=True, text=True
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -49,7 +57,9 @@ def test_pip_install_then_demo_from_another_folder(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "synced 3 targets" in demo.stdout and "datasette demo.db" in demo.stdout, demo.stdout
     con = sqlite3.connect(elsewhere / "demo.db")
-    n, endpoints = con.execute("SELECT count(*), count(DISTINCT endpoint_id) FROM requests").fetchone()
+    n, endpoints = con.execute(
+        "SELECT count(*), count(DISTINCT endpoint_id) FROM requests"
+    ).fetchone()
     assert n > 5000 and endpoints == 4, (n, endpoints)
     assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0].isdigit()
     # the installed package is the one that ran, not the source tree

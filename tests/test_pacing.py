@@ -70,7 +70,15 @@ def test_acquire_blocks_during_a_pause():
 
 def test_sync_backs_off_under_a_429_storm_and_recovers(tmp_path):
     now = datetime.now(UTC)
-    world = generate_world(WorldConfig(), seed=9, now=now, days=1, endpoints=["acme/a"], requests_per_hour=900, dense_hour=None)
+    world = generate_world(
+        WorldConfig(),
+        seed=9,
+        now=now,
+        days=1,
+        endpoints=["acme/a"],
+        requests_per_hour=900,
+        dense_hour=None,
+    )
     storm = FaultConfig(seed=1, p_429=1.0, max_faults=12, latency=0.01)
     store = Store.open(str(tmp_path / "m.db"))
     pacer = Pacer(8, initial=8)
@@ -78,7 +86,11 @@ def test_sync_backs_off_under_a_429_storm_and_recovers(tmp_path):
     with SimulatedAPI(world, faults=storm) as api, httpx.Client() as http:
         client = FalClient(http, "sim-key-id:sim-key-secret", base_url=api.base_url, pacer=pacer,
                            retry=RetryPolicy(attempts=20, base=0.01, cap=0.05))  # fmt: skip
-        report = sync(store, client, SyncOptions(targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=8))
+        report = sync(
+            store,
+            client,
+            SyncOptions(targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=8),
+        )
         refused = sum(1 for e in api.log if e.status == 429)
     with store.engine.connect() as conn:
         stored = {r[0] for r in conn.exec_driver_sql("SELECT request_id FROM requests")}

@@ -31,7 +31,9 @@ def test_every_sync_option_is_documented():
     for p in sync.params:
         for opt in p.opts:
             if opt.startswith("--") and opt != "--help":
-                assert f"`{opt}" in README or f"{opt}`" in README or f" {opt} " in README, f"{opt} missing from the README"
+                assert f"`{opt}" in README or f"{opt}`" in README or f" {opt} " in README, (
+                    f"{opt} missing from the README"
+                )
 
 
 def test_schema_section_lists_every_column():

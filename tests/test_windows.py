@@ -52,7 +52,7 @@ def test_split_partitions_on_whole_seconds(length, parts):
     w = Window(T0, T0 + timedelta(seconds=length))
     pieces = split(w, parts)
     assert pieces[0].start == w.start and pieces[-1].end == w.end
-    for a, b in zip(pieces, pieces[1:], strict=False):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start, "split left a gap or overlap"
     assert len(pieces) == min(parts, length)
     assert all(p.start.microsecond == 0 and p.end.microsecond == 0 for p in pieces)
@@ -69,8 +69,16 @@ def test_subtract_gaps():
 
 def test_a_sparse_tail_is_one_window():
     """Nothing known and shorter than the size: one call, wherever the range falls."""
-    a = plan(T0 + timedelta(minutes=7), T0 + timedelta(hours=2, minutes=7), [], recheck_from=None, size=timedelta(days=1))
-    assert [(w.start, w.end) for w in a] == [(T0 + timedelta(minutes=7), T0 + timedelta(hours=2, minutes=7))]
+    a = plan(
+        T0 + timedelta(minutes=7),
+        T0 + timedelta(hours=2, minutes=7),
+        [],
+        recheck_from=None,
+        size=timedelta(days=1),
+    )
+    assert [(w.start, w.end) for w in a] == [
+        (T0 + timedelta(minutes=7), T0 + timedelta(hours=2, minutes=7))
+    ]
 
 
 def test_long_ranges_are_cut_into_equal_windows():
@@ -108,6 +116,8 @@ def test_pack_partitions_the_window_by_density(length_h, offset_s, counts, targe
 
     for p in pieces:
         # a piece over the target is a single-second split of a very dense hour, or rounding
-        assert estimate(p) <= target * 1.01 + 1 or p.length <= timedelta(seconds=1), f"{p} holds ~{estimate(p):.0f} rows"
+        assert estimate(p) <= target * 1.01 + 1 or p.length <= timedelta(seconds=1), (
+            f"{p} holds ~{estimate(p):.0f} rows"
+        )
     if sum(estimate(p) for p in pieces) <= target:
         assert pieces == [w], "a sparse window was cut"

@@ -7,6 +7,8 @@ random points, one writer at a time, and time zones.
 
 from __future__ import annotations
 
+import functools
+import operator
 import random
 import signal
 import sqlite3
@@ -116,7 +118,15 @@ def test_faulty_backfill_then_incremental_sync(tmp_path: Path, config: WorldConf
         env = fast_env(api.base_url)
         t1 = world.now()
         r1 = mirror(
-            ["sync", "--db", str(db), "--since", "4d", *sum((["-e", t] for t in TARGETS), [])], env
+            [
+                "sync",
+                "--db",
+                str(db),
+                "--since",
+                "4d",
+                *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
+            ],
+            env,
         )
         assert r1.code == 0, f"backfill failed: {r1.stderr}"
         faults_seen = {e.fault for e in api.log if e.fault}
@@ -262,7 +272,7 @@ def test_the_key_appears_nowhere(tmp_path: Path) -> None:
                     "-vv",
                     "--since",
                     "8h",
-                    *sum((["-e", t] for t in TARGETS), []),
+                    *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
                 ],
                 env,
             ),
@@ -285,7 +295,14 @@ def test_billing_refused_continues_without_it_and_says_so_once(tmp_path: Path) -
     with SimulatedAPI(world) as api:
         t = world.now()
         r = mirror(
-            ["sync", "--db", str(db), "--since", "13h", *sum((["-e", x] for x in TARGETS), [])],
+            [
+                "sync",
+                "--db",
+                str(db),
+                "--since",
+                "13h",
+                *functools.reduce(operator.iadd, (["-e", x] for x in TARGETS), []),
+            ],
             fast_env(api.base_url),
         )
     assert r.code == 0, r.stderr
@@ -333,7 +350,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, c
             "3d",
             "--max-concurrency",
             "2",
-            *sum((["-e", t] for t in TARGETS), []),
+            *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
         ]
         kills = 0
         for _ in range(6):
@@ -437,7 +454,11 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "MIRROR_"))}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mirror", "fake-api", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "mirror", "fake-api", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first = server.stdout.readline() if server.stdout else ""
@@ -445,7 +466,10 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
         base_url = first.split(" at ", 1)[1].split(" ", 1)[0]
         hint = (server.stdout.readline() if server.stdout else "").strip()
         assert hint == f"export MIRROR_BASE_URL={base_url} FAL_KEY=sim-key-id:sim-key-secret", hint
-        r = mirror(["sync", "--db", str(tmp_path / "f.db"), "--since", "3d", "-e", "acme/upscaler"], fast_env(base_url))
+        r = mirror(
+            ["sync", "--db", str(tmp_path / "f.db"), "--since", "3d", "-e", "acme/upscaler"],
+            fast_env(base_url),
+        )
         assert r.code == 0 and r.stdout.startswith("synced 1 target: "), r
         assert len(mirror_rows(tmp_path / "f.db")) > 1000
     finally:

@@ -1,0 +1,958 @@
+"""Verify: walk completed windows again and compare the mirror with the server, hour by hour.
+
+A sync trusts a window once it has walked it; the platform does not always deserve that
+trust (late backfills after an ingestion incident, fal-api.md section 10). ``verify`` takes
+a target's completed intervals, clipped to ``[since, until)`` and cut at UTC hours (the
+first and last piece of an interval may be partial hours), and for each such *hour*:
+
+1. *Analytics first* (unless ``use_analytics`` is off). ``/serverless/analytics`` gives the
+   server's request count per hour for the exact range (``bound_to_timeframe=false``).
+   Which timestamp a bucket counts by is undocumented, so the mirror's own counts are
+   taken under each candidate field, and the field that agrees with the server on the most
+   hours (over the whole run) decides: an hour is skipped only if the mirror agrees under
+   that field (under every field, on a tie). A count that matches is never proof (a row
+   edited in place keeps its count), which is why ``use_analytics=False`` (``--full``)
+   exists. When analytics is refused (403/404) or unusable, every hour is walked.
+2. *Walk* each remaining hour exactly as sync does (``limit=100``, the same expansions,
+   explicit whole-second ``start``/``end``), and repeat a walk that sees an id twice (rows
+   moved under the offset pages, as in ``mirror.sync``).
+3. *Compare* the server's rows with the mirror's by id, field by field, under the upsert's
+   own rules (a payload or billing value the server no longer has is kept, so it is not a
+   difference): *missing* (the server has it, the mirror does not) and *different*.
+   *Extra*: mirror rows whose ``ended_at`` falls in the hour but that no walk returned.
+   Under a ``sent_at`` or ``started_at`` reading such a row legitimately lives in an earlier
+   hour (those fields never come after ``ended_at``), so ids seen in the previous day of
+   walked hours are set aside, and every other candidate is looked up by ``request_id``
+   over a wide window. Only a row the server no longer knows is reported extra.
+4. *Repair* (``repair=True``, under the writer lock): missing and different rows go through
+   ``Store.upsert``, one transaction per hour; extras are deleted only with
+   ``delete_extra=True``.
+
+Hours are processed oldest first with a bounded number of walks in flight, so memory is
+one hour's rows plus a day of ids, whatever the length of history verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from mirror import lock
+from mirror.api import FalClient, Page
+from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror.store import API_FIELDS, Store, requests, sqlite_path, target_clause
+from mirror.timeparse import api_param, from_text, to_text, utcnow
+from mirror.windows import align_down, ceil_s, floor_s
+
+log = logging.getLogger("mirror.verify")
+
+HOUR = timedelta(hours=1)
+#: the timestamps an analytics bucket may count by (fal-api.md section 14 leaves it open)
+CANDIDATE_FIELDS = ("ended_at", "sent_at", "started_at")
+#: how many times a walk is repeated when rows move under its pages
+MAX_WALKS = 3
+#: pages in one hour that we consider impossible (10 million rows)
+ABSURD_PAGES = 100_000
+#: analytics buckets asked for per page (the server may give fewer; we follow the cursor)
+ANALYTICS_LIMIT = 1000
+ANALYTICS_MAX_PAGES = 10_000
+#: how far before a row's sent_at the by-id lookup of a suspected extra starts
+LOOKUP_MARGIN = timedelta(days=1)
+#: how long ids seen in walked hours are remembered to clear suspected extras without a call;
+#: a request runs at most this long before a lookup is needed to place it
+SEEN_FOR = timedelta(days=1)
+
+_I = {name: i for i, name in enumerate(API_FIELDS)}
+#: fields the upsert always overwrites, and those it keeps when the server sends null
+_ALWAYS = ("endpoint_id", "runner_id", "sent_at", "started_at", "ended_at", "status_code",
+           "duration")  # fmt: skip
+_PAYLOADS = ("json_input", "json_output")
+_BILLING = ("billable_units",)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class _Smallest:
+    """The ``n`` smallest keys seen, so examples are the same whatever order hours finish in."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.items: list[tuple[str, Any]] = []
+
+    def add(self, key: str, value: Any = None) -> None:
+        if self.n <= 0:
+            return
+        if len(self.items) < self.n or key < self.items[-1][0]:
+            self.items.append((key, value))
+            self.items.sort(key=lambda kv: kv[0])
+            del self.items[self.n :]
+
+
+@dataclass
+class TargetReport:
+    """What verify found for one target. Counts are of distinct request ids."""
+
+    target: str
+    examples: int = 5
+    hours: int = 0
+    hours_walked: int = 0
+    hours_agreed: int = 0
+    api_calls: int = 0
+    #: "compared", "off" (--full), "refused" (403/404), "unusable" (bad or no answer)
+    analytics: str = "off"
+    missing: int = 0
+    different: int = 0
+    extra: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    hours_with_differences: list[str] = field(default_factory=list)
+    unstable_hours: list[str] = field(default_factory=list)
+    _missing: _Smallest = field(init=False, repr=False)
+    _different: _Smallest = field(init=False, repr=False)
+    _extra: _Smallest = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._missing = _Smallest(self.examples)
+        self._different = _Smallest(self.examples)
+        self._extra = _Smallest(self.examples)
+
+    @property
+    def missing_examples(self) -> list[str]:
+        return [k for k, _ in self._missing.items]
+
+    @property
+    def different_examples(self) -> list[tuple[str, list[str]]]:
+        return [(k, v) for k, v in self._different.items]
+
+    @property
+    def extra_examples(self) -> list[str]:
+        return [k for k, _ in self._extra.items]
+
+    @property
+    def remaining(self) -> int:
+        """Differences still in the mirror after this run."""
+        fixed = self.inserted + self.updated
+        return max(0, self.missing + self.different - fixed) + (self.extra - self.deleted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "hours": self.hours,
+            "hours_walked": self.hours_walked,
+            "hours_agreed": self.hours_agreed,
+            "analytics": self.analytics,
+            "api_calls": self.api_calls,
+            "missing": {"count": self.missing, "examples": self.missing_examples},
+            "different": {
+                "count": self.different,
+                "examples": [{"request_id": k, "fields": v} for k, v in self.different_examples],
+            },
+            "extra": {"count": self.extra, "examples": self.extra_examples},
+            "hours_with_differences": self.hours_with_differences,
+            "unstable_hours": self.unstable_hours,
+            "repaired": {
+                "inserted": self.inserted,
+                "updated": self.updated,
+                "deleted": self.deleted,
+            },
+            "remaining": self.remaining,
+        }
+
+
+@dataclass
+class VerifyReport:
+    since: datetime | None
+    until: datetime
+    mode: str  # "analytics" or "full"
+    repair: bool
+    delete_extra: bool
+    sample: int | None = None
+    seed: int | None = None
+    targets: list[TargetReport] = field(default_factory=list)
+    #: the field(s) whose per-hour counts matched analytics best; None without analytics
+    analytics_fields: list[str] | None = None
+    retries: int = 0
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def api_calls(self) -> int:
+        return sum(t.api_calls for t in self.targets)
+
+    @property
+    def remaining(self) -> int:
+        return sum(t.remaining for t in self.targets)
+
+    @property
+    def unstable(self) -> int:
+        return sum(len(t.unstable_hours) for t in self.targets)
+
+    @property
+    def ok(self) -> bool:
+        """The mirror equals the server on every hour checked (after any repair)."""
+        return self.remaining == 0 and self.unstable == 0
+
+    def to_json(self) -> dict[str, Any]:
+        def total(name: str) -> int:
+            return sum(getattr(t, name) for t in self.targets)
+
+        return {
+            "ok": self.ok,
+            "since": to_text(self.since) if self.since else None,
+            "until": to_text(self.until),
+            "mode": self.mode,
+            "analytics_fields": self.analytics_fields,
+            "sample": None if self.sample is None else {"hours": self.sample, "seed": self.seed},
+            "repair": self.repair,
+            "delete_extra": self.delete_extra,
+            "hours": total("hours"),
+            "hours_walked": total("hours_walked"),
+            "hours_agreed": total("hours_agreed"),
+            "missing": total("missing"),
+            "different": total("different"),
+            "extra": total("extra"),
+            "repaired": {
+                "inserted": total("inserted"),
+                "updated": total("updated"),
+                "deleted": total("deleted"),
+            },
+            "remaining": self.remaining,
+            "api_calls": self.api_calls,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "targets": [t.to_json() for t in self.targets],
+        }
+
+    def summary(self) -> str:
+        """The human report: one paragraph per target, then one line for the run."""
+        lines: list[str] = []
+        for t in self.targets:
+            lines.extend(_target_lines(t, self.mode))
+        n = sum(t.hours for t in self.targets)
+        walked = sum(t.hours_walked for t in self.targets)
+        found = sum(t.missing + t.different + t.extra for t in self.targets)
+        bad_hours = sum(len(t.hours_with_differences) for t in self.targets)
+        how = f"{walked} re-walked"
+        if self.mode == "analytics":
+            how += f", {sum(t.hours_agreed for t in self.targets)} agreed with analytics"
+            if self.analytics_fields:
+                how += f" (buckets count by {' or '.join(self.analytics_fields)})"
+        scope = f"{n} hour{'s' if n != 1 else ''}"
+        if self.sample is not None:
+            scope = f"a sample of {scope} (--seed {self.seed})"
+        tail = f"{self.api_calls} API calls"
+        if self.retries:
+            tail += f" ({self.retries} retried)"
+        tail += f" in {self.seconds:.1f}s"
+        if found == 0:
+            result = "the mirror equals the server"
+        else:
+            result = f"{found} difference{'s' if found != 1 else ''} in {bad_hours} hour{'s' if bad_hours != 1 else ''}"
+            fixed = sum(t.inserted + t.updated + t.deleted for t in self.targets)
+            if self.repair:
+                result += f", {fixed} repaired"
+            result += f", {self.remaining} remain" if self.remaining else ", none remain"
+        if self.unstable:
+            result += f"; {self.unstable} hours kept changing while walked (run verify again)"
+        lines.append(f"verified {scope}: {how}; {result}; {tail}")
+        return "\n".join(lines)
+
+
+def _target_lines(t: TargetReport, mode: str) -> list[str]:
+    if t.hours == 0:
+        return [f"{t.target}: no completed hours in range"]
+    head = f"{t.target}: {t.hours} hour{'s' if t.hours != 1 else ''}"
+    if mode == "analytics" and t.analytics == "compared":
+        head += f", {t.hours_agreed} agreed with analytics, {t.hours_walked} re-walked"
+    elif mode == "analytics":
+        head += f", analytics {t.analytics}: {t.hours_walked} re-walked"
+    else:
+        head += f", {t.hours_walked} re-walked"
+    head += f" ({t.api_calls} API call{'s' if t.api_calls != 1 else ''})"
+    if not (t.missing or t.different or t.extra):
+        return [head + ": no differences"]
+    out = [head + ":"]
+    if t.missing:
+        out.append(f"  missing    {t.missing:>6}  e.g. {', '.join(t.missing_examples)}")
+    if t.different:
+        shown = ", ".join(f"{k} ({', '.join(v)})" for k, v in t.different_examples)
+        out.append(f"  different  {t.different:>6}  e.g. {shown}")
+    if t.extra:
+        out.append(f"  extra      {t.extra:>6}  e.g. {', '.join(t.extra_examples)}")
+    if t.inserted or t.updated or t.deleted:
+        out.append(f"  repaired: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
+    if t.extra > t.deleted:
+        out.append("  extras are kept; --repair --delete-extra removes them")
+    shown_hours = t.hours_with_differences[:5]
+    more = len(t.hours_with_differences) - len(shown_hours)
+    out.append(f"  in hours {', '.join(shown_hours)}" + (f" and {more} more" if more > 0 else ""))
+    return out
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True, order=True)
+class Slot:
+    """One hour (or the part of it that is completed and in range) of one target."""
+
+    target: str
+    start: datetime
+    end: datetime
+    piece: int  # index of the contiguous completed range it belongs to
+
+    @property
+    def label(self) -> str:
+        return api_param(self.start)
+
+    @property
+    def hour_key(self) -> str:
+        """``YYYY-MM-DDTHH``: the hour as a prefix of stored timestamps (which are UTC)."""
+        return to_text(self.start)[:13]
+
+
+def plan_slots(
+    store: Store, target: str, since: datetime | None, until: datetime
+) -> list[tuple[datetime, datetime, list[Slot]]]:
+    """The target's completed intervals clipped to the range, each cut at UTC hours.
+
+    Clipping rounds inwards to whole seconds, so nothing outside a completed window (where
+    the mirror is not expected to be complete) is ever checked.
+    """
+    pieces: list[tuple[datetime, datetime, list[Slot]]] = []
+    for a_text, b_text in store.completed(target):
+        a, b = from_text(a_text), from_text(b_text)
+        lo = ceil_s(max(a, since) if since else a)
+        hi = floor_s(min(b, until))
+        if lo >= hi:
+            continue
+        slots = []
+        cur = lo
+        while cur < hi:
+            nxt = min(hi, align_down(cur, HOUR) + HOUR)
+            slots.append(Slot(target, cur, nxt, len(pieces)))
+            cur = nxt
+        pieces.append((lo, hi, slots))
+    return pieces
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _json_equal(a: str | None, b: str | None) -> bool:
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    try:
+        return bool(orjson.loads(a) == orjson.loads(b))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def differing_fields(
+    mirror_row: Sequence[Any], server_row: Sequence[Any], *, payloads: bool, billing: bool
+) -> list[str]:
+    """The API fields in which the mirror differs from the server, by the upsert's rules.
+
+    ``Store.upsert`` overwrites the always-fetched fields and keeps a stored payload or
+    billing value when the server sends null (fal drops payloads after 30 days; the mirror
+    outlives that). A field the upsert would not change is not a difference, so a repaired
+    mirror verifies clean.
+    """
+    out = [f for f in _ALWAYS if mirror_row[_I[f]] != server_row[_I[f]]]
+    if billing:
+        i = _I["billable_units"]
+        if server_row[i] is not None and mirror_row[i] != server_row[i]:
+            out.append("billable_units")
+    if payloads:
+        for f in _PAYLOADS:
+            i = _I[f]
+            if server_row[i] is not None and not _json_equal(mirror_row[i], server_row[i]):
+                out.append(f)
+    return sorted(out, key=API_FIELDS.index)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass
+class _Walked:
+    slot: Slot
+    rows: dict[str, tuple[Any, ...]]
+    billing: bool
+    calls: int
+    stable: bool
+
+
+@dataclass
+class _Seen:
+    """Ids returned by walks of one target's recent hours (see ``SEEN_FOR``)."""
+
+    hours: deque[tuple[datetime, frozenset[str]]] = field(default_factory=deque)
+
+    def add(self, slot: Slot, ids: Iterable[str]) -> None:
+        self.hours.append((slot.end, frozenset(ids)))
+        while self.hours and self.hours[0][0] < slot.start - SEEN_FOR:
+            self.hours.popleft()
+
+    def __contains__(self, request_id: object) -> bool:
+        return any(request_id in ids for _, ids in self.hours)
+
+
+class Verifier:
+    """One verify run; see the module docstring. Not reusable."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: FalClient,
+        *,
+        targets: Sequence[str],
+        since: datetime | None,
+        until: datetime | None,
+        sample: int | None = None,
+        seed: int | None = None,
+        repair: bool = False,
+        delete_extra: bool = False,
+        use_analytics: bool = True,
+        payloads: bool = True,
+        billing: bool = True,
+        concurrency: int = 4,
+        examples: int = 5,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if delete_extra and not repair:
+            raise ConfigError("--delete-extra needs --repair")
+        if sample is not None and sample < 1:
+            raise ConfigError("--sample must be at least 1")
+        self.store = store
+        self.client = client
+        self.targets = list(dict.fromkeys(targets))
+        self.since = since
+        self.until = until
+        self.sample = sample
+        self.seed = seed
+        self.repair = repair
+        self.delete_extra = delete_extra
+        self.use_analytics = use_analytics
+        self.payloads = payloads
+        self.billing = billing
+        self.concurrency = max(1, concurrency)
+        self.examples = examples
+        self.clock = clock
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._billing_refused: set[str] = set()
+        self._notes: list[str] = []
+
+    # -- the API side ---------------------------------------------------------------------
+
+    def _note(self, text: str) -> None:
+        with self._lock:
+            if text not in self._notes:
+                log.info(text)
+                self._notes.append(text)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _Stopped
+
+    def _fetch(
+        self,
+        target: str,
+        start: datetime,
+        end: datetime,
+        cursor: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[Page, bool, int]:
+        """One list call as sync makes it: (page, whether billing was asked for, calls made)."""
+        if self._stop.is_set():
+            raise _Stopped
+        billing = self.billing and target not in self._billing_refused
+        kw: dict[str, Any] = dict(
+            start=api_param(start),
+            end=api_param(end),
+            cursor=cursor,
+            payloads=self.payloads,
+            request_id=request_id,
+        )
+        try:
+            return self.client.list_requests([target], billing=billing, **kw), billing, 1
+        except AuthError as e:
+            if not (billing and e.status == 403):
+                raise
+            page = self.client.list_requests([target], billing=False, **kw)
+            with self._lock:
+                self._billing_refused.add(target)
+            self._note(
+                f"the API refused billing for {target} ({e.message}); billable_units not compared"
+            )
+            return page, False, 2
+
+    def _walk(self, slot: Slot) -> _Walked:
+        """Every row the server lists in the slot, walked again while rows move under it."""
+        calls = 0
+        rows: dict[str, tuple[Any, ...]] = {}
+        billing = self.billing
+        for _ in range(MAX_WALKS):
+            rows, repeated, pages = {}, False, 0
+            cursor: str | None = None
+            cursors: set[str] = set()
+            flags: set[bool] = set()
+            while True:
+                page, billing, n = self._fetch(slot.target, slot.start, slot.end, cursor)
+                calls += n
+                pages += 1
+                flags.add(billing)
+                for r in page.rows:
+                    if r[0] in rows:
+                        repeated = True
+                    rows[r[0]] = r
+                nxt = page.next_cursor
+                if nxt is None:
+                    break
+                if nxt == cursor or nxt in cursors:
+                    raise BadDataError(
+                        f"the API repeated a page cursor while walking {slot.target} {slot.label}"
+                    )
+                if pages > ABSURD_PAGES:
+                    raise BadDataError(
+                        f"the API gave over {ABSURD_PAGES} pages for {slot.target} {slot.label}"
+                    )
+                cursors.add(nxt)
+                cursor = nxt
+            if len(flags) > 1:  # billing was refused half-way: walk it again without
+                continue
+            if not repeated:
+                return _Walked(slot, rows, billing, calls, True)
+            log.info("%s %s: rows moved while paging; walking it again", slot.target, slot.label)
+        return _Walked(slot, rows, billing and len(flags) == 1, calls, False)
+
+    def _analytics_counts(
+        self, target: str, lo: datetime, hi: datetime, tr: TargetReport
+    ) -> dict[str, int | None]:
+        """The server's request count per hour of ``[lo, hi)`` (hour key -> count)."""
+        base = [
+            ("start", api_param(lo)),
+            ("end", api_param(hi)),
+            ("timeframe", "hour"),
+            ("timezone", "UTC"),
+            ("bound_to_timeframe", "false"),
+            ("expand", "time_series"),
+            ("expand", "request_count"),
+            ("limit", str(ANALYTICS_LIMIT)),
+        ]
+        counts: dict[str, int | None] = {}
+        cursor: str | None = None
+        cursors: set[str] = set()
+        for _ in range(ANALYTICS_MAX_PAGES):
+            if self._stop.is_set():
+                raise _Stopped
+            params = base + ([("cursor", cursor)] if cursor else [])
+            tr.api_calls += 1
+            data = self.client.analytics([target], params)
+            for key, n in _parse_analytics(data):
+                counts[key] = n if counts.get(key, n) == n else None  # repeated and unequal
+            cursor = data.get("next_cursor")
+            if cursor is None:
+                return counts
+            if not isinstance(cursor, str) or cursor in cursors:
+                raise BadDataError("the analytics answer repeated or garbled its cursor")
+            cursors.add(cursor)
+        raise BadDataError(f"the analytics answer ran over {ANALYTICS_MAX_PAGES} pages")
+
+    # -- the mirror side --------------------------------------------------------------------
+
+    def _mirror_counts(self, target: str, lo: datetime, hi: datetime) -> dict[str, dict[str, int]]:
+        """Per candidate field: the mirror's rows per hour key in ``[lo, hi)``."""
+        out: dict[str, dict[str, int]] = {}
+        with self.store.engine.connect() as conn:
+            for name in CANDIDATE_FIELDS:
+                col = requests.c[name]
+                hour = sa.func.substr(col, 1, 13)
+                q = (
+                    sa.select(hour, sa.func.count())
+                    .where(target_clause(target), col >= to_text(lo), col < to_text(hi))
+                    .group_by(hour)
+                )
+                out[name] = {h: int(n) for h, n in conn.execute(q)}
+            conn.rollback()
+        return out
+
+    def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+        cols = [requests.c[f] for f in API_FIELDS]
+        ids = list(ids)
+        out: dict[str, tuple[Any, ...]] = {}
+        for i in range(0, len(ids), 500):
+            q = sa.select(*cols).where(requests.c.request_id.in_(ids[i : i + 500]))
+            out.update((r[0], tuple(r)) for r in conn.execute(q))
+        return out
+
+    def _mirror_ended_in(self, conn: sa.Connection, slot: Slot) -> list[tuple[str, str]]:
+        """(request_id, sent_at) of the target's rows whose ended_at is in the slot."""
+        r = requests.c
+        q = (
+            sa.select(r.request_id, r.sent_at)
+            .where(
+                target_clause(slot.target),
+                r.ended_at >= to_text(slot.start),
+                r.ended_at < to_text(slot.end),
+            )
+            .order_by(r.request_id)
+        )
+        return [(a, b) for a, b in conn.execute(q)]
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> VerifyReport:
+        t0 = time.monotonic()
+        now = self.clock()
+        until = min(self.until, now) if self.until else now
+        if self.since is not None and self.since >= until:
+            raise ConfigError("the range to verify is empty: --since is not before --until")
+        report = VerifyReport(
+            since=self.since,
+            until=until,
+            mode="analytics" if self.use_analytics else "full",
+            repair=self.repair,
+            delete_extra=self.delete_extra,
+            sample=self.sample,
+        )
+        report.notes = self._notes
+        retries0 = self.client.stats.retries
+        path = sqlite_path(self.store.db)
+        holder = lock.hold(path) if self.repair and path is not None else contextlib.nullcontext()
+        saved_sleep = self.client.sleep
+        self.client.sleep = self._sleep
+        try:
+            with holder:
+                self._run(report, until, now)
+        except _Stopped:
+            raise KeyboardInterrupt from None
+        finally:
+            self.client.sleep = saved_sleep
+            report.retries = self.client.stats.retries - retries0
+            report.seconds = time.monotonic() - t0
+        return report
+
+    def _run(self, report: VerifyReport, until: datetime, now: datetime) -> None:
+        reports = {t: TargetReport(t, examples=self.examples) for t in self.targets}
+        report.targets = list(reports.values())
+        pieces = {t: plan_slots(self.store, t, self.since, until) for t in self.targets}
+        chosen = [s for t in self.targets for _, _, slots in pieces[t] for s in slots]
+        if self.sample is not None:
+            seed = self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
+            report.seed = seed
+            picked = random.Random(seed).sample(range(len(chosen)), min(self.sample, len(chosen)))
+            chosen = [chosen[i] for i in sorted(picked)]
+        for t in self.targets:
+            reports[t].hours = sum(1 for s in chosen if s.target == t)
+            if not pieces[t]:
+                self._note(f"{t} has no completed windows in the range; nothing to verify")
+
+        to_walk = chosen
+        if self.use_analytics and chosen:
+            to_walk = self._select_by_analytics(chosen, pieces, reports, report)
+        walking = set(to_walk)
+        for s in chosen:
+            if s not in walking:
+                reports[s.target].hours_agreed += 1
+        self._walk_and_compare(to_walk, reports, now)
+
+    def _select_by_analytics(
+        self,
+        chosen: list[Slot],
+        pieces: dict[str, list[tuple[datetime, datetime, list[Slot]]]],
+        reports: dict[str, TargetReport],
+        report: VerifyReport,
+    ) -> list[Slot]:
+        """The chosen slots analytics cannot vouch for (all of them if it cannot be asked)."""
+        wanted = set(chosen)
+        server: dict[Slot, int | None] = {}
+        mine: dict[Slot, dict[str, int]] = {}
+        refused: list[str] = []
+        absent: str | None = None  # the API has no analytics at all (404): stop asking
+        for t in self.targets:
+            tr = reports[t]
+            for lo, hi, slots in pieces[t]:
+                in_piece = [s for s in slots if s in wanted]
+                if not in_piece:
+                    continue
+                if absent is not None:
+                    tr.analytics = "refused"
+                    break
+                try:
+                    counts = self._analytics_counts(t, lo, hi, tr)
+                except ApiError as e:
+                    if e.status not in (400, 403, 404):
+                        raise
+                    tr.analytics = "refused"
+                    if e.status == 404:
+                        absent = f"HTTP 404: {e.message}"
+                    else:
+                        refused.append(f"{t} (HTTP {e.status}: {e.message})")
+                    break
+                except (BadDataError, ApiUnavailable) as e:
+                    tr.analytics = "unusable"
+                    refused.append(f"{t} ({e})")
+                    break
+                tr.analytics = "compared"
+                by_field = self._mirror_counts(t, lo, hi)
+                for s in in_piece:
+                    server[s] = counts.get(s.hour_key)
+                    mine[s] = {f: by_field[f].get(s.hour_key, 0) for f in CANDIDATE_FIELDS}
+            if tr.analytics != "compared":
+                for s in chosen:
+                    if s.target == t:
+                        server.pop(s, None)
+        if absent is not None:
+            self._note(
+                f"the API has no /serverless/analytics ({absent}); re-walking every selected hour"
+            )
+        if refused:
+            self._note(
+                "could not use /serverless/analytics for "
+                + ", ".join(refused)
+                + "; re-walking every selected hour of "
+                + ("these targets" if len(refused) > 1 else "it")
+            )
+        known = {s: n for s, n in server.items() if n is not None}
+        if not known:
+            return chosen
+        score = {f: sum(1 for s, n in known.items() if mine[s][f] == n) for f in CANDIDATE_FIELDS}
+        top = max(score.values())
+        best = [f for f in CANDIDATE_FIELDS if score[f] == top]
+        report.analytics_fields = best
+        agreed = {s for s, n in known.items() if all(mine[s][f] == n for f in best)}
+        return [s for s in chosen if s not in agreed]
+
+    def _walks(self, slots: list[Slot]) -> Iterator[_Walked]:
+        """Walk slots a few at a time, yielding results in slot order (memory stays flat)."""
+        ahead = 2 * self.concurrency
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="mirror-verify")
+        pending: deque[Future[_Walked]] = deque()
+        it = iter(slots)
+        try:
+            for s in it:
+                pending.append(pool.submit(self._walk, s))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                walked = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._walk, nxt))
+                yield walked
+        except BaseException:
+            # a failure, Ctrl-C, or the consumer gave up: stop the walks in flight, don't wait
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _walk_and_compare(
+        self, slots: list[Slot], reports: dict[str, TargetReport], now: datetime
+    ) -> None:
+        seen = {t: _Seen() for t in self.targets}
+        reported: dict[str, set[str]] = {t: set() for t in self.targets}
+        stamp = to_text(now)
+        for w in self._walks(slots):
+            slot, tr = w.slot, reports[w.slot.target]
+            tr.hours_walked += 1
+            tr.api_calls += w.calls
+            if not w.stable:
+                tr.unstable_hours.append(slot.label)
+                self._note(
+                    f"{slot.target} {slot.label}: rows kept moving while the hour was walked; "
+                    "run verify again"
+                )
+            writes: list[tuple[tuple[Any, ...], bool]] = []
+            deletes: list[str] = []
+            before = tr.missing + tr.different + tr.extra
+            with self.store.engine.connect() as conn:
+                mirror = self._mirror_rows(conn, w.rows)
+                ended_here = self._mirror_ended_in(conn, slot)
+                conn.rollback()
+            done = reported[slot.target]
+            for rid in sorted(w.rows):
+                if rid in done:
+                    continue
+                row, have = w.rows[rid], mirror.get(rid)
+                if have is None:
+                    tr.missing += 1
+                    tr._missing.add(rid)
+                else:
+                    fields = differing_fields(have, row, payloads=self.payloads, billing=w.billing)
+                    if not fields:
+                        continue
+                    tr.different += 1
+                    tr._different.add(rid, fields)
+                done.add(rid)
+                writes.append((row, w.billing))
+            seen[slot.target].add(slot, w.rows)
+            for rid, sent_at in ended_here:
+                if rid not in seen[slot.target] and rid not in done:
+                    tr.api_calls += self._check_suspect(
+                        slot, rid, sent_at, now, tr, done, writes, deletes
+                    )
+            if tr.missing + tr.different + tr.extra > before:
+                tr.hours_with_differences.append(slot.label)
+            if self.repair and (writes or deletes):
+                self._write(slot, writes, deletes, tr, stamp)
+
+    def _check_suspect(
+        self,
+        slot: Slot,
+        rid: str,
+        sent_at: str,
+        now: datetime,
+        tr: TargetReport,
+        reported: set[str],
+        writes: list[tuple[tuple[Any, ...], bool]],
+        deletes: list[str],
+    ) -> int:
+        """Look a mirror row the walk did not return up by id; returns the calls made."""
+        calls = 0
+        row: tuple[Any, ...] | None = None
+        billing = self.billing
+        if _is_uuid(rid):
+            start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
+            page, billing, calls = self._fetch(
+                slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
+            )
+            row = next((r for r in page.rows if r[0] == rid), None)
+        if row is None:
+            tr.extra += 1
+            tr._extra.add(rid)
+            reported.add(rid)
+            if self.delete_extra:
+                deletes.append(rid)
+            return calls
+        with self.store.engine.connect() as conn:
+            have = self._mirror_rows(conn, [rid]).get(rid)
+            conn.rollback()
+        if have is None:  # deleted meanwhile by someone else: the walk of its hour says missing
+            return calls
+        fields = differing_fields(have, row, payloads=self.payloads, billing=billing)
+        if fields:
+            tr.different += 1
+            tr._different.add(rid, fields)
+            reported.add(rid)
+            writes.append((row, billing))
+        return calls
+
+    def _write(
+        self,
+        slot: Slot,
+        writes: list[tuple[tuple[Any, ...], bool]],
+        deletes: list[str],
+        tr: TargetReport,
+        stamp: str,
+    ) -> None:
+        """One transaction per hour: upsert what was missing or different, delete extras."""
+        with self.store.engine.begin() as conn:
+            for billing in (True, False):
+                rows = [r for r, b in writes if b == billing]
+                res = self.store.upsert(
+                    conn, rows, payloads=self.payloads, billing=billing, now=stamp
+                )
+                tr.inserted += res.inserted
+                tr.updated += res.updated
+            for i in range(0, len(deletes), 500):
+                res2 = conn.execute(
+                    requests.delete().where(requests.c.request_id.in_(deletes[i : i + 500]))
+                )
+                tr.deleted += max(0, res2.rowcount or 0)
+        log.info("%s %s: repaired %d rows", slot.target, slot.label, len(writes) + len(deletes))
+
+
+def _parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
+    """(hour key, request_count summed over the bucket's endpoint ids) per bucket."""
+    if not isinstance(data, dict) or not isinstance(data.get("time_series"), list):
+        raise BadDataError("the analytics answer has no time_series list")
+    for bucket in data["time_series"]:
+        if not isinstance(bucket, dict) or not isinstance(bucket.get("bucket"), str):
+            raise BadDataError("an analytics bucket has no timestamp")
+        try:
+            at = from_text(bucket["bucket"])
+        except ValueError:
+            raise BadDataError(
+                f"analytics bucket {bucket['bucket'][:40]!r} is not a time"
+            ) from None
+        results = bucket.get("results", [])
+        if not isinstance(results, list):
+            raise BadDataError("an analytics bucket's results are not a list")
+        total = 0
+        for r in results:
+            n = r.get("request_count") if isinstance(r, dict) else None
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise BadDataError("an analytics result has no request_count")
+            total += n
+        yield to_text(align_down(at, HOUR))[:13], total
+
+
+def verify(
+    store: Store,
+    client: FalClient,
+    *,
+    targets: Sequence[str],
+    since: datetime | None,
+    until: datetime | None,
+    sample: int | None = None,
+    seed: int | None = None,
+    repair: bool = False,
+    delete_extra: bool = False,
+    use_analytics: bool = True,
+    payloads: bool = True,
+    billing: bool = True,
+    concurrency: int = 4,
+    examples: int = 5,
+    clock: Callable[[], datetime] = utcnow,
+) -> VerifyReport:
+    """Compare the mirror's completed hours of ``targets`` with the server; see the module."""
+    return Verifier(
+        store,
+        client,
+        targets=targets,
+        since=since,
+        until=until,
+        sample=sample,
+        seed=seed,
+        repair=repair,
+        delete_extra=delete_extra,
+        use_analytics=use_analytics,
+        payloads=payloads,
+        billing=billing,
+        concurrency=concurrency,
+        examples=examples,
+        clock=clock,
+    ).run()

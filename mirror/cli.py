@@ -230,6 +230,9 @@ class _Progress:
               help="API base URL. Env: MIRROR_BASE_URL.")  # fmt: skip
 @click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="At most this many API calls in flight (adapts downwards on 429s).")  # fmt: skip
+@click.option("--recheck/--no-recheck", default=True, show_default=True,
+              help="Re-check older history on a schedule: the last day hourly, the last week daily "
+              "(analytics first, then only hours whose counts differ).")  # fmt: skip
 @click.option(
     "--wait",
     is_flag=True,
@@ -247,6 +250,7 @@ def sync(
     no_billing: bool,
     base_url: str,
     max_concurrency: int,
+    recheck: bool,
     wait: bool,
     quiet: bool,
     verbose: int,
@@ -302,6 +306,7 @@ def sync(
                 payloads=not no_payloads,
                 billing=not no_billing,
                 max_concurrency=max_concurrency,
+                recheck=recheck,
             )
             progress = _Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
             with make_http_client() as http:

@@ -71,6 +71,17 @@ class SyncOptions:
     max_concurrency: int = 4
     unfinished_limit: int = 500
     rewalks: int = 2
+    #: re-check older history on a schedule (RECHECK_TIERS), analytics first
+    recheck: bool = True
+
+
+#: (tier, how far back it reaches, how often it runs): the platform backfills requests into
+#: hours long past (fal-api.md §10); these re-checks find them at the cost of one analytics
+#: call per target and tier, plus a walk of each hour whose request count differs.
+RECHECK_TIERS = (
+    ("day", timedelta(days=1), timedelta(hours=1)),
+    ("week", timedelta(days=7), timedelta(days=1)),
+)
 
 
 @dataclass
@@ -86,6 +97,8 @@ class SyncReport:
     inserted: int = 0
     updated: int = 0
     refreshed: int = 0
+    rechecked_hours: int = 0
+    recheck_calls: int = 0
     notes: list[str] = field(default_factory=list)
     outcome: str = "running"
     error: str | None = None
@@ -97,6 +110,8 @@ class SyncReport:
             f"{self.inserted} new, {self.updated} updated, {self.windows_done} windows "
             f"in {self.pages} pages ({self.api_calls} calls) in {self.seconds:.1f}s"
         )
+        if self.rechecked_hours:
+            line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
         if self.windows_unstable:
             line += f"; {self.windows_unstable} windows kept changing and will be walked again"
         return line
@@ -376,8 +391,10 @@ class Syncer:
         self._known_targets = set(self.store.targets())
         t0 = time.monotonic()
         tasks: list[_Walk | _Refresh] = []
+        tails: dict[str, datetime] = {}
         for target in opts.targets:
             windows, tail = plan_target(self.store, target, opts, now)
+            tails[target] = tail
             tasks.extend(_Walk(target, w) for w in windows)
             report.windows_planned += len(windows)
             stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
@@ -411,6 +428,8 @@ class Syncer:
                 self._write(batch, report, now)
                 if self.progress:
                     self.progress(report)
+            if error is None and opts.recheck:
+                self._recheck(report, now, tails)
         except BaseException as e:
             self._stop.set()
             error = error or e
@@ -437,6 +456,60 @@ class Syncer:
             raise error
         self.store.checkpoint()
         return report
+
+    def _recheck(self, report: SyncReport, now: datetime, tails: dict[str, datetime]) -> None:
+        """Re-check older history when a tier is due, through ``mirror.verify`` with repair.
+
+        A target's first sync has just walked everything, so its tiers start out checked.
+        """
+        from mirror.verify import verify
+
+        stamp = to_text(now)
+        for target in self.opts.targets:
+            last = self.store.rechecked(target)
+            if not last:
+                self.store.mark_rechecked(target, [t for t, _, _ in RECHECK_TIERS], stamp)
+                continue
+            due = [
+                (tier, reach)
+                for tier, reach, every in RECHECK_TIERS
+                if tier not in last or now - from_text(last[tier]) >= every
+            ]
+            if not due:
+                continue
+            lo = now - max(reach for _, reach in due)
+            hi = tails.get(target, now)
+            if lo < hi:
+                result = verify(
+                    self.store,
+                    self.client,
+                    targets=[target],
+                    since=lo,
+                    until=hi,
+                    repair=True,
+                    use_analytics=True,
+                    payloads=self.opts.payloads,
+                    billing=self.opts.billing and target not in self._billing_refused,
+                    clock=lambda: now,
+                )
+                for t in result.targets:
+                    report.rechecked_hours += t.hours
+                    report.recheck_calls += t.api_calls
+                    report.inserted += t.inserted
+                    report.updated += t.updated
+                    if t.inserted or t.updated:
+                        self._note(
+                            f"re-check of {target}: {t.inserted} requests fal recorded late and "
+                            f"{t.updated} changed ones were added (hours {', '.join(t.hours_with_differences[:3])})"
+                        )
+                    if t.extra:
+                        self._note(
+                            f"re-check of {target}: {t.extra} stored requests are no longer listed by fal (see mirror verify)"
+                        )
+                self._notes.extend(n for n in result.notes if n not in self._notes)
+                if any(t.unstable_hours for t in result.targets):
+                    continue  # not marked: the next run tries again
+            self.store.mark_rechecked(target, [tier for tier, _ in due], stamp)
 
     def _drain(self) -> list[object]:
         """At least one event, then whatever else is waiting, up to a batch of rows."""

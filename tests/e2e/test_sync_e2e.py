@@ -475,3 +475,66 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=20) == 0, server.stderr.read() if server.stderr else ""
+
+
+@pytest.mark.parametrize("config", [READINGS[0], READINGS[1]])
+def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
+    tmp_path: Path, config
+) -> None:
+    world = world_for(config, days=2, dense_hour=None, future_minutes=0, late_fraction=0)
+    db = tmp_path / "m.db"
+    with SimulatedAPI(world) as api:
+        env = fast_env(api.base_url)
+        args = ["sync", "--db", str(db), *sum((["-e", t] for t in TARGETS), [])]
+        assert mirror([*args, "--since", "3d"], env).code == 0
+        late = world.backdate(30, hours_ago=20, endpoint_id="acme/upscaler", seed=8)
+        # not due yet: a sync right after the backfill does not look back 20 hours
+        api.clear_log()
+        quiet = mirror(args, env)
+        assert quiet.code == 0 and "re-checked" not in quiet.stdout, quiet.stdout
+        assert not [e for e in api.log if e.path.endswith("/analytics")]
+        assert not {r.request_id for r in late} & set(mirror_rows(db))
+        # an hour later the day tier is due
+        con = sqlite3.connect(db)
+        con.execute(
+            "UPDATE sync_rechecks SET checked_at = '2000-01-01T00:00:00.000000Z' WHERE tier = 'day'"
+        )
+        con.commit()
+        con.close()
+        api.clear_log()
+        t = world.now()
+        r = mirror(args, env)
+        assert r.code == 0, r.stderr
+        assert "re-checked" in r.stdout and "30 requests fal recorded late" in r.stderr, (
+            r.stdout,
+            r.stderr,
+        )
+        analytics = [e for e in api.log if e.path.endswith("/analytics")]
+        assert len(analytics) == len(TARGETS), (
+            f"expected one analytics call per target, saw {len(analytics)}"
+        )
+        old_walks = {
+            (e.params["endpoint_id"][0], e.params["start"][0])
+            for e in api.log
+            if e.path.endswith("/requests/by-endpoint") and "request_id" not in e.params
+            and datetime.fromisoformat(e.params["start"][0].replace("Z", "+00:00")) < t - timedelta(hours=3)
+        }  # fmt: skip
+        assert {ep for ep, _ in old_walks} == {"acme/upscaler"}, (
+            f"re-walked hours of unchanged targets: {old_walks}"
+        )
+        assert len(old_walks) <= 2, (
+            f"re-walked more hours than the backfill touched: {sorted(old_walks)}"
+        )
+        compare(db, expected_finished(world, t), allow_extra=set(world.server_view()))
+        con = sqlite3.connect(db)
+        tiers = dict(
+            con.execute(
+                "SELECT tier, checked_at > '2001' FROM sync_rechecks WHERE target = 'acme/upscaler'"
+            )
+        )
+        con.close()
+        assert tiers == {"day": 1, "week": 1}
+        # --no-recheck: nothing older than the lookback is asked for
+        api.clear_log()
+        assert mirror([*args, "--no-recheck"], env).code == 0
+        assert not [e for e in api.log if e.path.endswith("/analytics")]

@@ -34,6 +34,7 @@ from .harness import (
 )
 
 TARGETS = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
+EP_ARGS = [arg for t in TARGETS for arg in ("-e", t)]
 ENDPOINTS = ["acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler", "acme/whisper-v3"]
 FAULTS = FaultConfig(
     seed=11, p_429=0.05, p_retry_after=0.5, retry_after=0.05, p_5xx=0.04, p_json_500=0.01,
@@ -485,7 +486,7 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
     db = tmp_path / "m.db"
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
-        args = ["sync", "--db", str(db), *sum((["-e", t] for t in TARGETS), [])]
+        args = ["sync", "--db", str(db), *EP_ARGS]
         assert mirror([*args, "--since", "3d"], env).code == 0
         late = world.backdate(30, hours_ago=20, endpoint_id="acme/upscaler", seed=8)
         # not due yet: a sync right after the backfill does not look back 20 hours

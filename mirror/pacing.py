@@ -4,7 +4,8 @@ Worker threads call ``acquire()`` before every HTTP attempt and ``release()`` af
 what happened. A 429 halves the limit and pauses *every* worker until the backoff (or the
 server's ``Retry-After``) has passed, so one refusal is not followed by a burst of retries
 that are refused too; a run of healthy answers raises the limit by one, up to the user's
-``--max-concurrency``. Slow answers (well above the fastest seen) count against growth.
+``--max-concurrency``. A slow answer (over four times the fastest seen, plus half a second)
+takes one off the limit, at most once a second.
 
 Threads rather than asyncio: the client is a plain ``httpx.Client`` passed in, the writer is
 SQLite in one thread, and the parallelism needed is a handful of calls waiting on latency;
@@ -34,6 +35,7 @@ class Pacer:
         self.pause_until = 0.0
         self._streak = 0
         self._fastest = float("inf")
+        self._last_slow_cut = float("-inf")
         self._clock = clock
         self._cond = threading.Condition()
         #: (time, limit) each time the limit changed, for tests and -v logs
@@ -73,9 +75,15 @@ class Pacer:
                 self._streak = 0
             else:
                 self._fastest = min(self._fastest, latency)
-                slow = latency > 4 * self._fastest + 0.5
-                self._streak = 0 if slow else self._streak + 1
-                if self._streak >= 2 * self.limit and self.limit < self.max:
-                    self._set(self.limit + 1)
+                if latency > 4 * self._fastest + 0.5:
+                    # the API is straining: one fewer in flight, at most once a second
                     self._streak = 0
+                    if self.limit > 1 and now - self._last_slow_cut >= 1.0:
+                        self._set(self.limit - 1)
+                        self._last_slow_cut = now
+                else:
+                    self._streak += 1
+                    if self._streak >= 2 * self.limit and self.limit < self.max:
+                        self._set(self.limit + 1)
+                        self._streak = 0
             self._cond.notify_all()

@@ -42,14 +42,20 @@ def test_halves_once_per_storm_pauses_then_grows_back():
     assert [lim for _, lim in p.history] == [8, 4, 2, 3, 4, 5, 6, 7, 8]
 
 
-def test_slow_answers_do_not_grow_the_limit():
-    p = Pacer(8, initial=2, clock=FakeClock())
+def test_slow_answers_shrink_the_limit_once_a_second():
+    clock = FakeClock()
+    p = Pacer(8, initial=6, clock=clock)
     p.acquire()
     p.release("ok", latency=0.05)
-    for _ in range(100):
+    for i in range(30):  # 30 slow answers within 3 seconds
+        clock.t = i * 0.1
         p.acquire()
         p.release("ok", latency=5.0)
-    assert p.limit == 2, p.history
+    assert [lim for _, lim in p.history] == [6, 5, 4, 3], p.history
+    for _ in range(100):  # healthy again: grows back
+        p.acquire()
+        p.release("ok", latency=0.05)
+    assert p.limit == 8
 
 
 def test_acquire_blocks_during_a_pause():

@@ -236,6 +236,7 @@ class Syncer:
         self._stop = threading.Event()
         self._writer_gone = threading.Event()
         self._billing_refused: set[str] = set()
+        self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._known_targets: set[str] = set()
 
@@ -317,6 +318,7 @@ class Syncer:
         except _Stopped:
             pass
         except BaseException as e:
+            self._errors.append(e)  # kept even if the queue is full: the run must fail
             self._stop.set()
             with contextlib.suppress(queue.Full):
                 self._q.put(_Failed(e), timeout=5)
@@ -428,6 +430,8 @@ class Syncer:
                 self._write(batch, report, now)
                 if self.progress:
                     self.progress(report)
+            if error is None and self._errors:
+                error = self._errors[0]
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
         except BaseException as e:

@@ -62,8 +62,17 @@ class RetryPolicy:
     read_timeout: float = 60.0
     max_body: int = 64 * 1024 * 1024
 
+    #: first wait after a 429 without Retry-After (equal jitter, doubling per retry)
+    throttle_base: float = 0.1
+
     def backoff(self, retry: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.cap, self.base * (2**retry)))
+
+    def throttle_backoff(self, retry: int, rng: random.Random) -> float:
+        """Equal jitter: never near zero, which would send the call straight back into an
+        empty token bucket (bench/backfill_bench.py: the same call refused twice in a row)."""
+        b = min(self.cap, self.throttle_base * (2**retry))
+        return b / 2 + rng.uniform(0, b / 2)
 
 
 def check_base_url(url: str) -> str:
@@ -407,7 +416,12 @@ class FalClient:
                 return data
             except _Retry as r:
                 last = r.reason
-                wait = r.wait if r.wait is not None else policy.backoff(attempt, self._rng)
+                if r.wait is not None:
+                    wait = r.wait
+                elif r.throttled:
+                    wait = policy.throttle_backoff(attempt, self._rng)
+                else:
+                    wait = policy.backoff(attempt, self._rng)
                 if r.throttled:
                     outcome, pause = "throttled", wait
                 log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, attempt + 1, wait)

@@ -311,7 +311,7 @@ def sync(
             progress = _Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
             with make_http_client() as http:
                 client = FalClient(
-                    http, key, base_url=base_url, retry=retry, pacer=Pacer(max_concurrency)
+                    http, key, base_url=base_url, retry=retry, pacer=Pacer(max_concurrency, initial=min(4, max_concurrency))
                 )
                 try:
                     report = run_sync(store, client, opts, progress=progress)

@@ -210,7 +210,8 @@ def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
     estimate = len(page.rows) * length / span
     if estimate <= walk_rows:
         return 1
-    parts = math.ceil(estimate / (walk_rows / 2))
+    # aim each child at a full walk: fewer windows, fewer partial last pages
+    parts = math.ceil(estimate / walk_rows)
     # children shorter than a minute are rarely worth their extra first page
     return max(2, min(parts, 64, max(2, int(length // 60))))
 

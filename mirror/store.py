@@ -26,6 +26,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from importlib import resources
+from itertools import chain, repeat
+from operator import add
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -158,7 +160,9 @@ def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
         # WAL + NORMAL: a crash or kill of the process loses nothing that was committed; only
         # a power cut may lose the last transactions, and it never corrupts the file.
         cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA cache_size = -65536")
+        # 16 MiB: as fast as 64 MiB for the sync's writes, and 50 MiB less peak memory
+        # (bench/memory_bench.py)
+        cur.execute("PRAGMA cache_size = -16384")
         # after each checkpoint the WAL file is cut back to this, so an idle reader's past
         # cannot leave a huge file behind (SQLite's automatic checkpoints run every ~4 MB)
         cur.execute("PRAGMA journal_size_limit = 67108864")
@@ -355,10 +359,27 @@ def backup_sqlite(engine: Engine, dest: Path) -> None:
 
 
 _MAX_ROWID = "SELECT max(rowid) FROM requests"
+#: rows per upsert statement at most (bench/ingest_bench.py: 500-2,000 all do well)
+ROWS_PER_STATEMENT = 1_000
 
 
 def _ended_at(row: tuple[Any, ...]) -> str:
     return row[5] or ""
+
+
+def _chunks(n: int, most: int) -> Iterator[slice]:
+    """Slices covering range(n): as many of ``most`` as fit, then the rest in powers of two,
+    so that few distinct statements are ever prepared (and SQLite's cache keeps them)."""
+    start = 0
+    while n - start >= most:
+        yield slice(start, start + most)
+        start += most
+    size = 1 << max(0, (most - 1).bit_length())
+    while start < n:
+        while size > n - start:
+            size >>= 1
+        yield slice(start, start + size)
+        start += size
 
 
 class UpsertResult(NamedTuple):
@@ -373,7 +394,7 @@ class Store:
         self.engine = engine
         self.db = db
         self.dialect = engine.dialect.name
-        self._upsert_sql: dict[tuple[bool, bool], str] = {}
+        self._upsert_sql: dict[tuple[bool, bool, int], str] = {}
 
     @classmethod
     def open(cls, db: str, *, migrate: bool = True) -> Store:
@@ -394,15 +415,17 @@ class Store:
 
     # -- the upsert -------------------------------------------------------------------
 
-    def _upsert_statement(self, payloads: bool, billing: bool) -> str:
+    def _upsert_statement(self, payloads: bool, billing: bool, rows: int = 1) -> str:
         """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed.
 
         Payloads and billable units are fetched only on request; when a sync did not fetch
         them, stored values are left alone. When the API returns null for one that is stored
         (payloads expire after 30 days at fal; billing is never un-recorded), the stored value
         is kept: the mirror outlives the platform's retention.
+
+        ``rows`` > 1: one statement for that many rows (a multi-row VALUES list).
         """
-        key = (payloads, billing)
+        key = (payloads, billing, rows)
         sql = self._upsert_sql.get(key)
         if sql is not None:
             return sql
@@ -423,8 +446,9 @@ class Store:
             ph = ", ".join(["%s"] * len(ROW_COLUMNS))
         else:
             ph = ", ".join(["?"] * len(ROW_COLUMNS))
+        values = ", ".join([f"({ph})"] * rows)
         sql = (
-            f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES ({ph}) "
+            f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES {values} "
             f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(sets)} "
             f"WHERE {' OR '.join(changed)}"
         )
@@ -449,9 +473,8 @@ class Store:
         # last occurrence of an id wins, as if the rows were applied one after another
         by_id = {r[0]: r for r in rows}
         # In ended_at order (unfinished rows first): new rows then land side by side in the
-        # time indexes instead of on scattered pages (1.3-1.4x on new rows, bench/ingest_bench).
-        params = [(*r, now, now) for r in sorted(by_id.values(), key=_ended_at)]
-        sql = self._upsert_statement(payloads, billing)
+        # time indexes instead of on scattered pages (bench/ingest_bench.py).
+        ordered = sorted(by_id.values(), key=_ended_at)
         if self.dialect != "sqlite":
             existing = 0
             ids = list(by_id)
@@ -461,21 +484,36 @@ class Store:
                     .select_from(requests)
                     .where(requests.c.request_id.in_(ids[i : i + 500]))
                 ).scalar_one()
-            cur = conn.exec_driver_sql(sql, params)
+            params = [(*r, now, now) for r in ordered]
+            cur = conn.exec_driver_sql(self._upsert_statement(payloads, billing), params)
             changed = (
                 cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(params)
             )
             inserted = len(ids) - existing
             return UpsertResult(inserted, max(0, changed - inserted))
-        # SQLite counts without looking the ids up first. The statement's change count is
-        # inserted + actually updated rows (an update skipped by its WHERE counts 0, trigger
-        # changes are never counted). A new row takes rowid max(rowid) + 1 (no AUTOINCREMENT,
-        # rows are never deleted by the upsert), and the transaction holds the write lock,
-        # so max(rowid) moves by exactly the number inserted; max(rowid) is one index seek.
+        # SQLite: many rows per statement, not one statement per row (executemany). Triggers
+        # make SQLite open a statement savepoint per statement, and FTS5 writes its pending
+        # terms out at every savepoint: row by row that is one tiny segment per row to merge
+        # later, and 3x slower ingest with the FTS triggers of migration 0002.
+        #
+        # Counted without looking the ids up first: each statement's change count is inserted
+        # + actually updated rows (an update its WHERE skips counts 0, trigger changes never
+        # count). A new row takes rowid max(rowid) + 1 (no AUTOINCREMENT, the upsert deletes
+        # nothing), and the transaction holds the write lock, so max(rowid) moves by exactly
+        # the number inserted; max(rowid) is one seek.
+        limit = conn.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+        )
+        most = max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
         before = conn.exec_driver_sql(_MAX_ROWID).scalar() or 0
-        cur = conn.exec_driver_sql(sql, params)
+        changed = 0
+        for chunk in _chunks(len(ordered), most):
+            sql = self._upsert_statement(payloads, billing, chunk.stop - chunk.start)
+            # each row's fields then its two timestamps, flattened without a Python loop
+            flat = tuple(chain.from_iterable(map(add, ordered[chunk], repeat((now, now)))))
+            changed += conn.exec_driver_sql(sql, flat).rowcount
         inserted = (conn.exec_driver_sql(_MAX_ROWID).scalar() or 0) - before
-        return UpsertResult(inserted, cur.rowcount - inserted)
+        return UpsertResult(inserted, changed - inserted)
 
     # -- targets and windows ------------------------------------------------------------
 

@@ -36,7 +36,8 @@ def _debug() -> bool:
 def fail(err: MirrorError) -> NoReturn:
     if _debug():
         raise err
-    click.echo(f"mirror: {err.kind}: {err}", err=True)
+    hint = err.hint
+    click.echo(f"mirror: {err.kind}: {err}{f'; {hint}' if hint else ''}", err=True)
     sys.exit(err.exit_code)
 
 

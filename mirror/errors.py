@@ -24,6 +24,11 @@ class MirrorError(Exception):
     kind = "error"
     exit_code = 1
 
+    @property
+    def hint(self) -> str:
+        """What to do about it, appended to the user's line when the message does not say."""
+        return ""
+
 
 class ConfigError(MirrorError):
     kind = "usage"
@@ -40,6 +45,10 @@ class ApiError(MirrorError):
 
     kind = "api error"
 
+    @property
+    def hint(self) -> str:
+        return "check the endpoint id and the flags" if 400 <= self.status < 500 else ""
+
     def __init__(self, status: int, error_type: str | None, message: str, url: str) -> None:
         self.status = status
         self.error_type = error_type
@@ -53,6 +62,12 @@ class ApiError(MirrorError):
 class AuthError(ApiError):
     kind = "key rejected"
 
+    @property
+    def hint(self) -> str:
+        if self.status == 401:
+            return "check FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); nothing was recorded as synced"
+        return "check that the key's account owns this endpoint and that the id is right"
+
 
 class ApiUnavailable(MirrorError):
     kind = "api unavailable"
@@ -60,6 +75,10 @@ class ApiUnavailable(MirrorError):
 
 class BadDataError(MirrorError):
     kind = "bad data from api"
+
+    @property
+    def hint(self) -> str:
+        return "nothing of that page was stored; the next run tries again (report it if it persists)"
 
 
 class StoreError(MirrorError):

@@ -82,6 +82,9 @@ class MirrorGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as e:
+            storage = _storage_error(e)
+            if storage is not None:
+                fail(storage)
             if _debug():
                 raise
             click.echo(
@@ -90,6 +93,38 @@ class MirrorGroup(click.Group):
                 err=True,
             )
             sys.exit(1)
+
+
+def _storage_error(e: BaseException) -> MirrorError | None:
+    """Local storage failures (disk full, file-size limit, read-only, corrupt) that escaped
+    the library's own translation, as one StoreError line."""
+    import errno
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from mirror.errors import StoreError
+    from mirror.store import describe_db_error
+
+    if isinstance(e, sa.exc.DBAPIError):
+        return StoreError(describe_db_error(e.orig, "the mirror database"))
+    if isinstance(e, sqlite3.Error):
+        return StoreError(describe_db_error(e, "the mirror database"))
+    if isinstance(e, OSError) and e.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EROFS,
+        errno.EIO,
+        errno.EACCES,
+    ):
+        what = (
+            "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "cannot write"
+        )
+        return StoreError(
+            f"the mirror database: {what} ({e.strerror}); free space or fix permissions and run again, nothing committed is lost"
+        )
+    return None
 
 
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -312,7 +347,11 @@ def sync(
             progress = _Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
             with make_http_client() as http:
                 client = FalClient(
-                    http, key, base_url=base_url, retry=retry, pacer=Pacer(max_concurrency, initial=min(4, max_concurrency))
+                    http,
+                    key,
+                    base_url=base_url,
+                    retry=retry,
+                    pacer=Pacer(max_concurrency, initial=min(4, max_concurrency)),
                 )
                 try:
                     report = run_sync(store, client, opts, progress=progress)

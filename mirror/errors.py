@@ -65,7 +65,9 @@ class AuthError(ApiError):
     @property
     def hint(self) -> str:
         if self.status == 401:
-            return "check FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); nothing was recorded as synced"
+            return (
+                "check FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); nothing was recorded as synced"
+            )
         return "check that the key's account owns this endpoint and that the id is right"
 
 
@@ -78,7 +80,9 @@ class BadDataError(MirrorError):
 
     @property
     def hint(self) -> str:
-        return "nothing of that page was stored; the next run tries again (report it if it persists)"
+        return (
+            "nothing of that page was stored; the next run tries again (report it if it persists)"
+        )
 
 
 class StoreError(MirrorError):

@@ -564,7 +564,7 @@ class Syncer:
         try:
             self.store.finish_run(report.run_id, self.clock(), report.outcome, counts, report.error)
         except Exception as e:
-            log.warning("could not record the run's outcome: %s", e)
+            log.info("could not record the run's outcome: %s", e)
 
 
 def sync(

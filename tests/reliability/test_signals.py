@@ -1,0 +1,111 @@
+"""SIGTERM (systemd, cron's kill) and SIGINT (Ctrl-C) from outside, at seeded random moments
+and while the process is waiting on something slow.
+
+Expected every time: exit 130 with the one line ``mirror: interrupted; everything committed
+so far is kept`` (or exit 0 if the run had finished), the transaction in flight rolled back,
+the run recorded as interrupted, the file consistent; and the process must not linger on a
+stalled transfer or a long ``Retry-After`` (the test waits 60 s, half the default deadline).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+
+import pytest
+
+from mirror.simulator import FaultConfig, SimulatedAPI
+
+from .rel_helpers import (
+    assert_mirror_equals,
+    check_consistent,
+    count,
+    env_for,
+    listable,
+    run_cli,
+    runs,
+    static_world,
+    sync_args,
+)
+
+INTERRUPTED = "mirror: interrupted; everything committed so far is kept"
+
+
+@pytest.fixture(scope="module")
+def sig_world():
+    return static_world(seed=71, hours=20, per_hour=50)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_at_random_moments(tmp_path, sig_world, sig: int) -> None:
+    rng = random.Random(f"signals:{sig}")
+    expected = listable(sig_world)
+    ff = sig_world.config.filter_field
+    db = tmp_path / "m.db"
+    trials = 8
+    with SimulatedAPI(sig_world, faults=FaultConfig(seed=3, latency=0.03, p_429=0.05,
+                                                    retry_after=0.02, p_reset=0.03)) as api:  # fmt: skip
+        env = env_for(api.base_url)
+        args = sync_args(db, "--since", "21h", "--lookback", "1d", "--max-concurrency", "2")
+        landed = 0
+        for k in range(trials):
+            seen = len(api.log)
+            at = rng.uniform(0.0, 0.4)
+            n_runs = len(runs(db))
+            o = run_cli(args, env, tmp_path / "out", kill_after=at, sig=sig, no_second_wait=True,
+                        after=lambda seen=seen: len(api.log) > seen)  # fmt: skip
+            where = f"{signal.Signals(sig).name} trial {k} at {at:.3f}s after the first call"
+            count(f"random {signal.Signals(sig).name} trials")
+            if o.code == 0:
+                assert o.stderr == "", f"{where}: {o.stderr[-1500:]}"
+            else:
+                landed += 1
+                assert o.code == 130, f"{where}: exit {o.code}: {o.stderr[-1500:]}"
+                assert o.stderr.strip() == INTERRUPTED, f"{where}: stderr {o.stderr[-1500:]!r}"
+                outcome = [r[0] for r in runs(db)[n_runs:]]
+                if outcome == ["ok"]:  # the signal came after the run had recorded its success
+                    assert_mirror_equals(db, expected, context=f"{where}: recorded ok")
+                else:
+                    assert outcome == ["interrupted"], f"{where}: the run is recorded as {outcome}"
+            check_consistent(db, expected, ff, context=where)
+        api.faults = None
+        final = run_cli(args, env, tmp_path / "out", no_second_wait=True)
+    assert final.code == 0, final.stderr
+    assert_mirror_equals(db, expected)
+    assert landed >= trials // 2, f"only {landed} of {trials} signals landed mid-run"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "waiting_on",
+    ["stalled-body", "retry-after-100s", "silent-server", "start-of-run"],
+)
+def test_signal_while_waiting_on_something_slow(tmp_path, sig_world, waiting_on: str, sig) -> None:
+    faults = {
+        "stalled-body": FaultConfig(p_stall=1.0, stall_byte_delay=0.2),
+        "retry-after-100s": FaultConfig(p_429=1.0, retry_after=100),
+        "silent-server": FaultConfig(latency=30),
+        "start-of-run": FaultConfig(),
+    }[waiting_on]
+    db = tmp_path / "m.db"
+    with SimulatedAPI(sig_world, faults=faults) as api:
+        # the default deadline (120 s) and retries: only the signal can end this run soon
+        env = env_for(api.base_url)
+        for k in ("MIRROR_REQUEST_DEADLINE", "MIRROR_RETRY_ATTEMPTS", "MIRROR_RETRY_CAP"):
+            env.pop(k)
+        if waiting_on == "start-of-run":  # during the wait for the next whole second
+            o = run_cli(sync_args(db, "--since", "21h"), env, tmp_path / "out", kill_after=0.05,
+                        sig=sig, timeout=60)  # fmt: skip
+        elif waiting_on == "silent-server":  # (the server logs a call only once it answers)
+            o = run_cli(sync_args(db, "--since", "21h", "--max-concurrency", "1"), env,
+                        tmp_path / "out", kill_after=1.5, sig=sig, timeout=60,
+                        no_second_wait=True)  # fmt: skip
+        else:
+            o = run_cli(sync_args(db, "--since", "21h", "--max-concurrency", "1"), env,
+                        tmp_path / "out", kill_after=0.5, sig=sig, timeout=60,
+                        after=lambda: len(api.log) > 0, no_second_wait=True)  # fmt: skip
+    where = f"{signal.Signals(sig).name} while waiting on {waiting_on}"
+    assert o.signalled, f"{where}: the run had ended before the signal ({o.code}: {o.stderr})"
+    assert o.code == 130, f"{where}: exit {o.code}: {o.stderr[-1500:]}"
+    assert o.stderr.strip() == INTERRUPTED, f"{where}: stderr {o.stderr[-1500:]!r}"
+    check_consistent(db, listable(sig_world), sig_world.config.filter_field, context=where)

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from e2e.harness import FIELDS, integrity_ok, mirror_rows, server_record
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -477,6 +478,7 @@ EXAMPLES = int(os.environ.get("MIRROR_SM_EXAMPLES", "200"))
 STEPS = int(os.environ.get("MIRROR_SM_STEPS", "8"))
 
 
+@pytest.mark.timeout(1200)  # hundreds of sequences: longer than the suite's per-test limit
 def test_state_machine_mixing_faults_kills_and_changes() -> None:
     with SimulatedAPI(generate_world(seed=0, now=T0, days=0.01)) as api:
         MirrorMachine.api = api

@@ -155,6 +155,11 @@ def _setup_logging(verbose: int) -> None:
     root.propagate = False
     # httpx logs every request at INFO; ours (mirror.api) already do, without headers
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # SQLAlchemy's pool logs (with a traceback) a connection it failed to close, e.g. when
+    # Ctrl-C lands right then; the user gets our one line instead
+    sa_log = logging.getLogger("sqlalchemy")
+    sa_log.handlers[:] = [logging.NullHandler()]
+    sa_log.propagate = False
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
@@ -182,19 +187,26 @@ def cli() -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C."""
+    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    fired: list[int] = []
 
-    old = signal.signal(signal.SIGTERM, handler)
+    def handler(signum: int, frame: Any) -> None:
+        # once: a second Ctrl-C must not break the cleanup that records the run's outcome
+        if not fired:
+            fired.append(signum)
+            raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, handler)
+    old_int = signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def _env_float(name: str, default: float) -> float:

@@ -390,26 +390,28 @@ class Syncer:
         self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes
-        report.run_id = self.store.start_run(opts.targets, started)
-        self._known_targets = set(self.store.targets())
         t0 = time.monotonic()
+        report.run_id = self.store.start_run(opts.targets, started)
         tasks: list[_Walk | _Refresh] = []
         tails: dict[str, datetime] = {}
-        for target in opts.targets:
-            windows, tail = plan_target(self.store, target, opts, now)
-            tails[target] = tail
-            tasks.extend(_Walk(target, w) for w in windows)
-            report.windows_planned += len(windows)
-            stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
-            for i in range(0, len(stale), 50):
-                tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
-            report.refreshed += len(stale)
-        self.client.sleep = self._sleep
         error: BaseException | None = None
-        pool = ThreadPoolExecutor(
-            max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
-        )
+        pool: ThreadPoolExecutor | None = None
         try:
+            # planning is inside the try, so an interrupt here is still recorded as such
+            self._known_targets = set(self.store.targets())
+            for target in opts.targets:
+                windows, tail = plan_target(self.store, target, opts, now)
+                tails[target] = tail
+                tasks.extend(_Walk(target, w) for w in windows)
+                report.windows_planned += len(windows)
+                stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
+                for i in range(0, len(stale), 50):
+                    tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
+                report.refreshed += len(stale)
+            self.client.sleep = self._sleep
+            pool = ThreadPoolExecutor(
+                max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
+            )
             outstanding = 0
             for t in tasks:
                 pool.submit(self._work, t)
@@ -441,7 +443,8 @@ class Syncer:
         finally:
             self._stop.set()
             self._writer_gone.set()
-            pool.shutdown(wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True)
             report.pages = self.client.stats.pages
             report.api_calls = self.client.stats.attempts
             report.seconds = time.monotonic() - t0

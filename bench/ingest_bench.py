@@ -10,14 +10,16 @@ Every run starts from a copy of one freshly migrated database (``Store.open``: e
 revision present, so the same indexes and triggers on both sides) and commits every 10,000
 rows, as the sync's writer does.
 
-- mirror: ``Store.upsert`` in ``engine.begin()``, the sync's writer path (SQLAlchemy Core,
-  ``exec_driver_sql`` executemany, honest inserted/updated counts);
-- raw: ``sqlite3`` executemany of a plain ``INSERT … ON CONFLICT(request_id) DO UPDATE … WHERE``
-  a value changed, the same PRAGMAs, ``BEGIN IMMEDIATE`` / ``COMMIT`` around each batch.
+- mirror: ``Store.upsert`` in ``engine.begin()``, the sync's writer path (SQLAlchemy Core
+  ``exec_driver_sql``, multi-row statements, honest inserted/updated counts);
+- raw: ``sqlite3`` executemany of a plain ``INSERT … ON CONFLICT(request_id) DO UPDATE …
+  WHERE`` a value changed, the same PRAGMAs (``mirror.store._sqlite_on_connect``),
+  ``BEGIN IMMEDIATE`` / ``COMMIT`` around each batch.
 
-Figures: new rows/s and unchanged-resync rows/s (median of ``--runs``), their ratio, and
-the decoding rate (page bytes -> row tuples). Then what each index and trigger set costs a
-raw ingest of new rows, measured by dropping it from a copy of the database.
+Figures: new rows/s and unchanged-resync rows/s (median of ``--runs``), their ratio, raw
+sqlite3 with the same multi-row statements as mirror (info), and the decoding rate (page
+bytes -> row tuples). Then what each index and trigger set costs mirror's ingest of new
+rows, measured by dropping it from a copy of the database.
 Target: mirror >= 50% of raw on new rows.
 """
 
@@ -120,10 +122,11 @@ def fresh(tpl: Path, name: str) -> Path:
 
 
 def raw_connect(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection with exactly the PRAGMAs mirror's engine sets."""
+    from mirror.store import _sqlite_on_connect
+
     con = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
-                   "cache_size = -65536", "foreign_keys = ON"):  # fmt: skip
-        con.execute(f"PRAGMA {pragma}")
+    _sqlite_on_connect(con, None)
     return con
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mirror.simulator import SimulatedAPI, generate_world
+from mirror.simulator import FaultConfig, SimulatedAPI, generate_world
 
 from .helpers import SIM_ENDPOINTS, read_all, sim_env, sync_args
 from .test_maintenance import check_exact
@@ -33,7 +33,8 @@ def test_the_shell_and_mirror_read_while_a_sync_writes(tmp_path, run_cli):
     db = tmp_path / "live.db"
     world = generate_world(seed=8, now=datetime.now(UTC), days=4.5, endpoints=SIM_ENDPOINTS,
                            requests_per_hour=500)  # fmt: skip
-    with SimulatedAPI(world) as api:
+    # 20 ms per page keeps the (fast) sync going long enough for several rounds of reads
+    with SimulatedAPI(world, faults=FaultConfig(latency=0.02)) as api:
         sync = subprocess.Popen(
             [sys.executable, "-m", "mirror", *sync_args(db, days=4)],
             env=sim_env(api.base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

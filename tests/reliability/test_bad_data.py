@@ -130,6 +130,14 @@ def _hostile(
         env = env_for(api.base_url, MIRROR_RETRY_ATTEMPTS="3")
         o = run_cli(args, env, tmp_path / "out", no_second_wait=True)
         where = f"bad_data={mode} (p={faults.p_bad_data})"
+        hostile = [e for e in api.log if e.fault and e.fault.startswith("bad:")]
+        if (o.code == 0 and mode == "repeat_cursor"
+                and all("cursor" not in e.params for e in hostile)):  # fmt: skip
+            # a "repeating" cursor on a window's first page is Mg==, the true next cursor:
+            # indistinguishable from a good page and harmless, so success is right if the
+            # mirror is exactly the server's
+            assert_mirror_equals(db, expected, context=f"{where}, served only on first pages")
+            return {"stored_before_clean_run": len(stored_ids(db))}
         if o.code == 0 and faults.p_bad_data < 1:
             pytest.fail(f"{where}: the run succeeded although hostile pages were served: "
                         f"{[e.fault for e in api.log if e.fault]}")  # fmt: skip

@@ -58,14 +58,15 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(fd)
+                    holder = _read_holder(fd, settle=0.5)
                     raise LockedError(
                         f"another mirror sync{f' (pid {holder})' if holder else ''} is writing "
                         f"{db_path} (a sync, a repair or a migration); try again later, or pass --wait"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # one fixed-width write, never a truncate first: a process that finds the lock busy
+        # never reads an empty file from a holder that has been running for a while
+        os.pwrite(fd, f"{os.getpid():<20}\n".encode(), 0)
         with _held_guard:
             _held[key] = 1
         try:
@@ -77,8 +78,15 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 32, 0).decode().strip()
-    except OSError:
-        return ""
+def _read_holder(fd: int, *, settle: float = 0.0) -> str:
+    """The holder's PID, waiting up to ``settle`` s for a holder that has only just taken the
+    lock (it writes its PID right after the ``flock``)."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        except OSError:
+            return ""
+        if holder.isdigit() or time.monotonic() >= deadline:
+            return holder if holder.isdigit() else ""
+        time.sleep(0.01)

@@ -33,11 +33,113 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
 from mirror.errors import SchemaTooNewError, StoreError
-from mirror.timeparse import to_text
+from mirror.timeparse import from_text, to_text
+
+# --------------------------------------------------------------------------- dialects
+#
+# SQLite is the default, PostgreSQL the engine teams outgrow it into. Everything that differs
+# between the two lives here: column types, the hour/day of a timestamp, the upsert, locking.
+# The rest of mirror sees one convention on both: timestamps are canonical UTC text, payloads
+# are JSON text.
+
+
+class Instant(sa.types.TypeDecorator[str]):
+    """A UTC instant: canonical text (``2026-11-28T10:00:08.123456Z``) on SQLite, where text
+    order is time order; ``timestamptz`` on PostgreSQL. Python always sees the text."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" and isinstance(value, str):
+            return from_text(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" and isinstance(value, datetime):
+            return to_text(value)
+        return value
+
+
+class JsonText(sa.types.TypeDecorator[str]):
+    """A JSON document: its text on SQLite, ``jsonb`` on PostgreSQL. Python sees JSON text
+    (PostgreSQL's rendering of it: ``jsonb`` keeps the value, not the spacing or key order)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.Text())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # the text is JSON already: handed to the driver as it is (see make_engine)
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return None
+
+
+class hour_of(sa.sql.functions.GenericFunction[str]):
+    """The hour of a timestamp as text, ``YYYY-MM-DDTHH`` (UTC)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+class day_of(sa.sql.functions.GenericFunction[str]):
+    """The day of a timestamp as text, ``YYYY-MM-DD`` (UTC)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(hour_of)
+def _hour_sqlite(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 13)"
+
+
+@compiles(day_of)
+def _day_sqlite(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
+
+
+@compiles(hour_of, "postgresql")
+def _hour_pg(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')"
+
+
+@compiles(day_of, "postgresql")
+def _day_pg(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+def is_postgresql(db: str) -> bool:
+    return is_url(db) and sa.engine.make_url(normalize_url(db)).get_backend_name() == "postgresql"
+
+
+def normalize_url(db: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3, the driver mirror ships with."""
+    for prefix in ("postgresql://", "postgres://"):
+        if db.startswith(prefix):
+            return "postgresql+psycopg://" + db[len(prefix) :]
+    return db
+
 
 metadata = sa.MetaData()
 
@@ -48,17 +150,17 @@ requests = sa.Table(
     sa.Column("request_id", sa.Text, primary_key=True),
     sa.Column("endpoint_id", sa.Text, nullable=False),
     sa.Column("runner_id", sa.Text),
-    sa.Column("sent_at", sa.Text, nullable=False),
-    sa.Column("started_at", sa.Text),
-    sa.Column("ended_at", sa.Text),
+    sa.Column("sent_at", Instant, nullable=False),
+    sa.Column("started_at", Instant),
+    sa.Column("ended_at", Instant),
     sa.Column("status_code", sa.Integer),
     sa.Column("duration", sa.Float),
     sa.Column("billable_units", sa.Float),
-    sa.Column("json_input", sa.Text),
-    sa.Column("json_output", sa.Text),
+    sa.Column("json_input", JsonText),
+    sa.Column("json_output", JsonText),
     sa.Column("status", sa.Text, nullable=False),
-    sa.Column("first_seen_at", sa.Text, nullable=False),
-    sa.Column("last_changed_at", sa.Text, nullable=False),
+    sa.Column("first_seen_at", Instant, nullable=False),
+    sa.Column("last_changed_at", Instant, nullable=False),
 )
 
 #: one row per sync target: an endpoint id exactly as the user gave it
@@ -66,7 +168,7 @@ sync_targets = sa.Table(
     "sync_targets",
     metadata,
     sa.Column("target", sa.Text, primary_key=True),
-    sa.Column("added_at", sa.Text, nullable=False),
+    sa.Column("added_at", Instant, nullable=False),
 )
 
 #: one row per coalesced completed interval [window_start, window_end) of a target
@@ -74,9 +176,9 @@ sync_windows = sa.Table(
     "sync_windows",
     metadata,
     sa.Column("target", sa.Text, primary_key=True),
-    sa.Column("window_start", sa.Text, primary_key=True),
-    sa.Column("window_end", sa.Text, nullable=False),
-    sa.Column("completed_at", sa.Text, nullable=False),
+    sa.Column("window_start", Instant, primary_key=True),
+    sa.Column("window_end", Instant, nullable=False),
+    sa.Column("completed_at", Instant, nullable=False),
 )
 
 #: one row per `mirror sync` run
@@ -84,8 +186,8 @@ sync_runs = sa.Table(
     "sync_runs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("started_at", sa.Text, nullable=False),
-    sa.Column("ended_at", sa.Text),
+    sa.Column("started_at", Instant, nullable=False),
+    sa.Column("ended_at", Instant),
     sa.Column("outcome", sa.Text, nullable=False),
     sa.Column("targets", sa.Text, nullable=False),
     sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
@@ -101,7 +203,7 @@ sync_rechecks = sa.Table(
     metadata,
     sa.Column("target", sa.Text, primary_key=True),
     sa.Column("tier", sa.Text, primary_key=True),
-    sa.Column("checked_at", sa.Text, nullable=False),
+    sa.Column("checked_at", Instant, nullable=False),
 )
 
 #: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
@@ -181,7 +283,7 @@ def make_engine(db: str) -> Engine:
     """An engine for a path or URL; SQLite files are created private to the user."""
     path = sqlite_path(db)
     if path is None:
-        return sa.create_engine(db, pool_pre_ping=True)
+        return _server_engine(db)
     if path.exists() and path.is_dir():
         raise StoreError(f"{path} is a directory, not a database file")
     if not path.parent.exists():
@@ -199,6 +301,40 @@ def make_engine(db: str) -> Engine:
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _server_engine(db: str) -> Engine:
+    url = sa.engine.make_url(normalize_url(db))
+    if url.get_backend_name() != "postgresql":
+        raise StoreError(
+            f"unsupported database {url.get_backend_name()!r}: --db takes a SQLite file path, "
+            "sqlite:///PATH, or postgresql+psycopg://USER@HOST/DBNAME"
+        )
+    if url.get_driver_name() != "psycopg":
+        raise StoreError(
+            f"driver {url.get_driver_name()!r} is not supported: use postgresql+psycopg://…"
+        )
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise StoreError(
+            "PostgreSQL needs the driver: pip install 'fal-mirror[postgresql]' (psycopg 3)"
+        ) from None
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
+    event.listen(engine, "connect", _pg_on_connect)
+    return engine
+
+
+def _pg_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    from psycopg.types.string import TextLoader
+
+    # JSON columns arrive as their text, like SQLite's (mirror parses JSON only where needed)
+    for name in ("json", "jsonb"):
+        dbapi_conn.adapters.register_loader(name, TextLoader)
+    with dbapi_conn.cursor() as cur:
+        # timestamps printed by the server (psql, mirror sql) in UTC, like the stored text
+        cur.execute("SET TIME ZONE 'UTC'")
+    dbapi_conn.commit()
 
 
 def _preflight(path: Path) -> None:
@@ -326,16 +462,28 @@ def upgrade(engine: Engine, db: str, *, lock_wait: float = 10.0) -> bool:
             return False
         _check_foreign(engine, rev, db)
         path = sqlite_path(db)
-        ctx = lock.hold(path, wait=lock_wait) if path is not None else contextlib.nullcontext()
-        with ctx:
+        if path is None:
+            # PostgreSQL: DDL is transactional; a transaction-scoped advisory lock makes
+            # several machines upgrading at once take turns, and the last ones find it done
+            with engine.begin() as conn:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+                if current_revision(conn) == head:
+                    return False
+                command.upgrade(_alembic_config(conn), "head")
+            return True
+        with lock.hold(path, wait=lock_wait):
             rev, head = schema_state(engine)  # another process may have upgraded meanwhile
             if rev == head:
                 return False
-            if path is not None and rev is not None:
+            if rev is not None:
                 backup_sqlite(engine, path.with_name(f"{path.name}.bak-{rev}"))
             with engine.begin() as conn:
                 command.upgrade(_alembic_config(conn), "head")
         return True
+
+
+#: PostgreSQL advisory lock keys (64-bit): one for migrations; sync targets hash their names
+MIGRATION_LOCK_KEY = 0x6D6972726F720001  # "mirror" + 1
 
 
 def backup_sqlite(engine: Engine, dest: Path) -> None:
@@ -475,22 +623,8 @@ class Store:
         # In ended_at order (unfinished rows first): new rows then land side by side in the
         # time indexes instead of on scattered pages (bench/ingest_bench.py).
         ordered = sorted(by_id.values(), key=_ended_at)
-        if self.dialect != "sqlite":
-            existing = 0
-            ids = list(by_id)
-            for i in range(0, len(ids), 500):
-                existing += conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(requests)
-                    .where(requests.c.request_id.in_(ids[i : i + 500]))
-                ).scalar_one()
-            params = [(*r, now, now) for r in ordered]
-            cur = conn.exec_driver_sql(self._upsert_statement(payloads, billing), params)
-            changed = (
-                cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(params)
-            )
-            inserted = len(ids) - existing
-            return UpsertResult(inserted, max(0, changed - inserted))
+        if self.dialect == "postgresql":
+            return self._upsert_pg(conn, ordered, payloads=payloads, billing=billing, now=now)
         # SQLite: many rows per statement, not one statement per row (executemany). Triggers
         # make SQLite open a statement savepoint per statement, and FTS5 writes its pending
         # terms out at every savepoint: row by row that is one tiny segment per row to merge
@@ -514,6 +648,32 @@ class Store:
             changed += conn.exec_driver_sql(sql, flat).rowcount
         inserted = (conn.exec_driver_sql(_MAX_ROWID).scalar() or 0) - before
         return UpsertResult(inserted, changed - inserted)
+
+    def _upsert_pg(
+        self,
+        conn: Connection,
+        ordered: Sequence[tuple[Any, ...]],
+        *,
+        payloads: bool,
+        billing: bool,
+        now: str,
+    ) -> UpsertResult:
+        """PostgreSQL: multi-row statements too, counted by ``RETURNING (xmax = 0)``.
+
+        A row comes back when it was inserted (``xmax`` 0) or actually updated; one whose
+        values did not change is skipped by the upsert's WHERE and returns nothing.
+        """
+        inserted = updated = 0
+        most = ROWS_PER_STATEMENT
+        for chunk in _chunks(len(ordered), most):
+            sql = self._upsert_statement(payloads, billing, chunk.stop - chunk.start)
+            flat = tuple(chain.from_iterable(map(add, ordered[chunk], repeat((now, now)))))
+            for (fresh,) in conn.exec_driver_sql(sql + " RETURNING (xmax = 0)", flat):
+                if fresh:
+                    inserted += 1
+                else:
+                    updated += 1
+        return UpsertResult(inserted, updated)
 
     # -- targets and windows ------------------------------------------------------------
 
@@ -587,7 +747,7 @@ class Store:
     def hourly_counts(self, target: str, start: str, end: str) -> dict[str, int]:
         """Rows the mirror holds per hour of ``ended_at`` (hour as ``YYYY-MM-DDTHH``)."""
         r = requests.c
-        hour = sa.func.substr(r.ended_at, 1, 13)
+        hour = hour_of(r.ended_at)
         q = (
             sa.select(hour, sa.func.count())
             .where(target_clause(target), r.ended_at >= start, r.ended_at < end)

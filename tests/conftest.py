@@ -25,3 +25,73 @@ def _isolate(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+#
+# PostgreSQL tests run against a real server: the one MIRROR_TEST_PG points at (`.ci/run`
+# installs and starts one with `.ci/postgres`), or else a local server on the default socket.
+# They skip when none can be reached, except with MIRROR_REQUIRE_PG set (CI), where they fail.
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+
+PG_DEFAULT = f"postgresql+psycopg://{os.environ.get('USER', 'root')}@/postgres?host=/var/run/postgresql"
+
+
+def _pg_admin_url() -> str | None:
+    import sqlalchemy as sa
+
+    url = os.environ.get("MIRROR_TEST_PG") or PG_DEFAULT
+    try:
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001 - any failure to reach the server means "no server"
+        if os.environ.get("MIRROR_REQUIRE_PG"):
+            pytest.fail(f"PostgreSQL required (MIRROR_REQUIRE_PG) but unreachable at {url}: {e}")
+        return None
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> str:
+    url = _pg_admin_url()
+    if url is None:
+        pytest.skip("no PostgreSQL server (set MIRROR_TEST_PG, or run .ci/postgres)")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_admin: str) -> str:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    yield from _fresh_pg_database(pg_admin)
+
+
+def _fresh_pg_database(admin: str):  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    name = f"mirror_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield str(sa.engine.make_url(admin).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """The mirror database as `--db` takes it, once per backend: a SQLite file, then a fresh
+    PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "m.db")
+    admin = request.getfixturevalue("pg_admin")
+    gen = _fresh_pg_database(admin)
+    url = next(gen)
+    request.addfinalizer(lambda: next(gen, None))
+    return url

@@ -7,6 +7,12 @@ Create Date: 2026-11-28
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
+
+#: a UTC instant: canonical ISO-8601 text on SQLite (text order is time order), timestamptz on
+#: PostgreSQL; a JSON document: its text on SQLite, jsonb on PostgreSQL (see mirror.store)
+INSTANT = sa.Text().with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
+JSON = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
 
 revision = "0001"
 down_revision = None
@@ -20,17 +26,17 @@ def upgrade() -> None:
         sa.Column("request_id", sa.Text, primary_key=True),
         sa.Column("endpoint_id", sa.Text, nullable=False),
         sa.Column("runner_id", sa.Text),
-        sa.Column("sent_at", sa.Text, nullable=False),
-        sa.Column("started_at", sa.Text),
-        sa.Column("ended_at", sa.Text),
+        sa.Column("sent_at", INSTANT, nullable=False),
+        sa.Column("started_at", INSTANT),
+        sa.Column("ended_at", INSTANT),
         sa.Column("status_code", sa.Integer),
         sa.Column("duration", sa.Float),
         sa.Column("billable_units", sa.Float),
-        sa.Column("json_input", sa.Text),
-        sa.Column("json_output", sa.Text),
+        sa.Column("json_input", JSON),
+        sa.Column("json_output", JSON),
         sa.Column("status", sa.Text, nullable=False),
-        sa.Column("first_seen_at", sa.Text, nullable=False),
-        sa.Column("last_changed_at", sa.Text, nullable=False),
+        sa.Column("first_seen_at", INSTANT, nullable=False),
+        sa.Column("last_changed_at", INSTANT, nullable=False),
     )
     # the everyday query path: one endpoint over a time range, covering status and duration
     op.create_index(
@@ -50,20 +56,20 @@ def upgrade() -> None:
     op.create_table(
         "sync_targets",
         sa.Column("target", sa.Text, primary_key=True),
-        sa.Column("added_at", sa.Text, nullable=False),
+        sa.Column("added_at", INSTANT, nullable=False),
     )
     op.create_table(
         "sync_windows",
         sa.Column("target", sa.Text, primary_key=True),
-        sa.Column("window_start", sa.Text, primary_key=True),
-        sa.Column("window_end", sa.Text, nullable=False),
-        sa.Column("completed_at", sa.Text, nullable=False),
+        sa.Column("window_start", INSTANT, primary_key=True),
+        sa.Column("window_end", INSTANT, nullable=False),
+        sa.Column("completed_at", INSTANT, nullable=False),
     )
     op.create_table(
         "sync_runs",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("started_at", sa.Text, nullable=False),
-        sa.Column("ended_at", sa.Text),
+        sa.Column("started_at", INSTANT, nullable=False),
+        sa.Column("ended_at", INSTANT),
         sa.Column("outcome", sa.Text, nullable=False),
         sa.Column("targets", sa.Text, nullable=False),
         sa.Column("pages", sa.Integer, nullable=False, server_default="0"),

@@ -31,8 +31,10 @@ What this adds, and why each piece is shaped the way it is:
 - Views for browsing: ``request_log`` (readable requests), ``hourly_summary``,
   ``daily_summary`` and ``daily_usage``.
 
-FTS5, the triggers, the summary table and the views are SQLite-only here; their PostgreSQL
-equivalents (tsvector + GIN index, trigger functions, views) come with the PostgreSQL issue.
+On PostgreSQL the same pieces, in its own terms: the text search is a GIN index over
+``to_tsvector('simple', …)`` of both payloads (the expression ``mirror.store`` searches with),
+``summary_hourly`` is kept by one plpgsql trigger function (the same integer sums), and the
+views have the same names and columns (``request_log`` without SQLite's ``rowid``).
 """
 
 from alembic import op
@@ -188,6 +190,136 @@ SQLITE_DOWN = [
 ]
 
 
+# ---- PostgreSQL
+
+#: the searched document; mirror.store.PG_SEARCH_DOCUMENT is this same expression
+_PG_DOCUMENT = (
+    "to_tsvector('simple'::regconfig, "
+    "COALESCE(json_input::text, '') || ' ' || COALESCE(json_output::text, ''))"
+)
+#: float -> integer millionths, rounding half away from zero exactly as SQLite's round()
+_PG_MICRO = "trunc({x} * 1000000 + CASE WHEN {x} < 0 THEN -0.5 ELSE 0.5 END)::bigint"
+_PG_HOUR = "date_trunc('hour', {t}, 'UTC')"
+
+PG_UP = [
+    f"CREATE INDEX ix_requests_search ON requests USING gin ({_PG_DOCUMENT})",
+    """CREATE TABLE summary_hourly (
+        hour timestamptz NOT NULL,
+        endpoint_id text NOT NULL,
+        status text NOT NULL,
+        requests bigint NOT NULL,
+        durations bigint NOT NULL,
+        duration_us bigint NOT NULL,
+        billed bigint NOT NULL,
+        billable_micro bigint NOT NULL,
+        PRIMARY KEY (hour, endpoint_id, status)
+    )""",
+    f"""INSERT INTO summary_hourly
+    SELECT {_PG_HOUR.format(t="ended_at")} AS h, endpoint_id, status, count(*),
+           count(duration), COALESCE(sum({_PG_MICRO.format(x="duration")}), 0),
+           count(billable_units), COALESCE(sum({_PG_MICRO.format(x="billable_units")}), 0)
+    FROM requests WHERE ended_at IS NOT NULL GROUP BY h, endpoint_id, status""",
+    f"""CREATE FUNCTION requests_summary() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.ended_at IS NOT NULL THEN
+            UPDATE summary_hourly SET
+                requests = requests - 1,
+                durations = durations - (OLD.duration IS NOT NULL)::int,
+                duration_us = duration_us - COALESCE({_PG_MICRO.format(x="OLD.duration")}, 0),
+                billed = billed - (OLD.billable_units IS NOT NULL)::int,
+                billable_micro = billable_micro
+                    - COALESCE({_PG_MICRO.format(x="OLD.billable_units")}, 0)
+            WHERE hour = {_PG_HOUR.format(t="OLD.ended_at")}
+              AND endpoint_id = OLD.endpoint_id AND status = OLD.status;
+            DELETE FROM summary_hourly
+            WHERE hour = {_PG_HOUR.format(t="OLD.ended_at")}
+              AND endpoint_id = OLD.endpoint_id AND status = OLD.status AND requests = 0;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.ended_at IS NOT NULL THEN
+            INSERT INTO summary_hourly AS s VALUES (
+                {_PG_HOUR.format(t="NEW.ended_at")}, NEW.endpoint_id, NEW.status, 1,
+                (NEW.duration IS NOT NULL)::int,
+                COALESCE({_PG_MICRO.format(x="NEW.duration")}, 0),
+                (NEW.billable_units IS NOT NULL)::int,
+                COALESCE({_PG_MICRO.format(x="NEW.billable_units")}, 0))
+            ON CONFLICT (hour, endpoint_id, status) DO UPDATE SET
+                requests = s.requests + 1,
+                durations = s.durations + excluded.durations,
+                duration_us = s.duration_us + excluded.duration_us,
+                billed = s.billed + excluded.billed,
+                billable_micro = s.billable_micro + excluded.billable_micro;
+        END IF;
+        RETURN NULL;
+    END
+    $$""",
+    """CREATE TRIGGER requests_summary_insert_delete AFTER INSERT OR DELETE ON requests
+    FOR EACH ROW EXECUTE FUNCTION requests_summary()""",
+    """CREATE TRIGGER requests_summary_update
+    AFTER UPDATE OF endpoint_id, ended_at, status, duration, billable_units ON requests
+    FOR EACH ROW WHEN (OLD.endpoint_id IS DISTINCT FROM NEW.endpoint_id
+        OR OLD.ended_at IS DISTINCT FROM NEW.ended_at OR OLD.status IS DISTINCT FROM NEW.status
+        OR OLD.duration IS DISTINCT FROM NEW.duration
+        OR OLD.billable_units IS DISTINCT FROM NEW.billable_units)
+    EXECUTE FUNCTION requests_summary()""",
+    """CREATE VIEW request_log AS
+    SELECT request_id, endpoint_id, status, status_code, sent_at, started_at, ended_at,
+           round(extract(epoch FROM started_at - sent_at), 3) AS queued_s,
+           duration AS duration_s, billable_units,
+           CASE WHEN jsonb_typeof(json_input) = 'object' THEN json_input ->> 'prompt' END
+               AS prompt,
+           runner_id, json_input, json_output, first_seen_at, last_changed_at
+    FROM requests""",
+    """CREATE VIEW hourly_summary AS
+    SELECT hour, endpoint_id, status, requests,
+           round(duration_us / 1e6, 6) AS duration_s_total,
+           CASE WHEN durations > 0 THEN round(duration_us / 1e6 / durations, 3) END
+               AS duration_s_avg,
+           round(billable_micro / 1e6, 6) AS billable_units
+    FROM summary_hourly""",
+    """CREATE VIEW daily_summary AS
+    SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, endpoint_id, status,
+           sum(requests) AS requests,
+           round(sum(duration_us) / 1e6, 6) AS duration_s_total,
+           CASE WHEN sum(durations) > 0
+                THEN round(sum(duration_us) / 1e6 / sum(durations), 3) END AS duration_s_avg,
+           round(sum(billable_micro) / 1e6, 6) AS billable_units
+    FROM summary_hourly GROUP BY 1, endpoint_id, status""",
+    """CREATE VIEW daily_usage AS
+    SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, endpoint_id,
+           sum(requests) AS requests,
+           sum(CASE WHEN status = 'success' THEN requests ELSE 0 END) AS success,
+           sum(CASE WHEN status = 'user_error' THEN requests ELSE 0 END) AS user_error,
+           sum(CASE WHEN status = 'error' THEN requests ELSE 0 END) AS error,
+           round(1.0 * sum(CASE WHEN status = 'error' THEN requests ELSE 0 END)
+                 / sum(requests), 4) AS error_rate,
+           round(1.0 * sum(CASE WHEN status = 'user_error' THEN requests ELSE 0 END)
+                 / sum(requests), 4) AS user_error_rate,
+           CASE WHEN sum(durations) > 0
+                THEN round(sum(duration_us) / 1e6 / sum(durations), 3) END AS duration_s_avg,
+           round(sum(billable_micro) / 1e6, 6) AS billable_units
+    FROM summary_hourly GROUP BY 1, endpoint_id""",
+]
+
+PG_DOWN = [
+    "DROP VIEW daily_usage",
+    "DROP VIEW daily_summary",
+    "DROP VIEW hourly_summary",
+    "DROP VIEW request_log",
+    "DROP TRIGGER requests_summary_update ON requests",
+    "DROP TRIGGER requests_summary_insert_delete ON requests",
+    "DROP FUNCTION requests_summary()",
+    "DROP TABLE summary_hourly",
+    "DROP INDEX ix_requests_search",
+]
+
+
+def _run_all(statements: list[str]) -> None:
+    bind = op.get_bind()
+    for stmt in statements:
+        # driver-level: the SQL holds ':00:00Z', which sa.text() would read as a parameter
+        bind.exec_driver_sql(stmt)
+
+
 def upgrade() -> None:
     op.drop_index("ix_requests_endpoint_ended", table_name="requests")
     op.create_index(
@@ -197,19 +329,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_requests_status_ended", "requests", ["status", "ended_at"])
     op.create_index("ix_requests_sent_at", "requests", ["sent_at"])
-    if op.get_context().dialect.name == "sqlite":
-        bind = op.get_bind()
-        for stmt in SQLITE_UP:
-            # driver-level: the SQL holds ':00:00Z', which sa.text() would read as a parameter
-            bind.exec_driver_sql(stmt)
-    # PostgreSQL: full-text search, summaries and views come with the PostgreSQL issue.
+    dialect = op.get_context().dialect.name
+    if dialect == "sqlite":
+        _run_all(SQLITE_UP)
+    elif dialect == "postgresql":
+        _run_all(PG_UP)
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == "sqlite":
-        bind = op.get_bind()
-        for stmt in SQLITE_DOWN:
-            bind.exec_driver_sql(stmt)
+    dialect = op.get_context().dialect.name
+    if dialect == "sqlite":
+        _run_all(SQLITE_DOWN)
+    elif dialect == "postgresql":
+        _run_all(PG_DOWN)
     op.drop_index("ix_requests_sent_at", table_name="requests")
     op.drop_index("ix_requests_status_ended", table_name="requests")
     op.drop_index("ix_requests_endpoint_ended", table_name="requests")

@@ -7,6 +7,9 @@ Create Date: 2026-11-28
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
+
+INSTANT = sa.Text().with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
 
 revision = "0003"
 down_revision = "0002"
@@ -20,7 +23,7 @@ def upgrade() -> None:
         "sync_rechecks",
         sa.Column("target", sa.Text, primary_key=True),
         sa.Column("tier", sa.Text, primary_key=True),
-        sa.Column("checked_at", sa.Text, nullable=False),
+        sa.Column("checked_at", INSTANT, nullable=False),
     )
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
-from mirror.errors import SchemaTooNewError, StoreError
+from mirror.errors import ConfigError, SchemaTooNewError, StoreError
 from mirror.timeparse import from_text, to_text
 
 # --------------------------------------------------------------------------- dialects
@@ -246,7 +246,10 @@ def sqlite_path(db: str) -> Path | None:
     """The file behind a ``--db`` value, or None for a server database."""
     if not is_url(db):
         return Path(db)
-    url = sa.engine.make_url(db)
+    try:
+        url = sa.engine.make_url(db)
+    except (sa.exc.ArgumentError, ValueError):
+        return None  # not a file; server_engine says what is wrong with the URL
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         return Path(url.database)
     return None
@@ -283,7 +286,7 @@ def make_engine(db: str) -> Engine:
     """An engine for a path or URL; SQLite files are created private to the user."""
     path = sqlite_path(db)
     if path is None:
-        return _server_engine(db)
+        return server_engine(db, pool_size=4)
     if path.exists() and path.is_dir():
         raise StoreError(f"{path} is a directory, not a database file")
     if not path.parent.exists():
@@ -303,15 +306,33 @@ def make_engine(db: str) -> Engine:
     return engine
 
 
-def _server_engine(db: str) -> Engine:
-    url = sa.engine.make_url(normalize_url(db))
+def display_db(db: str) -> str:
+    """A ``--db`` value fit for messages: a URL's password masked."""
+    if not is_url(db):
+        return db
+    try:
+        return sa.engine.make_url(db).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return db.split("://", 1)[0] + "://…"
+
+
+def server_engine(db: str, **kw: Any) -> Engine:
+    """An engine for a database server URL (PostgreSQL through psycopg 3), or a StoreError
+    naming what is wrong with the URL."""
+    try:
+        url = sa.engine.make_url(normalize_url(db))
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError(
+            f"{display_db(db)} is not a database URL: --db takes a SQLite file path, "
+            "sqlite:///PATH, or postgresql+psycopg://USER@HOST/DBNAME"
+        ) from None
     if url.get_backend_name() != "postgresql":
-        raise StoreError(
+        raise ConfigError(
             f"unsupported database {url.get_backend_name()!r}: --db takes a SQLite file path, "
             "sqlite:///PATH, or postgresql+psycopg://USER@HOST/DBNAME"
         )
     if url.get_driver_name() != "psycopg":
-        raise StoreError(
+        raise ConfigError(
             f"driver {url.get_driver_name()!r} is not supported: use postgresql+psycopg://…"
         )
     try:
@@ -320,7 +341,8 @@ def _server_engine(db: str) -> Engine:
         raise StoreError(
             "PostgreSQL needs the driver: pip install 'fal-mirror[postgresql]' (psycopg 3)"
         ) from None
-    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
+    kw.setdefault("pool_pre_ping", True)
+    engine = sa.create_engine(url, **kw)
     event.listen(engine, "connect", _pg_on_connect)
     return engine
 
@@ -375,7 +397,9 @@ def translate_errors(path: str) -> Iterator[None]:
 
 
 def describe_db_error(err: BaseException | None, path: str) -> str:
-    text = str(err) if err is not None else "unknown database error"
+    path = display_db(path)
+    # one line: server errors come with indented hints on lines of their own
+    text = " ".join(str(err).split()) if err is not None else "unknown database error"
     low = text.lower()
     if "database or disk is full" in low or "disk i/o error" in low:
         return f"{path}: disk full or I/O error ({text}); free space and run again, nothing committed is lost"

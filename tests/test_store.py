@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mirror.errors import SchemaTooNewError, StoreError
-from mirror.store import API_FIELDS, Store, derive_status, metadata
+from mirror.store import Store, derive_status, metadata, requests
 
 T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
 
@@ -48,19 +49,24 @@ def upsert(store, rows, now=T1, payloads=True, billing=True):
         return store.upsert(conn, rows, payloads=payloads, billing=billing, now=now)
 
 
+def norm(r):
+    """A row with its JSON payloads decoded: PostgreSQL's jsonb keeps values, not spacing."""
+    return (*r[:9], *(json.loads(v) if v is not None else None for v in r[9:11]), *r[11:])
+
+
 def table(store):
+    """Every stored row, through the schema's column types (canonical timestamps)."""
     with store.engine.connect() as conn:
         return [
-            tuple(r)
-            for r in conn.exec_driver_sql(
-                f"SELECT {', '.join(API_FIELDS)}, status, first_seen_at, last_changed_at FROM requests ORDER BY request_id"
-            )
+            norm(tuple(r))
+            for r in conn.execute(sa.select(requests).order_by(requests.c.request_id))
         ]
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store.open(str(tmp_path / "m.db"))
+def store(db_url):
+    """A migrated store on each backend: a SQLite file, then a fresh PostgreSQL database."""
+    s = Store.open(db_url)
     yield s
     s.close()
 
@@ -78,6 +84,8 @@ def test_migrated_schema_matches_the_declared_tables(store):
 
 
 def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
+    if store.dialect != "sqlite":
+        pytest.skip("files: SQLite only")
     upsert(store, [row()])
     for p in tmp_path.iterdir():
         if p.name.startswith("m.db"):
@@ -100,20 +108,20 @@ def test_unfinished_row_is_completed_in_place(store):
     upsert(store, [row("a", ended=None, code=None, out=None, billable=None, duration=None)])
     assert table(store)[0][11] == "unfinished"
     assert upsert(store, [row("a")], now=T2) == (0, 1)
-    assert table(store) == [(*row("a"), T1, T2)]
+    assert table(store) == [norm((*row("a"), T1, T2))]
 
 
 def test_fields_not_fetched_are_left_alone(store):
     upsert(store, [row("a")])
     no_extras = (*row("a", billable=None, inp=None, out=None)[:11], "success")
     upsert(store, [no_extras], payloads=False, billing=False, now=T2)
-    assert table(store) == [(*row("a"), T1, T1)], "a sync without payloads/billing erased them"
+    assert table(store) == [norm((*row("a"), T1, T1))], "a sync without payloads/billing erased them"
 
 
 def test_expired_payloads_are_kept(store):
     upsert(store, [row("a")])
     upsert(store, [row("a", inp=None, out=None)], now=T2)
-    assert table(store)[0][9:11] == ('{"p":"x"}', '{"o":1}')
+    assert table(store)[0][9:11] == ({"p": "x"}, {"o": 1})
 
 
 def test_duplicate_ids_in_one_batch_last_wins(store):
@@ -136,7 +144,7 @@ rows_strategy = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(batch=rows_strategy)
-def test_upsert_twice_equals_once(tmp_path_factory, batch):
+def test_upsert_twice_equals_once(tmp_path_factory, batch):  # SQLite; PG: tests/query
     s = Store.open(str(tmp_path_factory.mktemp("h") / "m.db"))
     try:
         upsert(s, batch)
@@ -178,7 +186,7 @@ def test_target_covers_routes_but_not_lookalikes(store):
     ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]
     rows = [(r[0], e, *r[2:]) for r, e in zip(rows, ids, strict=True)]
     upsert(store, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
-    got = {e for _, e, _ in store.unfinished("acme/app", "9999", 100)}
+    got = {e for _, e, _ in store.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 100)}
     assert got == {"acme/app", "acme/app/turbo"}
 
 
@@ -229,3 +237,126 @@ def test_upgrade_from_an_older_revision_backs_up_first(tmp_path):
     assert (tmp_path / "m.db.bak-0001").exists(), "no backup taken before the upgrade"
     assert [r[0] for r in table(s)] == ["a"]
     s.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgresql_schema_uses_native_types(pg_url):
+    """timestamptz for instants, jsonb for payloads; the derived tables, views and the search
+    index exist under the names the SQLite schema uses."""
+    s = Store.open(pg_url)
+    try:
+        with s.engine.connect() as conn:
+            types = dict(
+                conn.exec_driver_sql(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'requests'"
+                ).all()
+            )
+            views = {r[0] for r in conn.exec_driver_sql(
+                "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'")}
+            indexes = {r[0] for r in conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'requests'")}
+        assert types == {
+            "request_id": "text", "endpoint_id": "text", "runner_id": "text",
+            "sent_at": "timestamp with time zone", "started_at": "timestamp with time zone",
+            "ended_at": "timestamp with time zone", "status_code": "integer",
+            "duration": "double precision", "billable_units": "double precision",
+            "json_input": "jsonb", "json_output": "jsonb", "status": "text",
+            "first_seen_at": "timestamp with time zone",
+            "last_changed_at": "timestamp with time zone",
+        }, types
+        assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage"}
+        assert {"ix_requests_search", "ix_requests_endpoint_ended", "ix_requests_unfinished",
+                "ix_requests_status_ended", "ix_requests_sent_at"} <= indexes, indexes
+    finally:
+        s.close()  # fmt: skip
+
+
+def test_postgresql_downgrade_then_upgrade_keeps_rows_and_summaries(pg_url):
+    from alembic import command
+
+    from mirror.store import _alembic_config
+
+    s = Store.open(pg_url)
+    upsert(s, [row("a"), row("b", ended="2026-11-28T10:15:00.000000Z", billable=0.1)])
+    with s.engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT to_regclass('summary_hourly')").scalar() is None
+    s.close()
+    s = Store.open(pg_url)  # upgrades again, rebuilding the summary from the rows
+    try:
+        assert [r[0] for r in table(s)] == ["a", "b"]
+        with s.engine.connect() as conn:
+            got = conn.exec_driver_sql(
+                "SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24'), requests, "
+                "billable_micro FROM summary_hourly ORDER BY hour"
+            ).all()
+        assert got == [("2026-11-28T09", 1, 1_500_000), ("2026-11-28T10", 1, 100_000)], got
+    finally:
+        s.close()
+
+
+def test_postgresql_machines_migrating_at_once_take_turns(pg_url):
+    """Several processes opening a fresh database at once: one migrates, the others wait on
+    the advisory lock and find the schema at head; none fails."""
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom mirror.store import Store\nStore.open(sys.argv[1]).close()\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]  # fmt: skip
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    s = Store.open(pg_url)
+    try:
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
+                ("0003",)
+            ]
+    finally:
+        s.close()
+
+
+def test_postgresql_database_of_another_application_is_refused(pg_url):
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE invoices (id integer)")
+    engine.dispose()
+    with pytest.raises(StoreError, match="is not a mirror database"):
+        Store.open(pg_url)
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.exec_driver_sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}  # fmt: skip
+    engine.dispose()
+    assert tables == {"invoices"}, f"the foreign database was changed: {tables}"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("postgresql+psycopg2://u@h/db", "driver 'psycopg2' is not supported"),
+        ("postgresql://u@h:notaport/db", "is not a database URL"),
+    ],
+)
+def test_unusable_database_urls_are_a_usage_error(tmp_path, url, message):
+    from mirror.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Store.open(url)
+    assert list(tmp_path.iterdir()) == [], "a bad URL created files"
+
+
+def test_passwords_in_urls_never_reach_messages():
+    from mirror.store import describe_db_error, display_db
+
+    url = "postgresql+psycopg://me:hunter2@db.example/mirror"
+    assert display_db(url) == "postgresql+psycopg://me:***@db.example/mirror"
+    msg = describe_db_error(RuntimeError("connection failed:\n\tIs the server running?"), url)
+    assert msg == (
+        "postgresql+psycopg://me:***@db.example/mirror: connection failed: Is the server running?"
+    )

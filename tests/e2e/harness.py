@@ -71,6 +71,8 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 def _ts(v: Any) -> Any:
     if v is None:
         return None
+    if isinstance(v, datetime):  # PostgreSQL hands timestamptz back as datetimes
+        return v.astimezone(UTC)
     dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
@@ -83,27 +85,65 @@ def server_record(item: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def has_schema(db: Path) -> bool:
-    """False if a kill came before the first migration committed (the file is then empty)."""
+# ---- reading the mirror without mirror's code: sqlite3 for a file, psycopg for PostgreSQL
+
+
+def is_server(db: Path | str) -> bool:
+    return isinstance(db, str) and "://" in db
+
+
+def libpq_url(db: str) -> str:
+    """A SQLAlchemy URL as libpq (psql, pg_dump, psycopg) takes it."""
+    return db.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def db_query(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one SELECT, straight from the driver (timestamps as text on SQLite and as
+    datetimes on PostgreSQL; JSON as text on SQLite and decoded on PostgreSQL)."""
+    if is_server(db):
+        import psycopg
+
+        with psycopg.connect(libpq_url(str(db))) as con:
+            return [tuple(r) for r in con.execute(sql).fetchall()]
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return con.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'requests'"
-        ).fetchone() == (1,)
+        return con.execute(sql).fetchall()
     finally:
         con.close()
 
 
-def mirror_rows(db: Path) -> dict[str, dict[str, Any]]:
+def db_execute(db: Path | str, sql: str) -> None:
+    """One write, committed (for tests that age the sync state)."""
+    if is_server(db):
+        import psycopg
+
+        with psycopg.connect(libpq_url(str(db))) as con:
+            con.execute(sql)
+        return
+    con = sqlite3.connect(db)
+    try:
+        con.execute(sql)
+        con.commit()
+    finally:
+        con.close()
+
+
+def has_schema(db: Path | str) -> bool:
+    """False if a kill came before the first migration committed (the file is then empty)."""
+    if is_server(db):
+        return db_query(db, "SELECT to_regclass('requests') IS NOT NULL") == [(True,)]
+    return db_query(db, "SELECT count(*) FROM sqlite_master WHERE name = 'requests'") == [(1,)]
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def mirror_rows(db: Path | str) -> dict[str, dict[str, Any]]:
     if not has_schema(db):
         return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        cur = con.execute(f"SELECT {', '.join(FIELDS)} FROM requests")
-        rows = cur.fetchall()
-        n_distinct = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone()[0]
-    finally:
-        con.close()
+    rows = db_query(db, f"SELECT {', '.join(FIELDS)} FROM requests")
+    (n_distinct,) = db_query(db, "SELECT count(DISTINCT request_id) FROM requests")[0]
     assert n_distinct == len(rows), "a request_id is stored twice"
     out = {}
     for r in rows:
@@ -111,13 +151,13 @@ def mirror_rows(db: Path) -> dict[str, dict[str, Any]]:
         for f in TS:
             d[f] = _ts(d[f])
         for f in ("json_input", "json_output"):
-            d[f] = json.loads(d[f]) if d[f] is not None else None
+            d[f] = _json(d[f])
         out[d["request_id"]] = d
     return out
 
 
 def compare(
-    mirror_db: Path,
+    mirror_db: Path | str,
     expected: dict[str, dict[str, Any]],
     *,
     allow_extra: set[str] | frozenset[str] = frozenset(),
@@ -139,27 +179,67 @@ def compare(
     )
 
 
-def integrity_ok(db: Path) -> None:
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)], (
-            "integrity_check failed"
+def _micro(x: float | None) -> int:
+    """Millionths, rounded half away from zero as SQLite's round() does."""
+    if x is None:
+        return 0
+    return int(x * 1_000_000 + 0.5) if x >= 0 else -int(-x * 1_000_000 + 0.5)
+
+
+def integrity_ok(db: Path | str) -> None:
+    """The file passes SQLite's integrity check, and on both backends the trigger-kept
+    ``summary_hourly`` equals the same sums worked out here from the rows themselves."""
+    if not is_server(db):
+        con = sqlite3.connect(db)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)], (
+                "integrity_check failed"
+            )
+        finally:
+            con.close()
+    if not has_schema(db):
+        return
+    want: dict[tuple[Any, ...], list[int]] = {}
+    for ended, ep, status, duration, units in db_query(
+        db, "SELECT ended_at, endpoint_id, status, duration, billable_units FROM requests "
+        "WHERE ended_at IS NOT NULL"
+    ):
+        hour = _ts(ended).replace(minute=0, second=0, microsecond=0)
+        acc = want.setdefault((hour, ep, status), [0, 0, 0, 0, 0])
+        acc[0] += 1
+        acc[1] += duration is not None
+        acc[2] += _micro(duration)
+        acc[3] += units is not None
+        acc[4] += _micro(units)
+    have = {
+        (_ts(h), ep, st): [int(v) for v in vals]
+        for h, ep, st, *vals in db_query(
+            db, "SELECT hour, endpoint_id, status, requests, durations, duration_us, billed, "
+            "billable_micro FROM summary_hourly"
         )
-    finally:
-        con.close()
+    }
+    if have != want:
+        diff = {k: (have.get(k), want.get(k)) for k in set(have) | set(want) if have.get(k) != want.get(k)}
+        raise AssertionError(f"summary_hourly disagrees with the rows in {len(diff)} groups, e.g. "
+                             f"{sorted(diff.items(), key=str)[:2]}")
 
 
-def completed_windows(db: Path) -> list[tuple[str, datetime, datetime]]:
+def completed_windows(db: Path | str) -> list[tuple[str, datetime, datetime]]:
     if not has_schema(db):
         return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [
-            (t, _ts(a), _ts(b))
-            for t, a, b in con.execute("SELECT target, window_start, window_end FROM sync_windows")
-        ]
-    finally:
-        con.close()
+    return [
+        (t, _ts(a), _ts(b))
+        for t, a, b in db_query(db, "SELECT target, window_start, window_end FROM sync_windows")
+    ]
+
+
+def database_contains(db: Path | str, needle: str) -> bool:
+    """Whether a PostgreSQL database's dump (every table's every value) holds ``needle``."""
+    out = subprocess.run(
+        ["pg_dump", "--data-only", "--dbname", libpq_url(str(db))],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return needle in out.stdout
 
 
 def files_contain(folder: Path, needle: bytes) -> list[Path]:

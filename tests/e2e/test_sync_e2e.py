@@ -11,7 +11,6 @@ import functools
 import operator
 import random
 import signal
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +23,13 @@ from .harness import (
     CANARY_KEY,
     compare,
     completed_windows,
+    database_contains,
+    db_execute,
+    db_query,
     fast_env,
     files_contain,
     integrity_ok,
+    is_server,
     mirror,
     mirror_rows,
     server_record,
@@ -112,9 +115,9 @@ def list_calls(api: SimulatedAPI) -> list[dict[str, list[str]]]:
 
 
 @pytest.mark.parametrize("config", READINGS)
-def test_faulty_backfill_then_incremental_sync(tmp_path: Path, config: WorldConfig) -> None:
+def test_faulty_backfill_then_incremental_sync(db_url: str, config: WorldConfig) -> None:
     world = world_for(config)
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world, faults=FAULTS) as api:
         env = fast_env(api.base_url)
         t1 = world.now()
@@ -185,7 +188,7 @@ def test_faulty_backfill_then_incremental_sync(tmp_path: Path, config: WorldConf
         assert len(calls) < 40, f"the incremental run cost {len(calls)} list calls"
 
 
-def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(tmp_path: Path) -> None:
+def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(db_url: str) -> None:
     world = world_for(
         WorldConfig(filter_field="sent_at"), days=0.5, dense_hour=None, future_minutes=0, running=0
     )
@@ -205,7 +208,7 @@ def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(tmp_path: P
         json_output={"images": ["https://cdn.example/x.png"]},
     )
     world.add(slow)
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
         assert (
@@ -227,9 +230,9 @@ def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(tmp_path: P
         }
 
 
-def test_wrong_key_fails_with_401_and_records_nothing(tmp_path: Path) -> None:
+def test_wrong_key_fails_with_401_and_records_nothing(db_url: str) -> None:
     world = world_for(WorldConfig(), days=0.2, dense_hour=None)
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url, FAL_KEY="wrong-id:wrong-secret")
         r = mirror(["sync", "--db", str(db), "-e", "acme/upscaler"], env)
@@ -238,10 +241,9 @@ def test_wrong_key_fails_with_401_and_records_nothing(tmp_path: Path) -> None:
         r.stderr
     )
     assert "Traceback" not in r.stderr and "wrong-secret" not in r.stderr + r.stdout
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT count(*) FROM sync_windows").fetchone() == (0,)
-    assert con.execute("SELECT count(*) FROM sync_targets").fetchone() == (0,)
-    assert con.execute("SELECT outcome, error FROM sync_runs").fetchall() == [
+    assert db_query(db, "SELECT count(*) FROM sync_windows") == [(0,)]
+    assert db_query(db, "SELECT count(*) FROM sync_targets") == [(0,)]
+    assert db_query(db, "SELECT outcome, error FROM sync_runs") == [
         (
             "failed",
             "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)",
@@ -259,9 +261,9 @@ def test_endpoint_of_another_owner_is_403(tmp_path: Path) -> None:
     assert r.code == 1 and "HTTP 403" in r.stderr and "Access denied" in r.stderr, r.stderr
 
 
-def test_the_key_appears_nowhere(tmp_path: Path) -> None:
+def test_the_key_appears_nowhere(tmp_path: Path, db_url: str) -> None:
     world = world_for(WorldConfig(filter_field="sent_at"), days=0.3, dense_hour=None)
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world, faults=FAULTS) as api:
         env = fast_env(api.base_url)
         runs = [
@@ -286,13 +288,16 @@ def test_the_key_appears_nowhere(tmp_path: Path) -> None:
         assert CANARY_KEY not in r.stdout + r.stderr, "the key was printed"
         assert "sim-key-secret" not in r.stdout + r.stderr
     assert files_contain(tmp_path, b"sim-key-secret") == [], "the key was written to a file"
+    if is_server(db):
+        assert not database_contains(db, "sim-key-secret"), "the key was written to the database"
+        assert database_contains(db, "acme/flux-lora"), "the dump holds no rows: proves nothing"
 
 
-def test_billing_refused_continues_without_it_and_says_so_once(tmp_path: Path) -> None:
+def test_billing_refused_continues_without_it_and_says_so_once(db_url: str) -> None:
     world = world_for(
         WorldConfig(billing_refused=frozenset({"acme/upscaler"})), days=0.5, dense_hour=None
     )
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world) as api:
         t = world.now()
         r = mirror(
@@ -315,7 +320,7 @@ def test_billing_refused_continues_without_it_and_says_so_once(tmp_path: Path) -
     compare(db, expected, allow_extra=set(world.server_view()))
 
 
-def _not_ahead(db: Path, world, config: WorldConfig) -> None:
+def _not_ahead(db: Path | str, world, config: WorldConfig) -> None:
     """Every request inside a window the state calls complete is in the mirror."""
     rows = mirror_rows(db)
     view = world.server_view()
@@ -335,10 +340,10 @@ def _not_ahead(db: Path, world, config: WorldConfig) -> None:
 
 
 @pytest.mark.parametrize("config", [READINGS[0], READINGS[2]])  # pytest unwraps the params
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, config) -> None:
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(db_url: str, config) -> None:
     world = world_for(config, days=2, requests_per_hour=150, future_minutes=0)
     cfg = config
-    db = tmp_path / "m.db"
+    db = db_url
     rng = random.Random(2026)
     slow = FaultConfig(seed=5, latency=0.03, p_429=0.03, retry_after=0.02, p_reset=0.01)
     with SimulatedAPI(world, faults=slow) as api:
@@ -480,10 +485,10 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("config", [READINGS[0], READINGS[1]])
 def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
-    tmp_path: Path, config
+    db_url: str, config
 ) -> None:
     world = world_for(config, days=2, dense_hour=None, future_minutes=0, late_fraction=0)
-    db = tmp_path / "m.db"
+    db = db_url
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
         args = ["sync", "--db", str(db), *EP_ARGS]
@@ -496,12 +501,9 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         assert not [e for e in api.log if e.path.endswith("/analytics")]
         assert not {r.request_id for r in late} & set(mirror_rows(db))
         # an hour later the day tier is due
-        con = sqlite3.connect(db)
-        con.execute(
-            "UPDATE sync_rechecks SET checked_at = '2000-01-01T00:00:00.000000Z' WHERE tier = 'day'"
+        db_execute(
+            db, "UPDATE sync_rechecks SET checked_at = '2000-01-01T00:00:00.000000Z' WHERE tier = 'day'"
         )
-        con.commit()
-        con.close()
         api.clear_log()
         t = world.now()
         r = mirror(args, env)
@@ -527,14 +529,14 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
             f"re-walked more hours than the backfill touched: {sorted(old_walks)}"
         )
         compare(db, expected_finished(world, t), allow_extra=set(world.server_view()))
-        con = sqlite3.connect(db)
-        tiers = dict(
-            con.execute(
-                "SELECT tier, checked_at > '2001' FROM sync_rechecks WHERE target = 'acme/upscaler'"
+        tiers = {
+            tier: bool(recent)
+            for tier, recent in db_query(
+                db, "SELECT tier, checked_at > '2001-01-01T00:00:00.000000Z' FROM sync_rechecks "
+                "WHERE target = 'acme/upscaler'"
             )
-        )
-        con.close()
-        assert tiers == {"day": 1, "week": 1}
+        }
+        assert tiers == {"day": True, "week": True}, f"re-check times not recorded: {tiers}"
         # --no-recheck: nothing older than the lookback is asked for
         api.clear_log()
         assert mirror([*args, "--no-recheck"], env).code == 0

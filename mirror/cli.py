@@ -192,13 +192,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    from mirror import interrupts
+
     fired: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        # once: a second Ctrl-C must not break the cleanup that records the run's outcome
+        # once: a second Ctrl-C must not break the cleanup that records the run's outcome;
+        # while the run's record is being committed, raised as soon as that is done
         if not fired:
             fired.append(signum)
-            raise KeyboardInterrupt
+            interrupts.interrupt()
 
     old_term = signal.signal(signal.SIGTERM, handler)
     old_int = signal.signal(signal.SIGINT, handler)

@@ -37,11 +37,6 @@ def sig_world():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN (issue 4): an interrupt can leave its run recorded 'running' in sync_runs; "
-    "exit code and data are right. Reported by pytest as xfail/xpass until fixed.",
-)
 def test_signal_at_random_moments(tmp_path, sig_world, sig: int) -> None:
     rng = random.Random(f"signals:{sig}")
     expected = listable(sig_world)

@@ -248,7 +248,10 @@ def describe_db_error(err: BaseException | None, path: str) -> str:
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return f"{path}: not a mirror database or corrupt ({text}); check the path, or restore a backup"
     if "locked" in low or "busy" in low:
-        return f"{path}: the database stayed locked ({text}); a reader held it too long, run again"
+        return (
+            f"{path}: the database stayed locked ({text}); another connection held the write "
+            "lock or a long transaction open past the busy timeout; run again"
+        )
     if "unable to open" in low:
         return f"{path}: cannot open the database ({text})"
     return f"{path}: {text}"

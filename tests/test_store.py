@@ -211,6 +211,28 @@ def test_a_run_left_running_is_marked_killed_only_by_a_run_holding_the_lock(tmp_
     assert "died" in STALE_RUN_ERROR
 
 
+def test_locked_database_message_says_what_happened_without_guessing(tmp_path):
+    """A real SQLITE_BUSY: another connection holds the write lock."""
+    from mirror.store import describe_db_error
+
+    db = tmp_path / "busy.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert describe_db_error(caught.value, "m.db") == (
+        "m.db: the database stayed locked (database is locked); another connection held the "
+        "write lock or a long transaction open past the busy timeout; run again"
+    ), "the locked message should name the cause SQLite reports, not guess at a reader"
+
+
 def test_target_covers_routes_but_not_lookalikes(store):
     rows = [row(f"{i}") for i in range(4)]
     ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]

@@ -1,18 +1,22 @@
-"""Real readers next to a real sync: Datasette serving the file.
+"""Real readers next to a real sync: Datasette serving the file, and an idle reader.
 
 - ``mirror browse`` (a real Datasette process, launched exactly as users launch it) serves
   the file while ``mirror sync`` writes to it; a thread asks Datasette's JSON API for pages
   of ``requests`` and for a count all through the sync. Every answer must be a 200 whose
   rows exist on the server and whose counts never go down nor beyond what the server has.
+- A reader holds a read transaction open, idle, through a sync that writes many MB of WAL:
+  the sync succeeds, the reader's view does not change, and once the reader is gone the WAL
+  is cut back under the ``journal_size_limit`` that ``mirror.store`` sets.
 
 The syncs run as real ``python -m mirror`` subprocesses, not forked: this process keeps a
-polling thread open, which a fork would copy.
+polling thread (and in the second test an SQLite connection) open, which a fork would copy.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +29,7 @@ import pytest
 from e2e.harness import mirror as mirror_subprocess
 from query.helpers import free_port, terminate
 
+import mirror.store
 from mirror.simulator import FaultConfig, SimulatedAPI
 
 from .rel_helpers import (
@@ -153,3 +158,72 @@ def test_datasette_serving_the_file_answers_consistently_all_through_a_sync(
     count("Datasette answers during a sync", len(answers))
     assert_mirror_equals(db, expected, context="after a sync under Datasette")
     check_consistent(db, expected, rd_world.config.filter_field)
+
+
+# --------------------------------------------------------------------------- WAL and an idle reader
+
+
+def _journal_size_limit(probe: Path) -> int:
+    """The ``journal_size_limit`` mirror.store sets on its connections, read back from one."""
+    engine = mirror.store.make_engine(str(probe))
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_wal_pinned_by_an_idle_reader_is_cut_back_once_the_reader_is_gone(tmp_path) -> None:
+    """An idle reader in a transaction pins the WAL: SQLite may not fold frames back into the
+    file under a reader's snapshot, so a big sync grows the WAL past the limit. The sync
+    must still succeed and the reader keep its view; once the reader is gone, the next sync
+    must leave the WAL within ``journal_size_limit``."""
+    limit = _journal_size_limit(tmp_path / "probe.db")
+    assert limit > 0, f"mirror.store sets no journal_size_limit ({limit})"
+    # ~38,000 requests with payloads: about 90 MiB of WAL frames, well past the limit
+    world = static_world(seed=137, hours=24, per_hour=1600, running=0)
+    expected = listable(world)
+    db = tmp_path / "m.db"
+    wal = db.with_name(db.name + "-wal")
+    with SimulatedAPI(world) as api:
+        env = env_for(api.base_url)
+        first = mirror_subprocess(sync_args(db, "--since", "1h"), env)
+        assert first.code == 0, f"the first sync failed: {first.stderr[-1500:]}"
+        # read-only, as readers are (Datasette, mirror query): closing it cannot checkpoint
+        reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            view = reader.execute("SELECT request_id, ended_at FROM requests ORDER BY 1").fetchall()
+            # ... and now the reader sits idle in its snapshot through the big sync
+            big = mirror_subprocess(sync_args(db, "--since", "25h"), env)
+            held = wal.stat().st_size
+            again = reader.execute(
+                "SELECT request_id, ended_at FROM requests ORDER BY 1"
+            ).fetchall()
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+        assert big.code == 0, f"the sync failed with an idle reader: {big.stderr[-1500:]}"
+        assert big.stderr == "", f"the sync complained about the idle reader: {big.stderr!r}"
+        assert again == view, (
+            f"the idle reader's view changed under it: {len(view)} rows, then {len(again)}"
+        )
+        assert held > limit, (
+            f"the WAL reached only {held} bytes while the reader held it, not past the "
+            f"{limit}-byte limit: the scenario proves nothing (make the world bigger)"
+        )
+        left = wal.stat().st_size if wal.exists() else 0
+        assert left == held, (
+            f"closing the read-only reader changed the WAL ({held} -> {left} bytes): the "
+            "next sync would have nothing to prove"
+        )
+        nxt = mirror_subprocess(sync_args(db, "--since", "25h"), env)
+        assert nxt.code == 0, f"the sync after the reader left failed: {nxt.stderr[-1500:]}"
+        after = wal.stat().st_size if wal.exists() else 0
+    assert after <= limit, (
+        f"with the reader gone, the next sync left a {after}-byte WAL (it was {held} bytes "
+        f"while the reader held it); journal_size_limit is {limit} bytes"
+    )
+    count("MiB of WAL pinned by an idle reader, then cut back", held // 2**20)
+    assert_mirror_equals(db, expected, context="after a sync past an idle reader")
+    check_consistent(db, expected, world.config.filter_field)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -70,8 +71,8 @@ class MirrorGroup(click.Group):
         except MirrorError as e:
             fail(e)
         except KeyboardInterrupt:
-            if _debug():
-                raise
+            if _debug():  # the traceback, then the same line and exit code as always
+                traceback.print_exc()
             click.echo("mirror: interrupted; everything committed so far is kept", err=True)
             if threading.active_count() > 1:
                 # a worker may sit in a slow HTTP read; what matters is committed already
@@ -192,13 +193,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    from mirror import interrupts
+
     fired: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        # once: a second Ctrl-C must not break the cleanup that records the run's outcome
+        # once: a second Ctrl-C must not break the cleanup that records the run's outcome;
+        # while the run's record is being committed, raised as soon as that is done
         if not fired:
             fired.append(signum)
-            raise KeyboardInterrupt
+            interrupts.interrupt()
 
     old_term = signal.signal(signal.SIGTERM, handler)
     old_int = signal.signal(signal.SIGINT, handler)

@@ -78,6 +78,13 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def is_held(db_path: Path) -> bool:
+    """Whether this process holds the database's writer lock (inside ``hold``)."""
+    key = str(lock_path(db_path).resolve())
+    with _held_guard:
+        return bool(_held.get(key))
+
+
 def _read_holder(fd: int, *, settle: float = 0.0) -> str:
     """The holder's PID, waiting up to ``settle`` s for a holder that has only just taken the
     lock (it writes its PID right after the ``flock``)."""

@@ -408,7 +408,10 @@ def describe_db_error(err: BaseException | None, path: str) -> str:
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return f"{path}: not a mirror database or corrupt ({text}); check the path, or restore a backup"
     if "locked" in low or "busy" in low:
-        return f"{path}: the database stayed locked ({text}); a reader held it too long, run again"
+        return (
+            f"{path}: the database stayed locked ({text}); another connection held the write "
+            "lock or a long transaction open past the busy timeout; run again"
+        )
     if "unable to open" in low:
         return f"{path}: cannot open the database ({text})"
     return f"{path}: {text}"
@@ -531,6 +534,12 @@ def backup_sqlite(engine: Engine, dest: Path) -> None:
 
 
 _MAX_ROWID = "SELECT max(rowid) FROM requests"
+#: the error logged for a run found ``running`` by the next sync holding the lock
+STALE_RUN_ERROR = (
+    "the process died without recording the outcome (killed, crashed, or the machine "
+    "stopped); found by the next sync. Rows it committed are kept; windows it had not finished are "
+    "walked again"
+)
 #: rows per upsert statement at most (bench/ingest_bench.py: 500-2,000 all do well)
 ROWS_PER_STATEMENT = 1_000
 
@@ -805,13 +814,33 @@ class Store:
     # -- the run log --------------------------------------------------------------------
 
     def start_run(self, targets: Sequence[str], now: datetime) -> int:
+        """Log a new run as ``running``; returns its id.
+
+        On a SQLite file whose writer lock this process holds, no other run can be going on:
+        any run still logged ``running`` belongs to a process that died without recording
+        its outcome (SIGKILL, a crash, the machine stopping), and is logged ``killed`` now.
+        (Not on a server database, where several machines may sync at once.)
+        """
         with self.engine.begin() as conn:
+            if self.holds_sqlite_lock():
+                conn.execute(
+                    sync_runs.update()
+                    .where(sync_runs.c.outcome == "running")
+                    .values(outcome="killed", ended_at=to_text(now), error=STALE_RUN_ERROR)
+                )
             res = conn.execute(
                 sync_runs.insert().values(
                     started_at=to_text(now), outcome="running", targets=",".join(targets)
                 )
             )
             return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+    def holds_sqlite_lock(self) -> bool:
+        """Whether this is a SQLite file and this process holds its writer lock."""
+        if self.dialect != "sqlite":
+            return False
+        path = sqlite_path(self.db)
+        return path is not None and lock.is_held(path)
 
     def finish_run(
         self, run_id: int, now: datetime, outcome: str, counts: dict[str, int], error: str | None

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mirror import interrupts
 from mirror.api import FalClient, Page
 from mirror.errors import AuthError, BadDataError, MirrorError
 from mirror.store import Store, UpsertResult
@@ -391,13 +392,16 @@ class Syncer:
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes
         t0 = time.monotonic()
-        report.run_id = self.store.start_run(opts.targets, started)
         tasks: list[_Walk | _Refresh] = []
         tails: dict[str, datetime] = {}
         error: BaseException | None = None
         pool: ThreadPoolExecutor | None = None
         try:
-            # planning is inside the try, so an interrupt here is still recorded as such
+            # An interrupt from here on is recorded as such: one landing while the run is
+            # being logged waits for its commit (so the run has an id to finish), and
+            # planning is inside the try too.
+            with interrupts.deferred():
+                report.run_id = self.store.start_run(opts.targets, started)
             self._known_targets = set(self.store.targets())
             for target in opts.targets:
                 windows, tail = plan_target(self.store, target, opts, now)
@@ -438,28 +442,36 @@ class Syncer:
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
         except BaseException as e:
-            self._stop.set()
             error = error or e
-        finally:
             self._stop.set()
-            self._writer_gone.set()
-            if pool is not None:
-                pool.shutdown(wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True)
-            report.pages = self.client.stats.pages
-            report.api_calls = self.client.stats.attempts
-            report.seconds = time.monotonic() - t0
-            if isinstance(error, KeyboardInterrupt):
-                report.outcome = "interrupted"
-            elif error is not None:
-                report.outcome = "failed"
-            else:
-                report.outcome = "ok"
-            report.error = (
-                str(error)
-                if error is not None and not isinstance(error, KeyboardInterrupt)
-                else None
-            )
-            self._finish(report)
+        finally:
+            try:
+                self._stop.set()
+                self._writer_gone.set()
+                if pool is not None:
+                    pool.shutdown(
+                        wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True
+                    )
+            except KeyboardInterrupt as e:  # while waiting for the workers: stop waiting
+                error = error or e
+            # the outcome is decided and committed whole; an interrupt meanwhile comes after
+            with interrupts.deferred():
+                report.pages = self.client.stats.pages
+                report.api_calls = self.client.stats.attempts
+                report.seconds = time.monotonic() - t0
+                if isinstance(error, KeyboardInterrupt):
+                    report.outcome = "interrupted"
+                elif error is not None:
+                    report.outcome = "failed"
+                else:
+                    report.outcome = "ok"
+                report.error = (
+                    str(error)
+                    if error is not None and not isinstance(error, KeyboardInterrupt)
+                    else None
+                )
+                if report.run_id:  # 0: the run was never logged
+                    self._finish(report)
         if error is not None:
             raise error
         self.store.checkpoint()

@@ -181,6 +181,66 @@ def test_completed_windows_coalesce(store):
     assert store.completed("u") == [("2026-11-28T01:00:00.000000Z", "2026-11-28T02:00:00.000000Z")]
 
 
+def _run_log(store):
+    with store.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                "SELECT id, outcome, started_at, ended_at, error FROM sync_runs ORDER BY id"
+            )
+        ]
+
+
+def test_a_run_left_running_is_marked_killed_only_by_a_run_holding_the_lock(tmp_path, store):
+    """Under the writer lock no other run can be going on: a run still logged `running` is
+    one whose process died. Without the lock (library use) nothing can be concluded."""
+    from datetime import UTC, datetime
+
+    from mirror import lock
+    from mirror.store import STALE_RUN_ERROR
+
+    t = [datetime(2026, 11, 28, h, tzinfo=UTC) for h in (10, 11, 12)]
+    first = store.start_run(["acme/app"], t[0])  # then "killed": never finished
+    second = store.start_run(["acme/app"], t[1])  # no lock held: first is left alone
+    assert _run_log(store) == [
+        (first, "running", "2026-11-28T10:00:00.000000Z", None, None),
+        (second, "running", "2026-11-28T11:00:00.000000Z", None, None),
+    ], "a run without the writer lock changed another run's record"
+    with lock.hold(tmp_path / "m.db"):
+        assert store.holds_sqlite_lock()
+        third = store.start_run(["acme/app"], t[2])
+    assert not store.holds_sqlite_lock()
+    noticed = "2026-11-28T12:00:00.000000Z"
+    assert _run_log(store) == [
+        (first, "killed", "2026-11-28T10:00:00.000000Z", noticed, STALE_RUN_ERROR),
+        (second, "killed", "2026-11-28T11:00:00.000000Z", noticed, STALE_RUN_ERROR),
+        (third, "running", noticed, None, None),
+    ], "runs left running were not marked killed, when noticed, by the run holding the lock"
+    assert "died" in STALE_RUN_ERROR
+
+
+def test_locked_database_message_says_what_happened_without_guessing(tmp_path):
+    """A real SQLITE_BUSY: another connection holds the write lock."""
+    from mirror.store import describe_db_error
+
+    db = tmp_path / "busy.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert describe_db_error(caught.value, "m.db") == (
+        "m.db: the database stayed locked (database is locked); another connection held the "
+        "write lock or a long transaction open past the busy timeout; run again"
+    ), "the locked message should name the cause SQLite reports, not guess at a reader"
+
+
 def test_target_covers_routes_but_not_lookalikes(store):
     rows = [row(f"{i}") for i in range(4)]
     ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]

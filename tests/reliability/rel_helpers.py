@@ -77,6 +77,11 @@ def count(name: str, n: int = 1) -> None:
     FIGURES[name] = FIGURES.get(name, 0) + n
 
 
+def record(name: str, value: int) -> None:
+    """A figure that is the same whichever test reports it (kept once, not added up)."""
+    FIGURES[name] = max(FIGURES.get(name, 0), value)
+
+
 # --------------------------------------------------------------------------- worlds
 
 
@@ -656,6 +661,7 @@ __all__ = [
     "note",
     "overlaps",
     "query",
+    "record",
     "revision",
     "run_cli",
     "runs",

@@ -25,7 +25,7 @@ import sqlalchemy.engine.default as sa_default
 
 from mirror.api import FalClient
 from mirror.simulator import SimulatedAPI
-from mirror.store import Store, requests
+from mirror.store import STALE_RUN_ERROR, Store, requests
 from mirror.sync import Syncer
 
 from .rel_helpers import (
@@ -39,6 +39,7 @@ from .rel_helpers import (
     listable,
     note,
     overlaps,
+    query,
     run_cli,
     runs,
     static_world,
@@ -378,9 +379,9 @@ def _kill_then_recover(tmp_path: Path, kp_world, point: str, sig: int, *, fresh:
         last = new_runs[-1]
         if last == "ok":  # the run had recorded its success: then it must hold everything
             assert_mirror_equals(db, expected, context=f"{where}: the run is recorded ok")
-        elif sig == signal.SIGKILL or point in ("after-start-run", "before-finish-run"):
+        elif sig == signal.SIGKILL:  # nothing runs after SIGKILL: the log says "running"
             assert last == "running", f"{where}: the run is recorded as {last!r}"
-        else:
+        else:  # an interrupted run records that it was interrupted, wherever the signal lands
             assert last == "interrupted", f"{where}: the run is recorded as {last!r}"
 
     again = run_cli(args, env, out, no_second_wait=True)
@@ -426,3 +427,33 @@ TERM_POINTS = [
 )
 def test_sigterm_and_ctrl_c_at_named_point(tmp_path, kp_world, point: str, sig: int) -> None:
     _kill_then_recover(tmp_path, kp_world, point, sig, fresh=True)
+
+
+@pytest.mark.parametrize("point", ["after-start-run", "after-write-commit-1"])
+def test_a_run_left_running_by_sigkill_is_marked_killed_by_the_next_sync(
+    tmp_path, kp_world, point: str
+) -> None:
+    """SIGKILL leaves the run logged `running` (nothing runs after it); the next sync, holding
+    the file's writer lock, knows no other run can be going on and logs it `killed`, with
+    the moment it noticed as its end and an error saying the process died."""
+    world, api = kp_world
+    db = tmp_path / "m.db"
+    env = env_for(api.base_url)
+    args = sync_args(db, "--since", "15h", "--max-concurrency", "1")
+    o = run_cli(args, env, tmp_path / "out", patch=POINTS[point](signal.SIGKILL),
+                no_second_wait=True)  # fmt: skip
+    assert o.code == -signal.SIGKILL, f"SIGKILL at {point}: ended with {o.code}: {o.stderr}"
+    assert runs(db) == [("running", None)], f"after SIGKILL at {point} the log is {runs(db)}"
+    again = run_cli(args, env, tmp_path / "out", no_second_wait=True)
+    assert again.code == 0, f"the sync after SIGKILL at {point} failed: {again.stderr[-1500:]}"
+    log = query(db, "SELECT outcome, started_at, ended_at, error FROM sync_runs ORDER BY id")
+    assert [r[0] for r in log] == ["killed", "ok"], (
+        f"after SIGKILL at {point} and a clean sync the run log is {log}"
+    )
+    (_, killed_start, killed_end, error), (_, next_start, _, _) = log
+    assert killed_end == next_start, (
+        f"the killed run should end when the next sync noticed it ({next_start}), not {killed_end}"
+    )
+    assert killed_start < killed_end, f"the killed run ends before it started: {log[0]}"
+    assert error == STALE_RUN_ERROR, f"the killed run's error is {error!r}"
+    assert_mirror_equals(db, listable(world), context=f"after SIGKILL at {point} and a clean run")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import signal
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +22,10 @@ from .rel_helpers import (
     assert_mirror_equals,
     check_consistent,
     count,
+    die,
     env_for,
     listable,
+    note,
     run_cli,
     runs,
     static_world,
@@ -37,11 +41,6 @@ def sig_world():
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN (issue 4): an interrupt can leave its run recorded 'running' in sync_runs; "
-    "exit code and data are right. Reported by pytest as xfail/xpass until fixed.",
-)
 def test_signal_at_random_moments(tmp_path, sig_world, sig: int) -> None:
     rng = random.Random(f"signals:{sig}")
     expected = listable(sig_world)
@@ -113,4 +112,39 @@ def test_signal_while_waiting_on_something_slow(tmp_path, sig_world, waiting_on:
     assert o.signalled, f"{where}: the run had ended before the signal ({o.code}: {o.stderr})"
     assert o.code == 130, f"{where}: exit {o.code}: {o.stderr[-1500:]}"
     assert o.stderr.strip() == INTERRUPTED, f"{where}: stderr {o.stderr[-1500:]!r}"
+    check_consistent(db, listable(sig_world), sig_world.config.filter_field, context=where)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_with_mirror_debug_shows_the_traceback_and_still_exits_130(
+    tmp_path, sig_world, sig: int
+) -> None:
+    """``MIRROR_DEBUG=1`` adds the traceback; the exit code and the last line stay the same."""
+
+    def interrupt_first_write(notes: Path) -> None:
+        from mirror.sync import Syncer
+
+        write = Syncer._write
+
+        def _write(self: Any, *a: Any, **kw: Any) -> None:
+            note(notes, "point first write")
+            die(sig)
+            write(self, *a, **kw)
+
+        Syncer._write = _write  # type: ignore[method-assign]
+
+    db = tmp_path / "m.db"
+    with SimulatedAPI(sig_world) as api:
+        env = env_for(api.base_url, MIRROR_DEBUG="1")
+        o = run_cli(sync_args(db, "--since", "21h"), env, tmp_path / "out",
+                    patch=interrupt_first_write, no_second_wait=True)  # fmt: skip
+    where = f"{signal.Signals(sig).name} with MIRROR_DEBUG=1"
+    assert o.notes == ["point first write"], f"{where}: the run never wrote: {o.stderr[-1500:]}"
+    assert o.code == 130, f"{where}: exit {o.code}, expected 130: {o.stderr[-1500:]}"
+    lines = o.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and "KeyboardInterrupt" in lines[-2], (
+        f"{where}: expected the interrupt's traceback on stderr: {o.stderr[-1500:]!r}"
+    )
+    assert lines[-1] == INTERRUPTED, f"{where}: the last line is {lines[-1]!r}"
+    assert runs(db) == [("interrupted", None)], f"{where}: the run is recorded as {runs(db)}"
     check_consistent(db, listable(sig_world), sig_world.config.filter_field, context=where)

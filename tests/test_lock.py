@@ -54,9 +54,8 @@ def test_busy_lock_names_the_other_process(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert child.stdout is not None and child.stdout.readline() == "held\n"
-        with pytest.raises(LockedError) as caught:
-            with lock.hold(db):
-                pass
+        with pytest.raises(LockedError) as caught, lock.hold(db):
+            pass
         assert str(caught.value) == (
             f"another mirror sync (pid {child.pid}) is writing {db} (a sync, a repair or a "
             "migration); try again later, or pass --wait"

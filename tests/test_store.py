@@ -182,11 +182,14 @@ def test_completed_windows_coalesce(store):
 
 
 def _run_log(store):
+    from mirror.store import sync_runs
+
+    c = sync_runs.c
     with store.engine.connect() as conn:
         return [
             tuple(r)
-            for r in conn.exec_driver_sql(
-                "SELECT id, outcome, started_at, ended_at, error FROM sync_runs ORDER BY id"
+            for r in conn.execute(
+                sa.select(c.id, c.outcome, c.started_at, c.ended_at, c.error).order_by(c.id)
             )
         ]
 

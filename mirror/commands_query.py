@@ -178,9 +178,11 @@ def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
     """Counts, error rates, duration percentiles and billable units.
 
     \b
-    Percentiles (p50/p90/p95/p99, seconds) are exact, by nearest rank: the
-    duration at rank ceil(p*n/100) of the n sorted durations. Rates are of
-    finished requests. Example: mirror stats --by endpoint,day --since 7d
+    Percentiles (p50/p90/p95/p99, seconds) are continuous, PostgreSQL's
+    percentile_cont: with the n sorted durations v[0..n-1] and h = p/100*(n-1),
+    v[floor(h)] + (h - floor(h)) * (v[ceil(h)] - v[floor(h)]); the same figures
+    on SQLite and PostgreSQL. Rates are of finished requests.
+    Example: mirror stats --by endpoint,day --since 7d
     """
     filters = _filters(kw)
     groups = _split(by)

@@ -562,7 +562,7 @@ def durations_statement(
 def _raw_rows(conn: Connection, stmt: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
     """The driver's own rows: SQLAlchemy's Row objects cost more than the query on 1M rows."""
     sql, params = statement_sql(conn, stmt)
-    result = conn.exec_driver_sql(sql, tuple(params))
+    result = conn.exec_driver_sql(sql, params if isinstance(params, dict) else tuple(params))
     cursor = result.cursor
     if cursor is None:
         return iter(())
@@ -580,14 +580,17 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, list[Any]]:
-    """A statement as the driver receives it: SQL text and positional parameters.
+def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
+    """A statement as the driver receives it: SQL text and its parameters (a list for
+    SQLite's positional ``?``, a dict for psycopg's named ``%(name)s``).
 
     Also for ``EXPLAIN QUERY PLAN`` in the tests and the benchmark, which must see the very
     SQL that listings and stats run.
     """
     compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
-    return str(compiled), [compiled.params[k] for k in compiled.positiontup or []]
+    if compiled.positiontup is None:
+        return str(compiled), dict(compiled.params)
+    return str(compiled), [compiled.params[k] for k in compiled.positiontup]
 
 
 # --------------------------------------------------------------------------- sync status

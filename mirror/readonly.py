@@ -268,9 +268,11 @@ class PgReadOnlyDatabase:
         self.engine = make_engine(db)
         try:
             self.raw = self.engine.raw_connection()
-        except sa.exc.DBAPIError as e:
+        except Exception as e:  # SQLAlchemy's or, from the connect hook, psycopg's own
             self.engine.dispose()
-            raise SqlError(f"{self.shown}: cannot connect: {_first_line(e.orig)}") from None
+            raise SqlError(
+                f"{self.shown}: cannot connect: {_first_line(getattr(e, 'orig', None) or e)}"
+            ) from None
         self.conn: Any = self.raw.driver_connection
         try:
             self.conn.rollback()

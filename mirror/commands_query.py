@@ -23,7 +23,7 @@ import click
 from mirror import output, query
 from mirror.cli import _when, db_option
 from mirror.errors import ConfigError
-from mirror.store import STATUSES, sqlite_path
+from mirror.store import STATUSES, is_postgresql, sqlite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,9 +178,11 @@ def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
     """Counts, error rates, duration percentiles and billable units.
 
     \b
-    Percentiles (p50/p90/p95/p99, seconds) are exact, by nearest rank: the
-    duration at rank ceil(p*n/100) of the n sorted durations. Rates are of
-    finished requests. Example: mirror stats --by endpoint,day --since 7d
+    Percentiles (p50/p90/p95/p99, seconds) are continuous, PostgreSQL's
+    percentile_cont: with the n sorted durations v[0..n-1] and h = p/100*(n-1),
+    v[floor(h)] + (h - floor(h)) * (v[ceil(h)] - v[floor(h)]); the same figures
+    on SQLite and PostgreSQL. Rates are of finished requests.
+    Example: mirror stats --by endpoint,day --since 7d
     """
     filters = _filters(kw)
     groups = _split(by)
@@ -212,17 +214,26 @@ def sql_cmd(
     """Run one read-only SQL statement against the mirror.
 
     \b
-    The file is opened read-only and every write, schema change, ATTACH,
-    setting PRAGMA and VACUUM INTO is refused by SQLite itself (one line,
-    exit 1). Tables: requests, sync_targets, sync_windows, sync_runs; views:
-    request_log, hourly_summary, daily_summary, daily_usage; search: requests_fts.
-    Example: mirror sql "SELECT status, count(*) FROM requests GROUP BY 1"
+    SQLite: the file is opened read-only and every write, schema change, ATTACH,
+    setting PRAGMA and VACUUM INTO is refused by SQLite itself (one line, exit 1).
+    PostgreSQL: the statement runs in a READ ONLY transaction that is rolled back,
+    under statement_timeout; only one statement, and only one that returns rows.
+    Tables: requests, sync_targets, sync_windows, sync_runs, summary_hourly; views:
+    request_log, hourly_summary, daily_summary, daily_usage; search: requests_fts
+    (SQLite). Example: mirror sql "SELECT status, count(*) FROM requests GROUP BY 1"
     """
-    from mirror.readonly import ReadOnlyDatabase
+    from mirror.readonly import PgReadOnlyDatabase, ReadOnlyDatabase
 
     path = sqlite_path(db)
     if path is None:
-        raise click.UsageError("mirror sql works on a SQLite file; --db is a server URL")
+        if not is_postgresql(db):
+            raise click.UsageError(
+                "mirror sql takes a SQLite file or a postgresql:// URL as --db"
+            )
+        with PgReadOnlyDatabase(db, timeout=timeout) as pdb:
+            cols, rows = pdb.execute(sql, dict(params))
+            _print(cols, rows, fmt)
+        return
     with ReadOnlyDatabase(path, timeout=timeout) as rdb:
         cols, rows = rdb.execute(sql, dict(params))
         _print(cols, rows, fmt)
@@ -299,7 +310,11 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
     """
     path = sqlite_path(db)
     if path is None:
-        raise click.UsageError("mirror browse serves a SQLite file; --db is a server URL")
+        raise click.UsageError(
+            "Datasette serves SQLite files only, and --db is a server database: copy the "
+            "mirror into a SQLite file with `mirror copy` and browse that, or point a "
+            "PostgreSQL dashboard tool (Metabase, Grafana, Superset) at the server"
+        )
     try:
         import datasette  # noqa: F401
         from datasette.cli import cli as datasette_cli

@@ -5,27 +5,33 @@ Everything here reads through a connection handed in and never imports click: th
 
 - **Values are always bound parameters.** Filters are built with SQLAlchemy Core on the
   ``requests`` table of ``mirror.store``; column names come from the fixed `COLUMNS` list.
-- **Percentiles are exact**, by the *nearest-rank* method: the p-th percentile of ``n``
-  sorted durations is the value at 1-based rank ``ceil(p * n / 100)`` (rank 1 at least), a
-  value that really occurred. It is PostgreSQL's ``percentile_disc(p / 100.0)``. Durations
-  are fetched (along the covering index ``ix_requests_endpoint_ended``, which holds every
-  column stats needs) and picked in Python: that beat SQL window functions on SQLite
-  (../shared/perf-notes.md, Queries).
+- **Percentiles are continuous** (linear interpolation), PostgreSQL's ``percentile_cont``:
+  with ``n`` sorted durations ``v[0..n-1]`` and ``h = p/100 * (n-1)``, the p-th percentile
+  is ``v[floor(h)] + (h - floor(h)) * (v[ceil(h)] - v[floor(h)])``, in float64 and in
+  PostgreSQL's own order of operations, so both backends give bit-identical figures. On
+  SQLite durations are fetched (along the covering index ``ix_requests_endpoint_ended``,
+  which holds every column stats needs) and picked in Python: that beat SQL window functions
+  (../shared/perf-notes.md, Queries). On PostgreSQL stats are one ``GROUP BY`` with
+  ``percentile_cont(ARRAY[...]) WITHIN GROUP (ORDER BY duration)``.
 - **Readers never take a lock.** On SQLite the file is opened read-only (``mode=ro``) in
-  WAL mode, so a `mirror query` runs while cron syncs into the same file.
+  WAL mode, so a `mirror query` runs while cron syncs into the same file; on PostgreSQL
+  every transaction is ``READ ONLY`` and ``REPEATABLE READ`` (one snapshot, like SQLite's).
 - **Dialect-specific SQL lives in one place**: the section "dialects" at the end (the
-  read-only engine and the full-text search clause). Everything else is portable Core.
+  read-only engines, the full-text search clause, the PostgreSQL stats statement), plus the
+  ``hour_of`` / ``day_of`` functions of ``mirror.store``. Everything else is portable Core.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from itertools import groupby, pairwise
 from operator import itemgetter
 from pathlib import Path
@@ -39,6 +45,9 @@ from mirror.errors import ConfigError, StoreError
 from mirror.store import (
     ROW_COLUMNS,
     STATUSES,
+    day_of,
+    hour_of,
+    make_engine,
     requests,
     sqlite_path,
     sync_runs,
@@ -280,13 +289,24 @@ def count_requests(conn: Connection, filters: Filters) -> int:
 # --------------------------------------------------------------------------- stats
 
 
-def nearest_rank(sorted_values: Sequence[float], p: int) -> float | None:
-    """The p-th percentile (0 < p <= 100) of ascending values, by nearest rank."""
+def percentile_cont(sorted_values: Sequence[float], p: int) -> float | None:
+    """The p-th percentile (0 <= p <= 100) of ascending values, by linear interpolation.
+
+    PostgreSQL's ``percentile_cont(p / 100.0)``, bit for bit: ``h = q * (n - 1)`` with
+    ``q = p / 100``, and between the neighbours ``lo = floor(h)`` and ``hi = ceil(h)`` the
+    value ``v[lo] + ((h - lo) * (v[hi] - v[lo]))`` (``float8_lerp``: the same float64
+    operations in the same order); when ``h`` is whole, ``v[h]`` itself.
+    """
     n = len(sorted_values)
     if n == 0:
         return None
-    rank = max(1, (p * n + 99) // 100)  # ceil(p * n / 100) in integers: no float rounding
-    return sorted_values[rank - 1]
+    h = (p / 100) * (n - 1)
+    lo = math.floor(h)
+    hi = math.ceil(h)
+    loval = sorted_values[lo]
+    if hi == lo:
+        return loval
+    return loval + ((h - lo) * (sorted_values[hi] - loval))
 
 
 def micro_units(value: float) -> int:
@@ -321,9 +341,9 @@ def _key_exprs(by: Sequence[str], endpoint: Any, status: Any, t: Any) -> list[An
         elif g == "status":
             exprs.append(status)
         elif g == "hour":
-            exprs.append(sa.func.substr(t, 1, 13).concat(":00:00Z"))
+            exprs.append(hour_of(t).concat(":00:00Z"))
         else:
-            exprs.append(sa.func.substr(t, 1, 10))
+            exprs.append(day_of(t))
     return exprs
 
 
@@ -369,17 +389,36 @@ class _Group:
         counts = self.counts
         durations = self.durations
         durations.sort()
-        finished = counts["success"] + counts["user_error"] + counts["error"]
-        out: dict[str, Any] = dict(zip(groups, key, strict=True))
-        out["requests"] = sum(counts.values())
-        out.update(counts)
-        out["error_rate"] = counts["error"] / finished if finished else None
-        out["user_error_rate"] = counts["user_error"] / finished if finished else None
-        for p in PERCENTILES:
-            out[f"p{p}"] = nearest_rank(durations, p)
-        out["max"] = durations[-1] if durations else None
-        out["billable_units"] = self.units / 1_000_000
-        return out
+        return stats_row(
+            groups,
+            key,
+            counts,
+            [percentile_cont(durations, p) for p in PERCENTILES],
+            durations[-1] if durations else None,
+            self.units,
+        )
+
+
+def stats_row(
+    groups: Sequence[str],
+    key: tuple[Any, ...],
+    counts: dict[str, int],
+    percentiles: Sequence[float | None],
+    longest: float | None,
+    units_micro: int,
+) -> dict[str, Any]:
+    """One output row of `stats`, from what either backend worked out for the group."""
+    finished = counts["success"] + counts["user_error"] + counts["error"]
+    out: dict[str, Any] = dict(zip(groups, key, strict=True))
+    out["requests"] = sum(counts.values())
+    out.update(counts)
+    out["error_rate"] = counts["error"] / finished if finished else None
+    out["user_error_rate"] = counts["user_error"] / finished if finished else None
+    for p, value in zip(PERCENTILES, percentiles, strict=True):
+        out[f"p{p}"] = value
+    out["max"] = longest
+    out["billable_units"] = units_micro / 1_000_000
+    return out
 
 
 def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -388,8 +427,9 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
     ``by`` is any of ``endpoint``, ``status`` and one of ``hour`` / ``day`` (of the filter's
     time field; unfinished requests have no ``ended_at`` and fall in a null bucket). Groups
     come in ascending key order, null first. Rates are of *finished* requests:
-    ``error_rate = error / (success + user_error + error)``. Percentiles (nearest rank) and
-    ``max`` are over the requests that have a duration. ``billable_units`` is summed exactly,
+    ``error_rate = error / (success + user_error + error)``. Percentiles (continuous, as
+    PostgreSQL's ``percentile_cont``; see `percentile_cont`) and ``max`` are over the
+    requests that have a duration. ``billable_units`` is summed exactly,
     to a millionth of a unit (see `micro_units`). With no ``by``, one row for all matching
     requests (zero counts when none match).
 
@@ -397,10 +437,14 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
     ``ended_at``), counts and units come from it and only durations are read from the
     covering index: several times faster on millions of rows, and the same answer. Both
     reads happen in one transaction, so a sync writing meanwhile cannot skew them.
+
+    On PostgreSQL the whole answer is one aggregate statement (`pg_stats_statement`).
     """
     groups = check_groups(by)
-    acc: dict[tuple[Any, ...], _Group] = {}
     ids = resolve_endpoints(conn, filters.endpoints) if filters.endpoints else None
+    if conn.dialect.name == "postgresql":
+        return _pg_stats(conn, filters, groups, ids)
+    acc: dict[tuple[Any, ...], _Group] = {}
     if _summary_applies(conn, filters):
         _from_summary(conn, filters, groups, acc, ids)
         if filters.since is None and filters.until is None:
@@ -410,8 +454,12 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
         _from_rows(conn, filters, groups, acc, ids)
     if not acc and not groups:
         acc[()] = _Group()
-    order = sorted(acc, key=lambda k: tuple((v is not None, v) for v in k))
-    return [acc[k].row(groups, k) for k in order]
+    return [acc[k].row(groups, k) for k in sorted(acc, key=_key_order)]
+
+
+def _key_order(key: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """Ascending group keys, null first, by code point (whatever the database's collation)."""
+    return tuple((v is not None, v) for v in key)
 
 
 def _from_rows(
@@ -514,21 +562,35 @@ def durations_statement(
 def _raw_rows(conn: Connection, stmt: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
     """The driver's own rows: SQLAlchemy's Row objects cost more than the query on 1M rows."""
     sql, params = statement_sql(conn, stmt)
-    result = conn.exec_driver_sql(sql, tuple(params))
+    result = conn.exec_driver_sql(sql, params if isinstance(params, dict) else tuple(params))
     cursor = result.cursor
     if cursor is None:
         return iter(())
-    return iter(cursor)  # type: ignore[call-overload]  # a DB-API cursor iterates its rows
+    rows: Iterator[tuple[Any, ...]] = iter(cursor)  # type: ignore[call-overload]
+    if conn.dialect.name == "postgresql":
+        # timestamptz arrives as datetime here (no SQLAlchemy type in between): the text
+        return (tuple(_canonical(v) for v in row) for row in rows)
+    return rows
 
 
-def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, list[Any]]:
-    """A statement as the driver receives it: SQL text and positional parameters.
+def _canonical(value: Any) -> Any:
+    """A driver value as SQLite would give it: aware datetimes as the canonical UTC text."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return to_text(value)
+    return value
+
+
+def statement_sql(conn: Connection, stmt: sa.Select[Any]) -> tuple[str, Any]:
+    """A statement as the driver receives it: SQL text and its parameters (a list for
+    SQLite's positional ``?``, a dict for psycopg's named ``%(name)s``).
 
     Also for ``EXPLAIN QUERY PLAN`` in the tests and the benchmark, which must see the very
     SQL that listings and stats run.
     """
     compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
-    return str(compiled), [compiled.params[k] for k in compiled.positiontup or []]
+    if compiled.positiontup is None:
+        return str(compiled), dict(compiled.params)
+    return str(compiled), [compiled.params[k] for k in compiled.positiontup]
 
 
 # --------------------------------------------------------------------------- sync status
@@ -625,7 +687,7 @@ def reader_engine(db: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     """
     path = sqlite_path(db)
     if path is None:
-        return sa.create_engine(db, pool_pre_ping=True)
+        return _pg_reader(db)
     if not path.exists():
         raise ConfigError(f"{db} does not exist; run mirror sync --db {db} first")
     if path.is_dir():
@@ -665,9 +727,7 @@ def open_reader(db: str) -> Iterator[Connection]:
 
 
 # --------------------------------------------------------------------------- dialects
-# Everything below knows which database it talks to. PostgreSQL (a later issue) needs:
-# a plain engine in reader_engine (read-only transactions), and in _search_clause a
-# tsvector match; percentiles may move into SQL there as percentile_disc(p / 100.0).
+# Everything below knows which database it talks to.
 
 
 def _status_column(dialect: str, *, steer: bool) -> Any:
@@ -683,12 +743,38 @@ def _status_column(dialect: str, *, steer: bool) -> Any:
     return requests.c.status
 
 
+#: the searched document on PostgreSQL: exactly the expression of the GIN index
+#: ``ix_requests_search`` (migration 0002), so that the planner uses the index
+PG_SEARCH_DOCUMENT = (
+    "to_tsvector('simple'::regconfig, "
+    "COALESCE(json_input::text, '') || ' ' || COALESCE(json_output::text, ''))"
+)
+
+
 def _search_clause(dialect: str, text: str) -> Any:
-    if dialect != "sqlite":
-        raise StoreError(f"full-text search is not available on {dialect} yet")
-    return sa.text(
-        "requests.rowid IN (SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts_query)"
-    ).bindparams(fts_query=fts_query(text))
+    """Every word of ``text`` must occur in the payloads, each word as a phrase.
+
+    SQLite: an FTS5 query (`fts_query`). PostgreSQL: one ``phraseto_tsquery('simple',
+    word)`` per word, joined by ``&&`` and matched against `PG_SEARCH_DOCUMENT`, so the GIN
+    index answers it. As in FTS5, a word without any token (``--``) is ignored next to
+    other words, and alone matches nothing.
+    """
+    if dialect == "sqlite":
+        return sa.text(
+            "requests.rowid IN (SELECT rowid FROM requests_fts WHERE requests_fts MATCH :fts_query)"
+        ).bindparams(fts_query=fts_query(text))
+    if dialect != "postgresql":
+        raise StoreError(f"full-text search is not available on {dialect}")
+    phrases = [
+        sa.func.phraseto_tsquery(
+            sa.literal_column("'simple'::regconfig"), sa.bindparam(f"search_{i}", word, sa.Text)
+        )
+        for i, word in enumerate(text.split())
+    ]
+    tsquery = phrases[0]
+    for q in phrases[1:]:
+        tsquery = tsquery.op("&&")(q)
+    return sa.literal_column(PG_SEARCH_DOCUMENT).op("@@")(tsquery)
 
 
 def fts_query(text: str) -> str:
@@ -729,6 +815,75 @@ def _sqlite_reader(path: Path, busy_timeout_ms: int) -> Engine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _pg_reader(db: str) -> Engine:
+    """A PostgreSQL engine whose every transaction is READ ONLY and REPEATABLE READ.
+
+    The same engine setup as the store's (timestamps in UTC, JSON as its text), and one
+    snapshot per transaction: `stats` and `status` read several statements that must agree.
+    """
+    engine = make_engine(db)
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, "
+                "READ ONLY"
+            )
+        dbapi_conn.commit()
+
+    return engine
+
+
+def _pg_micro(x: Any) -> Any:
+    """`micro_units` in SQL: the expression of the summary trigger (migration 0002)."""
+    half = sa.case((x < 0, sa.literal_column("-0.5")), else_=sa.literal_column("0.5"))
+    return sa.cast(sa.func.trunc(x * 1000000 + half), sa.BigInteger)
+
+
+def pg_stats_statement(
+    filters: Filters, by: Sequence[str], *, endpoint_ids: Sequence[str] | None = None
+) -> sa.Select[Any]:
+    """Stats as one PostgreSQL aggregate: per group, the count of each status, the
+    percentiles (``percentile_cont``), the longest duration and the summed micro-units."""
+    from sqlalchemy.dialects import postgresql
+
+    r = requests.c
+    exprs = _key_exprs(by, r.endpoint_id, r.status, r[filters.time_field])
+    fractions = postgresql.array(
+        [sa.literal(p / 100, sa.Float) for p in PERCENTILES], type_=sa.Float
+    )
+    percentiles = sa.func.percentile_cont(fractions, type_=postgresql.ARRAY(sa.Float))
+    return (
+        sa.select(
+            *(e.label(g) for e, g in zip(exprs, by, strict=True)),
+            *(sa.func.count().filter(r.status == s) for s in STATUSES),
+            percentiles.within_group(r.duration),
+            sa.func.max(r.duration),
+            sa.func.sum(_pg_micro(r.billable_units)),
+        )
+        .where(*where_clauses(filters, "postgresql", endpoint_ids=endpoint_ids))
+        .group_by(*exprs)
+    )
+
+
+def _pg_stats(
+    conn: Connection, filters: Filters, groups: Sequence[str], ids: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    k = len(groups)
+    out = []
+    for row in conn.execute(pg_stats_statement(filters, groups, endpoint_ids=ids)):
+        key = tuple(row[:k])
+        counts = {s: int(n) for s, n in zip(STATUSES, row[k : k + len(STATUSES)], strict=True)}
+        pcts, longest, units = row[k + len(STATUSES) :]
+        units = int(units) if isinstance(units, (int, Decimal)) else 0
+        out.append(
+            stats_row(groups, key, counts, pcts or [None] * len(PERCENTILES), longest, units)
+        )
+    out.sort(key=lambda r: _key_order(tuple(r[g] for g in groups)))
+    return out
 
 
 def tidy_wal(path: Path) -> None:

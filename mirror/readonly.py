@@ -13,8 +13,24 @@ the statement's text:
    that never ends cannot hang the terminal or hold a WAL snapshot forever.
 5. Python's ``execute`` runs exactly one statement: ``SELECT 1; DROP TABLE x`` is refused.
 
-SQLite-specific; on PostgreSQL the equivalent is a ``READ ONLY`` transaction with
-``statement_timeout``, which comes with the PostgreSQL issue.
+On PostgreSQL (`PgReadOnlyDatabase`) the layers are the server's own:
+
+1. The session's ``default_transaction_read_only`` is on, and the statement runs inside a
+   ``BEGIN READ ONLY`` transaction that has already taken its snapshot, so it cannot turn
+   itself read-write (``SET TRANSACTION READ WRITE``, ``set_config(...)``: PostgreSQL
+   refuses that after the first query). Every write, DDL, ``nextval`` and ``SELECT ... FOR
+   UPDATE`` fails with PostgreSQL's "cannot execute ... in a read-only transaction". The
+   transaction is always rolled back, never committed.
+2. The statement is parsed and described (the extended protocol's Parse/Describe) before
+   it runs: more than one statement is refused by the server's parser, and a statement
+   that returns no rows (``COPY ... TO PROGRAM``, ``DO``, ``SET``, ``COMMIT``, DDL, ``LISTEN``)
+   is refused without running. ``COPY`` in particular is not stopped by a read-only
+   transaction, which is why this layer exists.
+3. ``statement_timeout`` is the time limit, set for this transaction only (``SET LOCAL``).
+
+What a read-only transaction does not stop is what only a privileged role may do anyway
+(``pg_terminate_backend``, server file functions such as ``lo_export``): point ``mirror
+sql`` and dashboards at a role that may only read (the README shows one).
 """
 
 from __future__ import annotations
@@ -22,12 +38,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, datetime, time as dtime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError, MirrorError
 from mirror.query import sqlite_uri, tidy_wal
+from mirror.timeparse import to_text
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -222,3 +242,220 @@ class ReadOnlyDatabase:
         if "readonly" in text or "read-only" in text:
             return SqlError(f"refused: {text}; mirror sql only reads")
         return SqlError(text)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+#: SQLSTATEs with their own message
+_PG_TIMEOUT = "57014"  # query_canceled (statement_timeout)
+_PG_READ_ONLY = "25006"  # read_only_sql_transaction
+_PG_PRIVILEGE = "42501"  # insufficient_privilege
+
+
+class PgReadOnlyDatabase:
+    """One read-only PostgreSQL session; use as a context manager, run statements with
+    `execute` (see the module docstring for what keeps it read-only)."""
+
+    def __init__(self, db: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        import sqlalchemy as sa
+
+        from mirror.store import make_engine, normalize_url
+
+        if timeout <= 0:
+            raise ConfigError("--timeout must be more than 0 seconds")
+        self.timeout = timeout
+        self.shown = sa.engine.make_url(normalize_url(db)).render_as_string(hide_password=True)
+        self.engine = make_engine(db)
+        try:
+            self.raw = self.engine.raw_connection()
+        except Exception as e:  # SQLAlchemy's or, from the connect hook, psycopg's own
+            self.engine.dispose()
+            raise SqlError(
+                f"{self.shown}: cannot connect: {_first_line(getattr(e, 'orig', None) or e)}"
+            ) from None
+        self.conn: Any = self.raw.driver_connection
+        try:
+            self.conn.rollback()
+            self.conn.autocommit = True
+            self.conn.execute("SET default_transaction_read_only = on")
+            self.conn.autocommit = False
+            self.conn.read_only = True  # psycopg begins with BEGIN READ ONLY
+        except Exception as e:
+            self.close()
+            raise SqlError(f"{self.shown}: cannot set up a read-only session: {_first_line(e)}") from None
+
+    def __enter__(self) -> PgReadOnlyDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.rollback()
+        with contextlib.suppress(Exception):
+            self.raw.close()
+        self.engine.dispose()
+
+    def execute(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        """(column names, rows); rows stream, and the time limit covers reading them too."""
+        import psycopg
+
+        query, dollar, values = _pg_statement(sql, params or {})
+        conn = self.conn
+        try:
+            conn.rollback()
+            ms = max(1, round(self.timeout * 1000))
+            # SET LOCAL by set_config; this SELECT also takes the transaction's snapshot, so
+            # the statement can no longer make the transaction read-write
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{ms}ms",))
+            described = _describe(conn.pgconn, dollar)
+            if described == 0:
+                raise SqlError(
+                    f"refused: {_verb(sql)} returns no rows; mirror sql only reads "
+                    "(SELECT, WITH, VALUES, TABLE, EXPLAIN, SHOW)"
+                )
+            cur = conn.cursor()
+            rows = cur.stream(query, values)
+            first = next(rows, None)  # errors of the statement itself surface here
+        except SqlError:
+            conn.rollback()
+            raise
+        except psycopg.Error as e:
+            conn.rollback()
+            raise self._error(e) from None
+        cols = [d.name for d in cur.description or ()]
+        return cols, self._rows(cur, first, rows)
+
+    def _rows(
+        self, cur: Any, first: tuple[Any, ...] | None, rows: Iterator[tuple[Any, ...]]
+    ) -> Iterator[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            if first is None:
+                return
+            yield tuple(map(_plain, first))
+            for row in rows:
+                yield tuple(map(_plain, row))
+        except psycopg.Error as e:
+            raise self._error(e) from None
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+
+    def _error(self, e: BaseException) -> SqlError:
+        state = getattr(e, "sqlstate", None)
+        text = _first_line(e)
+        if state == _PG_TIMEOUT:
+            return SqlError(
+                f"stopped after {self.timeout:g}s (the time limit; raise it with --timeout)"
+            )
+        if "cannot insert multiple commands" in text:
+            return SqlError("refused: one statement at a time")
+        if state == _PG_READ_ONLY or "read-only" in text or "read-write" in text:
+            return SqlError(f"refused: {text}; mirror sql only reads")
+        if state == _PG_PRIVILEGE:
+            return SqlError(f"refused: {text}")
+        return SqlError(text)
+
+
+class _Described(Exception):
+    def __init__(self, sqlstate: str | None, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _describe(pgconn: Any, sql: bytes) -> int:
+    """How many columns the statement returns, from Parse + Describe (nothing runs).
+
+    More than one statement is a parse error ("cannot insert multiple commands into a
+    prepared statement"), raised as the server's error.
+    """
+    import psycopg
+    from psycopg import pq
+
+    for step in (lambda: pgconn.prepare(b"", sql), lambda: pgconn.describe_prepared(b"")):
+        res = step()
+        if res.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.lookup(
+                (res.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
+            )(
+                (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"error").decode(
+                    "utf-8", "replace"
+                )
+            )
+    return int(res.nfields)
+
+
+def _pg_statement(sql: str, params: Mapping[str, Any]) -> tuple[str, bytes, Any]:
+    """The statement for psycopg, the same for Parse ($n placeholders), and the values.
+
+    Without parameters the text goes to the server as it is. With them, ``:name`` is bound
+    the way SQLAlchemy's ``text()`` reads it (``::int`` casts stay casts).
+    """
+    if not params:
+        return sql, sql.encode(), None
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import psycopg as pg
+
+    stmt = sa.text(sql)
+    names = set(stmt._bindparams)
+    missing = sorted(names - set(params))
+    if missing:
+        raise SqlError(f"no value for :{missing[0]}; pass one with -p {missing[0]} VALUE")
+    # untyped: psycopg sends text as "unknown" and the server infers its type, as SQLite's
+    # affinity would (a typed bind would compare integer = varchar)
+    stmt = stmt.bindparams(
+        *(sa.bindparam(k, v, type_=sa.types.NullType()) for k, v in params.items() if k in names)
+    )
+    pyformat = stmt.compile(dialect=pg.dialect())
+    dollar = stmt.compile(dialect=pg.dialect(paramstyle="numeric_dollar"))
+    return str(pyformat), str(dollar).encode(), pyformat.params
+
+
+def _verb(sql: str) -> str:
+    """The statement's first word, for messages only (nothing is decided on the text)."""
+    for line in sql.splitlines():
+        word = line.strip().split(None, 1)
+        if word and not word[0].startswith("--"):
+            return word[0].upper().rstrip(";")
+    return "the statement"
+
+
+def _plain(value: Any) -> Any:
+    """A PostgreSQL value as SQLite would show it: timestamps as the stored text shape,
+    numerics as numbers; what the output cannot print, as text."""
+    if value is None or isinstance(value, (str, int, float, bytes, list)):
+        return value
+    if isinstance(value, datetime):
+        return to_text(value) if value.tzinfo is not None else value.isoformat()
+    if isinstance(value, Decimal):
+        # an integer sum (count, sum of bigint) as an integer; a scaled numeric (round(x, 6),
+        # avg) as a float, which is what SQLite gives for both
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent >= 0 and abs(value) < 2**63:
+            return int(value)
+        return float(value)
+    if isinstance(value, (date, dtime)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, memoryview):
+        return bytes(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(value)
+
+
+def _first_line(e: BaseException | None) -> str:
+    diag = getattr(e, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return str(primary)
+    text = str(e) if e is not None else "unknown error"
+    return (text.strip().splitlines() or ["unknown error"])[0]

@@ -53,7 +53,7 @@ import sqlalchemy as sa
 from mirror import lock
 from mirror.api import FalClient, Page
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
-from mirror.store import API_FIELDS, Store, requests, sqlite_path, target_clause
+from mirror.store import API_FIELDS, Store, hour_of, requests, sqlite_path, target_clause
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.windows import align_down, ceil_s, floor_s
 
@@ -598,7 +598,7 @@ class Verifier:
         with self.store.engine.connect() as conn:
             for name in CANDIDATE_FIELDS:
                 col = requests.c[name]
-                hour = sa.func.substr(col, 1, 13)
+                hour = hour_of(col)
                 q = (
                     sa.select(hour, sa.func.count())
                     .where(target_clause(target), col >= to_text(lo), col < to_text(hi))

@@ -2,8 +2,9 @@
 
 The reference for listings is plain SQL over ``requests`` written here, differently from the
 query layer (app ids matched by ``substr``, nulls placed by ``IS NULL``), and run through the
-plain ``sqlite3`` module. The reference for stats filters and groups in Python, and picks
-percentiles with ``math.ceil`` on the nearest-rank definition.
+plain ``sqlite3`` module. The reference for stats filters and groups in Python, and
+interpolates percentiles itself on the continuous definition (PostgreSQL's
+``percentile_cont``; ``test_pg_equivalence`` checks the float64 operations against the server's).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sqlite3
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -293,7 +293,12 @@ def reference_stats(
         def pct(p: int, durations: list[float] = durations) -> float | None:
             if not durations:
                 return None
-            return durations[max(1, math.ceil(p * len(durations) / 100)) - 1]
+            at = p / 100 * (len(durations) - 1)  # a fractional 0-based position
+            below = int(at)
+            if at == below:
+                return durations[below]
+            low, high = durations[below], durations[below + 1]
+            return low + (at - below) * (high - low)
 
         row = dict(zip(by, k, strict=True))
         row.update(requests=len(members), **n)
@@ -394,17 +399,13 @@ def test_stats_command_prints_the_reference_in_every_format(run_cli, demo_db, re
     assert rows == [[cell(w[c]) for c in header] for w in want]
 
 
-def test_percentiles_by_nearest_rank_on_known_values():
+def test_percentiles_interpolate_on_known_values():
     values = [float(v) for v in range(1, 21)]  # 1..20
-    assert [query.nearest_rank(values, p) for p in (50, 90, 95, 99, 100)] == [
-        10.0,
-        18.0,
-        19.0,
-        20.0,
-        20.0,
-    ]
-    assert query.nearest_rank([4.0], 1) == 4.0
-    assert query.nearest_rank([], 50) is None
+    assert [query.percentile_cont(values, p) for p in (0, 50, 95, 100)] == [1.0, 10.5, 19.05, 20.0]
+    assert query.percentile_cont([10.0, 20.0], 90) == 19.0
+    assert query.percentile_cont([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0  # a whole position
+    assert query.percentile_cont([4.0], 1) == 4.0
+    assert query.percentile_cont([], 50) is None
 
 
 def test_stats_with_no_match_is_one_row_of_zeros(reader):

@@ -42,6 +42,7 @@ from mirror.simulator import (
 from mirror.simulator.faults import ANALYTICS_PATH
 from mirror.simulator.server import Answer, ApiError
 from mirror.store import Store
+from mirror.store import requests as requests_table
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import api_param, from_text, to_text
 from mirror.verify import differing_fields
@@ -614,3 +615,65 @@ def test_differing_fields_follow_the_upsert_rules() -> None:
     assert differing_fields(stored, changed, payloads=False, billing=False) == ["status_code"], (
         "fields not fetched (--no-payloads, --no-billing) are not compared"
     )
+
+
+def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(tmp_path: Path, pg_url: str) -> None:
+    """The same world mirrored into SQLite and PostgreSQL, the same rows deleted and edited
+    in both: verify reports the same findings on both, and --repair mends PostgreSQL."""
+    real = datetime.now(UTC)
+    now = real.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(minutes=40)
+    world = generate_world(
+        WorldConfig(clock=ManualClock(now)), seed=3, now=now, days=1, endpoints=ENDPOINTS,
+        requests_per_hour=60, running=0, future_minutes=0, late_fraction=0,
+    )  # fmt: skip
+    world.finish_all()
+    world.fill_billing()
+    dbs = {"sqlite": str(tmp_path / "m.db"), "postgresql": pg_url}
+    with SimulatedAPI(world) as api:
+        for db in dbs.values():
+            store = Store.open(db)
+            try:
+                with make_http_client() as http:
+                    client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
+                    sync(store, client, SyncOptions(targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR))
+            finally:
+                store.close()
+        env = fast_env(api.base_url)
+        top = now.replace(minute=0, second=0, microsecond=0)
+        reports = {}
+        for name, db in dbs.items():
+            store = Store.open(db)
+            try:
+                with store.engine.begin() as conn:
+                    ids = [r[0] for r in conn.exec_driver_sql(
+                        "SELECT request_id FROM requests WHERE endpoint_id = 'acme/upscaler' "
+                        "AND ended_at >= %s AND ended_at < %s ORDER BY request_id LIMIT 2"
+                        if name == "postgresql" else
+                        "SELECT request_id FROM requests WHERE endpoint_id = 'acme/upscaler' "
+                        "AND ended_at >= ? AND ended_at < ? ORDER BY request_id LIMIT 2",
+                        (to_text(top - 10 * HOUR), to_text(top - 9 * HOUR)),
+                    )]  # fmt: skip
+                    assert len(ids) == 2, f"{name}: too few rows in the hour to change"
+                    conn.execute(
+                        requests_table.delete().where(requests_table.c.request_id == ids[0])
+                    )
+                    conn.execute(
+                        requests_table.update()
+                        .where(requests_table.c.request_id == ids[1])
+                        .values(duration=requests_table.c.duration + 1)
+                    )
+            finally:
+                store.close()
+            r = verify(Path(db) if name == "sqlite" else db, env, "--full", "--format", "json")  # type: ignore[arg-type]
+            assert r.code == 1, f"{name}: differences were found, so exit 1, not {r.code}: {r.stderr}"
+            rep = report_of(r)
+            reports[name] = ({k: rep[k] for k in ("hours", "hours_walked", "missing", "different", "extra", "remaining")},
+                             [(t["target"], t["missing"], t["different"]) for t in rep["targets"]])  # fmt: skip
+        assert reports["postgresql"] == reports["sqlite"], "verify found different things on PostgreSQL"
+        assert reports["postgresql"][0]["missing"] == 1 and reports["postgresql"][0]["different"] == 1
+
+        r = verify(pg_url, env, "--repair", "--format", "json")  # type: ignore[arg-type]
+        assert r.code == 0, f"everything found was repairable: {r.stdout} {r.stderr}"
+        assert report_of(r)["repaired"] == {"inserted": 1, "updated": 1, "deleted": 0}
+        r = verify(pg_url, env, "--full", "--format", "json")  # type: ignore[arg-type]
+        assert r.code == 0 and report_of(r)["remaining"] == 0, f"not clean after repair: {r.stdout}"

@@ -93,6 +93,12 @@ class JsonText(sa.types.TypeDecorator[str]):
         return None
 
 
+#: ids compared by byte order on both backends: SQLite's BINARY, PostgreSQL's "C" collation
+#: whatever the database's own (app-id ranges such as ``owner/app/`` .. ``owner/app0`` rely on
+#: it; a language collation would ignore the punctuation)
+Key = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
+
 class hour_of(sa.sql.functions.GenericFunction[str]):
     """The hour of a timestamp as text, ``YYYY-MM-DDTHH`` (UTC)."""
 
@@ -147,8 +153,8 @@ metadata = sa.MetaData()
 requests = sa.Table(
     "requests",
     metadata,
-    sa.Column("request_id", sa.Text, primary_key=True),
-    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("endpoint_id", Key, nullable=False),
     sa.Column("runner_id", sa.Text),
     sa.Column("sent_at", Instant, nullable=False),
     sa.Column("started_at", Instant),
@@ -398,8 +404,10 @@ def translate_errors(path: str) -> Iterator[None]:
 
 def describe_db_error(err: BaseException | None, path: str) -> str:
     path = display_db(path)
-    # one line: server errors come with indented hints on lines of their own
-    text = " ".join(str(err).split()) if err is not None else "unknown database error"
+    # PostgreSQL's own message without its LINE/HINT lines; then one line whatever it was
+    primary = getattr(getattr(err, "diag", None), "message_primary", None)
+    text = primary or (str(err) if err is not None else "unknown database error")
+    text = " ".join(text.split())
     low = text.lower()
     if "database or disk is full" in low or "disk i/o error" in low:
         return f"{path}: disk full or I/O error ({text}); free space and run again, nothing committed is lost"

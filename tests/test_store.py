@@ -428,3 +428,39 @@ def test_passwords_in_urls_never_reach_messages():
     assert msg == (
         "postgresql+psycopg://me:***@db.example/mirror: connection failed: Is the server running?"
     )
+
+
+def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_admin):
+    """A database whose default collation ignores punctuation (ICU ``ka-shifted``, like
+    glibc's en_US) would put ``acme/app/turbo`` outside ``['acme/app/', 'acme/app0')``;
+    the id columns compare in "C" order, so a target still covers exactly its routes."""
+    import uuid
+
+    name = f"mirror_test_icu_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+            "ICU_LOCALE 'en-US-u-ka-shifted' LOCALE 'C.UTF-8'"
+        )
+    url = sa.engine.make_url(pg_admin).set(database=name).render_as_string(False)
+    try:
+        probe = sa.create_engine(url)
+        with probe.connect() as conn:
+            blind = conn.exec_driver_sql("SELECT 'acme/app/turbo' < 'acme/app0'").scalar()
+        probe.dispose()
+        assert blind is False, "the collation does not ignore punctuation: proves nothing"
+        s = Store.open(url)
+        try:
+            rows = [row(f"{i}") for i in range(4)]
+            ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]
+            rows = [(r[0], e, *r[2:]) for r, e in zip(rows, ids, strict=True)]
+            upsert(s, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
+            got = {e for _, e, _ in s.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 9)}
+            assert got == {"acme/app", "acme/app/turbo"}, got
+        finally:
+            s.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

@@ -13,6 +13,9 @@ from sqlalchemy.dialects import postgresql
 #: PostgreSQL; a JSON document: its text on SQLite, jsonb on PostgreSQL (see mirror.store)
 INSTANT = sa.Text().with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
 JSON = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
+#: ids compared by byte order on both (SQLite's BINARY; PostgreSQL's "C", whatever the
+#: database's collation): app-id ranges (`owner/app/` .. `owner/app0`) rely on it
+KEY = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
 
 revision = "0001"
 down_revision = None
@@ -23,8 +26,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "requests",
-        sa.Column("request_id", sa.Text, primary_key=True),
-        sa.Column("endpoint_id", sa.Text, nullable=False),
+        sa.Column("request_id", KEY, primary_key=True),
+        sa.Column("endpoint_id", KEY, nullable=False),
         sa.Column("runner_id", sa.Text),
         sa.Column("sent_at", INSTANT, nullable=False),
         sa.Column("started_at", INSTANT),

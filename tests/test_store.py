@@ -458,6 +458,11 @@ def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_ad
             upsert(s, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
             got = {e for _, e, _ in s.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 9)}
             assert got == {"acme/app", "acme/app/turbo"}, got
+            with s.engine.connect() as conn:  # the same range typed in psql by a user
+                raw = {r[0] for r in conn.exec_driver_sql(
+                    "SELECT endpoint_id FROM requests "
+                    "WHERE endpoint_id >= 'acme/app/' AND endpoint_id < 'acme/app0'")}
+            assert raw == {"acme/app/turbo"}, f"the column does not compare in C order: {raw}"
         finally:
             s.close()
     finally:

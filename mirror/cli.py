@@ -314,7 +314,7 @@ def sync(
     from mirror.auth import load_key
     from mirror.pacing import Pacer
     from mirror.store import Store, sqlite_path
-    from mirror.sync import SyncOptions
+    from mirror.sync import SyncOptions, opening
     from mirror.sync import sync as run_sync
 
     _setup_logging(verbose)
@@ -341,7 +341,8 @@ def sync(
         else contextlib.nullcontext()
     )
     with _sigterm_as_interrupt(), holder:
-        store = Store.open(db)
+        with opening(db):
+            store = Store.open(db)
         try:
             targets = list(dict.fromkeys(endpoints)) or store.targets()
             if not targets:

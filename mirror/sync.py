@@ -35,7 +35,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -261,6 +261,40 @@ class TargetLocks:
         finally:
             if engine is not None:
                 engine.dispose()
+
+
+#: serialises opening (and first migrating) one PostgreSQL database among sync processes
+OPEN_LOCK_KEY = 0x6D6972726F720002  # "mirror" + 2; the migration lock is + 1
+
+
+@contextlib.contextmanager
+def opening(db: str) -> Iterator[None]:
+    """Around ``Store.open`` of a PostgreSQL database that other processes may be opening too.
+
+    Works around a window in ``store.upgrade``: it reads the revision, then checks for foreign
+    tables, both before its migration lock; a process that commits the first migration in
+    between makes another see tables without the revision it read, and refuse the database
+    as "not a mirror database" (seen with three syncs started at once on a new database).
+    Taking turns here closes the window; SQLite needs nothing (its writer lock is held).
+    """
+    from mirror.store import is_postgresql, normalize_url
+
+    if not is_postgresql(db):
+        yield
+        return
+    engine = sa.create_engine(
+        normalize_url(db), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(OPEN_LOCK_KEY)))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(OPEN_LOCK_KEY)))
+    finally:
+        engine.dispose()
 
 
 def _request_id(row: tuple[Any, ...]) -> str:

@@ -23,6 +23,7 @@ import click
 
 from mirror import __version__
 from mirror.errors import ConfigError, MirrorError
+from mirror.store import display_db
 from mirror.timeparse import parse_duration, parse_when, utcnow
 
 EXIT_USAGE = 2
@@ -349,7 +350,9 @@ def sync(
         try:
             targets = list(dict.fromkeys(endpoints)) or store.targets()
             if not targets:
-                raise click.UsageError(f"{db} has no sync targets yet: name one with --endpoint ID")
+                raise click.UsageError(
+                    f"{display_db(db)} has no sync targets yet: name one with --endpoint ID"
+                )
             opts = SyncOptions(
                 targets=targets,
                 since=since,
@@ -401,7 +404,39 @@ def db_upgrade(db: str) -> None:
         rev, _ = schema_state(engine)
     finally:
         engine.dispose()
-    click.echo(f"{db}: {'upgraded to' if applied else 'already at'} schema revision {rev}")
+    click.echo(
+        f"{display_db(db)}: {'upgraded to' if applied else 'already at'} schema revision {rev}"
+    )
+
+
+# --------------------------------------------------------------------------- copy
+
+
+@cli.command("copy")
+@click.option("--from", "source", required=True, metavar="PATH_OR_URL",
+              help="The mirror to copy: a SQLite file or a database URL (only read).")  # fmt: skip
+@click.option("--to", "dest", required=True, metavar="PATH_OR_URL",
+              help="Where to: a new SQLite file or an empty PostgreSQL database (migrated first).")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def copy_cmd(source: str, dest: str, quiet: bool) -> None:
+    """Copy a whole mirror (requests and sync state) into another, empty database.
+
+    \b
+    Syncs then carry on from where the source left off: nothing is downloaded again.
+    Works both ways between SQLite and PostgreSQL, e.g.
+      mirror copy --from mirror.db --to postgresql://USER@HOST/DBNAME
+    The destination must be empty; the source is never written.
+
+    \b
+    Exit codes: 0 ok, 1 failed (storage), 2 refused (missing source, bad URL,
+    non-empty destination), 75 a sync is writing the SQLite source (try later).
+    """
+    from mirror.copy import copy_mirror
+
+    with _sigterm_as_interrupt():
+        report = copy_mirror(source, dest)
+    if not quiet:
+        click.echo(report.summary())
 
 
 # --------------------------------------------------------------------------- simulator

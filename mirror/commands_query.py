@@ -23,7 +23,7 @@ import click
 from mirror import output, query
 from mirror.cli import _when, db_option
 from mirror.errors import ConfigError
-from mirror.store import STATUSES, is_postgresql, sqlite_path
+from mirror.store import STATUSES, display_db, is_postgresql, sqlite_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -227,9 +227,7 @@ def sql_cmd(
     path = sqlite_path(db)
     if path is None:
         if not is_postgresql(db):
-            raise click.UsageError(
-                "mirror sql takes a SQLite file or a postgresql:// URL as --db"
-            )
+            raise click.UsageError("mirror sql takes a SQLite file or a postgresql:// URL as --db")
         with PgReadOnlyDatabase(db, timeout=timeout) as pdb:
             cols, rows = pdb.execute(sql, dict(params))
             _print(cols, rows, fmt)
@@ -255,7 +253,10 @@ def status_cmd(db: str, fmt: str) -> None:
     with query.open_reader(db) as conn:
         result = [t.as_dict() for t in query.sync_status(conn)]
     if not result:
-        click.echo(f"{db}: no sync targets yet (mirror sync --db {db} --endpoint ID)", err=True)
+        click.echo(
+            f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
+            err=True,
+        )
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "covered_from", "covered_to", "gaps", "last_run", "last_run_started_at",
             "last_run_ended_at", "last_run_error"]  # fmt: skip

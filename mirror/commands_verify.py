@@ -26,6 +26,7 @@ from mirror.cli import (
     retry_policy_from_env,
     verbose_option,
 )
+from mirror.store import display_db
 
 
 @click.command("verify")
@@ -132,11 +133,11 @@ def verify_cmd(
             if unknown:
                 raise click.UsageError(
                     f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a sync "
-                    f"target of {db} (targets: {', '.join(known) or 'none'})"
+                    f"target of {display_db(db)} (targets: {', '.join(known) or 'none'})"
                 )
             targets = list(dict.fromkeys(endpoints)) or known
             if not targets:
-                raise click.UsageError(f"{db} has no sync targets: nothing to verify")
+                raise click.UsageError(f"{display_db(db)} has no sync targets: nothing to verify")
             with make_http_client() as http:
                 client = FalClient(http, key, base_url=base_url, retry=retry, pacer=Pacer(4))
                 report = verify(

@@ -46,6 +46,7 @@ from mirror.store import (
     ROW_COLUMNS,
     STATUSES,
     day_of,
+    display_db,
     hour_of,
     make_engine,
     requests,
@@ -706,7 +707,7 @@ def ensure_schema(db: str, engine: Engine) -> None:
     with translate_errors(db):
         rev, head = schema_state(engine)
     if rev is None:
-        raise StoreError(f"{db} is not a mirror database (no schema); check --db")
+        raise StoreError(f"{display_db(db)} is not a mirror database (no schema); check --db")
     if rev != head:
         Store.open(db).close()
 

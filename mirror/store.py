@@ -476,6 +476,10 @@ def _check_foreign(engine: Engine, rev: str | None, path: str) -> None:
     with engine.connect() as conn:
         names = set(sa.inspect(conn).get_table_names())
         conn.rollback()
+    _refuse_foreign(names, path)
+
+
+def _refuse_foreign(names: set[str], path: str) -> None:
     if names - {"alembic_version"}:
         raise StoreError(
             f"{path} is not a mirror database (it has tables {', '.join(sorted(names)[:5])}); "
@@ -495,17 +499,22 @@ def upgrade(engine: Engine, db: str, *, lock_wait: float = 10.0) -> bool:
         rev, head = schema_state(engine)
         if rev == head:
             return False
-        _check_foreign(engine, rev, db)
         path = sqlite_path(db)
         if path is None:
             # PostgreSQL: DDL is transactional; a transaction-scoped advisory lock makes
-            # several machines upgrading at once take turns, and the last ones find it done
+            # several machines upgrading at once take turns, and the last ones find it done.
+            # Everything is read again under the lock: what was read before it may have been
+            # another machine's migration half-way (tables, then the revision).
             with engine.begin() as conn:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
-                if current_revision(conn) == head:
+                rev = current_revision(conn)
+                if rev == head:
                     return False
+                if rev is None:
+                    _refuse_foreign(set(sa.inspect(conn).get_table_names()), db)
                 command.upgrade(_alembic_config(conn), "head")
             return True
+        _check_foreign(engine, rev, db)
         with lock.hold(path, wait=lock_wait):
             rev, head = schema_state(engine)  # another process may have upgraded meanwhile
             if rev == head:
@@ -595,7 +604,7 @@ class Store:
                 rev, head = schema_state(engine)
                 if rev != head:
                     raise StoreError(
-                        f"{db}: schema is at {rev}, expected {head}; run mirror db upgrade"
+                        f"{display_db(db)}: schema is at {rev}, expected {head}; run mirror db upgrade"
                     )
         return cls(engine, db)
 

@@ -28,9 +28,11 @@ Correct under every reading of the API that fal leaves open (``fal-api.md`` §13
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import sqlalchemy as sa
 
 from mirror import interrupts
 from mirror.api import FalClient, Page
@@ -101,13 +105,16 @@ class SyncReport:
     rechecked_hours: int = 0
     recheck_calls: int = 0
     notes: list[str] = field(default_factory=list)
+    #: targets another process held (PostgreSQL scale-out): left to it, not a failure
+    left_to_others: list[str] = field(default_factory=list)
     outcome: str = "running"
     error: str | None = None
     seconds: float = 0.0
 
     def summary(self) -> str:
+        n = len(self.targets) - len(self.left_to_others)
         line = (
-            f"synced {len(self.targets)} target{'s' if len(self.targets) != 1 else ''}: "
+            f"synced {n} target{'s' if n != 1 else ''}: "
             f"{self.inserted} new, {self.updated} updated, {self.windows_done} windows "
             f"in {self.pages} pages ({self.api_calls} calls) in {self.seconds:.1f}s"
         )
@@ -115,6 +122,12 @@ class SyncReport:
             line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
         if self.windows_unstable:
             line += f"; {self.windows_unstable} windows kept changing and will be walked again"
+        if self.left_to_others:
+            k = len(self.left_to_others)
+            line += (
+                f"; {k} target{'s' if k != 1 else ''} left to other mirror sync processes "
+                f"that were syncing {'them' if k != 1 else 'it'} ({', '.join(self.left_to_others)})"
+            )
         return line
 
 
@@ -163,18 +176,121 @@ class _Failed:
 
 @dataclass(frozen=True)
 class _Finished:
-    pass
+    target: str | None = None
+
+
+# --------------------------------------------------------------------------- scale-out
+#
+# On PostgreSQL several `mirror sync` processes (on different machines) may share one
+# database. Each target is walked by one process at a time: a process holds a session-level
+# advisory lock per target it walks, on a connection of its own, from before it plans the
+# target's windows (so it sees every window a previous holder completed) until the run ends
+# (so a process that comes to the target later in the same wave finds it held, instead of
+# re-walking its lookback tail). The server drops the locks when the process dies. A target
+# another process holds is skipped; it is tried once more when this process has nothing
+# else to do, and then, if still held, left to that process (reported, not a failure).
+#
+# On SQLite the file lock (mirror.lock) already serialises whole runs: every target is
+# "taken" at once and nothing changes.
+
+#: namespace of the per-target advisory lock keys (the migration lock is 0x6D6972726F720001)
+_TARGET_KEY_SALT = b"mirror-sync-target\x00"
+#: a writer transaction PostgreSQL aborted to break a deadlock (or a serialization
+#: failure) is run again, up to this many attempts in all
+WRITE_ATTEMPTS = 8
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def target_lock_key(target: str) -> int:
+    """A stable signed 64-bit advisory lock key for a target name (same on every machine)."""
+    digest = hashlib.blake2b(_TARGET_KEY_SALT + target.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class TargetLocks:
+    """Per-target PostgreSQL session advisory locks, on a dedicated unpooled connection.
+
+    ``try_take`` never waits. ``close`` releases every lock (closing the connection, which
+    the server also does when the process dies). On SQLite every target is free.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.enabled = store.dialect == "postgresql"
+        self._url = store.engine.url
+        self._engine: sa.Engine | None = None
+        self._conn: sa.Connection | None = None
+        self.held: set[str] = set()
+
+    def _connection(self) -> sa.Connection:
+        if self._conn is None:
+            # NullPool: closing really closes, so no lock can outlive us in a pool
+            self._engine = sa.create_engine(
+                self._url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+            )
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def try_take(self, target: str) -> bool:
+        if not self.enabled or target in self.held:
+            self.held.add(target)
+            return True
+        got = (
+            self._connection()
+            .execute(sa.select(sa.func.pg_try_advisory_lock(target_lock_key(target))))
+            .scalar()
+        )
+        if got:
+            self.held.add(target)
+        return bool(got)
+
+    def release(self, target: str) -> None:
+        if target not in self.held:
+            return
+        self.held.discard(target)
+        if self.enabled and self._conn is not None:
+            self._conn.execute(sa.select(sa.func.pg_advisory_unlock(target_lock_key(target))))
+
+    def close(self) -> None:
+        self.held.clear()
+        conn, self._conn = self._conn, None
+        engine, self._engine = self._engine, None
+        try:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+                conn.close()
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+
+def _request_id(row: tuple[Any, ...]) -> str:
+    return str(row[0])
+
+
+def _retryable(e: BaseException) -> bool:
+    orig = getattr(e, "orig", None)
+    return getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def plan_target(
-    store: Store, target: str, opts: SyncOptions, now: datetime
+    store: Store, target: str, opts: SyncOptions, now: datetime, *, gaps_only: bool = False
 ) -> tuple[list[Window], datetime]:
-    """The windows to walk for a target, and where its re-walked tail starts."""
+    """The windows to walk for a target, and where its re-walked tail starts.
+
+    ``gaps_only``: trust every completed interval (no lookback re-walk), for a target
+    another process was syncing during this run: only what it left undone is walked.
+    """
     completed = [(from_text(a), from_text(b)) for a, b in store.completed(target)]
     end = min(opts.until, now) if opts.until else now
-    if completed:
+    recheck_from: datetime | None
+    if completed and gaps_only:
+        recheck_from = None
+        start = opts.since if opts.since else min(a for a, _ in completed)
+        tail = end
+    elif completed:
         last = max(b for _, b in completed)
-        recheck_from: datetime | None = last - opts.lookback
+        recheck_from = last - opts.lookback
         start = opts.since if opts.since else min(a for a, _ in completed)
         tail = min(recheck_from, end) if recheck_from else end
     else:
@@ -241,6 +357,11 @@ class Syncer:
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._known_targets: set[str] = set()
+        self._locks = TargetLocks(store)
+        #: targets not yet tried, and those another process held when tried (PostgreSQL)
+        self._untried: list[str] = list(dict.fromkeys(opts.targets))
+        self._held_elsewhere: list[str] = []
+        self._retried = False
 
     # -- worker side ------------------------------------------------------------------
 
@@ -326,7 +447,7 @@ class Syncer:
                 self._q.put(_Failed(e), timeout=5)
         finally:
             with contextlib.suppress(_Stopped):
-                self._put(_Finished())
+                self._put(_Finished(task.target))
 
     def _walk_once(self, task: _Walk) -> str:
         w, target = task.window, task.target
@@ -392,7 +513,6 @@ class Syncer:
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes
         t0 = time.monotonic()
-        tasks: list[_Walk | _Refresh] = []
         tails: dict[str, datetime] = {}
         error: BaseException | None = None
         pool: ThreadPoolExecutor | None = None
@@ -403,23 +523,11 @@ class Syncer:
             with interrupts.deferred():
                 report.run_id = self.store.start_run(opts.targets, started)
             self._known_targets = set(self.store.targets())
-            for target in opts.targets:
-                windows, tail = plan_target(self.store, target, opts, now)
-                tails[target] = tail
-                tasks.extend(_Walk(target, w) for w in windows)
-                report.windows_planned += len(windows)
-                stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
-                for i in range(0, len(stale), 50):
-                    tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
-                report.refreshed += len(stale)
             self.client.sleep = self._sleep
             pool = ThreadPoolExecutor(
                 max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
             )
-            outstanding = 0
-            for t in tasks:
-                pool.submit(self._work, t)
-                outstanding += 1
+            outstanding = self._claim(pool, report, now, tails, 0)
             while outstanding:
                 batch = self._drain()
                 outstanding -= sum(isinstance(ev, _Finished) for ev in batch)
@@ -435,6 +543,8 @@ class Syncer:
                     elif isinstance(ev, _Unstable):
                         report.windows_unstable += 1
                 self._write(batch, report, now)
+                if error is None and not self._stop.is_set():
+                    outstanding += self._claim(pool, report, now, tails, outstanding)
                 if self.progress:
                     self.progress(report)
             if error is None and self._errors:
@@ -456,6 +566,8 @@ class Syncer:
                 error = error or e
             # the outcome is decided and committed whole; an interrupt meanwhile comes after
             with interrupts.deferred():
+                with contextlib.suppress(Exception):
+                    self._locks.close()  # every write is committed or abandoned by now
                 report.pages = self.client.stats.pages
                 report.api_calls = self.client.stats.attempts
                 report.seconds = time.monotonic() - t0
@@ -477,6 +589,79 @@ class Syncer:
         self.store.checkpoint()
         return report
 
+    def _claim(
+        self,
+        pool: ThreadPoolExecutor,
+        report: SyncReport,
+        now: datetime,
+        tails: dict[str, datetime],
+        outstanding: int,
+    ) -> int:
+        """Take targets and submit their work while the pool has room; returns tasks submitted.
+
+        SQLite: every target at once (the file lock already excludes other writers).
+        PostgreSQL: one target after another, taken only when fewer than ``max_concurrency``
+        tasks are outstanding, so that processes started together spread the targets
+        between them instead of the first one taking all. A target is planned only after
+        its lock is taken, so it sees every window a previous holder completed.
+        """
+        room = self.opts.max_concurrency if self._locks.enabled else math.inf
+        submitted = 0
+        while self._untried and outstanding + submitted < room:
+            target = self._untried.pop(0)
+            if not self._locks.try_take(target):
+                log.info("%s: another mirror sync holds it; trying the others first", target)
+                self._held_elsewhere.append(target)
+                continue
+            for task in self._plan_one(target, report, now, tails, gaps_only=False):
+                pool.submit(self._work, task)
+                submitted += 1
+        if (
+            not self._untried
+            and outstanding + submitted == 0
+            and self._held_elsewhere
+            and not self._retried
+        ):
+            # Nothing left to do here: once more, the targets other processes held. One that
+            # is free now was finished (or abandoned) by its holder during this run: walk
+            # only the gaps it left, not the lookback it re-walked already.
+            self._retried = True
+            for target in self._held_elsewhere:
+                if not self._locks.try_take(target):
+                    report.left_to_others.append(target)
+                    continue
+                for task in self._plan_one(target, report, now, tails, gaps_only=True):
+                    pool.submit(self._work, task)
+                    submitted += 1
+            if report.left_to_others:
+                self._note(
+                    f"{len(report.left_to_others)} of {len(self.opts.targets)} targets were "
+                    "being synced by other mirror sync processes and were left to them: "
+                    + ", ".join(report.left_to_others)
+                )
+        return submitted
+
+    def _plan_one(
+        self,
+        target: str,
+        report: SyncReport,
+        now: datetime,
+        tails: dict[str, datetime],
+        *,
+        gaps_only: bool,
+    ) -> list[_Walk | _Refresh]:
+        opts = self.opts
+        windows, tail = plan_target(self.store, target, opts, now, gaps_only=gaps_only)
+        tails[target] = tail
+        tasks: list[_Walk | _Refresh] = [_Walk(target, w) for w in windows]
+        report.windows_planned += len(windows)
+        if not gaps_only:  # a process that held the target refreshed its unfinished rows
+            stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
+            for i in range(0, len(stale), 50):
+                tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
+            report.refreshed += len(stale)
+        return tasks
+
     def _recheck(self, report: SyncReport, now: datetime, tails: dict[str, datetime]) -> None:
         """Re-check older history when a tier is due, through ``mirror.verify`` with repair.
 
@@ -486,6 +671,8 @@ class Syncer:
 
         stamp = to_text(now)
         for target in self.opts.targets:
+            if target in report.left_to_others:
+                continue  # its holder re-checks it
             last = self.store.rechecked(target)
             if not last:
                 self.store.mark_rechecked(target, [t for t, _, _ in RECHECK_TIERS], stamp)
@@ -546,28 +733,56 @@ class Syncer:
         return batch
 
     def _write(self, batch: list[object], report: SyncReport, now: datetime) -> None:
+        """One transaction for the batch's rows and the windows they complete.
+
+        PostgreSQL with several processes: two writers whose batches share rows (targets that
+        overlap, like an app id and one of its routes) lock those rows in one order, by
+        (``ended_at``, ``request_id``), which makes deadlocks between them rare; one that
+        happens anyway (or a serialization failure) aborts the whole transaction, and it is
+        run again from the start. Counts are taken only from the attempt that committed.
+        """
         row_events = [ev for ev in batch if isinstance(ev, _Rows)]
         if not row_events:
             return
         stamp = to_text(now)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                inserted, updated, done, new_targets = self._write_once(row_events, stamp)
+                break
+            except sa.exc.DBAPIError as e:
+                if not _retryable(e) or attempt == WRITE_ATTEMPTS:
+                    raise
+                log.info("write aborted by the database (%s); running it again", e.orig)
+                # apart, so the transactions that collided do not collide again at once
+                self._wait(random.uniform(0.01, 0.05 * attempt))
+        report.inserted += inserted
+        report.updated += updated
+        report.windows_done += done
+        self._known_targets |= new_targets
+
+    def _write_once(self, row_events: list[_Rows], stamp: str) -> tuple[int, int, int, set[str]]:
+        inserted = updated = done = 0
         with self.store.engine.begin() as conn:
             new_targets = {ev.target for ev in row_events} - self._known_targets
             if new_targets:
                 self.store.add_targets_in(conn, sorted(new_targets), stamp)
             for billing in (True, False):
                 rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
+                if self._locks.enabled:
+                    # the upsert sorts by ended_at, keeping this order among equals
+                    rows.sort(key=_request_id)
                 res = self.store.upsert(
                     conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
                 )
-                report.inserted += res.inserted
-                report.updated += res.updated
+                inserted += res.inserted
+                updated += res.updated
             for ev in row_events:
                 if ev.complete is not None:
                     self.store.mark_complete(
                         conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
                     )
-                    report.windows_done += 1
-        self._known_targets |= new_targets
+                    done += 1
+        return inserted, updated, done, new_targets
 
     def _finish(self, report: SyncReport) -> None:
         counts = {

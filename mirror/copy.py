@@ -1,0 +1,309 @@
+"""`mirror copy`: move a whole mirror between databases (SQLite <-> PostgreSQL, or alike).
+
+Everything a sync needs to carry on where the source left off comes along: every row of
+``requests`` (``first_seen_at`` / ``last_changed_at`` kept as they are) and the sync state
+(``sync_targets``, ``sync_windows``, ``sync_runs`` with their ids, ``sync_rechecks``), so the
+destination never re-downloads history. Derived tables (``summary_hourly``, the full-text
+index) are not copied: the destination's own triggers build them as the rows go in.
+
+Rules, in the order they are checked (every refusal is one line and exit 2, with both
+databases left as they were):
+
+- the source must exist and be a mirror database at this version's schema (an older one:
+  ``mirror db upgrade --db SOURCE`` first; copy never writes to the source);
+- source and destination must be different databases;
+- the destination must be **empty**: no requests and no sync state (a new file, a new
+  PostgreSQL database, or one only migrated). There is no merge: copying into a mirror that
+  has rows of its own would mix two histories' sync state.
+
+The source is read in one consistent view: a SQLite source is held with the writer lock
+(a running sync makes copy exit 75, like a second sync) inside one read transaction; a
+PostgreSQL source is read in one ``REPEATABLE READ READ ONLY`` transaction, so syncs may go
+on writing it and the copy is the mirror as of the moment it started. Rows stream in
+batches (a server-side cursor on PostgreSQL), so memory stays flat however large the
+mirror. The destination is written in **one transaction**: a copy that fails or is killed
+leaves it empty, and running it again starts over.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mirror import lock
+from mirror.errors import ConfigError, StoreError
+from mirror.store import (
+    ROW_COLUMNS,
+    ROWS_PER_STATEMENT,
+    Store,
+    _chunks,
+    is_url,
+    make_engine,
+    normalize_url,
+    requests,
+    schema_state,
+    sqlite_path,
+    sync_rechecks,
+    sync_runs,
+    sync_targets,
+    sync_windows,
+    translate_errors,
+    upgrade,
+)
+
+#: rows read from the source per round trip (and held in memory at once)
+BATCH_ROWS = 5_000
+#: the sync state, copied after the requests, in this order
+STATE_TABLES = (sync_targets, sync_windows, sync_runs, sync_rechecks)
+MIRROR_TABLES = (requests, *STATE_TABLES)
+
+
+class CopyRefused(ConfigError):
+    """A copy that cannot start: nothing was written anywhere (exit 2)."""
+
+    kind = "cannot copy"
+
+
+@dataclass
+class CopyReport:
+    source: str
+    dest: str
+    counts: dict[str, int]
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        c = self.counts
+
+        def n(k: str, word: str) -> str:
+            return f"{c[k]} {word}{'' if c[k] == 1 else 's'}"
+
+        return (
+            f"copied {n('requests', 'request')}, {n('sync_targets', 'target')}, "
+            f"{n('sync_windows', 'completed window')}, {n('sync_runs', 'run')} and "
+            f"{n('sync_rechecks', 're-check mark')} from {self.source} to {self.dest} "
+            f"in {self.seconds:.1f}s"
+        )
+
+
+def shown(db: str) -> str:
+    """A database as it may be printed: URLs without their password."""
+    if not is_url(db):
+        return db
+    try:
+        url = sa.engine.make_url(db)
+    except sa.exc.ArgumentError:
+        return "<the given URL>"
+    return db if url.password is None else url.render_as_string(hide_password=True)
+
+
+def _check_address(db: str, role: str) -> None:
+    """A path or a URL of a backend mirror speaks, or a one-line refusal."""
+    if not db.strip():
+        raise CopyRefused(f"--{role} is empty: give a SQLite file path or a database URL")
+    if not is_url(db):
+        return
+    try:
+        url = sa.engine.make_url(normalize_url(db))
+    except sa.exc.ArgumentError:
+        raise CopyRefused(f"--{role} {shown(db)} is not a database URL") from None
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise CopyRefused(
+            f"--{role} {shown(db)}: unsupported database {backend!r}; give a SQLite file "
+            "path, sqlite:///PATH or postgresql://USER@HOST/DBNAME"
+        )
+    if backend == "postgresql" and not url.database:
+        raise CopyRefused(f"--{role} {shown(db)} names no database (…/DBNAME)")
+
+
+def _same_database(a: str, b: str) -> bool:
+    pa, pb = sqlite_path(a), sqlite_path(b)
+    if pa is not None or pb is not None:
+        return pa is not None and pb is not None and pa.resolve() == pb.resolve()
+    ua, ub = (sa.engine.make_url(normalize_url(x)) for x in (a, b))
+    return (ua.host, ua.port, ua.database, ua.query.get("host")) == (
+        ub.host,
+        ub.port,
+        ub.database,
+        ub.query.get("host"),
+    )
+
+
+def _open(db: str, role: str) -> Engine:
+    try:
+        return make_engine(db)
+    except StoreError as e:
+        raise CopyRefused(f"--{role}: {e}") from None
+
+
+def _has_rows(conn: Connection) -> list[str]:
+    """The mirror tables of a database that hold rows (tables it lacks count as empty)."""
+    names = set(sa.inspect(conn).get_table_names())
+    out = []
+    for t in MIRROR_TABLES:
+        if (
+            t.name in names
+            and conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first()
+        ):
+            out.append(t.name)
+    return out
+
+
+def copy_mirror(
+    source: str,
+    dest: str,
+    *,
+    batch: int = BATCH_ROWS,
+    progress: Callable[[str, int], None] | None = None,
+) -> CopyReport:
+    """Copy the mirror at ``source`` into the empty database ``dest`` (see the module doc)."""
+    _check_address(source, "from")
+    _check_address(dest, "to")
+    src_path, dest_path = sqlite_path(source), sqlite_path(dest)
+    if src_path is not None and not (src_path.is_file() and src_path.stat().st_size > 0):
+        what = "is not a file" if src_path.exists() and not src_path.is_file() else "does not exist"
+        if src_path.is_file():
+            what = "is empty, not a mirror database"
+        raise CopyRefused(f"--from {source} {what}")
+    if _same_database(source, dest):
+        raise CopyRefused(f"--from and --to are the same database ({shown(source)})")
+    t0 = time.monotonic()
+    with ExitStack() as stack:
+        if src_path is not None:
+            # a sync writing the source would make the copy a mix of two moments
+            stack.enter_context(lock.hold(src_path))
+        src_engine = _open(source, "from")
+        stack.callback(src_engine.dispose)
+        try:
+            with translate_errors(shown(source)):
+                rev, head = schema_state(src_engine)
+        except StoreError as e:  # unreachable, no such database, not a database
+            raise CopyRefused(f"--from: {e}") from None
+        if rev is None:
+            raise CopyRefused(f"--from {shown(source)} is not a mirror database (no schema)")
+        if rev != head:
+            raise CopyRefused(
+                f"--from {shown(source)} has schema revision {rev}, this mirror copies "
+                f"{head}: run mirror db upgrade --db SOURCE first"
+            )
+        if dest_path is not None:
+            stack.enter_context(lock.hold(dest_path))
+        dest_engine = _open(dest, "to")
+        stack.callback(dest_engine.dispose)
+        with translate_errors(shown(dest)):
+            # refused before anything is written, even the migration
+            with dest_engine.connect() as conn:
+                busy = _has_rows(conn)
+                conn.rollback()
+            if busy:
+                raise CopyRefused(
+                    f"--to {shown(dest)} is not empty (it has rows in {', '.join(busy)}); "
+                    "copy only into a new, empty database"
+                )
+        try:
+            upgrade(dest_engine, dest)
+        except StoreError as e:  # not a mirror, or a newer one: nothing was written
+            raise CopyRefused(f"--to: {e}") from None
+        with (
+            translate_errors(shown(source)),
+            _snapshot(src_engine) as src,
+            translate_errors(shown(dest)),
+            dest_engine.begin() as out,
+        ):
+            counts = _copy_all(src, out, Store(dest_engine, dest), batch, progress, dest)
+    return CopyReport(shown(source), shown(dest), counts, time.monotonic() - t0)
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    """One read transaction: REPEATABLE READ on PostgreSQL (one snapshot for every table);
+    on SQLite the writer lock is held already and one transaction sees one state."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        else:
+            conn.exec_driver_sql("SELECT 1")  # opens the transaction (see store._sqlite_on_begin)
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def _copy_all(
+    src: Connection,
+    out: Connection,
+    store: Store,
+    batch: int,
+    progress: Callable[[str, int], None] | None,
+    dest: str,
+) -> dict[str, int]:
+    if store.dialect == "postgresql":
+        # the emptiness check again, now excluding every writer until this commits
+        names = ", ".join(t.name for t in MIRROR_TABLES)
+        out.exec_driver_sql(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+    busy = _has_rows(out)
+    if busy:
+        raise CopyRefused(
+            f"--to {shown(dest)} got rows in {', '.join(busy)} meanwhile; copy only into a "
+            "new, empty database"
+        )
+    counts = {"requests": _copy_requests(src, out, store, batch, progress)}
+    for table in STATE_TABLES:
+        n = 0
+        cols = list(table.c)
+        q = sa.select(*cols).execution_options(yield_per=batch)
+        for part in src.execute(q).partitions():
+            out.execute(table.insert(), [dict(zip(table.c.keys(), r, strict=True)) for r in part])
+            n += len(part)
+            if progress:
+                progress(table.name, n)
+        counts[table.name] = n
+    if store.dialect == "postgresql":
+        # ids were copied as they are: the next run's id must come after them
+        out.exec_driver_sql(
+            "SELECT setval(pg_get_serial_sequence('sync_runs', 'id'), "
+            "COALESCE((SELECT max(id) FROM sync_runs), 0) + 1, false)"
+        )
+    return counts
+
+
+def _copy_requests(
+    src: Connection,
+    out: Connection,
+    store: Store,
+    batch: int,
+    progress: Callable[[str, int], None] | None,
+) -> int:
+    """Rows as they are, bookkeeping stamps included, through the store's multi-row upsert
+    statement (the destination is empty: every row is an insert, and its triggers keep the
+    summary and the full-text index)."""
+    if store.dialect == "sqlite":
+        limit = out.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+        )
+        most = max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
+    else:
+        most = ROWS_PER_STATEMENT
+    cols = [requests.c[name] for name in ROW_COLUMNS]
+    q = sa.select(*cols).execution_options(yield_per=batch)
+    n = 0
+    for part in src.execute(q).partitions():
+        rows = [tuple(r) for r in part]
+        for chunk in _chunks(len(rows), most):
+            sql = store._upsert_statement(True, True, chunk.stop - chunk.start)
+            flat = tuple(v for r in rows[chunk] for v in r)
+            out.exec_driver_sql(sql, flat)
+        n += len(rows)
+        if progress:
+            progress("requests", n)
+    return n
+
+
+__all__ = ["BATCH_ROWS", "CopyRefused", "CopyReport", "copy_mirror"]

@@ -356,9 +356,9 @@ def server_engine(db: str, **kw: Any) -> Engine:
 def _pg_on_connect(dbapi_conn: Any, _record: Any) -> None:
     from psycopg.types.string import TextLoader
 
-    # JSON columns arrive as their text, like SQLite's (mirror parses JSON only where needed)
-    for name in ("json", "jsonb"):
-        dbapi_conn.adapters.register_loader(name, TextLoader)
+    # jsonb columns arrive as their text, like SQLite's (mirror parses JSON only where
+    # needed); plain json is left to psycopg: SQLAlchemy's reflection reads it as objects
+    dbapi_conn.adapters.register_loader("jsonb", TextLoader)
     with dbapi_conn.cursor() as cur:
         # timestamps printed by the server (psql, mirror sql) in UTC, like the stored text
         cur.execute("SET TIME ZONE 'UTC'")

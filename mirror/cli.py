@@ -170,7 +170,7 @@ db_option = click.option(
     envvar="MIRROR_DB",
     default="mirror.db",
     show_default=True,
-    help="SQLite file (or database URL) of the mirror. Env: MIRROR_DB.",
+    help="The mirror: a SQLite file, or postgresql+psycopg://USER@HOST/DBNAME. Env: MIRROR_DB.",
 )
 verbose_option = click.option(
     "-v", "--verbose", count=True, help="Log each API request (never the key)."

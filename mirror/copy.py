@@ -27,7 +27,6 @@ leaves it empty, and running it again starts over.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,9 +39,8 @@ from mirror import lock
 from mirror.errors import ConfigError, StoreError
 from mirror.store import (
     ROW_COLUMNS,
-    ROWS_PER_STATEMENT,
     Store,
-    _chunks,
+    display_db,
     is_url,
     make_engine,
     normalize_url,
@@ -91,17 +89,6 @@ class CopyReport:
         )
 
 
-def shown(db: str) -> str:
-    """A database as it may be printed: URLs without their password."""
-    if not is_url(db):
-        return db
-    try:
-        url = sa.engine.make_url(db)
-    except sa.exc.ArgumentError:
-        return "<the given URL>"
-    return db if url.password is None else url.render_as_string(hide_password=True)
-
-
 def _check_address(db: str, role: str) -> None:
     """A path or a URL of a backend mirror speaks, or a one-line refusal."""
     if not db.strip():
@@ -111,15 +98,15 @@ def _check_address(db: str, role: str) -> None:
     try:
         url = sa.engine.make_url(normalize_url(db))
     except sa.exc.ArgumentError:
-        raise CopyRefused(f"--{role} {shown(db)} is not a database URL") from None
+        raise CopyRefused(f"--{role} {display_db(db)} is not a database URL") from None
     backend = url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise CopyRefused(
-            f"--{role} {shown(db)}: unsupported database {backend!r}; give a SQLite file "
+            f"--{role} {display_db(db)}: unsupported database {backend!r}; give a SQLite file "
             "path, sqlite:///PATH or postgresql://USER@HOST/DBNAME"
         )
     if backend == "postgresql" and not url.database:
-        raise CopyRefused(f"--{role} {shown(db)} names no database (…/DBNAME)")
+        raise CopyRefused(f"--{role} {display_db(db)} names no database (…/DBNAME)")
 
 
 def _same_database(a: str, b: str) -> bool:
@@ -172,7 +159,7 @@ def copy_mirror(
             what = "is empty, not a mirror database"
         raise CopyRefused(f"--from {source} {what}")
     if _same_database(source, dest):
-        raise CopyRefused(f"--from and --to are the same database ({shown(source)})")
+        raise CopyRefused(f"--from and --to are the same database ({display_db(source)})")
     t0 = time.monotonic()
     with ExitStack() as stack:
         if src_path is not None:
@@ -181,29 +168,29 @@ def copy_mirror(
         src_engine = _open(source, "from")
         stack.callback(src_engine.dispose)
         try:
-            with translate_errors(shown(source)):
+            with translate_errors(display_db(source)):
                 rev, head = schema_state(src_engine)
         except StoreError as e:  # unreachable, no such database, not a database
             raise CopyRefused(f"--from: {e}") from None
         if rev is None:
-            raise CopyRefused(f"--from {shown(source)} is not a mirror database (no schema)")
+            raise CopyRefused(f"--from {display_db(source)} is not a mirror database (no schema)")
         if rev != head:
             raise CopyRefused(
-                f"--from {shown(source)} has schema revision {rev}, this mirror copies "
+                f"--from {display_db(source)} has schema revision {rev}, this mirror copies "
                 f"{head}: run mirror db upgrade --db SOURCE first"
             )
         if dest_path is not None:
             stack.enter_context(lock.hold(dest_path))
         dest_engine = _open(dest, "to")
         stack.callback(dest_engine.dispose)
-        with translate_errors(shown(dest)):
+        with translate_errors(display_db(dest)):
             # refused before anything is written, even the migration
             with dest_engine.connect() as conn:
                 busy = _has_rows(conn)
                 conn.rollback()
             if busy:
                 raise CopyRefused(
-                    f"--to {shown(dest)} is not empty (it has rows in {', '.join(busy)}); "
+                    f"--to {display_db(dest)} is not empty (it has rows in {', '.join(busy)}); "
                     "copy only into a new, empty database"
                 )
         try:
@@ -211,13 +198,13 @@ def copy_mirror(
         except StoreError as e:  # not a mirror, or a newer one: nothing was written
             raise CopyRefused(f"--to: {e}") from None
         with (
-            translate_errors(shown(source)),
+            translate_errors(display_db(source)),
             _snapshot(src_engine) as src,
-            translate_errors(shown(dest)),
+            translate_errors(display_db(dest)),
             dest_engine.begin() as out,
         ):
             counts = _copy_all(src, out, Store(dest_engine, dest), batch, progress, dest)
-    return CopyReport(shown(source), shown(dest), counts, time.monotonic() - t0)
+    return CopyReport(display_db(source), display_db(dest), counts, time.monotonic() - t0)
 
 
 @contextmanager
@@ -251,7 +238,7 @@ def _copy_all(
     busy = _has_rows(out)
     if busy:
         raise CopyRefused(
-            f"--to {shown(dest)} got rows in {', '.join(busy)} meanwhile; copy only into a "
+            f"--to {display_db(dest)} got rows in {', '.join(busy)} meanwhile; copy only into a "
             "new, empty database"
         )
     counts = {"requests": _copy_requests(src, out, store, batch, progress)}
@@ -284,22 +271,12 @@ def _copy_requests(
     """Rows as they are, bookkeeping stamps included, through the store's multi-row upsert
     statement (the destination is empty: every row is an insert, and its triggers keep the
     summary and the full-text index)."""
-    if store.dialect == "sqlite":
-        limit = out.connection.driver_connection.getlimit(  # type: ignore[union-attr]
-            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
-        )
-        most = max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
-    else:
-        most = ROWS_PER_STATEMENT
     cols = [requests.c[name] for name in ROW_COLUMNS]
     q = sa.select(*cols).execution_options(yield_per=batch)
     n = 0
     for part in src.execute(q).partitions():
         rows = [tuple(r) for r in part]
-        for chunk in _chunks(len(rows), most):
-            sql = store._upsert_statement(True, True, chunk.stop - chunk.start)
-            flat = tuple(v for r in rows[chunk] for v in r)
-            out.exec_driver_sql(sql, flat)
+        store.insert_exact(out, rows)
         n += len(rows)
         if progress:
             progress("requests", n)

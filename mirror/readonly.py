@@ -283,7 +283,9 @@ class PgReadOnlyDatabase:
             self.conn.read_only = True  # psycopg begins with BEGIN READ ONLY
         except Exception as e:
             self.close()
-            raise SqlError(f"{self.shown}: cannot set up a read-only session: {_first_line(e)}") from None
+            raise SqlError(
+                f"{self.shown}: cannot set up a read-only session: {_first_line(e)}"
+            ) from None
 
     def __enter__(self) -> PgReadOnlyDatabase:
         return self

@@ -685,10 +685,7 @@ class Store:
         # count). A new row takes rowid max(rowid) + 1 (no AUTOINCREMENT, the upsert deletes
         # nothing), and the transaction holds the write lock, so max(rowid) moves by exactly
         # the number inserted; max(rowid) is one seek.
-        limit = conn.connection.driver_connection.getlimit(  # type: ignore[union-attr]
-            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
-        )
-        most = max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
+        most = self._rows_per_statement(conn)
         before = conn.exec_driver_sql(_MAX_ROWID).scalar() or 0
         changed = 0
         for chunk in _chunks(len(ordered), most):
@@ -698,6 +695,21 @@ class Store:
             changed += conn.exec_driver_sql(sql, flat).rowcount
         inserted = (conn.exec_driver_sql(_MAX_ROWID).scalar() or 0) - before
         return UpsertResult(inserted, changed - inserted)
+
+    def _rows_per_statement(self, conn: Connection) -> int:
+        if self.dialect != "sqlite":
+            return ROWS_PER_STATEMENT
+        limit = conn.connection.driver_connection.getlimit(  # type: ignore[union-attr]
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+        )
+        return max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
+
+    def insert_exact(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows in ``ROW_COLUMNS`` order, bookkeeping stamps included, stored as they are
+        (``mirror copy``): the same multi-row statements as the upsert."""
+        for chunk in _chunks(len(rows), self._rows_per_statement(conn)):
+            sql = self._upsert_statement(True, True, chunk.stop - chunk.start)
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[chunk])))
 
     def _upsert_pg(
         self,

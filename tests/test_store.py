@@ -115,7 +115,9 @@ def test_fields_not_fetched_are_left_alone(store):
     upsert(store, [row("a")])
     no_extras = (*row("a", billable=None, inp=None, out=None)[:11], "success")
     upsert(store, [no_extras], payloads=False, billing=False, now=T2)
-    assert table(store) == [norm((*row("a"), T1, T1))], "a sync without payloads/billing erased them"
+    assert table(store) == [norm((*row("a"), T1, T1))], (
+        "a sync without payloads/billing erased them"
+    )
 
 
 def test_expired_payloads_are_kept(store):
@@ -322,22 +324,42 @@ def test_postgresql_schema_uses_native_types(pg_url):
                     "WHERE table_name = 'requests'"
                 ).all()
             )
-            views = {r[0] for r in conn.exec_driver_sql(
-                "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'")}
-            indexes = {r[0] for r in conn.exec_driver_sql(
-                "SELECT indexname FROM pg_indexes WHERE tablename = 'requests'")}
+            views = {
+                r[0]
+                for r in conn.exec_driver_sql(
+                    "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'"
+                )
+            }
+            indexes = {
+                r[0]
+                for r in conn.exec_driver_sql(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'requests'"
+                )
+            }
         assert types == {
-            "request_id": "text", "endpoint_id": "text", "runner_id": "text",
-            "sent_at": "timestamp with time zone", "started_at": "timestamp with time zone",
-            "ended_at": "timestamp with time zone", "status_code": "integer",
-            "duration": "double precision", "billable_units": "double precision",
-            "json_input": "jsonb", "json_output": "jsonb", "status": "text",
+            "request_id": "text",
+            "endpoint_id": "text",
+            "runner_id": "text",
+            "sent_at": "timestamp with time zone",
+            "started_at": "timestamp with time zone",
+            "ended_at": "timestamp with time zone",
+            "status_code": "integer",
+            "duration": "double precision",
+            "billable_units": "double precision",
+            "json_input": "jsonb",
+            "json_output": "jsonb",
+            "status": "text",
             "first_seen_at": "timestamp with time zone",
             "last_changed_at": "timestamp with time zone",
         }, types
         assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage"}
-        assert {"ix_requests_search", "ix_requests_endpoint_ended", "ix_requests_unfinished",
-                "ix_requests_status_ended", "ix_requests_sent_at"} <= indexes, indexes
+        assert {
+            "ix_requests_search",
+            "ix_requests_endpoint_ended",
+            "ix_requests_unfinished",
+            "ix_requests_status_ended",
+            "ix_requests_sent_at",
+        } <= indexes, indexes
     finally:
         s.close()  # fmt: skip
 
@@ -459,9 +481,13 @@ def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_ad
             got = {e for _, e, _ in s.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 9)}
             assert got == {"acme/app", "acme/app/turbo"}, got
             with s.engine.connect() as conn:  # the same range typed in psql by a user
-                raw = {r[0] for r in conn.exec_driver_sql(
-                    "SELECT endpoint_id FROM requests "
-                    "WHERE endpoint_id >= 'acme/app/' AND endpoint_id < 'acme/app0'")}
+                raw = {
+                    r[0]
+                    for r in conn.exec_driver_sql(
+                        "SELECT endpoint_id FROM requests "
+                        "WHERE endpoint_id >= 'acme/app/' AND endpoint_id < 'acme/app0'"
+                    )
+                }
             assert raw == {"acme/app/turbo"}, f"the column does not compare in C order: {raw}"
         finally:
             s.close()

@@ -502,7 +502,8 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         assert not {r.request_id for r in late} & set(mirror_rows(db))
         # an hour later the day tier is due
         db_execute(
-            db, "UPDATE sync_rechecks SET checked_at = '2000-01-01T00:00:00.000000Z' WHERE tier = 'day'"
+            db,
+            "UPDATE sync_rechecks SET checked_at = '2000-01-01T00:00:00.000000Z' WHERE tier = 'day'",
         )
         api.clear_log()
         t = world.now()
@@ -532,8 +533,9 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         tiers = {
             tier: bool(recent)
             for tier, recent in db_query(
-                db, "SELECT tier, checked_at > '2001-01-01T00:00:00.000000Z' FROM sync_rechecks "
-                "WHERE target = 'acme/upscaler'"
+                db,
+                "SELECT tier, checked_at > '2001-01-01T00:00:00.000000Z' FROM sync_rechecks "
+                "WHERE target = 'acme/upscaler'",
             )
         }
         assert tiers == {"day": True, "week": True}, f"re-check times not recorded: {tiers}"

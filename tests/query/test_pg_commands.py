@@ -21,18 +21,14 @@ def one_line(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory, pg_admin):
+def both(tmp_path_factory, pg_databases):
     """The same 600 rows in a SQLite file and in a fresh PostgreSQL database."""
-    from conftest import _fresh_pg_database  # tests/conftest.py (tests/ is on sys.path)
-
     path = tmp_path_factory.mktemp("both") / "m.db"
     rows = make_rows(600, seed=9)
     fill(path, rows)
-    gen = _fresh_pg_database(pg_admin)
-    url = next(gen)
+    url = pg_databases()
     fill(url, rows)
-    yield str(path), url
-    next(gen, None)
+    return str(path), url
 
 
 def _state(url: str) -> list[tuple]:
@@ -94,7 +90,9 @@ def test_status_prints_the_same_on_both(run_cli, tmp_path, pg_url):
     for db in (str(tmp_path / "m.db"), pg_url):
         store = Store.open(db)
         with store.engine.begin() as conn:
-            store.add_targets_in(conn, ["acme/flux-lora", "beta/sd_xl"], "2026-11-25T00:00:00.000000Z")
+            store.add_targets_in(
+                conn, ["acme/flux-lora", "beta/sd_xl"], "2026-11-25T00:00:00.000000Z"
+            )
             store.mark_complete(conn, "acme/flux-lora", "2026-11-25T00:00:00.000000Z",
                                 "2026-11-26T00:00:00.000000Z", "2026-11-28T12:00:00.000000Z")  # fmt: skip
             store.mark_complete(conn, "acme/flux-lora", "2026-11-26T06:00:00.123456Z",
@@ -102,7 +100,10 @@ def test_status_prints_the_same_on_both(run_cli, tmp_path, pg_url):
         store.close()
         fill(db, make_rows(300, seed=3))
     for fmt in ("table", "json", "csv"):
-        a, b = (run_cli(["status", "--db", db, "--format", fmt]) for db in (str(tmp_path / "m.db"), pg_url))
+        a, b = (
+            run_cli(["status", "--db", db, "--format", fmt])
+            for db in (str(tmp_path / "m.db"), pg_url)
+        )
         assert a.exit_code == b.exit_code == 0, a.output + b.output
         assert a.stdout == b.stdout and a.stdout.strip(), f"status -f {fmt} differs"
 
@@ -138,11 +139,18 @@ def test_every_word_must_occur_on_both(both, words, want):
         engine = query.reader_engine(db)
         with engine.connect() as conn:
             found[db] = {
-                r[0] for r in query.select_requests(conn, query.Filters(search=words), columns=["request_id"])
+                r[0]
+                for r in query.select_requests(
+                    conn, query.Filters(search=words), columns=["request_id"]
+                )
             }
             prompts = {
                 r[0]: json.loads(r[1])["prompt"]
-                for r in conn.execute(sa.text("SELECT request_id, json_input FROM requests WHERE json_input IS NOT NULL"))
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT request_id, json_input FROM requests WHERE json_input IS NOT NULL"
+                    )
+                )
             }
             conn.rollback()
         engine.dispose()
@@ -158,7 +166,10 @@ ESCAPES = [
     ("INSERT INTO sync_targets VALUES ('x', now()) RETURNING target", "read-only transaction"),
     ("DELETE FROM requests", "DELETE returns no rows"),
     ("UPDATE requests SET status = 'success' RETURNING 1", "read-only transaction"),
-    ("WITH x AS (DELETE FROM requests RETURNING 1) SELECT count(*) FROM x", "read-only transaction"),
+    (
+        "WITH x AS (DELETE FROM requests RETURNING 1) SELECT count(*) FROM x",
+        "read-only transaction",
+    ),
     ("DROP TABLE requests", "DROP returns no rows"),
     ("CREATE TABLE evil (x int)", "CREATE returns no rows"),
     ("CREATE TEMP TABLE evil AS SELECT 1", "CREATE returns no rows"),
@@ -196,7 +207,10 @@ def test_sql_time_limit_is_statement_timeout(run_cli, both):
     _, pg = both
     result = run_cli(["sql", "SELECT pg_sleep(5)", "--db", pg, "--timeout", "0.3"])
     assert result.exit_code == 1
-    assert one_line(result) == "mirror: sql: stopped after 0.3s (the time limit; raise it with --timeout)"
+    assert (
+        one_line(result)
+        == "mirror: sql: stopped after 0.3s (the time limit; raise it with --timeout)"
+    )
 
 
 def test_sql_reads_with_bound_parameters_like_sqlite(run_cli, both):
@@ -231,7 +245,9 @@ def test_sql_reading_views_and_plans_is_allowed(run_cli, both, sql):
 def test_sql_a_missing_parameter_and_a_syntax_error_are_one_line(run_cli, both):
     _, pg = both
     r = run_cli(["sql", "SELECT :x", "--db", pg, "-p", "y", "1"])
-    assert r.exit_code == 1 and one_line(r) == "mirror: sql: no value for :x; pass one with -p x VALUE"
+    assert (
+        r.exit_code == 1 and one_line(r) == "mirror: sql: no value for :x; pass one with -p x VALUE"
+    )
     r = run_cli(["sql", "SELEC 1", "--db", pg])
     assert r.exit_code == 1 and one_line(r) == 'mirror: sql: syntax error at or near "SELEC"'
 
@@ -240,7 +256,10 @@ def test_sql_on_an_unreachable_server_is_one_line(run_cli):
     r = run_cli(["sql", "SELECT 1", "--db", "postgresql://nobody@/nope?host=/nonexistent"])
     assert r.exit_code == 1
     line = one_line(r)
-    assert line.startswith("mirror: sql: postgresql+psycopg://nobody@/nope") and "cannot connect" in line
+    assert (
+        line.startswith("mirror: sql: postgresql+psycopg://nobody@/nope")
+        and "cannot connect" in line
+    )
 
 
 # --------------------------------------------------------------------------- browse

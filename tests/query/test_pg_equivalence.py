@@ -84,7 +84,9 @@ def a_row(draw: st.DrawFn, i: int) -> tuple[Any, ...]:
         draw(st.none() | numbers),
         draw(st.none() | numbers),
         None if prompt is None else json.dumps({"prompt": prompt, "seed": i}),
-        None if text is None else json.dumps({"images": [{"url": f"https://x/{i}.png"}], "text": text}),
+        None
+        if text is None
+        else json.dumps({"images": [{"url": f"https://x/{i}.png"}], "text": text}),
     )
     return (*row, derive_status(row[5], row[6]))
 
@@ -133,7 +135,10 @@ class Backends:
 
     def __init__(self, sqlite_path: str, pg_url: str) -> None:
         self.stores = {"sqlite": Store.open(sqlite_path), "postgresql": Store.open(pg_url)}
-        self.readers = {"sqlite": query.reader_engine(sqlite_path), "postgresql": query.reader_engine(pg_url)}
+        self.readers = {
+            "sqlite": query.reader_engine(sqlite_path),
+            "postgresql": query.reader_engine(pg_url),
+        }
 
     def load(self, data: list[tuple[Any, ...]]) -> None:
         sqlite, pg = self.stores["sqlite"], self.stores["postgresql"]
@@ -167,7 +172,7 @@ def _decoded(row: tuple[Any, ...], cols: list[str]) -> tuple[Any, ...]:
 
 
 def _first_difference(a: list[Any], b: list[Any]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             if isinstance(x, dict):
                 fields = [k for k in x if x.get(k) != y.get(k)]
@@ -212,8 +217,16 @@ def test_the_generator_makes_the_awkward_cases():
     from hypothesis import find
 
     quick = settings(max_examples=2000, database=None)
-    find(instants(), lambda t: (t.hour, t.minute, t.second, t.microsecond) == (0, 0, 0, 0), settings=quick)
-    find(instants(), lambda t: (t.minute, t.second, t.microsecond) == (59, 59, 999_999), settings=quick)
+    find(
+        instants(),
+        lambda t: (t.hour, t.minute, t.second, t.microsecond) == (0, 0, 0, 0),
+        settings=quick,
+    )
+    find(
+        instants(),
+        lambda t: (t.minute, t.second, t.microsecond) == (59, 59, 999_999),
+        settings=quick,
+    )
     find(numbers, lambda x: x == 5e-7, settings=quick)
     find(a_row(0), lambda r: r[1] == "acme/app/edit/v2" and r[11] == "user_error", settings=quick)
     find(a_row(0), lambda r: r[11] == "unfinished" and r[5] is not None, settings=quick)

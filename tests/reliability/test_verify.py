@@ -617,7 +617,9 @@ def test_differing_fields_follow_the_upsert_rules() -> None:
     )
 
 
-def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(tmp_path: Path, pg_url: str) -> None:
+def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(
+    tmp_path: Path, pg_url: str
+) -> None:
     """The same world mirrored into SQLite and PostgreSQL, the same rows deleted and edited
     in both: verify reports the same findings on both, and --repair mends PostgreSQL."""
     real = datetime.now(UTC)
@@ -635,7 +637,11 @@ def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(tmp_path: Path,
             try:
                 with make_http_client() as http:
                     client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
-                    sync(store, client, SyncOptions(targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR))
+                    sync(
+                        store,
+                        client,
+                        SyncOptions(targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR),
+                    )
             finally:
                 store.close()
         env = fast_env(api.base_url)
@@ -665,12 +671,18 @@ def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(tmp_path: Path,
             finally:
                 store.close()
             r = verify(Path(db) if name == "sqlite" else db, env, "--full", "--format", "json")  # type: ignore[arg-type]
-            assert r.code == 1, f"{name}: differences were found, so exit 1, not {r.code}: {r.stderr}"
+            assert r.code == 1, (
+                f"{name}: differences were found, so exit 1, not {r.code}: {r.stderr}"
+            )
             rep = report_of(r)
             reports[name] = ({k: rep[k] for k in ("hours", "hours_walked", "missing", "different", "extra", "remaining")},
                              [(t["target"], t["missing"], t["different"]) for t in rep["targets"]])  # fmt: skip
-        assert reports["postgresql"] == reports["sqlite"], "verify found different things on PostgreSQL"
-        assert reports["postgresql"][0]["missing"] == 1 and reports["postgresql"][0]["different"] == 1
+        assert reports["postgresql"] == reports["sqlite"], (
+            "verify found different things on PostgreSQL"
+        )
+        assert (
+            reports["postgresql"][0]["missing"] == 1 and reports["postgresql"][0]["different"] == 1
+        )
 
         r = verify(pg_url, env, "--repair", "--format", "json")  # type: ignore[arg-type]
         assert r.code == 0, f"everything found was repairable: {r.stdout} {r.stderr}"

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import itertools
 import re
-import subprocess
-import sys
-import time
 from collections import defaultdict
-from pathlib import Path
 
 from e2e.harness import mirror as mirror_subprocess
-from reliability.rel_helpers import env_for, listable, static_world
+from reliability.rel_helpers import env_for, gated_syncs, listable, static_world
 
 from mirror.simulator import FaultConfig
 
@@ -36,43 +32,6 @@ SUMMARY = re.compile(
 def _args(db: str) -> list[str]:
     args = ["sync", "--db", db, "--since", "26h", "--max-concurrency", "2", "--no-recheck"]
     return args + list(itertools.chain(*(("-e", t) for t in TARGETS)))
-
-
-def _gated(
-    envs: list[dict[str, str]], args: list[str], gate_dir: Path
-) -> list[subprocess.Popen[str]]:
-    """Real processes that import first, then wait for one gate file and run the CLI."""
-    gate_dir.mkdir(parents=True, exist_ok=True)
-    gate = gate_dir / "go"
-    code = (
-        "import os, sys, time\n"
-        "import mirror.cli, mirror.sync, mirror.store, mirror.api, alembic.command, httpx\n"
-        "import psycopg, sqlalchemy.dialects.postgresql.psycopg\n"
-        f"open(os.path.join({str(gate_dir)!r}, 'ready-%d' % os.getpid()), 'w').close()\n"
-        f"while not os.path.exists({str(gate)!r}):\n"
-        "    time.sleep(0.002)\n"
-        "sys.argv = ['mirror', *sys.argv[1:]]\n"
-        "mirror.cli.main()\n"
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(gate_dir),
-        )
-        for env in envs
-    ]
-    deadline = time.monotonic() + 120
-    while len(list(gate_dir.glob("ready-*"))) < len(procs):
-        assert time.monotonic() < deadline, "the gated processes never became ready"
-        for p in procs:
-            assert p.poll() is None, f"a gated process died early: {p.communicate()[1][-2000:]}"
-        time.sleep(0.01)
-    gate.touch()
-    return procs
 
 
 def _walk_spans(calls: list[Call]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -94,7 +53,9 @@ def test_three_processes_share_six_targets_once(tmp_path, pg_url) -> None:
     keys = frozenset({*KEYS, BASELINE_KEY})
     with IdentifyingAPI(world, faults=FaultConfig(latency=0.15), keys=keys) as api:
         envs = [env_for(api.base_url, FAL_KEY=k) for k in KEYS]
-        procs = _gated(envs, _args(pg_url), tmp_path / "gate")
+        procs = gated_syncs(
+            len(envs), lambda _i: _args(pg_url), envs.__getitem__, tmp_path / "gate"
+        )
         outs = [p.communicate(timeout=240) for p in procs]
         calls = list(api.calls)
         # the same sync by one process, into a file: the work there is to do, once

@@ -565,18 +565,25 @@ def env_for(api_url: str, **extra: str) -> dict[str, str]:
 
 
 def gated_syncs(
-    n: int, args_for: Callable[[int], list[str]], env: dict[str, str], gate_dir: Path
+    n: int,
+    args_for: Callable[[int], list[str]],
+    env: dict[str, str] | Callable[[int], dict[str, str]],
+    gate_dir: Path,
 ) -> list[subprocess.Popen[str]]:
     """Start ``n`` real `python -m mirror`-equivalent processes that call the CLI at once.
 
-    Imports take about a second on a slow machine; each child imports, says it is ready,
-    then waits for one gate file, so all of them reach the CLI within milliseconds.
+    Imports take about a second on a slow machine; each child imports (the PostgreSQL
+    driver too, where installed), says it is ready, then waits for one gate file, so all of
+    them reach the CLI within milliseconds. ``env``: one for all, or one per process.
     """
     gate_dir.mkdir(parents=True, exist_ok=True)
     gate = gate_dir / "go"
+    env_of = env if callable(env) else (lambda _i: env)
     code = (
         "import os, sys, time\n"
         "import mirror.cli, mirror.sync, mirror.store, mirror.api, alembic.command, httpx\n"
+        "try:\n    import psycopg, sqlalchemy.dialects.postgresql.psycopg\n"
+        "except ImportError:\n    pass\n"
         f"open(os.path.join({str(gate_dir)!r}, 'ready-%d' % os.getpid()), 'w').close()\n"
         f"while not os.path.exists({str(gate)!r}):\n"
         "    time.sleep(0.002)\n"
@@ -586,7 +593,7 @@ def gated_syncs(
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, *args_for(i)],
-            env=env,
+            env=env_of(i),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -772,7 +772,7 @@ def _search_clause(dialect: str, text: str) -> Any:
         )
         for i, word in enumerate(text.split())
     ]
-    tsquery = phrases[0]
+    tsquery: Any = phrases[0]
     for q in phrases[1:]:
         tsquery = tsquery.op("&&")(q)
     return sa.literal_column(PG_SEARCH_DOCUMENT).op("@@")(tsquery)

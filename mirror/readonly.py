@@ -274,7 +274,9 @@ class PgReadOnlyDatabase:
             raise SqlError(
                 f"{self.shown}: cannot connect: {_first_line(getattr(e, 'orig', None) or e)}"
             ) from None
-        self.conn: Any = self.raw.driver_connection
+        conn = self.raw.driver_connection
+        assert conn is not None  # a pooled connection that was just opened
+        self.conn: Any = conn
         try:
             self.conn.rollback()
             self.conn.autocommit = True

@@ -920,39 +920,9 @@ def _parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
         yield to_text(align_down(at, HOUR))[:13], total
 
 
-def verify(
-    store: Store,
-    client: FalClient,
-    *,
-    targets: Sequence[str],
-    since: datetime | None,
-    until: datetime | None,
-    sample: int | None = None,
-    seed: int | None = None,
-    repair: bool = False,
-    delete_extra: bool = False,
-    use_analytics: bool = True,
-    payloads: bool = True,
-    billing: bool = True,
-    concurrency: int = 4,
-    examples: int = 5,
-    clock: Callable[[], datetime] = utcnow,
-) -> VerifyReport:
-    """Compare the mirror's completed hours of ``targets`` with the server; see the module."""
-    return Verifier(
-        store,
-        client,
-        targets=targets,
-        since=since,
-        until=until,
-        sample=sample,
-        seed=seed,
-        repair=repair,
-        delete_extra=delete_extra,
-        use_analytics=use_analytics,
-        payloads=payloads,
-        billing=billing,
-        concurrency=concurrency,
-        examples=examples,
-        clock=clock,
-    ).run()
+def verify(store: Store, client: FalClient, **options: Any) -> VerifyReport:
+    """Compare the mirror's completed hours of ``targets`` with the server; see the module.
+
+    ``options`` are `Verifier`'s keyword arguments (``targets``, ``since``, ``until`` at least).
+    """
+    return Verifier(store, client, **options).run()

@@ -12,8 +12,8 @@ SQLite in one thread, and the parallelism needed is a handful of calls waiting o
 threads keep every module synchronous and testable with ``MockTransport``.
 
 With ``learn_rate`` (what ``mirror sync`` uses) a 429 does not halve the limit: it caps the
-*rate* of calls at 95% of the rate answered in the last second, spaces admissions by it, and
-raises the cap again by four calls a second per second while answers are healthy. A
+*rate* of calls at 97% of the rate answered in the last second, spaces admissions by it, and
+raises the cap again by six calls a second per second while answers are healthy. A
 token-bucket rate limit (fal's) then refuses a call only now and then, instead of a burst of
 calls every time the limit grows back; the call refused gets the first admission after the
 pause (``acquire(retry=True)``), ahead of new calls, so it is not refused twice in a row
@@ -28,9 +28,9 @@ from collections import deque
 from collections.abc import Callable
 
 #: after a 429, the learned rate is this fraction of the rate answered in the last second
-RATE_CUT = 0.95
+RATE_CUT = 0.97
 #: and it grows back by this many calls per second, every second of healthy answers
-RATE_GROWTH = 4.0
+RATE_GROWTH = 6.0
 
 
 class Pacer:

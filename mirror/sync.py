@@ -22,7 +22,11 @@ Correct under every reading of the API that fal leaves open (``fal-api.md`` §13
   is only marked complete after a walk without repeats.
 - *Dense windows.* After a window's first page the density is estimated from the page's
   ``ended_at`` span; a window that would take more than ``walk_rows`` rows is split (its
-  first page is still stored), so no walk is long.
+  first page is still stored), so no walk is long. A window planned where the mirror holds
+  nothing (a backfill) that needs more than one page is cut instead by the server's hourly
+  request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
+  not see does not cost a long walk read twice; the counts only shape the windows, every
+  window is still walked to its end.
 """
 
 from __future__ import annotations

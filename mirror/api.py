@@ -397,16 +397,30 @@ class FalClient:
             self.stats.pages += 1
         return page
 
-    def analytics(self, endpoint_ids: Sequence[str], params: Sequence[tuple[str, str]]) -> Any:
-        return self.get_json(ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params])
+    def analytics(
+        self,
+        endpoint_ids: Sequence[str],
+        params: Sequence[tuple[str, str]],
+        *,
+        attempts: int | None = None,
+    ) -> Any:
+        return self.get_json(
+            ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts
+        )
 
-    def get_json(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
+    def get_json(
+        self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None
+    ) -> Any:
+        """``attempts``: fewer than the policy's, for a call whose answer is optional."""
         url = self.base_url + path
         shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
         policy = self.retry
+        n_attempts = min(attempts, policy.attempts) if attempts else policy.attempts
         last = "no attempt"
-        for attempt in range(policy.attempts):
-            self.pacer.acquire()
+        throttled = False
+        for attempt in range(n_attempts):
+            self.pacer.acquire(retry=throttled)
+            throttled = False
             t0 = time.monotonic()
             outcome, pause = "error", 0.0
             try:
@@ -423,16 +437,21 @@ class FalClient:
                 else:
                     wait = policy.backoff(attempt, self._rng)
                 if r.throttled:
-                    outcome, pause = "throttled", wait
+                    outcome, pause, throttled = "throttled", wait, True
                 log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, attempt + 1, wait)
             finally:
-                self.pacer.release(outcome, latency=time.monotonic() - t0, pause=pause)
-            if attempt + 1 < policy.attempts:
+                self.pacer.release(
+                    outcome,
+                    latency=time.monotonic() - t0,
+                    pause=pause,
+                    retry=throttled and attempt + 1 < n_attempts,
+                )
+            if attempt + 1 < n_attempts:
                 with self._stats_lock:
                     self.stats.retries += 1
                 self.sleep(wait)
         raise ApiUnavailable(
-            f"the API did not answer {path} after {policy.attempts} attempts (last: {last}); "
+            f"the API did not answer {path} after {n_attempts} attempts (last: {last}); "
             "mirror will pick up where it stopped on the next run"
         )
 

@@ -370,7 +370,7 @@ def sync(
                     key,
                     base_url=base_url,
                     retry=retry,
-                    pacer=Pacer(max_concurrency, initial=min(4, max_concurrency)),
+                    pacer=Pacer(max_concurrency, initial=min(4, max_concurrency), learn_rate=True),
                 )
                 try:
                     report = run_sync(store, client, opts, progress=progress)

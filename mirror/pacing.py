@@ -10,13 +10,27 @@ takes one off the limit, at most once a second.
 Threads rather than asyncio: the client is a plain ``httpx.Client`` passed in, the writer is
 SQLite in one thread, and the parallelism needed is a handful of calls waiting on latency;
 threads keep every module synchronous and testable with ``MockTransport``.
+
+With ``learn_rate`` (what ``mirror sync`` uses) a 429 does not halve the limit: it caps the
+*rate* of calls at 97% of the rate answered in the last second, spaces admissions by it, and
+raises the cap again by six calls a second per second while answers are healthy. A
+token-bucket rate limit (fal's) then refuses a call only now and then, instead of a burst of
+calls every time the limit grows back; the call refused gets the first admission after the
+pause (``acquire(retry=True)``), ahead of new calls, so it is not refused twice in a row
+(``bench/backfill_bench.py``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+
+#: after a 429, the learned rate is this fraction of the rate answered in the last second
+RATE_CUT = 0.97
+#: and it grows back by this many calls per second, every second of healthy answers
+RATE_GROWTH = 6.0
 
 
 class Pacer:
@@ -26,6 +40,7 @@ class Pacer:
         *,
         initial: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        learn_rate: bool = False,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -41,16 +56,38 @@ class Pacer:
         #: (time, limit) each time the limit changed, for tests and -v logs
         self.history: list[tuple[float, int]] = [(clock(), self.limit)]
         self.throttles = 0
+        self.learn_rate = learn_rate
+        #: calls per second admitted at most (learned from 429s); None: no cap yet
+        self.rate: float | None = None
+        self._next_slot = float("-inf")
+        self._oks: deque[float] = deque()
+        self._first_ok: float | None = None
+        #: when each refused call that will be retried stops having priority
+        self._retries_due: list[float] = []
 
-    def acquire(self) -> None:
+    def acquire(self, *, retry: bool = False) -> None:
+        """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""
         with self._cond:
             while True:
-                wait = self.pause_until - self._clock()
+                now = self._clock()
+                wait = self.pause_until - now
                 if wait > 0:
                     self._cond.wait(timeout=wait)
                     continue
+                if self._retries_due:
+                    self._retries_due = [t for t in self._retries_due if t > now]
+                if not retry and self._retries_due:  # a refused call goes first
+                    self._cond.wait(timeout=min(0.05, self._retries_due[0] - now))
+                    continue
+                if self.rate is not None and self._next_slot > now:
+                    self._cond.wait(timeout=self._next_slot - now)
+                    continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1
+                    if retry and self._retries_due:
+                        self._retries_due.pop(0)
+                    if self.rate is not None:
+                        self._next_slot = max(now, self._next_slot) + 1.0 / self.rate
                     return
                 self._cond.wait(timeout=0.5)
 
@@ -59,21 +96,53 @@ class Pacer:
             self.limit = limit
             self.history.append((self._clock(), limit))
 
-    def release(self, outcome: str, *, latency: float = 0.0, pause: float = 0.0) -> None:
-        """outcome: "ok", "throttled" (429), or "error" (5xx, reset, timeout)."""
+    def _answered_rate(self, now: float) -> float | None:
+        """Calls answered per second over the last second (or since the first answer)."""
+        oks = self._oks
+        while oks and oks[0] < now - 1.0:
+            oks.popleft()
+        if self._first_ok is None or not oks:
+            return None
+        span = min(1.0, now - self._first_ok)
+        return len(oks) / span if span > 0.05 else None
+
+    def release(
+        self, outcome: str, *, latency: float = 0.0, pause: float = 0.0, retry: bool = False
+    ) -> None:
+        """outcome: "ok", "throttled" (429), or "error" (5xx, reset, timeout).
+
+        ``retry``: a throttled call that will be asked again (it gets priority then)."""
         with self._cond:
             self.in_flight -= 1
             now = self._clock()
             if outcome == "throttled":
                 self.throttles += 1
-                # one halving per pause: several workers refused at once are one signal
+                # one cut per pause: several workers refused at once are one signal
                 if now >= self.pause_until:
-                    self._set(max(1, self.limit // 2))
+                    if self.learn_rate:
+                        answered = self._answered_rate(now)
+                        base = answered if answered is not None else self.rate
+                        if base is None:
+                            self._set(max(1, self.limit // 2))
+                        else:
+                            if self.rate is not None:
+                                base = min(base, self.rate)
+                            self.rate = max(1.0, RATE_CUT * base)
+                    else:
+                        self._set(max(1, self.limit // 2))
                 self._streak = 0
                 self.pause_until = max(self.pause_until, now + pause)
+                if retry and self.learn_rate:
+                    self._retries_due.append(self.pause_until + 0.5)
             elif outcome == "error":
                 self._streak = 0
             else:
+                if self.learn_rate:
+                    self._oks.append(now)
+                    if self._first_ok is None:
+                        self._first_ok = now
+                    if self.rate is not None:
+                        self.rate += RATE_GROWTH / self.rate  # +RATE_GROWTH calls/s a second
                 self._fastest = min(self._fastest, latency)
                 if latency > 4 * self._fastest + 0.5:
                     # the API is straining: one fewer in flight, at most once a second

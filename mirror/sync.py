@@ -22,7 +22,11 @@ Correct under every reading of the API that fal leaves open (``fal-api.md`` §13
   is only marked complete after a walk without repeats.
 - *Dense windows.* After a window's first page the density is estimated from the page's
   ``ended_at`` span; a window that would take more than ``walk_rows`` rows is split (its
-  first page is still stored), so no walk is long.
+  first page is still stored), so no walk is long. A window planned where the mirror holds
+  nothing (a backfill) that needs more than one page is cut instead by the server's hourly
+  request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
+  not see does not cost a long walk read twice; the counts only shape the windows, every
+  window is still walked to its end.
 """
 
 from __future__ import annotations
@@ -135,6 +139,12 @@ class SyncReport:
 class _Walk:
     target: str
     window: Window
+    #: cut to about one walk by the server's hourly counts: split by its first page only if
+    #: that page shows it far denser than the counts said
+    sized: bool = False
+    #: planned without any count (the mirror held no row in it): a walk of more than a page
+    #: asks the server's hourly counts how to cut it (``Syncer._by_counts``)
+    blind: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,7 @@ class _Rows:
 class _Split:
     target: str
     children: list[Window]
+    sized: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,13 +284,71 @@ def _retryable(e: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
+_HOUR = timedelta(hours=1)
+
+#: a dense window at least this long is split by the server's hourly counts (analytics)
+ANALYTICS_SPLIT_MIN = timedelta(hours=2)
+#: a window sized by those counts is split by its first page only beyond this many walks
+#: (one page's span is a noisy estimate; MAX_WALK_PAGES still bounds the walk)
+SIZED_SLACK = 2
+
+
+def analytics_hourly(
+    client: FalClient, target: str, lo: datetime, hi: datetime, *, max_pages: int = 10
+) -> dict[datetime, int]:
+    """The server's request count per UTC hour of ``[lo, hi)``, for planning only.
+
+    An estimate: the windows are still walked to their end and split by what their pages
+    show, so a count that is wrong (or a bucket counted by another timestamp) costs pages,
+    never rows. Refused or unusable analytics give ``{}`` (plan as without counts).
+    """
+    from mirror.verify import _parse_analytics
+
+    params = [
+        ("start", api_param(lo)),
+        ("end", api_param(hi)),
+        ("timeframe", "hour"),
+        ("timezone", "UTC"),
+        ("bound_to_timeframe", "false"),
+        ("expand", "time_series"),
+        ("expand", "request_count"),
+        ("limit", "1000"),
+    ]
+    out: dict[datetime, int] = {}
+    cursor: str | None = None
+    try:
+        for _ in range(max_pages):
+            data = client.analytics(
+                [target], params + ([("cursor", cursor)] if cursor else []), attempts=3
+            )
+            for key, n in _parse_analytics(data):
+                h = from_text(key + ":00:00Z")
+                out[h] = out.get(h, 0) + n
+            nxt = data.get("next_cursor")
+            if not isinstance(nxt, str) or not nxt or nxt == cursor:
+                break
+            cursor = nxt
+    except (MirrorError, _Stopped) as e:
+        # the walks that follow meet (and report) whatever made analytics fail
+        log.info("%s: analytics not used for planning (%s)", target, e or "stopped")
+        return {}
+    return out
+
+
 def plan_target(
-    store: Store, target: str, opts: SyncOptions, now: datetime, *, gaps_only: bool = False
+    store: Store,
+    target: str,
+    opts: SyncOptions,
+    now: datetime,
+    *,
+    gaps_only: bool = False,
+    blind: set[Window] | None = None,
 ) -> tuple[list[Window], datetime]:
     """The windows to walk for a target, and where its re-walked tail starts.
 
     ``gaps_only``: trust every completed interval (no lookback re-walk), for a target
     another process was syncing during this run: only what it left undone is walked.
+    ``blind``: filled with the windows planned where the mirror holds no row at all.
     """
     completed = [(from_text(a), from_text(b)) for a, b in store.completed(target)]
     end = min(opts.until, now) if opts.until else now
@@ -306,6 +375,13 @@ def plan_target(
             for w in windows
             for p in pack(w, hourly, target_rows=opts.walk_rows, max_len=opts.window)
         ]
+        if blind is not None:
+            held = sorted(hourly)
+            blind.update(
+                w
+                for w in windows
+                if not any(w.start - _HOUR < h < w.end for h in held)  # no held hour overlaps
+            )
     return windows, tail
 
 
@@ -354,6 +430,8 @@ class Syncer:
         self._stop = threading.Event()
         self._writer_gone = threading.Event()
         self._billing_refused: set[str] = set()
+        #: targets whose analytics answer was refused or empty: split by first pages only
+        self._no_analytics: set[str] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._known_targets: set[str] = set()
@@ -464,14 +542,24 @@ class Syncer:
                     repeated = True
                 seen.add(r[0])
             if page.has_more and w.length > timedelta(seconds=1):
-                parts = estimate_parts(page, w, self.opts.walk_rows) if pages == 1 else 1
-                if parts == 1 and pages >= MAX_WALK_PAGES:
-                    parts = 4
-                if parts > 1:
-                    children = split(w, parts)
+                children: list[Window] | None = None
+                sized = False
+                if pages == 1:
+                    rows_per_walk = self.opts.walk_rows * (SIZED_SLACK if task.sized else 1)
+                    parts = estimate_parts(page, w, rows_per_walk)
+                    if task.blind:
+                        # more than a page over hours: the server's hourly counts say how
+                        # to cut it, whatever its first page happened to see
+                        children = self._by_counts(target, w)
+                        sized = children is not None
+                    if children is None and parts > 1:
+                        children = split(w, parts)
+                elif pages >= MAX_WALK_PAGES:
+                    children = split(w, 4)
+                if children is not None:
                     log.info("%s %s: dense, split into %d windows", target, w, len(children))
                     self._put(_Rows(target, page.rows, billing))
-                    self._put(_Split(target, children))
+                    self._put(_Split(target, children, sized))
                     return "split"
             if not page.has_more:
                 self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
@@ -488,6 +576,28 @@ class Syncer:
             cursors.add(page.next_cursor)
             self._put(_Rows(target, page.rows, billing))
             cursor = page.next_cursor
+
+    def _by_counts(self, target: str, w: Window) -> list[Window] | None:
+        """A window of more than a page cut by the server's hourly counts, if it needs it.
+
+        A window split evenly by its first page's density keeps a dense hour that page did
+        not see inside one child, whose walk then runs long (MAX_WALK_PAGES) and is split
+        again, reading those rows twice. One analytics call gives the counts per hour, and
+        ``pack`` cuts the window so each child is about one walk (None: one walk is enough,
+        the window is too short for hourly counts, or analytics is refused). Counts are an
+        estimate only: every child is still walked to its end, and split by its own first
+        page should that show it far denser.
+        """
+        if w.length < ANALYTICS_SPLIT_MIN or target in self._no_analytics:
+            return None
+        hourly = analytics_hourly(self.client, target, w.start, w.end)
+        if not hourly:
+            self._no_analytics.add(target)
+            return None
+        if sum(hourly.values()) <= self.opts.walk_rows:
+            return None
+        children = pack(w, hourly, target_rows=self.opts.walk_rows, max_len=w.length)
+        return children if len(children) > 1 else None
 
     def _refresh(self, task: _Refresh) -> None:
         """Ask again, by id, for rows last seen unfinished that no window walk covers."""
@@ -537,7 +647,7 @@ class Syncer:
                 for ev in batch:
                     if isinstance(ev, _Split) and not self._stop.is_set():
                         for child in ev.children:
-                            pool.submit(self._work, _Walk(ev.target, child))
+                            pool.submit(self._work, _Walk(ev.target, child, ev.sized))
                             outstanding += 1
                         report.windows_planned += len(ev.children) - 1
                     elif isinstance(ev, _Unstable):
@@ -651,9 +761,10 @@ class Syncer:
         gaps_only: bool,
     ) -> list[_Walk | _Refresh]:
         opts = self.opts
-        windows, tail = plan_target(self.store, target, opts, now, gaps_only=gaps_only)
+        blind: set[Window] = set()
+        windows, tail = plan_target(self.store, target, opts, now, gaps_only=gaps_only, blind=blind)
         tails[target] = tail
-        tasks: list[_Walk | _Refresh] = [_Walk(target, w) for w in windows]
+        tasks: list[_Walk | _Refresh] = [_Walk(target, w, blind=w in blind) for w in windows]
         report.windows_planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
             stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)

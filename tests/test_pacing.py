@@ -108,3 +108,56 @@ def test_sync_backs_off_under_a_429_storm_and_recovers(tmp_path):
     assert max(limits[low:]) > min(limits), f"concurrency never recovered after the storm: {limits}"
     assert finished <= stored, f"{len(finished - stored)} requests lost in the storm"
     assert report.outcome == "ok" and report.inserted == len(stored)
+
+
+def test_learned_rate_caps_and_spaces_calls_after_a_429():
+    clock = FakeClock()
+    p = Pacer(8, clock=clock, learn_rate=True)
+    for i in range(50):  # 100 answers a second for half a second
+        clock.t = i * 0.01
+        p.acquire()
+        p.release("ok", latency=0.05)
+    assert p.rate is None
+    clock.t = 0.5
+    p.acquire()
+    p.release("throttled", pause=0.1, retry=False)
+    assert p.limit == 8, "with a learned rate a 429 cuts the rate, not the concurrency"
+    assert p.rate is not None and 80 <= p.rate < 100, p.rate
+    clock.t = 0.6
+    p.acquire()
+    first_slot = p._next_slot
+    p.release("ok", latency=0.05)
+    # the next call may start only one interval later: with the clock stopped, it waits
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (p.acquire(), got.set()))
+    t.start()
+    assert not got.wait(0.3), "a call went ahead of the learned rate"
+    clock.t = first_slot
+    with p._cond:
+        p._cond.notify_all()
+    assert got.wait(2), "the spaced call was never admitted"
+    t.join()
+    before = p.rate
+    for _ in range(20):
+        p.release("ok", latency=0.05)
+        p.in_flight += 1
+    assert p.rate > before, "healthy answers raise the learned rate again"
+
+
+def test_a_refused_call_is_admitted_before_new_calls():
+    clock = FakeClock()
+    p = Pacer(4, clock=clock, learn_rate=True)
+    p.acquire()
+    p.release("throttled", pause=0.1, retry=True)
+    clock.t = 0.2  # the pause is over; the refused call has not come back yet
+    order: list[str] = []
+    newcomer = threading.Thread(target=lambda: (p.acquire(), order.append("new")))
+    newcomer.start()
+    newcomer.join(0.3)
+    assert order == [], "a new call went ahead of the refused one"
+    p.acquire(retry=True)
+    order.append("retry")
+    with p._cond:
+        p._cond.notify_all()
+    newcomer.join(2)
+    assert order == ["retry", "new"]

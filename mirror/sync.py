@@ -302,18 +302,9 @@ def analytics_hourly(
     show, so a count that is wrong (or a bucket counted by another timestamp) costs pages,
     never rows. Refused or unusable analytics give ``{}`` (plan as without counts).
     """
-    from mirror.verify import _parse_analytics
+    from mirror.verify import analytics_params, parse_analytics
 
-    params = [
-        ("start", api_param(lo)),
-        ("end", api_param(hi)),
-        ("timeframe", "hour"),
-        ("timezone", "UTC"),
-        ("bound_to_timeframe", "false"),
-        ("expand", "time_series"),
-        ("expand", "request_count"),
-        ("limit", "1000"),
-    ]
+    params = analytics_params(lo, hi)
     out: dict[datetime, int] = {}
     cursor: str | None = None
     try:
@@ -321,7 +312,7 @@ def analytics_hourly(
             data = client.analytics(
                 [target], params + ([("cursor", cursor)] if cursor else []), attempts=3
             )
-            for key, n in _parse_analytics(data):
+            for key, n in parse_analytics(data):
                 h = from_text(key + ":00:00Z")
                 out[h] = out.get(h, 0) + n
             nxt = data.get("next_cursor")

@@ -561,16 +561,7 @@ class Verifier:
         self, target: str, lo: datetime, hi: datetime, tr: TargetReport
     ) -> dict[str, int | None]:
         """The server's request count per hour of ``[lo, hi)`` (hour key -> count)."""
-        base = [
-            ("start", api_param(lo)),
-            ("end", api_param(hi)),
-            ("timeframe", "hour"),
-            ("timezone", "UTC"),
-            ("bound_to_timeframe", "false"),
-            ("expand", "time_series"),
-            ("expand", "request_count"),
-            ("limit", str(ANALYTICS_LIMIT)),
-        ]
+        base = analytics_params(lo, hi)
         counts: dict[str, int | None] = {}
         cursor: str | None = None
         cursors: set[str] = set()
@@ -580,7 +571,7 @@ class Verifier:
             params = base + ([("cursor", cursor)] if cursor else [])
             tr.api_calls += 1
             data = self.client.analytics([target], params)
-            for key, n in _parse_analytics(data):
+            for key, n in parse_analytics(data):
                 counts[key] = n if counts.get(key, n) == n else None  # repeated and unequal
             cursor = data.get("next_cursor")
             if cursor is None:
@@ -895,7 +886,21 @@ class Verifier:
         log.info("%s %s: repaired %d rows", slot.target, slot.label, len(writes) + len(deletes))
 
 
-def _parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
+def analytics_params(lo: datetime, hi: datetime) -> list[tuple[str, str]]:
+    """The query for request counts per UTC hour of ``[lo, hi)`` (before any cursor)."""
+    return [
+        ("start", api_param(lo)),
+        ("end", api_param(hi)),
+        ("timeframe", "hour"),
+        ("timezone", "UTC"),
+        ("bound_to_timeframe", "false"),
+        ("expand", "time_series"),
+        ("expand", "request_count"),
+        ("limit", str(ANALYTICS_LIMIT)),
+    ]
+
+
+def parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
     """(hour key, request_count summed over the bucket's endpoint ids) per bucket."""
     if not isinstance(data, dict) or not isinstance(data.get("time_series"), list):
         raise BadDataError("the analytics answer has no time_series list")

@@ -753,12 +753,16 @@ class Syncer:
     ) -> list[_Walk | _Refresh]:
         opts = self.opts
         blind: set[Window] = set()
-        windows, tail = plan_target(self.store, target, opts, now, gaps_only=gaps_only, blind=blind)
+        with interrupts.deferred():  # short reads; see _write
+            windows, tail = plan_target(
+                self.store, target, opts, now, gaps_only=gaps_only, blind=blind
+            )
         tails[target] = tail
         tasks: list[_Walk | _Refresh] = [_Walk(target, w, blind=w in blind) for w in windows]
         report.windows_planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
-            stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
+            with interrupts.deferred():
+                stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
             for i in range(0, len(stale), 50):
                 tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
             report.refreshed += len(stale)
@@ -849,7 +853,11 @@ class Syncer:
         stamp = to_text(now)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                inserted, updated, done, new_targets = self._write_once(row_events, stamp)
+                # whole or not at all, and an interrupt waits for the commit (< 1 s): one
+                # raised mid-transaction could leave this process's own connection holding
+                # the write lock while the run's outcome is being recorded
+                with interrupts.deferred():
+                    inserted, updated, done, new_targets = self._write_once(row_events, stamp)
                 break
             except sa.exc.DBAPIError as e:
                 if not _retryable(e) or attempt == WRITE_ATTEMPTS:
@@ -896,7 +904,7 @@ class Syncer:
         try:
             self.store.finish_run(report.run_id, self.clock(), report.outcome, counts, report.error)
         except Exception as e:
-            log.info("could not record the run's outcome: %s", e)
+            log.warning("could not record the run's outcome in sync_runs: %s", e)
 
 
 def sync(

@@ -608,8 +608,12 @@ class Syncer:
         started = self.clock()
         # Windows are whole seconds and the last one ends at the next whole second, reached
         # before any call: so every request that ended before the sync started is covered.
+        # With --until in the past no window reaches beyond it, and there is nothing to wait
+        # for (a backfill starts at once).
         now = ceil_s(started)
-        self._wait((now - started).total_seconds())
+        horizon = min(now, opts.until) if opts.until else now
+        if horizon > started:
+            self._wait((horizon - started).total_seconds())
         self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes

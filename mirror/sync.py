@@ -58,6 +58,12 @@ log = logging.getLogger("mirror.sync")
 
 #: rows per writer transaction at most; perf-notes: gains flatten beyond ~10,000
 BATCH_ROWS = 10_000
+#: decoded pages waiting for the writer, at most. When the writer is the bottleneck (no API
+#: latency) each of its transactions takes what has piled up: 16 pages gave ~1,600-row
+#: transactions, 32 give ~3,200 and a 200,000-request backfill 9% more items/s (fewer
+#: FTS5 segments to merge, fewer commits), 64 only 2% more again for 12 MiB more peak RSS
+#: (docs/benchmarks.md). Each page is ~100 rows, ~120 KB decoded.
+QUEUE_PAGES = 32
 #: a walk longer than this many pages without end is abandoned and its window split
 MAX_WALK_PAGES = 50
 #: pages in one window of one second that we consider impossible
@@ -417,7 +423,9 @@ class Syncer:
         self.opts = opts
         self.clock = clock
         self.progress = progress
-        self._q: queue.Queue[object] = queue.Queue(maxsize=max(8, 4 * opts.max_concurrency))
+        self._q: queue.Queue[object] = queue.Queue(
+            maxsize=max(QUEUE_PAGES, 4 * opts.max_concurrency)
+        )
         self._stop = threading.Event()
         self._writer_gone = threading.Event()
         self._billing_refused: set[str] = set()

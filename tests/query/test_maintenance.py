@@ -19,7 +19,7 @@ from mirror import query
 from mirror.store import Store, derive_status
 from mirror.timeparse import to_text
 
-from .helpers import NOW, fill, make_rows
+from .helpers import NOW, fill, make_rows, read_all
 
 SUMMARY_SQL = """
     SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, endpoint_id, status, count(*),
@@ -187,4 +187,40 @@ def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
     assert not names & {"requests_fts", "summary_hourly", "request_log", "ix_requests_sent_at"}
     assert cols == ["endpoint_id", "ended_at", "status_code", "duration"]
     fill(db, make_rows(50, seed=10))
+    check_exact(db)
+
+
+def fts_config(path: Path) -> dict[str, Any]:
+    return dict(read_all(path, "SELECT k, v FROM requests_fts_config WHERE k != 'version'"))
+
+
+def test_0004_tunes_the_index_merging_and_the_index_stays_exact_both_ways(tmp_path):
+    """0003 -> 0004 (settings only) -> more rows -> 0003 (FTS5 defaults) -> more rows."""
+    from alembic import command
+
+    from mirror.store import _alembic_config, make_engine
+
+    db = tmp_path / "m.db"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0003")
+    engine.dispose()
+    fill(db, make_rows(200, seed=11))  # Store.open upgrades to head
+    assert fts_config(db) == {"automerge": 16, "pgsz": 16000}, "0004 did not tune the index"
+    # enough separate transactions for segments to pile up and be merged under the settings
+    rows = make_rows(600, seed=12)
+    for i in range(0, len(rows), 20):
+        fill(db, rows[i : i + 20])
+    check_exact(db)
+    assert search(db, "lighthouse"), "search lost its rows"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0003")
+    engine.dispose()
+    assert fts_config(db) == {"automerge": 4, "pgsz": 4050}, "0003 must have FTS5's defaults"
+    engine = make_engine(str(db))  # rows written under the defaults, without upgrading
+    store = Store(engine, str(db))
+    with engine.begin() as conn:
+        store.upsert(conn, make_rows(50, seed=13), payloads=True, billing=True, now=to_text(NOW))
+    store.close()
     check_exact(db)

@@ -1,20 +1,30 @@
-"""Full-text index tuned for bulk ingest: merge segments 16 at a time, 16 KB leaf pages.
+"""Full-text index tuned for bulk ingest: no per-row sizes, fewer and larger merges.
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-28
 
-FTS5 writes each transaction's new terms as a new segment and merges segments in the
-background of later writes. With its defaults (``automerge`` 4: merge as soon as four
-segments share a level; ``pgsz`` 4050-byte leaf pages) a sync spends much of its time
-re-merging what it has just written. With 16 and 16,000 the same index is built with far
-less merge work: ingest of 200,000 new rows through ``Store.upsert`` goes from ~34,000 to
-~42,000 rows/s (``bench/ingest_bench.py``; the A/B of each setting is in
-``docs/benchmarks.md``), searches read as fast (the same number of segments within a few
-percent, 0.4-3.4 ms per search on 200,000 rows either way) and the index is the same size.
+``requests_fts`` (revision 0002) is rebuilt with the same columns, tokenizer, content table
+and triggers, and three FTS5 settings that make a sync's writes cheaper:
 
-Only the index's settings change (rows in ``requests_fts_config``; FTS5 reads them on its
-next use): no rebuild, instant on any size. PostgreSQL has no FTS5 index: nothing to do.
+- ``columnsize=0``: no ``requests_fts_docsize`` row per request (only ``bm25()`` ranking reads
+  it, and mirror, its canned queries and Datasette's table view order by time; ``bm25()``
+  still works, recomputing sizes from the content table);
+- ``automerge`` 16 (FTS5's default is 4): each transaction's terms form a new segment, and
+  segments are merged once 16 share a level instead of 4, so what a sync has just written is
+  re-merged far less often;
+- ``pgsz`` 16,000 (default 4,050): larger leaf pages, half as many ``requests_fts_data`` rows.
+
+Measured with ``bench/ingest_bench.py``'s rows (200,000 new rows through ``Store.upsert``,
+10,000 per transaction, 5 runs, docs/benchmarks.md): ~34,000 rows/s before, ~41,000 with
+the three; searches read as fast (0.4-3.4 ms on 200,000 rows either way) and the index is
+the same size. A row is still indexed exactly once: ``integrity-check`` with rank 1 compares
+the index against ``requests`` (``tests/query/test_maintenance.py`` shows it catches a row
+indexed twice).
+
+Upgrading rebuilds the index from ``requests`` once (FTS5's ``rebuild``: about 10-20 s per
+million requests on a 2-core machine), inside the migration's transaction: a crash or a kill
+leaves 0003's index as it was. PostgreSQL has no FTS5 index: nothing to do there.
 """
 
 from alembic import op
@@ -24,23 +34,53 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-#: FTS5's own defaults, restored by the downgrade
-_DEFAULTS = {"automerge": 4, "pgsz": 4050}
 _TUNED = {"automerge": 16, "pgsz": 16000}
 
 
-def _configure(values: dict[str, int]) -> None:
-    for key, value in values.items():
-        op.execute(
-            f"INSERT INTO requests_fts (requests_fts, rank) VALUES ('{key}', {int(value)})"
-        )
+def _index(*, tuned: bool) -> list[str]:
+    """The statements that (re)create ``requests_fts`` and its triggers, then fill it."""
+    options = ', columnsize=0' if tuned else ''
+    settings = [
+        f"INSERT INTO requests_fts (requests_fts, rank) VALUES ('{key}', {value})"
+        for key, value in (_TUNED.items() if tuned else ())
+    ]
+    return [
+        "DROP TRIGGER requests_fts_au",
+        "DROP TRIGGER requests_fts_ad",
+        "DROP TRIGGER requests_fts_ai",
+        "DROP TABLE requests_fts",
+        f"""CREATE VIRTUAL TABLE requests_fts USING fts5(
+            json_input, json_output,
+            content="requests", content_rowid="rowid",
+            tokenize="unicode61 remove_diacritics 2"{options})""",
+        *settings,
+        """CREATE TRIGGER requests_fts_ai AFTER INSERT ON requests BEGIN
+            INSERT INTO requests_fts (rowid, json_input, json_output)
+            VALUES (NEW.rowid, NEW.json_input, NEW.json_output);
+        END""",
+        """CREATE TRIGGER requests_fts_ad AFTER DELETE ON requests BEGIN
+            INSERT INTO requests_fts (requests_fts, rowid, json_input, json_output)
+            VALUES ('delete', OLD.rowid, OLD.json_input, OLD.json_output);
+        END""",
+        """CREATE TRIGGER requests_fts_au AFTER UPDATE OF json_input, json_output ON requests
+        WHEN OLD.json_input IS NOT NEW.json_input OR OLD.json_output IS NOT NEW.json_output
+        BEGIN
+            INSERT INTO requests_fts (requests_fts, rowid, json_input, json_output)
+            VALUES ('delete', OLD.rowid, OLD.json_input, OLD.json_output);
+            INSERT INTO requests_fts (rowid, json_input, json_output)
+            VALUES (NEW.rowid, NEW.json_input, NEW.json_output);
+        END""",
+        "INSERT INTO requests_fts (requests_fts) VALUES ('rebuild')",
+    ]
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        _configure(_TUNED)
+        for statement in _index(tuned=True):
+            op.execute(statement)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        _configure(_DEFAULTS)
+        for statement in _index(tuned=False):
+            op.execute(statement)

@@ -19,7 +19,8 @@ rows, as the sync's writer does.
 Figures: new rows/s and unchanged-resync rows/s (median of ``--runs``), their ratio, raw
 sqlite3 with the same multi-row statements as mirror (info), and the decoding rate (page
 bytes -> row tuples). Then what each index and trigger set costs mirror's ingest of new
-rows, measured by dropping it from a copy of the database.
+rows, measured by dropping it from a copy of the database, and what migration 0004's FTS5
+settings gained (the same ingest with the index downgraded to revision 0003's).
 Target: mirror >= 50% of raw on new rows.
 """
 
@@ -38,6 +39,7 @@ import common as c
 import orjson
 
 BATCH = 10_000
+FTS_0003 = "with revision 0003's full-text index (FTS5's default settings)"
 TARGET = 0.5
 STAMP = "2026-11-28T12:00:00.000000Z"
 
@@ -163,9 +165,11 @@ def ingest_raw_multi(
 
 
 def ingest_mirror(path: Path, parts: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[float, int, int]:
-    from mirror.store import Store
+    from mirror.store import Store, make_engine
 
-    store = Store.open(str(path))
+    # not Store.open: that would upgrade a variant downgraded on purpose (the template is
+    # migrated already)
+    store = Store(make_engine(str(path)), str(path))
     ins = upd = 0
     t0 = time.perf_counter()
     for part in parts:
@@ -198,9 +202,22 @@ def schema_sets(path: Path) -> tuple[dict[str, list[str]], list[tuple[str, str]]
 
 
 def variant(
-    tpl: Path, name: str, drop_triggers: Sequence[str], drop_indexes: Sequence[str]
+    tpl: Path,
+    name: str,
+    drop_triggers: Sequence[str],
+    drop_indexes: Sequence[str],
+    revision: str | None = None,
 ) -> Path:
     path = fresh(tpl, name)
+    if revision is not None:  # e.g. 0003: the full-text index as it was before 0004
+        from alembic import command
+
+        from mirror.store import _alembic_config, make_engine
+
+        engine = make_engine(str(path))
+        with engine.begin() as conn:
+            command.downgrade(_alembic_config(conn), revision)
+        engine.dispose()
     con = sqlite3.connect(path)
     for t in drop_triggers:
         con.execute(f"DROP TRIGGER {t}")
@@ -308,6 +325,8 @@ def costs(
     all_trig = [t for ts in triggers.values() for t in ts]
     all_idx = [i for i, _ in indexes]
     cases: list[tuple[str, list[str], list[str]]] = [("full schema (as migrated)", [], [])]
+    # 0004 only retunes the FTS5 index (columnsize=0, automerge 16, pgsz 16000): its effect
+    cases.append((FTS_0003, [], []))
     for fam, names in sorted(triggers.items()):
         cases.append((f"without triggers {fam}_*", names, []))
     cases.append(("without any trigger", all_trig, []))
@@ -319,7 +338,9 @@ def costs(
         s = timed(
             runs,
             f"mirror {label}",
-            lambda dt=dt, di=di: ingest_mirror(variant(tpl, "v.db", dt, di), parts)[0],
+            lambda dt=dt, di=di, rev=("0003" if label == FTS_0003 else None): ingest_mirror(
+                variant(tpl, "v.db", dt, di, rev), parts
+            )[0],
         )
         results.append((label, s))
     base = results[0][1]
@@ -329,8 +350,10 @@ def costs(
     for label, s in results:
         ref = no_trig if "without index" in label else base
         saved = 1 - s / ref
-        out.append([label, k / s, f"{s / base:.2f}", f"{saved:+.0%} of the time"
-                    + (" (vs no trigger)" if ref is no_trig else "")])  # fmt: skip
+        note = f"{saved:+.0%} of the time" + (" (vs no trigger)" if ref is no_trig else "")
+        if label == FTS_0003:
+            note = f"(0004's settings take {1 - base / s:.0%} off this time)"
+        out.append([label, k / s, f"{s / base:.2f}", note])
     print(c.table(["schema", "rows/s", "time vs full", "time saved by dropping"], out))
     print()
 

@@ -15,12 +15,12 @@ and triggers, and three FTS5 settings that make a sync's writes cheaper:
   re-merged far less often;
 - ``pgsz`` 16,000 (default 4,050): larger leaf pages, half as many ``requests_fts_data`` rows.
 
-Measured with ``bench/ingest_bench.py``'s rows (200,000 new rows through ``Store.upsert``,
-10,000 per transaction, 5 runs, docs/benchmarks.md): ~34,000 rows/s before, ~41,000 with
-the three; searches read as fast (0.4-3.4 ms on 200,000 rows either way) and the index is
-the same size. A row is still indexed exactly once: ``integrity-check`` with rank 1 compares
-the index against ``requests`` (``tests/query/test_maintenance.py`` shows it catches a row
-indexed twice).
+Measured with ``bench/ingest_bench.py --runs 5`` (200,000 new rows through ``Store.upsert``,
+10,000 per transaction): 30,451 rows/s with 0003's index, 37,373 with this one (1.23x);
+each setting alone, and searches (0.4-3.3 ms on 200,000 rows either way, the index the same
+size): docs/benchmarks.md. A row is still indexed exactly once: ``integrity-check`` with
+rank 1 compares the index against ``requests`` (``tests/query/test_maintenance.py`` shows it
+catches a row indexed twice).
 
 Upgrading rebuilds the index from ``requests`` once (FTS5's ``rebuild``: 1.4 s for 200,000
 requests on a 2-core machine), inside the migration's transaction: a crash or a kill
@@ -39,7 +39,7 @@ _TUNED = {"automerge": 16, "pgsz": 16000}
 
 def _index(*, tuned: bool) -> list[str]:
     """The statements that (re)create ``requests_fts`` and its triggers, then fill it."""
-    options = ', columnsize=0' if tuned else ''
+    options = ", columnsize=0" if tuned else ""
     settings = [
         f"INSERT INTO requests_fts (requests_fts, rank) VALUES ('{key}', {value})"
         for key, value in (_TUNED.items() if tuned else ())

@@ -95,6 +95,13 @@ class MirrorGroup(click.Group):
                 err=True,
             )
             sys.exit(1)
+        finally:
+            if _as_process:
+                # The command is over (its outcome decided and printed, or being printed): a
+                # signal from here to the exit could only cut the exit short, or turn a
+                # finished command into an "interrupted" one.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _storage_error(e: BaseException) -> MirrorError | None:
@@ -488,7 +495,20 @@ def _register_commands() -> None:
 _register_commands()
 
 
+#: True when running as the ``mirror`` process (``main``), not inside a caller (tests, scripts)
+_as_process = False
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    global _as_process
+    _as_process = True
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # cron and systemd stop jobs with SIGTERM: Ctrl-C's meaning (exit 130, one line) for the
+    # whole command, not only while it syncs (where _sigterm_as_interrupt defers it further)
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="mirror")

@@ -148,3 +148,55 @@ def test_interrupt_with_mirror_debug_shows_the_traceback_and_still_exits_130(
     assert lines[-1] == INTERRUPTED, f"{where}: the last line is {lines[-1]!r}"
     assert runs(db) == [("interrupted", None)], f"{where}: the run is recorded as {runs(db)}"
     check_consistent(db, listable(sig_world), sig_world.config.filter_field, context=where)
+
+
+def _signal_after(point: str, sig: int):  # type: ignore[no-untyped-def]
+    """A patch: signal ourselves once the summary is printed, or once the command is over."""
+
+    def patch(notes: Path) -> None:
+        import click
+
+        import mirror.cli
+
+        if point == "after-summary":
+            orig_echo = click.echo
+
+            def echo(message: Any = None, *a: Any, **kw: Any) -> None:
+                orig_echo(message, *a, **kw)
+                if isinstance(message, str) and message.startswith("synced "):
+                    note(notes, f"point {point}")
+                    die(sig)
+
+            click.echo = echo  # type: ignore[assignment]
+        else:  # the command returned: only click's return path and the exit are left
+            orig_invoke = mirror.cli.MirrorGroup.invoke
+
+            def invoke(self: Any, ctx: Any) -> Any:
+                rv = orig_invoke(self, ctx)
+                note(notes, f"point {point}")
+                die(sig)
+                return rv
+
+            mirror.cli.MirrorGroup.invoke = invoke  # type: ignore[method-assign]
+
+    return patch
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("point", ["after-summary", "after-command"])
+def test_signal_once_the_sync_is_over(tmp_path, sig_world, point: str, sig: int) -> None:
+    """CI once saw a SIGTERM that landed after the summary was printed kill the process
+    (exit -15): the sync's handler was gone and SIGTERM's default is to terminate."""
+    db = tmp_path / "m.db"
+    where = f"{signal.Signals(sig).name} {point}"
+    with SimulatedAPI(sig_world) as api:
+        o = run_cli(sync_args(db, "--since", "21h"), env_for(api.base_url), tmp_path / "out",
+                    patch=_signal_after(point, sig), no_second_wait=True)  # fmt: skip
+    assert o.notes == [f"point {point}"], f"{where}: never reached (exit {o.code}): {o.stderr}"
+    assert o.stdout.startswith("synced "), f"{where}: stdout {o.stdout!r}"
+    if point == "after-summary":  # still inside the command: Ctrl-C's meaning
+        assert (o.code, o.stderr.strip()) == (130, INTERRUPTED), f"{where}: {o.code} {o.stderr!r}"
+    else:  # the command is over: the signal cannot change how it ended
+        assert (o.code, o.stderr) == (0, ""), f"{where}: exit {o.code}, stderr {o.stderr!r}"
+    assert [r[0] for r in runs(db)] == ["ok"], f"{where}: runs {runs(db)}"
+    assert_mirror_equals(db, listable(sig_world), context=where)

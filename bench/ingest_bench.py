@@ -324,23 +324,26 @@ def costs(
     at a time, and raw executemany on the full schema for comparison."""
     all_trig = [t for ts in triggers.values() for t in ts]
     all_idx = [i for i, _ in indexes]
-    cases: list[tuple[str, list[str], list[str]]] = [("full schema (as migrated)", [], [])]
-    # 0004 only retunes the FTS5 index (columnsize=0, automerge 16, pgsz 16000): its effect
-    cases.append((FTS_0003, [], []))
+    # (label, triggers dropped, indexes dropped, revision downgraded to first)
+    cases: list[tuple[str, list[str], list[str], str | None]] = [
+        ("full schema (as migrated)", [], [], None),
+        # 0004 only retunes the FTS5 index (columnsize=0, automerge 16, pgsz 16000): its effect
+        (FTS_0003, [], [], "0003"),
+    ]
     for fam, names in sorted(triggers.items()):
-        cases.append((f"without triggers {fam}_*", names, []))
-    cases.append(("without any trigger", all_trig, []))
+        cases.append((f"without triggers {fam}_*", names, [], None))
+    cases.append(("without any trigger", all_trig, [], None))
     for i in all_idx:
-        cases.append((f"without any trigger, without index {i}", all_trig, [i]))
-    cases.append(("primary key only (no trigger, no index)", all_trig, all_idx))
+        cases.append((f"without any trigger, without index {i}", all_trig, [i], None))
+    cases.append(("primary key only (no trigger, no index)", all_trig, all_idx, None))
     results = []
-    for label, dt, di in cases:
+    for label, dt, di, rev in cases:
         s = timed(
             runs,
             f"mirror {label}",
-            lambda dt=dt, di=di, rev=("0003" if label == FTS_0003 else None): ingest_mirror(
-                variant(tpl, "v.db", dt, di, rev), parts
-            )[0],
+            lambda dt=dt, di=di, rev=rev: ingest_mirror(variant(tpl, "v.db", dt, di, rev), parts)[
+                0
+            ],
         )
         results.append((label, s))
     base = results[0][1]

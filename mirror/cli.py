@@ -499,10 +499,6 @@ _register_commands()
 _as_process = False
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     global _as_process
     _as_process = True
@@ -510,5 +506,7 @@ def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # cron and systemd stop jobs with SIGTERM: Ctrl-C's meaning (exit 130, one line) for the
     # whole command, not only while it syncs (where _sigterm_as_interrupt defers it further)
-    signal.signal(signal.SIGTERM, _terminate)
+    from mirror import interrupts
+
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: interrupts.interrupt())
     cli(prog_name="mirror")

@@ -178,8 +178,6 @@ def _metrics(
     endpoint_id: str, rows: Iterable[SimRequest | None], metrics: Sequence[str]
 ) -> dict[str, Any]:
     """One result record: the requested metrics over one group of rows (None = unfinished)."""
-    if set(metrics) <= {"request_count"}:  # mirror's planning call: only the count
-        return {"endpoint_id": endpoint_id} | {m: sum(1 for _ in rows) for m in metrics}
     counts = dict.fromkeys(_COUNTS, 0)
     durations: list[float] = []
     prepares: list[float] = []
@@ -234,6 +232,8 @@ def compute(
     now: datetime,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All time-series buckets (oldest first) and the summary, for the requested metrics."""
+    if set(metrics) <= {"request_count"}:  # mirror's planning call: counts only
+        return _counts_only(world, endpoint_ids, rng, tz, metrics, now=now)
     starts = [to_us(b) for b in rng.buckets]
     groups: list[dict[str, list[SimRequest | None]]] = [{} for _ in starts]
     totals: dict[str, list[SimRequest | None]] = {}
@@ -252,3 +252,30 @@ def compute(
     ]
     summary = [_metrics(ep, rows, metrics) for ep, rows in sorted(totals.items())]
     return series, summary
+
+
+def _counts_only(
+    world: World,
+    endpoint_ids: Sequence[str],
+    rng: AnalyticsRange,
+    tz: tzinfo,
+    metrics: Sequence[str],
+    *,
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``compute`` when only ``request_count`` is asked (or nothing): the same records, from
+    ``World.visible_counts`` instead of the rows themselves."""
+    counts = world.visible_counts(endpoint_ids, rng.start, rng.end, rng.buckets, now=now)
+    eps = sorted(counts)
+
+    def record(ep: str, n: int) -> dict[str, Any]:
+        return {"endpoint_id": ep} | dict.fromkeys(metrics, n)
+
+    series = [
+        {
+            "bucket": bucket.astimezone(tz).isoformat(),
+            "results": [record(ep, counts[ep][k]) for ep in eps if counts[ep][k]],
+        }
+        for k, bucket in enumerate(rng.buckets)
+    ]
+    return series, [record(ep, sum(counts[ep])) for ep in eps]

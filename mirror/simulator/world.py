@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any, Literal
 
 import orjson
@@ -272,6 +273,9 @@ class World:
         # (endpoint, field) -> (sorted keys, row indexes in that order)
         self._sorted: dict[tuple[str, str], tuple[array[int], array[int]]] = {}
         self._stale: set[tuple[str, str]] = set()
+        # (endpoint, field, unfinished hidden) -> (the index's keys it was built for, prefix
+        # maxima of the instant each row starts to count, in that index's order)
+        self._settled: dict[tuple[str, str, bool], tuple[array[int], array[int]]] = {}
         self._version = 0
         self._cache: OrderedDict[tuple[Any, ...], _CacheEntry] = OrderedDict()
         self.add_many(requests)
@@ -604,6 +608,78 @@ class World:
                     else:
                         out.append((ep, keys[k], self._reqs[i]))
             return out
+
+    def visible_counts(
+        self,
+        endpoint_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        buckets: Sequence[datetime],
+        *,
+        now: datetime | None = None,
+    ) -> dict[str, list[int]]:
+        """Per endpoint, how many of ``visible_rows(endpoint_ids, start, end)`` fall in each
+        bucket: bucket k runs from ``buckets[k]`` to ``buckets[k + 1]`` (the last to ``end``),
+        within [``start``, ``end``). Endpoints with none are left out.
+
+        The count-only analytics answer (mirror's planning call) without a Python step per
+        row: a bucket whose rows have all become visible (and ended, where unfinished rows
+        are hidden) by ``now`` is counted by bisection, and only the few recent buckets with
+        a row still to appear are walked row by row.
+        """
+        with self._lock:
+            now_us = to_us(now) if now is not None else to_us(self.now())
+            cfg = self._config
+            ff = cfg.filter_field
+            hide = ff == "ended_at" or not cfg.unfinished_visible
+            recorded, sent, ended = self._recorded, self._sent, self._ended
+            start_us, end_us = to_us(start), to_us(end)
+            bounds_us = [min(max(to_us(b), start_us), end_us) for b in buckets] + [end_us]
+            out: dict[str, list[int]] = {}
+            for ep in self.match_endpoints(endpoint_ids):
+                keys, rows = self._index(ep, ff)
+                settled = self._settled_prefix(ep, ff, hide, keys, rows)
+                at = [bisect_left(keys, b) for b in bounds_us]
+                counts = []
+                for lo, hi in pairwise(at):
+                    if hi <= lo:
+                        counts.append(0)
+                    elif settled[hi - 1] <= now_us:
+                        counts.append(hi - lo)
+                    else:
+                        counts.append(
+                            sum(
+                                1
+                                for i in rows[lo:hi]
+                                if recorded[i] <= now_us
+                                and sent[i] <= now_us
+                                and (ended[i] <= now_us or not hide)
+                            )
+                        )
+                if any(counts):
+                    out[ep] = counts
+            return out
+
+    def _settled_prefix(
+        self, ep: str, field_name: str, hide: bool, keys: array[int], rows: array[int]
+    ) -> array[int]:
+        """For the index (``keys``, ``rows``): entry k is the latest instant at which any of
+        its first k + 1 rows starts to count (appears; and ends, if unfinished ones are hidden).
+        Rebuilt with the index (a mutation rebuilds that, with new arrays)."""
+        key = (ep, field_name, hide)
+        got = self._settled.get(key)
+        if got is not None and got[0] is keys:
+            return got[1]
+        recorded, sent, ended = self._recorded, self._sent, self._ended
+        prefix = array("q")
+        latest = -(2**63)
+        for i in rows:
+            t = max(recorded[i], sent[i], ended[i]) if hide else max(recorded[i], sent[i])
+            if t > latest:
+                latest = t
+            prefix.append(latest)
+        self._settled[key] = (keys, prefix)
+        return prefix
 
     def _item(self, i: int, now_us: int, view: ItemView) -> dict[str, Any]:
         req = self._reqs[i]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -792,6 +792,62 @@ def test_analytics_counts_match_the_list_operation(
                 per_endpoint[item["endpoint_id"]] = per_endpoint.get(item["endpoint_id"], 0) + 1
             counted = {r["endpoint_id"]: r["request_count"] for r in bucket["results"]}
             assert counted == per_endpoint, f"bucket {start} ({filter_field})"
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bound", "unbound"])
+@pytest.mark.parametrize(
+    "unfinished_visible", [True, False], ids=["running-shown", "running-hidden"]
+)
+@pytest.mark.parametrize("filter_field", ["ended_at", "sent_at", "started_at"])
+def test_count_only_analytics_equal_counting_the_rows(
+    clock: ManualClock, filter_field: str, unfinished_visible: bool, bound: bool
+) -> None:
+    """mirror's planning call asks ``request_count`` alone; the simulator answers it by
+    bisection where every row has settled and row by row elsewhere. It must give exactly the
+    counts of the full computation (the path every other metric takes), at instants when
+    rows are still running, have not arrived yet (late arrivals recorded later), or just
+    settled, for whole and partial buckets."""
+    from mirror.simulator import analytics
+
+    world = _generated(clock, filter_field=filter_field, unfinished_visible=unfinished_visible)
+    clock.set(NOW + timedelta(minutes=20))
+    world.backdate(40, hours_ago=5, endpoint_id="acme/flux-lora", seed=3)  # recorded at +20 min
+    endpoints = ["acme/flux-lora", "acme/whisper-v3", "acme"]
+    ranges = [
+        (NOW - timedelta(hours=30), NOW + timedelta(hours=2), "hour"),
+        (NOW - timedelta(hours=7, minutes=13), NOW + timedelta(minutes=47), "hour"),
+        (NOW - timedelta(days=2), NOW + timedelta(days=1), "day"),
+        (NOW - timedelta(hours=2, seconds=7), NOW - timedelta(minutes=1), "minute"),
+    ]
+    compared = 0
+    counted = set()
+    for now in (NOW - timedelta(hours=2), NOW, NOW + timedelta(minutes=19),
+                NOW + timedelta(minutes=20), NOW + timedelta(hours=3)):  # fmt: skip
+        for eps in (endpoints[:1], endpoints[:2], endpoints[2:]):
+            for start, end, tf in ranges:
+                rng = analytics.resolve_range(start, end, tf, UTC, bound_to_timeframe=bound)
+                fast = analytics.compute(world, eps, rng, UTC, ["request_count"], now=now)
+                full = analytics.compute(
+                    world, eps, rng, UTC, ["request_count", "success_count"], now=now
+                )
+
+                def counts_only(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                    return [
+                        {"endpoint_id": r["endpoint_id"], "request_count": r["request_count"]}
+                        for r in records
+                    ]
+
+                expected = (
+                    [
+                        {"bucket": b["bucket"], "results": counts_only(b["results"])}
+                        for b in full[0]
+                    ],
+                    counts_only(full[1]),
+                )
+                assert fast == expected, f"{eps} {start}..{end} by {tf} at {now}"
+                compared += 1
+                counted.add(sum(r["request_count"] for r in fast[1]))
+    assert compared == 60 and len(counted) > 10, "the instants and ranges gave too few answers"
 
 
 def test_analytics_timezone_and_alignment(clock: ManualClock, serve: Serve) -> None:

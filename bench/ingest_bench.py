@@ -18,9 +18,11 @@ rows, as the sync's writer does.
 
 Figures: new rows/s and unchanged-resync rows/s (median of ``--runs``), their ratio, raw
 sqlite3 with the same multi-row statements as mirror (info), and the decoding rate (page
-bytes -> row tuples). Then what each index and trigger set costs mirror's ingest of new
-rows, measured by dropping it from a copy of the database, and what migration 0004's FTS5
-settings gained (the same ingest with the index downgraded to revision 0003's).
+bytes -> row tuples). Then what the storage choices gained, the same ingest on a copy
+that lacks one: 16 KiB pages (a 4 KiB file, as earlier mirrors created), migration 0005's
+per-batch indexing (downgraded to 0004's row-by-row insert triggers), 0004's FTS5 settings
+(downgraded to 0003). Then what each index and trigger set costs, dropped one at a time
+from revision 0004, where the triggers do all the indexing and summarizing.
 Target: mirror >= 50% of raw on new rows.
 """
 
@@ -39,7 +41,8 @@ import common as c
 import orjson
 
 BATCH = 10_000
-FTS_0003 = "with revision 0003's full-text index (FTS5's default settings)"
+#: the revision whose triggers alone keep the index and the summary (0005 batches inserts)
+ROW_BY_ROW = "0004"
 TARGET = 0.5
 STAMP = "2026-11-28T12:00:00.000000Z"
 
@@ -103,12 +106,18 @@ def batches(rows: Sequence[tuple[Any, ...]]) -> list[Sequence[tuple[Any, ...]]]:
     return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
 
 
-def template(folder: Path) -> Path:
-    """A freshly migrated, empty mirror database."""
+def template(folder: Path, page_size: int | None = None) -> Path:
+    """A freshly migrated, empty mirror database; ``page_size``: as a file created by an
+    earlier mirror (4,096: SQLite's default, before ``mirror.store.PAGE_SIZE``)."""
     from mirror.store import Store
 
-    path = folder / "template.db"
+    path = folder / (f"template-{page_size}.db" if page_size else "template.db")
     c.remove_db(path)
+    if page_size:
+        con = sqlite3.connect(path)
+        con.execute(f"PRAGMA page_size = {page_size}")
+        con.execute("PRAGMA journal_mode = WAL")
+        con.close()
     Store.open(str(path)).close()
     con = sqlite3.connect(path)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -208,8 +217,11 @@ def variant(
     drop_indexes: Sequence[str],
     revision: str | None = None,
 ) -> Path:
+    """A copy of ``tpl``, downgraded to ``revision`` first if given, without those triggers
+    and indexes. Dropping every trigger of the head revision also drops ``sync_batch``
+    (migration 0005), so that the upsert does no indexing of its own either."""
     path = fresh(tpl, name)
-    if revision is not None:  # e.g. 0003: the full-text index as it was before 0004
+    if revision is not None:  # e.g. 0004: the row-by-row insert triggers before 0005
         from alembic import command
 
         from mirror.store import _alembic_config, make_engine
@@ -223,6 +235,9 @@ def variant(
         con.execute(f"DROP TRIGGER {t}")
     for i in drop_indexes:
         con.execute(f"DROP INDEX {i}")
+    left = con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0]
+    if not left:
+        con.execute("DROP TABLE IF EXISTS sync_batch")
     con.commit()
     con.close()
     return path
@@ -320,44 +335,70 @@ def costs(
     triggers: dict[str, list[str]],
     indexes: list[tuple[str, str]],
 ) -> None:
-    """mirror's new-row ingest (Store.upsert) with one set of triggers or one index dropped
-    at a time, and raw executemany on the full schema for comparison."""
-    all_trig = [t for ts in triggers.values() for t in ts]
-    all_idx = [i for i, _ in indexes]
-    # (label, triggers dropped, indexes dropped, revision downgraded to first)
-    cases: list[tuple[str, list[str], list[str], str | None]] = [
-        ("full schema (as migrated)", [], [], None),
-        # 0004 only retunes the FTS5 index (columnsize=0, automerge 16, pgsz 16000): its effect
-        (FTS_0003, [], [], "0003"),
+    """mirror's new-row ingest (Store.upsert) on variants of the schema: what each storage
+    choice gained, then what each trigger set and index costs."""
+    tpl4k = template(tpl.parent, page_size=4096)
+    # (label, template, triggers dropped, indexes dropped, revision downgraded to first)
+    Case = tuple[str, Path, list[str], list[str], str | None]
+    gains: list[Case] = [
+        ("full schema, as migrated (head, 16 KiB pages)", tpl, [], [], None),
+        ("with 4 KiB pages (a file created before mirror set PAGE_SIZE)", tpl4k, [], [], None),
+        ("at revision 0004: row-by-row insert triggers (before 0005)", tpl, [], [], "0004"),
+        ("at revision 0003: also FTS5's default settings (before 0004)", tpl, [], [], "0003"),
     ]
+    with_0004 = [t for ts in triggers.values() for t in ts]
+    base_costs: list[Case] = [("revision 0004, full schema", tpl, [], [], ROW_BY_ROW)]
     for fam, names in sorted(triggers.items()):
-        cases.append((f"without triggers {fam}_*", names, [], None))
-    cases.append(("without any trigger", all_trig, [], None))
-    for i in all_idx:
-        cases.append((f"without any trigger, without index {i}", all_trig, [i], None))
-    cases.append(("primary key only (no trigger, no index)", all_trig, all_idx, None))
-    results = []
-    for label, dt, di, rev in cases:
-        s = timed(
-            runs,
-            f"mirror {label}",
-            lambda dt=dt, di=di, rev=rev: ingest_mirror(variant(tpl, "v.db", dt, di, rev), parts)[
-                0
-            ],
+        base_costs.append((f"without triggers {fam}_*", tpl, names, [], ROW_BY_ROW))
+    base_costs.append(("without any trigger", tpl, with_0004, [], ROW_BY_ROW))
+    for i, _ in indexes:
+        base_costs.append(
+            (f"without any trigger, without index {i}", tpl, with_0004, [i], ROW_BY_ROW)
         )
-        results.append((label, s))
+    all_idx = [i for i, _ in indexes]
+    base_costs.append(("primary key only (no trigger, no index)", tpl, with_0004, all_idx,
+                       ROW_BY_ROW))  # fmt: skip
+
+    def measure(cases: list[Case]) -> list[tuple[str, float]]:
+        out = []
+        for label, t, dt, di, rev in cases:
+            s = timed(
+                runs,
+                f"mirror {label}",
+                lambda t=t, dt=dt, di=di, rev=rev: ingest_mirror(
+                    variant(t, "v.db", dt, di, rev), parts
+                )[0],
+            )
+            out.append((label, s))
+        return out
+
+    gained = measure(gains)
+    base = gained[0][1]
+    print("### What the storage choices gain (Store.upsert, new rows)\n")
+    # what each variant lacks, against the variant that has it: 16 KiB pages and 0005
+    # against head, 0004's FTS5 settings against 0004
+    step = {1: (0, "16 KiB pages"), 2: (0, "0005's batches"), 3: (2, "0004's settings")}
+    rows = [[gained[0][0], k / base, "1.00", ""]]
+    for i, (label, s) in enumerate(gained[1:], 1):
+        ref, what = step[i]
+        rows.append([label, k / s, f"{s / base:.2f}",
+                     f"{what} take {1 - gained[ref][1] / s:.0%} off this time"])  # fmt: skip
+    print(c.table(["schema", "rows/s", "time vs head", "gain"], rows))
+    print()
+    results = measure(base_costs)
     base = results[0][1]
     no_trig = next(s for lbl, s in results if lbl == "without any trigger")
-    print("### What each index and trigger set costs mirror's ingest (Store.upsert, new rows)\n")
+    print(
+        "### What each index and trigger set costs (Store.upsert, new rows, revision 0004:\n"
+        "the triggers do all the indexing and summarizing there)\n"
+    )
     out = []
     for label, s in results:
         ref = no_trig if "without index" in label else base
         saved = 1 - s / ref
         note = f"{saved:+.0%} of the time" + (" (vs no trigger)" if ref is no_trig else "")
-        if label == FTS_0003:
-            note = f"(0004's settings take {1 - base / s:.0%} off this time)"
-        out.append([label, k / s, f"{s / base:.2f}", note])
-    print(c.table(["schema", "rows/s", "time vs full", "time saved by dropping"], out))
+        out.append([label, k / s, f"{s / base:.2f}", note if s is not base else ""])
+    print(c.table(["schema", "rows/s", "time vs 0004", "time saved by dropping"], out))
     print()
 
 

@@ -93,6 +93,36 @@ def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
     assert sqlite3.connect(tmp_path / "m.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_new_files_get_16_kib_pages_and_existing_ones_keep_theirs(tmp_path):
+    """A new mirror file is created with PAGE_SIZE pages; one made before (SQLite's 4 KiB
+    default) keeps its pages, is migrated and written as before."""
+    from mirror.store import PAGE_SIZE
+
+    def page_size(p):
+        con = sqlite3.connect(p)
+        try:
+            return con.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            con.close()
+
+    new = tmp_path / "new.db"
+    s = Store.open(str(new))
+    upsert(s, [row("a")])
+    s.close()
+    assert page_size(new) == PAGE_SIZE == 16_384
+    old = tmp_path / "old.db"
+    con = sqlite3.connect(old)  # how the file of an earlier mirror version began
+    con.execute("PRAGMA page_size = 4096")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.close()
+    s = Store.open(str(old))
+    assert upsert(s, [row("a"), row("b")]) == (2, 0)
+    assert [r[0] for r in table(s)] == ["a", "b"]
+    s.close()
+    assert page_size(old) == 4096
+    assert sqlite3.connect(old).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 def test_insert_then_update_counts_and_bookkeeping(store):
     assert upsert(store, [row("a"), row("b")]) == (2, 0)
     assert upsert(store, [row("a"), row("b")], now=T2) == (0, 0), (

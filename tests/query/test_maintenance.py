@@ -6,12 +6,15 @@ real upsert, and compare against what a recomputation from ``requests`` gives.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -248,3 +251,131 @@ def test_integrity_check_catches_a_row_indexed_twice(tmp_path):
     con.close()
     with pytest.raises(pytest.fail.Exception, match="requests_fts does not match requests"):
         check_exact(db)
+
+
+# ----------------------------------------------------------------- batch indexing (0005)
+
+
+def _gate(path: Path) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """sync_batch's rows, and the insert triggers that consult it."""
+    con = sqlite3.connect(path)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        rows = con.execute("SELECT * FROM sync_batch").fetchall() if "sync_batch" in names else []
+        gated = [
+            name
+            for name, sql in con.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            )
+            if "sync_batch" in sql
+        ]
+        return rows, sorted(gated)
+    finally:
+        con.close()
+
+
+def _other_writer(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """Another program writing to the file (the sqlite3 shell, a script): plain SQL, no
+    gate, so the row-by-row triggers do the work; then it changes and deletes some rows."""
+    con = sqlite3.connect(path)
+    with con:
+        con.executemany(
+            "INSERT INTO requests (request_id, endpoint_id, runner_id, sent_at, started_at, "
+            "ended_at, status_code, duration, billable_units, json_input, json_output, status, "
+            "first_seen_at, last_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r, to_text(NOW), to_text(NOW)) for r in rows],
+        )
+        con.execute(
+            'UPDATE requests SET json_input = \'{"prompt": "rewritten by hand"}\', '
+            "duration = duration + 1 WHERE request_id = ?",
+            (rows[0][0],),
+        )
+        con.execute("DELETE FROM requests WHERE request_id = ?", (rows[1][0],))
+    con.close()
+
+
+def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(tmp_path):
+    """0004 with rows -> 0005 -> batches of new and changed rows, plain-SQL writers in
+    between -> 0004 -> both kinds of writer again: index and summary exact at every step."""
+    from alembic import command
+
+    from mirror.store import _alembic_config, make_engine
+
+    db = tmp_path / "m.db"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0004")
+    store = Store(engine, str(db))
+    rows = make_rows(900, seed=21)
+    with engine.begin() as conn:
+        store.upsert(conn, rows[:300], payloads=True, billing=True, now=to_text(NOW))
+    store.close()
+    assert _gate(db) == ([], []), "0004 has no gate"
+    fill(db, [])  # Store.open upgrades to head
+    assert _gate(db) == ([], ["requests_fts_ai", "requests_summary_ai"])
+    check_exact(db)
+    # new rows, and rows already stored coming back changed (payload, status, billing)
+    changed = [
+        (*r[:6], 500, r[7], 9.5, orjson.dumps({"prompt": f"changed {i}"}).decode(), r[10],
+         derive_status(r[5], 500))
+        for i, r in enumerate(rows[:300:7])
+    ]  # fmt: skip
+    fill(db, rows[300:600] + changed)
+    assert _gate(db)[0] == [], "the gate was committed"
+    check_exact(db)
+    assert set(search(db, "changed")) == {r[0] for r in changed}, "changed payloads not found"
+    _other_writer(db, make_rows(40, seed=22, start=NOW - timedelta(days=9)))
+    check_exact(db)
+    assert search(db, "rewritten by hand"), "a plain-SQL insert and update were indexed"
+    engine = make_engine(str(db))
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0004")
+    engine.dispose()
+    assert _gate(db) == ([], []), "0004's triggers are back, ungated"
+    check_exact(db)
+    store = Store(make_engine(str(db)), str(db))  # rows written at 0004, row by row
+    with store.engine.begin() as conn:
+        store.upsert(conn, rows[600:], payloads=True, billing=True, now=to_text(NOW))
+    store.close()
+    _other_writer(db, make_rows(40, seed=23, start=NOW - timedelta(days=12)))
+    check_exact(db)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT count(*) FROM requests").fetchone() == (900 + 80 - 2,)
+    con.close()
+
+
+def test_a_failed_batch_is_rolled_back_whole_and_never_commits_the_gate(tmp_path):
+    """A batch whose second statement fails (more rows than one statement takes, the last
+    one refused by a NOT NULL): the transaction is rolled back, and the file is exactly as
+    before — rows, index, summary —, the gate gone. A caller that commits anyway (none of
+    mirror's does) still never commits the gate, so other writers keep their triggers."""
+    from mirror.store import ROWS_PER_STATEMENT
+
+    db = tmp_path / "m.db"
+    fill(db, make_rows(200, seed=31))
+    before = read_all(db, "SELECT * FROM requests ORDER BY rowid")
+    summary = read_all(db, "SELECT * FROM summary_hourly ORDER BY 1, 2, 3")
+    rows = make_rows(ROWS_PER_STATEMENT + 200, seed=32, start=NOW - timedelta(days=20))
+    last = max(rows, key=lambda r: r[5] or "")
+    bad = [r if r is not last else (r[0], None, *r[2:]) for r in rows]  # no endpoint_id
+    store = Store.open(str(db))
+    try:
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+            store.upsert(conn, bad, payloads=True, billing=True, now=to_text(NOW))
+        assert read_all(db, "SELECT * FROM requests ORDER BY rowid") == before
+        assert read_all(db, "SELECT * FROM summary_hourly ORDER BY 1, 2, 3") == summary
+        check_exact(db)
+        assert _gate(db)[0] == []
+        # a careless caller: swallows the error inside the transaction, which then commits
+        with store.engine.begin() as conn, contextlib.suppress(sa.exc.IntegrityError):
+            store.upsert(conn, bad, payloads=True, billing=True, now=to_text(NOW))
+        assert _gate(db)[0] == [], "the gate was committed"
+    finally:
+        store.close()
+    _other_writer(db, make_rows(10, seed=33, start=NOW - timedelta(days=30)))
+    con = sqlite3.connect(db)
+    indexed = con.execute(
+        "SELECT count(*) FROM requests_fts WHERE requests_fts MATCH ?", ('"rewritten"',)
+    ).fetchone()
+    con.close()
+    assert indexed == (1,), "a plain-SQL writer after the careless commit was not indexed"

@@ -18,6 +18,14 @@ token-bucket rate limit (fal's) then refuses a call only now and then, instead o
 calls every time the limit grows back; the call refused gets the first admission after the
 pause (``acquire(retry=True)``), ahead of new calls, so it is not refused twice in a row
 (``bench/backfill_bench.py``).
+
+The answers' consumer (the sync's one writer) reports its backlog with ``backlog()``. While
+it is behind — answers wait in its full queue — more calls in flight cannot make the sync
+faster, only make the walkers compete with the writer for the two cores and the GIL: the
+limit comes down by one every ``BACKLOG_CUT_INTERVAL``, to one, and grows again only once
+the writer has waited for an answer. So an API that answers at once is walked by one or
+two calls at a time, and one with latency by as many as keep the writer busy
+(``bench/dlt_bench.py``: one call in flight is faster than four with no latency).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from collections.abc import Callable
 RATE_CUT = 0.97
 #: and it grows back by this many calls per second, every second of healthy answers
 RATE_GROWTH = 6.0
+#: while the consumer of the answers is behind, one fewer call in flight this often
+BACKLOG_CUT_INTERVAL = 0.25
 
 
 class Pacer:
@@ -64,6 +74,9 @@ class Pacer:
         self._first_ok: float | None = None
         #: when each refused call that will be retried stops having priority
         self._retries_due: list[float] = []
+        #: the consumer has waited for an answer since it was last behind (or never said)
+        self.consumer_waiting = True
+        self._last_backlog_cut = float("-inf")
 
     def acquire(self, *, retry: bool = False) -> None:
         """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""
@@ -90,6 +103,20 @@ class Pacer:
                         self._next_slot = max(now, self._next_slot) + 1.0 / self.rate
                     return
                 self._cond.wait(timeout=0.5)
+
+    def backlog(self, *, behind: bool) -> None:
+        """From the consumer of the answers: ``behind`` — answers are waiting for it, so one
+        fewer call in flight (at most every ``BACKLOG_CUT_INTERVAL``, never under one) and no
+        growth; otherwise it is waiting for answers, and healthy ones may grow the limit."""
+        with self._cond:
+            if not behind:
+                self.consumer_waiting = True
+                return
+            self.consumer_waiting = False
+            now = self._clock()
+            if self.limit > 1 and now - self._last_backlog_cut >= BACKLOG_CUT_INTERVAL:
+                self._set(self.limit - 1)
+                self._last_backlog_cut = now
 
     def _set(self, limit: int) -> None:
         if limit != self.limit:
@@ -152,7 +179,11 @@ class Pacer:
                         self._last_slow_cut = now
                 else:
                     self._streak += 1
-                    if self._streak >= 2 * self.limit and self.limit < self.max:
+                    if (
+                        self._streak >= 2 * self.limit
+                        and self.limit < self.max
+                        and self.consumer_waiting
+                    ):
                         self._set(self.limit + 1)
                         self._streak = 0
             self._cond.notify_all()

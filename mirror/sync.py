@@ -443,16 +443,19 @@ class Syncer:
     # -- worker side ------------------------------------------------------------------
 
     def _put(self, ev: object) -> None:
+        wait = False
         while True:
             if self._writer_gone.is_set():
                 raise _Stopped
             if self._stop.is_set() and not isinstance(ev, _Finished):
                 raise _Stopped
             try:
-                self._q.put(ev, timeout=0.2)
+                self._q.put(ev, block=wait, timeout=0.2)
                 return
             except queue.Full:
-                continue
+                if not wait:  # the writer is behind: fewer calls in flight, for now
+                    self.client.pacer.backlog(behind=True)
+                    wait = True
 
     def _sleep(self, seconds: float) -> None:
         if self._stop.wait(seconds):
@@ -838,6 +841,8 @@ class Syncer:
 
     def _drain(self) -> list[object]:
         """At least one event, then whatever else is waiting, up to a batch of rows."""
+        if self._q.empty():  # the writer waits for pages: more calls in flight may help
+            self.client.pacer.backlog(behind=False)
         batch = [self._q.get()]
         rows = 0
         while rows < BATCH_ROWS:

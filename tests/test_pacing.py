@@ -1,8 +1,9 @@
-"""Adaptive concurrency: halves on 429 storms, pauses everyone, grows back when healthy."""
+"""Adaptive concurrency: halves on 429 storms, pauses everyone, grows back when healthy;\ncomes down to one call in flight while the writer is behind."""
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -56,6 +57,61 @@ def test_slow_answers_shrink_the_limit_once_a_second():
         p.acquire()
         p.release("ok", latency=0.05)
     assert p.limit == 8
+
+
+def test_a_consumer_behind_brings_the_limit_down_and_holds_growth():
+    """The writer reports a full queue: one fewer call in flight per BACKLOG_CUT_INTERVAL,
+    down to one, and healthy answers do not grow it back until the writer waits again."""
+    from mirror.pacing import BACKLOG_CUT_INTERVAL
+
+    clock = FakeClock()
+    p = Pacer(8, initial=4, clock=clock)
+    for t in (0.0, 0.1, 1, 1.5, 2, 2.5, 3, 10):  # in units of the interval
+        clock.t = t * BACKLOG_CUT_INTERVAL
+        p.backlog(behind=True)
+    assert [lim for _, lim in p.history] == [4, 3, 2, 1], p.history
+    for _ in range(100):
+        p.acquire()
+        p.release("ok", latency=0.01)
+    assert p.limit == 1, "grew while the writer was behind"
+    p.backlog(behind=False)  # the writer waits for pages
+    for _ in range(100):
+        p.acquire()
+        p.release("ok", latency=0.01)
+    assert [lim for _, lim in p.history] == [4, 3, 2, 1, 2, 3, 4, 5, 6, 7, 8], p.history
+
+
+def test_sync_with_a_slow_writer_walks_with_one_call_in_flight(tmp_path, monkeypatch):
+    """An API that answers at once and a writer that cannot keep up: the limit comes down
+    to one call in flight (more would only compete with the writer), and every request is
+    stored once all the same."""
+    now = datetime.now(UTC)
+    world = generate_world(WorldConfig(), seed=5, now=now, days=1, endpoints=["acme/a"],
+                           requests_per_hour=800, dense_hour=None)  # fmt: skip
+    store = Store.open(str(tmp_path / "m.db"))
+    upsert = Store.upsert
+
+    def slow_upsert(self, conn, rows, **kw):
+        time.sleep(len(rows) / 10_000)  # 10,000 rows/s: ~0.3 s per batch of 32 pages
+        return upsert(self, conn, rows, **kw)
+
+    monkeypatch.setattr(Store, "upsert", slow_upsert)
+    pacer = Pacer(4, initial=4)
+    finished = {rid for rid, it in world.server_view(now).items() if it["ended_at"] is not None}
+    with SimulatedAPI(world) as api, httpx.Client() as http:
+        client = FalClient(http, "sim-key-id:sim-key-secret", base_url=api.base_url, pacer=pacer)
+        report = sync(
+            store,
+            client,
+            SyncOptions(targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=4),
+        )
+    with store.engine.connect() as conn:
+        stored = [r[0] for r in conn.exec_driver_sql("SELECT request_id FROM requests")]
+    store.close()
+    limits = [lim for _, lim in pacer.history]
+    assert limits[:4] == [4, 3, 2, 1], f"the limit did not come down to one: {pacer.history}"
+    assert finished <= set(stored) and len(stored) == len(set(stored)) == report.inserted
+    assert report.outcome == "ok"
 
 
 def test_acquire_blocks_during_a_pause():

@@ -19,21 +19,25 @@ calls every time the limit grows back; the call refused gets the first admission
 pause (``acquire(retry=True)``), ahead of new calls, so it is not refused twice in a row
 (``bench/backfill_bench.py``).
 
-The answers' consumer (the sync's one writer) reports its backlog with ``backlog()``. While
-it is behind — answers wait in its full queue — more calls in flight cannot make the sync
-faster, only make the walkers compete with the writer for the two cores and the GIL: the
-limit comes down by one every ``BACKLOG_CUT_INTERVAL``, to one, and grows again only once
-the writer has waited for an answer. So an API that answers at once is walked by one or
-two calls at a time, and one with latency by as many as keep the writer busy
-(``bench/dlt_bench.py``: one call in flight is faster than four with no latency).
+A worker that fetches pages for a consumer (the sync's walkers, feeding its one writer)
+takes a ``turn()`` for each page, from the call to handing the page over: at most ``limit``
+workers are active at once, so the limit bounds the threads doing work (fetching, decoding,
+holding a page), not only the calls on the wire. The consumer reports its backlog with
+``backlog()``. While it is behind — pages wait in its full queue — more workers cannot make
+the sync faster, only compete with the writer for the cores and the GIL: the limit comes
+down by one every ``BACKLOG_CUT_INTERVAL``, to one, and grows again only once the writer has
+waited for a page. So an API that answers at once is walked by one or two workers, and one
+with latency by as many as keep the writer busy (``bench/dlt_bench.py``, docs/benchmarks.md:
+with no latency one walker is 12% faster than four, and holds fewer pages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 #: after a 429, the learned rate is this fraction of the rate answered in the last second
 RATE_CUT = 0.97
@@ -77,6 +81,8 @@ class Pacer:
         #: the consumer has waited for an answer since it was last behind (or never said)
         self.consumer_waiting = True
         self._last_backlog_cut = float("-inf")
+        #: workers in the middle of a turn
+        self.active = 0
 
     def acquire(self, *, retry: bool = False) -> None:
         """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""
@@ -104,6 +110,21 @@ class Pacer:
                     return
                 self._cond.wait(timeout=0.5)
 
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """One worker's turn (one page: its call, decoding it, handing it over): waits while
+        ``limit`` workers are in theirs."""
+        with self._cond:
+            while self.active >= self.limit:
+                self._cond.wait(timeout=0.5)
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify_all()
+
     def backlog(self, *, behind: bool) -> None:
         """From the consumer of the answers: ``behind`` — answers are waiting for it, so one
         fewer call in flight (at most every ``BACKLOG_CUT_INTERVAL``, never under one) and no
@@ -122,6 +143,7 @@ class Pacer:
         if limit != self.limit:
             self.limit = limit
             self.history.append((self._clock(), limit))
+            self._cond.notify_all()
 
     def _answered_rate(self, now: float) -> float | None:
         """Calls answered per second over the last second (or since the first answer)."""

@@ -537,47 +537,50 @@ class Syncer:
         repeated = False
         pages = 0
         while True:
-            page, billing = self._fetch(target, w.start, w.end, cursor)
-            pages += 1
-            for r in page.rows:
-                if r[0] in seen:
-                    repeated = True
-                seen.add(r[0])
-            if page.has_more and w.length > timedelta(seconds=1):
-                children: list[Window] | None = None
-                sized = False
-                if pages == 1:
-                    rows_per_walk = self.opts.walk_rows * (SIZED_SLACK if task.sized else 1)
-                    parts = estimate_parts(page, w, rows_per_walk)
-                    if task.blind:
-                        # more than a page over hours: the server's hourly counts say how
-                        # to cut it, whatever its first page happened to see
-                        children = self._by_counts(target, w)
-                        sized = children is not None
-                    if children is None and parts > 1:
-                        children = split(w, parts)
-                elif pages >= MAX_WALK_PAGES:
-                    children = split(w, 4)
-                if children is not None:
-                    log.info("%s %s: dense, split into %d windows", target, w, len(children))
-                    self._put(_Rows(target, page.rows, billing))
-                    self._put(_Split(target, children, sized))
-                    return "split"
-            if not page.has_more:
-                self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
-                return "unstable" if repeated else "done"
-            assert page.next_cursor is not None
-            if page.next_cursor == cursor or page.next_cursor in cursors:
-                raise BadDataError(
-                    f"the API repeated a page cursor while walking {target} {w.start}..{w.end}"
-                )
-            if pages > ABSURD_PAGES:
-                raise BadDataError(
-                    f"the API gave over {ABSURD_PAGES} pages for {target} {w.start}..{w.end}"
-                )
-            cursors.add(page.next_cursor)
-            self._put(_Rows(target, page.rows, billing))
-            cursor = page.next_cursor
+            # one page per turn: at most the pacer's limit of walkers fetch, decode and
+            # hand pages over at once
+            with self.client.pacer.turn():
+                page, billing = self._fetch(target, w.start, w.end, cursor)
+                pages += 1
+                for r in page.rows:
+                    if r[0] in seen:
+                        repeated = True
+                    seen.add(r[0])
+                if page.has_more and w.length > timedelta(seconds=1):
+                    children: list[Window] | None = None
+                    sized = False
+                    if pages == 1:
+                        rows_per_walk = self.opts.walk_rows * (SIZED_SLACK if task.sized else 1)
+                        parts = estimate_parts(page, w, rows_per_walk)
+                        if task.blind:
+                            # more than a page over hours: the server's hourly counts say how
+                            # to cut it, whatever its first page happened to see
+                            children = self._by_counts(target, w)
+                            sized = children is not None
+                        if children is None and parts > 1:
+                            children = split(w, parts)
+                    elif pages >= MAX_WALK_PAGES:
+                        children = split(w, 4)
+                    if children is not None:
+                        log.info("%s %s: dense, split into %d windows", target, w, len(children))
+                        self._put(_Rows(target, page.rows, billing))
+                        self._put(_Split(target, children, sized))
+                        return "split"
+                if not page.has_more:
+                    self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
+                    return "unstable" if repeated else "done"
+                assert page.next_cursor is not None
+                if page.next_cursor == cursor or page.next_cursor in cursors:
+                    raise BadDataError(
+                        f"the API repeated a page cursor while walking {target} {w.start}..{w.end}"
+                    )
+                if pages > ABSURD_PAGES:
+                    raise BadDataError(
+                        f"the API gave over {ABSURD_PAGES} pages for {target} {w.start}..{w.end}"
+                    )
+                cursors.add(page.next_cursor)
+                self._put(_Rows(target, page.rows, billing))
+                cursor = page.next_cursor
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.
@@ -607,10 +610,13 @@ class Syncer:
             start = floor_s(from_text(sent_at) - timedelta(hours=1))
             if start >= task.until:
                 continue
-            page, billing = self._fetch(task.target, start, task.until, None, request_id=request_id)
-            rows = [r for r in page.rows if r[0] == request_id]
-            if rows:
-                self._put(_Rows(task.target, rows, billing))
+            with self.client.pacer.turn():
+                page, billing = self._fetch(
+                    task.target, start, task.until, None, request_id=request_id
+                )
+                rows = [r for r in page.rows if r[0] == request_id]
+                if rows:
+                    self._put(_Rows(task.target, rows, billing))
 
     # -- writer side ------------------------------------------------------------------
 

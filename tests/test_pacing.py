@@ -81,9 +81,38 @@ def test_a_consumer_behind_brings_the_limit_down_and_holds_growth():
     assert [lim for _, lim in p.history] == [4, 3, 2, 1, 2, 3, 4, 5, 6, 7, 8], p.history
 
 
-def test_sync_with_a_slow_writer_walks_with_one_call_in_flight(tmp_path, monkeypatch):
+def test_at_most_limit_workers_take_their_turn_at_once():
+    """A turn spans a worker's page from its call to handing it over: with the limit at
+    two, the third and fourth workers wait until a turn ends or the limit grows."""
+    p = Pacer(4, initial=2)
+    inside: list[int] = []
+    release = threading.Event()
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        with p.turn():
+            with lock:
+                inside.append(i)
+            release.wait(5)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    assert len(inside) == 2 and p.active == 2, f"{len(inside)} workers in their turn at once"
+    with p._cond:
+        p._set(3)  # the limit grows: one more worker goes in at once
+    time.sleep(0.3)
+    assert len(inside) == 3, f"{len(inside)} workers in after the limit grew to 3"
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert sorted(inside) == [0, 1, 2, 3] and p.active == 0
+
+
+def test_sync_with_a_slow_writer_walks_with_one_walker_at_a_time(tmp_path, monkeypatch):
     """An API that answers at once and a writer that cannot keep up: the limit comes down
-    to one call in flight (more would only compete with the writer), and every request is
+    to one walker at a time (more would only compete with the writer), and every request is
     stored once all the same."""
     now = datetime.now(UTC)
     world = generate_world(WorldConfig(), seed=5, now=now, days=1, endpoints=["acme/a"],

@@ -289,7 +289,8 @@ class _Progress:
 @click.option("--base-url", envvar="MIRROR_BASE_URL", default="https://api.fal.ai/v1", show_default=True,
               help="API base URL. Env: MIRROR_BASE_URL.")  # fmt: skip
 @click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="At most this many API calls in flight (adapts downwards on 429s).")  # fmt: skip
+              help="At most this many pages fetched at once (fewer on 429s, slow answers, "
+                   "or while the database writer is behind).")  # fmt: skip
 @click.option("--recheck/--no-recheck", default=True, show_default=True,
               help="Re-check older history on a schedule: the last day hourly, the last week daily "
               "(analytics first, then only hours whose counts differ).")  # fmt: skip

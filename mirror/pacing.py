@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 RATE_CUT = 0.97
 #: and it grows back by this many calls per second, every second of healthy answers
 RATE_GROWTH = 6.0
-#: while the consumer of the answers is behind, one fewer call in flight this often
+#: while the consumer of the answers is behind, one fewer worker (and call in flight) this often
 BACKLOG_CUT_INTERVAL = 0.25
 
 
@@ -126,9 +126,9 @@ class Pacer:
                 self._cond.notify_all()
 
     def backlog(self, *, behind: bool) -> None:
-        """From the consumer of the answers: ``behind`` — answers are waiting for it, so one
-        fewer call in flight (at most every ``BACKLOG_CUT_INTERVAL``, never under one) and no
-        growth; otherwise it is waiting for answers, and healthy ones may grow the limit."""
+        """From the consumer of the answers: ``behind`` — answers are waiting for it, so the
+        limit loses one (at most every ``BACKLOG_CUT_INTERVAL``, never under one) and does not
+        grow; otherwise it is waiting for answers, and healthy ones may grow the limit."""
         with self._cond:
             if not behind:
                 self.consumer_waiting = True

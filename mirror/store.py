@@ -709,7 +709,10 @@ class Store:
     ) -> UpsertResult:
         """Upsert API rows (tuples in ``API_FIELDS`` order plus ``status``).
 
-        Returns how many rows were new and how many existing rows actually changed.
+        Returns how many rows were new and how many existing rows actually changed. On
+        SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
+        end (``_INDEX_NEW``, ``_SUMMARIZE_NEW``); if it raises, the caller's transaction must
+        be rolled back (``engine.begin()`` does), as with any failed write.
         """
         if not rows:
             return UpsertResult(0, 0)

@@ -453,7 +453,7 @@ class Syncer:
                 self._q.put(ev, block=wait, timeout=0.2)
                 return
             except queue.Full:
-                if not wait:  # the writer is behind: fewer calls in flight, for now
+                if not wait:  # the writer is behind: fewer walkers at work, for now
                     self.client.pacer.backlog(behind=True)
                     wait = True
 

@@ -623,9 +623,10 @@ class World:
         within [``start``, ``end``). Endpoints with none are left out.
 
         The count-only analytics answer (mirror's planning call) without a Python step per
-        row: a bucket whose rows have all become visible (and ended, where unfinished rows
-        are hidden) by ``now`` is counted by bisection, and only the few recent buckets with
-        a row still to appear are walked row by row.
+        row: a bucket whose rows, and all rows before them in the index, have become visible
+        (and ended, where unfinished rows are hidden) by ``now`` is counted by bisection; the
+        buckets from the first row still to appear or end onwards (usually the last few) are
+        walked row by row.
         """
         with self._lock:
             now_us = to_us(now) if now is not None else to_us(self.now())

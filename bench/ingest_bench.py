@@ -346,17 +346,17 @@ def costs(
         ("at revision 0004: row-by-row insert triggers (before 0005)", tpl, [], [], "0004"),
         ("at revision 0003: also FTS5's default settings (before 0004)", tpl, [], [], "0003"),
     ]
-    with_0004 = [t for ts in triggers.values() for t in ts]
+    all_trig = [t for ts in triggers.values() for t in ts]
     base_costs: list[Case] = [("revision 0004, full schema", tpl, [], [], ROW_BY_ROW)]
     for fam, names in sorted(triggers.items()):
         base_costs.append((f"without triggers {fam}_*", tpl, names, [], ROW_BY_ROW))
-    base_costs.append(("without any trigger", tpl, with_0004, [], ROW_BY_ROW))
+    base_costs.append(("without any trigger", tpl, all_trig, [], ROW_BY_ROW))
     for i, _ in indexes:
         base_costs.append(
-            (f"without any trigger, without index {i}", tpl, with_0004, [i], ROW_BY_ROW)
+            (f"without any trigger, without index {i}", tpl, all_trig, [i], ROW_BY_ROW)
         )
     all_idx = [i for i, _ in indexes]
-    base_costs.append(("primary key only (no trigger, no index)", tpl, with_0004, all_idx,
+    base_costs.append(("primary key only (no trigger, no index)", tpl, all_trig, all_idx,
                        ROW_BY_ROW))  # fmt: skip
 
     def measure(cases: list[Case]) -> list[tuple[str, float]]:

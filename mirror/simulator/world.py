@@ -633,7 +633,6 @@ class World:
             cfg = self._config
             ff = cfg.filter_field
             hide = ff == "ended_at" or not cfg.unfinished_visible
-            recorded, sent, ended = self._recorded, self._sent, self._ended
             start_us, end_us = to_us(start), to_us(end)
             bounds_us = [min(max(to_us(b), start_us), end_us) for b in buckets] + [end_us]
             out: dict[str, list[int]] = {}
@@ -649,13 +648,7 @@ class World:
                         counts.append(hi - lo)
                     else:
                         counts.append(
-                            sum(
-                                1
-                                for i in rows[lo:hi]
-                                if recorded[i] <= now_us
-                                and sent[i] <= now_us
-                                and (ended[i] <= now_us or not hide)
-                            )
+                            sum(1 for i in rows[lo:hi] if self._counts_from(i, hide) <= now_us)
                         )
                 if any(counts):
                     out[ep] = counts
@@ -671,16 +664,19 @@ class World:
         got = self._settled.get(key)
         if got is not None and got[0] is keys:
             return got[1]
-        recorded, sent, ended = self._recorded, self._sent, self._ended
         prefix = array("q")
         latest = -(2**63)
         for i in rows:
-            t = max(recorded[i], sent[i], ended[i]) if hide else max(recorded[i], sent[i])
-            if t > latest:
-                latest = t
+            latest = max(latest, self._counts_from(i, hide))
             prefix.append(latest)
         self._settled[key] = (keys, prefix)
         return prefix
+
+    def _counts_from(self, i: int, hide: bool) -> int:
+        """The instant row ``i`` starts to count in ``visible_rows``: it has appeared (been
+        recorded and sent), and has ended too when unfinished rows are hidden (``hide``)."""
+        appears = max(self._recorded[i], self._sent[i])
+        return max(appears, self._ended[i]) if hide else appears
 
     def _item(self, i: int, now_us: int, view: ItemView) -> dict[str, Any]:
         req = self._reqs[i]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirror import query
-from mirror.store import Store, derive_status
+from mirror.store import ROW_COLUMNS, Store, derive_status
 from mirror.timeparse import to_text
 
 from .helpers import NOW, fill, make_rows, read_all
@@ -280,9 +280,8 @@ def _other_writer(path: Path, rows: list[tuple[Any, ...]]) -> None:
     con = sqlite3.connect(path)
     with con:
         con.executemany(
-            "INSERT INTO requests (request_id, endpoint_id, runner_id, sent_at, started_at, "
-            "ended_at, status_code, duration, billable_units, json_input, json_output, status, "
-            "first_seen_at, last_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
             [(*r, to_text(NOW), to_text(NOW)) for r in rows],
         )
         con.execute(

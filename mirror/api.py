@@ -29,7 +29,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,6 +118,8 @@ def make_http_client() -> httpx.Client:
 class Page:
     rows: list[tuple[Any, ...]]
     next_cursor: str | None
+    #: the API's clock when it answered (its ``Date`` header, whole seconds), if it said
+    server_time: datetime | None = None
 
     @property
     def has_more(self) -> bool:
@@ -391,8 +394,10 @@ class FalClient:
             params.append(("request_id", request_id))
         if cursor:
             params.append(("cursor", cursor))
-        data = self.get_json(LIST_PATH, params)
+        data, date = self._get(LIST_PATH, params)
         page = parse_page(data, payloads=payloads, billing=billing)
+        if date is not None:
+            page = replace(page, server_time=date)
         with self._stats_lock:
             self.stats.pages += 1
         return page
@@ -412,6 +417,12 @@ class FalClient:
         self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None
     ) -> Any:
         """``attempts``: fewer than the policy's, for a call whose answer is optional."""
+        return self._get(path, params, attempts)[0]
+
+    def _get(
+        self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None
+    ) -> tuple[Any, datetime | None]:
+        """The decoded answer, and the API's clock when it gave it (``Date``), if it said."""
         url = self.base_url + path
         shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
         policy = self.retry
@@ -424,10 +435,10 @@ class FalClient:
             t0 = time.monotonic()
             outcome, pause = "error", 0.0
             try:
-                data = self._attempt(url, params, shown)
+                answer = self._attempt(url, params, shown)
                 outcome = "ok"
                 log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
-                return data
+                return answer
             except _Retry as r:
                 last = r.reason
                 if r.wait is not None:
@@ -455,7 +466,9 @@ class FalClient:
             "mirror will pick up where it stopped on the next run"
         )
 
-    def _attempt(self, url: str, params: Sequence[tuple[str, str]], shown: str) -> Any:
+    def _attempt(
+        self, url: str, params: Sequence[tuple[str, str]], shown: str
+    ) -> tuple[Any, datetime | None]:
         policy = self.retry
         with self._stats_lock:
             self.stats.attempts += 1
@@ -495,7 +508,7 @@ class FalClient:
 
         if status == 200:
             try:
-                return orjson.loads(body)
+                return orjson.loads(body), _http_date(headers.get("date"))
             except orjson.JSONDecodeError as e:
                 if "depth" in str(e) or "recursion" in str(e):
                     raise BadDataError(
@@ -543,6 +556,19 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as a UTC instant; None if absent or not a date with a zone."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.astimezone(UTC)
 
 
 def _describe_body(body: bytes, headers: httpx.Headers) -> str:

@@ -278,7 +278,11 @@ class _Progress:
               "Default: every target already in the database.")  # fmt: skip
 @click.option("--since", callback=_when, metavar="WHEN",
               help="Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d ago. "
-              "Default the first time: 24h.")  # fmt: skip
+              "Default the first time: 24h. Stored with each target: every later run covers "
+              "it until done; a later --since never shrinks it.")  # fmt: skip
+@click.option("--narrow", is_flag=True,
+              help="With --since: move the targets' stored start forward to it, on purpose "
+              "(rows before it stay; that stretch is no longer walked or shown as a gap).")  # fmt: skip
 @click.option(
     "--until", callback=_when, metavar="WHEN", help="End of history to cover (default: now)."
 )
@@ -305,6 +309,7 @@ def sync(
     db: str,
     endpoints: tuple[str, ...],
     since: datetime | None,
+    narrow: bool,
     until: datetime | None,
     lookback: timedelta,
     no_payloads: bool,
@@ -338,6 +343,8 @@ def sync(
     now = utcnow()
     if since and since >= now:
         raise click.UsageError("--since is in the future")
+    if narrow and not since:
+        raise click.UsageError("--narrow moves the stored start to --since: give --since too")
     for e in endpoints:
         if not e.strip() or len(e) > 256 or any(c.isspace() for c in e):
             raise click.BadParameter(f"{e!r} is not an endpoint id", param_hint="--endpoint")
@@ -364,6 +371,7 @@ def sync(
             opts = SyncOptions(
                 targets=targets,
                 since=since,
+                narrow=narrow,
                 until=until,
                 lookback=lookback,
                 payloads=not no_payloads,

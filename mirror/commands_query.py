@@ -247,8 +247,11 @@ def status_cmd(db: str, fmt: str) -> None:
     """What the mirror holds per sync target, how complete it is, and the last run.
 
     \b
-    covered_from/covered_to: the span the completed windows reach; gaps: the
-    intervals between them that no sync has completed yet.
+    requested_from: where the history each target was asked to cover starts
+    (the earliest --since); covered_from/covered_to: the span the completed windows
+    reach; gaps: every stretch of the requested range that no sync has completed yet
+    (a backfill that stopped short of its start shows here until a sync finishes it);
+    clock_skew: this machine's clock minus the API's, in seconds, as the last sync saw it.
     """
     with query.open_reader(db) as conn:
         result = [t.as_dict() for t in query.sync_status(conn)]
@@ -258,8 +261,9 @@ def status_cmd(db: str, fmt: str) -> None:
             err=True,
         )
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
-            "covered_from", "covered_to", "gaps", "last_run", "last_run_started_at",
-            "last_run_ended_at", "last_run_error"]  # fmt: skip
+            "requested_from", "covered_from", "covered_to", "gaps", "last_run",
+            "last_run_started_at", "last_run_ended_at", "last_run_error",
+            "clock_skew"]  # fmt: skip
     if fmt == "table":  # to the minute, and the run's end left to json: it has to fit
         cols.remove("last_run_ended_at")
         for r in result:
@@ -267,6 +271,7 @@ def status_cmd(db: str, fmt: str) -> None:
                 if c.endswith(("_at", "_from", "_to")) and r[c]:
                     r[c] = _minute(r[c])
             r["gaps"] = _gaps_text(r["gaps"])
+            r["clock_skew"] = _skew_text(r["clock_skew"])
     elif fmt == "csv":
         for r in result:
             r["gaps"] = json.dumps(r["gaps"])
@@ -275,6 +280,15 @@ def status_cmd(db: str, fmt: str) -> None:
 
 def _minute(ts: str) -> str:
     return ts[:16] + "Z"
+
+
+def _skew_text(skew: float | None) -> str:
+    """Blank unless the clock is off by more than a few seconds: then how far, and which way."""
+    from mirror.serverclock import NOTABLE_SKEW, describe
+
+    if skew is None or abs(skew) <= NOTABLE_SKEW:
+        return ""
+    return describe(skew) + " API"
 
 
 def _gaps_text(gaps: list[list[str]]) -> str:

@@ -56,7 +56,7 @@ from mirror.store import (
     sync_windows,
     translate_errors,
 )
-from mirror.timeparse import to_text
+from mirror.timeparse import to_text, utcnow
 
 #: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
 #: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
@@ -609,10 +609,14 @@ class TargetStatus:
     covered_from: str | None
     covered_to: str | None
     gaps: list[tuple[str, str]] = field(default_factory=list)
+    #: where the range the target was asked to cover starts
+    requested_from: str | None = None
     last_run_outcome: str | None = None
     last_run_started_at: str | None = None
     last_run_ended_at: str | None = None
     last_run_error: str | None = None
+    #: this machine's clock minus the API's, seconds, as the last run that measured it saw
+    clock_skew: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -621,6 +625,7 @@ class TargetStatus:
             "unfinished": self.unfinished,
             "oldest_ended_at": self.oldest_ended_at,
             "newest_ended_at": self.newest_ended_at,
+            "requested_from": self.requested_from,
             "covered_from": self.covered_from,
             "covered_to": self.covered_to,
             "gaps": [list(g) for g in self.gaps],
@@ -628,20 +633,31 @@ class TargetStatus:
             "last_run_started_at": self.last_run_started_at,
             "last_run_ended_at": self.last_run_ended_at,
             "last_run_error": self.last_run_error,
+            "clock_skew": self.clock_skew,
         }
 
 
-def sync_status(conn: Connection) -> list[TargetStatus]:
-    """Per sync target: rows, time span, completed windows and their gaps, the last run."""
+def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
+    """Per sync target: rows, time span, completed windows and their gaps, the last run.
+
+    A gap is any stretch of the requested range (from ``requested_from`` to the end of the
+    last completed window) that no sync has completed: between completed windows, and
+    before the first one when a backfill stopped short of its start. A target with a
+    requested start but no completed window at all is one gap, up to ``now``.
+    """
     r = requests.c
     w = sync_windows.c
-    targets = [t for (t,) in conn.execute(sa.select(sync_targets.c.target).order_by("target"))]
+    c = sync_runs.c
+    t_ = sync_targets.c
+    targets = conn.execute(sa.select(t_.target, t_.requested_from).order_by(t_.target)).all()
     runs = conn.execute(
-        sa.select(sync_runs.c.targets, sync_runs.c.outcome, sync_runs.c.started_at,
-                  sync_runs.c.ended_at, sync_runs.c.error).order_by(sync_runs.c.id.desc())
-    ).all()  # fmt: skip
+        sa.select(c.targets, c.outcome, c.started_at, c.ended_at, c.error).order_by(c.id.desc())
+    ).all()
+    skew = conn.execute(
+        sa.select(c.clock_skew).where(c.clock_skew.is_not(None)).order_by(c.id.desc()).limit(1)
+    ).scalar_one_or_none()
     out = []
-    for t in targets:
+    for t, requested in targets:
         n, oldest, newest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(r.ended_at), sa.func.max(r.ended_at)).where(
                 endpoint_clause(r.endpoint_id, [t])
@@ -656,6 +672,10 @@ def sync_status(conn: Connection) -> list[TargetStatus]:
             sa.select(w.window_start, w.window_end).where(w.target == t).order_by(w.window_start)
         ).all()
         gaps = [(a[1], b[0]) for a, b in pairwise(windows) if a[1] < b[0]]
+        if requested is not None and windows and requested < windows[0][0]:
+            gaps.insert(0, (requested, windows[0][0]))
+        elif requested is not None and not windows:
+            gaps.append((requested, now or to_text(utcnow())))
         st = TargetStatus(
             target=t,
             rows=int(n),
@@ -665,6 +685,8 @@ def sync_status(conn: Connection) -> list[TargetStatus]:
             covered_from=windows[0][0] if windows else None,
             covered_to=windows[-1][1] if windows else None,
             gaps=gaps,
+            requested_from=requested,
+            clock_skew=skew,
         )
         for run in runs:
             if t in run.targets.split(","):

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -175,6 +176,8 @@ sync_targets = sa.Table(
     metadata,
     sa.Column("target", sa.Text, primary_key=True),
     sa.Column("added_at", Instant, nullable=False),
+    #: the earliest start asked for; every sync plans from here until it is covered
+    sa.Column("requested_from", Instant),
 )
 
 #: one row per coalesced completed interval [window_start, window_end) of a target
@@ -201,6 +204,8 @@ sync_runs = sa.Table(
     sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rows_updated", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
+    #: this machine's clock minus the API's, in seconds, as the run measured it
+    sa.Column("clock_skew", sa.Float),
 )
 
 #: when a target's older history was last re-checked, per tier ("day", "week")
@@ -833,6 +838,64 @@ class Store:
         if new:
             conn.execute(sync_targets.insert(), new)
 
+    def request_range(
+        self,
+        conn: Connection,
+        targets: Iterable[str],
+        now: str,
+        *,
+        since: str | None,
+        default_from: str,
+        narrow: bool = False,
+    ) -> None:
+        """Record what each target is asked to cover, before anything is fetched for it.
+
+        A new target starts at ``since`` or, without it, at ``default_from``. An existing one
+        only ever reaches further back (``since`` earlier than its stored start), so a later
+        run with a later ``--since`` cannot silently drop what an interrupted one asked for;
+        ``narrow`` moves the start to ``since`` on purpose. A target a migrated file knew
+        nothing of (NULL) takes what it covers, or ``default_from`` when it covers nothing.
+        """
+        t = sync_targets.c
+        w = sync_windows.c
+        for target in targets:
+            self._insert_ignore(
+                conn,
+                sync_targets,
+                {"target": target, "added_at": now, "requested_from": since or default_from},
+            )
+            mine = t.target == target
+            if since is not None:
+                further = t.requested_from.is_(None) | (t.requested_from > since)
+                conn.execute(
+                    sync_targets.update()
+                    .where(mine, sa.true() if narrow else further)
+                    .values(requested_from=since)
+                )
+            covered = (
+                sa.select(sa.func.min(w.window_start)).where(w.target == target).scalar_subquery()
+            )
+            conn.execute(
+                sync_targets.update()
+                .where(mine, t.requested_from.is_(None))
+                .values(requested_from=sa.func.coalesce(covered, sa.literal(default_from, Instant)))
+            )
+
+    def _insert_ignore(self, conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+        """Insert a row unless its key is taken (another process may register it too)."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite_insert
+        conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+    def requested_from(self, target: str) -> str | None:
+        """Where the target's requested range starts (None: nothing recorded yet)."""
+        t = sync_targets.c
+        with self.engine.connect() as conn:
+            out = conn.execute(
+                sa.select(t.requested_from).where(t.target == target)
+            ).scalar_one_or_none()
+            conn.rollback()
+        return out
+
     def completed(self, target: str, conn: Connection | None = None) -> list[tuple[str, str]]:
         """The target's completed intervals, sorted, as canonical text pairs."""
         q = (
@@ -919,8 +982,19 @@ class Store:
 
     # -- the run log --------------------------------------------------------------------
 
-    def start_run(self, targets: Sequence[str], now: datetime) -> int:
+    def start_run(
+        self,
+        targets: Sequence[str],
+        now: datetime,
+        *,
+        since: datetime | None = None,
+        default_from: datetime | None = None,
+        narrow: bool = False,
+    ) -> int:
         """Log a new run as ``running``; returns its id.
+
+        With ``default_from``, the targets and the range they are asked to cover are recorded
+        in the same transaction (``request_range``), before the run fetches anything.
 
         On a SQLite file whose writer lock this process holds, no other run can be going on:
         any run still logged ``running`` belongs to a process that died without recording
@@ -933,6 +1007,15 @@ class Store:
                     sync_runs.update()
                     .where(sync_runs.c.outcome == "running")
                     .values(outcome="killed", ended_at=to_text(now), error=STALE_RUN_ERROR)
+                )
+            if default_from is not None:
+                self.request_range(
+                    conn,
+                    targets,
+                    to_text(now),
+                    since=to_text(since) if since else None,
+                    default_from=to_text(default_from),
+                    narrow=narrow,
                 )
             res = conn.execute(
                 sync_runs.insert().values(
@@ -949,14 +1032,34 @@ class Store:
         return path is not None and lock.is_held(path)
 
     def finish_run(
-        self, run_id: int, now: datetime, outcome: str, counts: dict[str, int], error: str | None
+        self,
+        run_id: int,
+        now: datetime,
+        outcome: str,
+        counts: dict[str, int],
+        error: str | None,
+        clock_skew: float | None = None,
     ) -> None:
+        values: dict[str, Any] = {"ended_at": to_text(now), "outcome": outcome, "error": error}
+        if clock_skew is not None:
+            values["clock_skew"] = clock_skew
         with self.engine.begin() as conn:
             conn.execute(
-                sync_runs.update()
-                .where(sync_runs.c.id == run_id)
-                .values(ended_at=to_text(now), outcome=outcome, error=error, **counts)
+                sync_runs.update().where(sync_runs.c.id == run_id).values(**values, **counts)
             )
+
+    def last_clock_skew(self) -> float | None:
+        """The clock skew the latest run that measured one found (seconds, local - API)."""
+        c = sync_runs.c
+        with self.engine.connect() as conn:
+            out = conn.execute(
+                sa.select(c.clock_skew)
+                .where(c.clock_skew.is_not(None))
+                .order_by(c.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            conn.rollback()
+        return out
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database and truncate it, if no reader is in the way.

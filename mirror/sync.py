@@ -50,6 +50,7 @@ import sqlalchemy as sa
 from mirror import interrupts
 from mirror.api import FalClient, Page
 from mirror.errors import AuthError, BadDataError, MirrorError
+from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
@@ -88,6 +89,9 @@ class SyncOptions:
     rewalks: int = 2
     #: re-check older history on a schedule (RECHECK_TIERS), analytics first
     recheck: bool = True
+    #: with ``since``: move the targets' stored start forward to it (on purpose), instead
+    #: of only ever reaching further back
+    narrow: bool = False
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
@@ -120,6 +124,8 @@ class SyncReport:
     outcome: str = "running"
     error: str | None = None
     seconds: float = 0.0
+    #: this machine's clock minus the API's, in seconds (None: no answer carried a date)
+    clock_skew: float | None = None
 
     def summary(self) -> str:
         n = len(self.targets) - len(self.left_to_others)
@@ -349,19 +355,17 @@ def plan_target(
     """
     completed = [(from_text(a), from_text(b)) for a, b in store.completed(target)]
     end = min(opts.until, now) if opts.until else now
+    start = requested_start(store, target, opts, now, completed)
     recheck_from: datetime | None
     if completed and gaps_only:
         recheck_from = None
-        start = opts.since if opts.since else min(a for a, _ in completed)
         tail = end
     elif completed:
         last = max(b for _, b in completed)
         recheck_from = last - opts.lookback
-        start = opts.since if opts.since else min(a for a, _ in completed)
         tail = min(recheck_from, end) if recheck_from else end
     else:
         recheck_from = None
-        start = opts.since if opts.since else now - opts.first_since
         tail = start
     windows = plan(start, end, completed, recheck_from=recheck_from, size=opts.window)
     if windows:
@@ -380,6 +384,48 @@ def plan_target(
                 if not any(w.start - _HOUR < h < w.end for h in held)  # no held hour overlaps
             )
     return windows, tail
+
+
+def requested_start(
+    store: Store,
+    target: str,
+    opts: SyncOptions,
+    now: datetime,
+    completed: Sequence[tuple[datetime, datetime]],
+) -> datetime:
+    """Where a target's planning starts: the start stored with it, which every run asked for.
+
+    A run records its ``--since`` (or a first sync's default) with the target before it
+    fetches anything (``Store.request_range``), so a run that ends before the oldest
+    windows complete leaves that start behind for the next one to plan from. A ``--since``
+    reaching further back than the stored start is honoured too (a caller that did not
+    record it); a later one never shrinks the range (``SyncOptions.narrow`` does, on purpose).
+    """
+    stored = store.requested_from(target)
+    if stored is not None:
+        start = from_text(stored)
+        if opts.since is not None and (opts.narrow or opts.since < start):
+            start = opts.since
+        return start
+    if opts.since is not None:
+        return opts.since
+    return min(a for a, _ in completed) if completed else now - opts.first_since
+
+
+def _complete_part(w: Window, present: datetime | None) -> Window | None:
+    """The part of a fully walked window that is complete: none of it past the API's present.
+
+    ``present`` is the ``Date`` of the walk's first answer (None: the API gave none, and the
+    local clock, which the window's end came from, is all there is). A request that ends
+    later than that can still appear in the part after it, so that part is left for the
+    next run, whatever this machine's clock said when the window was planned.
+    """
+    if present is None or present >= w.end:
+        return w
+    if present <= w.start:
+        log.info("window %s lies after the API's present (%s): not complete yet", w, present)
+        return None
+    return Window(w.start, present)
 
 
 def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
@@ -433,7 +479,7 @@ class Syncer:
         self._no_analytics: set[str] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
-        self._known_targets: set[str] = set()
+        self._skew = SkewEstimate()
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -474,7 +520,8 @@ class Syncer:
         billing = self.opts.billing and target not in self._billing_refused
 
         def fetch(billing: bool) -> Page:
-            return self.client.list_requests(
+            sent = self.clock()
+            page = self.client.list_requests(
                 [target],
                 start=api_param(start),
                 end=api_param(end),
@@ -483,6 +530,9 @@ class Syncer:
                 billing=billing,
                 request_id=request_id,
             )
+            if page.server_time is not None:
+                self._skew.add(sent, self.clock(), page.server_time)
+            return page
 
         try:
             return fetch(billing), billing
@@ -536,12 +586,16 @@ class Syncer:
         cursors: set[str] = set()
         repeated = False
         pages = 0
+        #: the API's present when the walk began: nothing after it can be complete yet
+        present: datetime | None = None
         while True:
             # one page per turn: at most the pacer's limit of walkers fetch, decode and
             # hand pages over at once
             with self.client.pacer.turn():
                 page, billing = self._fetch(target, w.start, w.end, cursor)
                 pages += 1
+                if pages == 1:
+                    present = page.server_time
                 for r in page.rows:
                     if r[0] in seen:
                         repeated = True
@@ -567,7 +621,8 @@ class Syncer:
                         self._put(_Split(target, children, sized))
                         return "split"
                 if not page.has_more:
-                    self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
+                    done = None if repeated else _complete_part(w, present)
+                    self._put(_Rows(target, page.rows, billing, complete=done))
                     return "unstable" if repeated else "done"
                 assert page.next_cursor is not None
                 if page.next_cursor == cursor or page.next_cursor in cursors:
@@ -626,11 +681,16 @@ class Syncer:
         # Windows are whole seconds and the last one ends at the next whole second, reached
         # before any call: so every request that ended before the sync started is covered.
         # With --until in the past no window reaches beyond it, and there is nothing to wait
-        # for (a backfill starts at once).
-        now = ceil_s(started)
+        # for (a backfill starts at once). A clock the last run found behind the API's is
+        # moved forward by that much, so the run reaches the API's present; one found ahead
+        # is left alone: what is marked complete is bounded by the API's own clock anyway
+        # (_complete_part), and a window that reaches past its present costs nothing.
+        behind = min(self.store.last_clock_skew() or 0.0, 0.0)
+        present = started - timedelta(seconds=behind)
+        now = ceil_s(present)
         horizon = min(now, opts.until) if opts.until else now
-        if horizon > started:
-            self._wait((horizon - started).total_seconds())
+        if horizon > present:
+            self._wait((horizon - present).total_seconds())
         self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
         report.notes = self._notes
@@ -642,9 +702,16 @@ class Syncer:
             # An interrupt from here on is recorded as such: one landing while the run is
             # being logged waits for its commit (so the run has an id to finish), and
             # planning is inside the try too.
+            # the targets and the range asked for are recorded with the run, before any
+            # call: a run that ends early leaves them for the next to finish
             with interrupts.deferred():
-                report.run_id = self.store.start_run(opts.targets, started)
-            self._known_targets = set(self.store.targets())
+                report.run_id = self.store.start_run(
+                    opts.targets,
+                    started,
+                    since=floor_s(opts.since) if opts.since else None,
+                    default_from=now - opts.first_since,
+                    narrow=opts.narrow,
+                )
             self.client.sleep = self._sleep
             pool = ThreadPoolExecutor(
                 max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
@@ -693,6 +760,8 @@ class Syncer:
                 report.pages = self.client.stats.pages
                 report.api_calls = self.client.stats.attempts
                 report.seconds = time.monotonic() - t0
+                report.clock_skew = self._skew.seconds()
+                self._note_skew(report.clock_skew)
                 if isinstance(error, KeyboardInterrupt):
                     report.outcome = "interrupted"
                 elif error is not None:
@@ -880,7 +949,7 @@ class Syncer:
                 # raised mid-transaction could leave this process's own connection holding
                 # the write lock while the run's outcome is being recorded
                 with interrupts.deferred():
-                    inserted, updated, done, new_targets = self._write_once(row_events, stamp)
+                    inserted, updated, done = self._write_once(row_events, stamp)
                 break
             except sa.exc.DBAPIError as e:
                 if not _retryable(e) or attempt == WRITE_ATTEMPTS:
@@ -891,14 +960,10 @@ class Syncer:
         report.inserted += inserted
         report.updated += updated
         report.windows_done += done
-        self._known_targets |= new_targets
 
-    def _write_once(self, row_events: list[_Rows], stamp: str) -> tuple[int, int, int, set[str]]:
+    def _write_once(self, row_events: list[_Rows], stamp: str) -> tuple[int, int, int]:
         inserted = updated = done = 0
         with self.store.engine.begin() as conn:
-            new_targets = {ev.target for ev in row_events} - self._known_targets
-            if new_targets:
-                self.store.add_targets_in(conn, sorted(new_targets), stamp)
             for billing in (True, False):
                 rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
                 if self._locks.enabled:
@@ -915,7 +980,21 @@ class Syncer:
                         conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
                     )
                     done += 1
-        return inserted, updated, done, new_targets
+        return inserted, updated, done
+
+    def _note_skew(self, skew: float | None) -> None:
+        """Say how far this clock is from the API's: under -v when it is more than a few
+        seconds, and on every run when it is more than the lookback (which it would defeat)."""
+        if skew is None or abs(skew) <= NOTABLE_SKEW:
+            return
+        text = f"this machine's clock is {describe(skew)} the API's"
+        if abs(skew) > self.opts.lookback.total_seconds():
+            self._note(
+                f"{text}, more than the lookback ({self.opts.lookback}): windows are bounded "
+                "by the API's clock, but please set this clock right (e.g. enable NTP)"
+            )
+        else:
+            log.info("%s; windows are bounded by the API's clock", text)
 
     def _finish(self, report: SyncReport) -> None:
         counts = {
@@ -925,7 +1004,14 @@ class Syncer:
             "rows_updated": report.updated,
         }
         try:
-            self.store.finish_run(report.run_id, self.clock(), report.outcome, counts, report.error)
+            self.store.finish_run(
+                report.run_id,
+                self.clock(),
+                report.outcome,
+                counts,
+                report.error,
+                clock_skew=report.clock_skew,
+            )
         except Exception as e:
             log.warning("could not record the run's outcome in sync_runs: %s", e)
 

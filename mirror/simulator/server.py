@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -480,7 +481,7 @@ class SimulatedAPI:
             )
         )
         try:
-            self._deliver(handler, method, answer, decision)
+            self._deliver(handler, method, answer, decision, world_now)
         except OSError:  # the client hung up (or we reset it)
             handler.close_connection = True
 
@@ -488,14 +489,17 @@ class SimulatedAPI:
         with self._lock:
             self._log.append(entry)
 
-    def _deliver(self, handler: _Handler, method: str, answer: Answer, decision: Decision) -> None:
-        """Send the answer as the fault decision says."""
+    def _deliver(
+        self, handler: _Handler, method: str, answer: Answer, decision: Decision, now: datetime
+    ) -> None:
+        """Send the answer as the fault decision says, dated by the world's clock."""
         if decision.action == "reset":
             _reset(handler)
             return
+        date = format_datetime(now.astimezone(UTC), usegmt=True)
         if decision.action == "respond":
             body = Body(len(decision.body), iter((decision.body,)), decision.content_type)
-            _send(handler, method, decision.status, decision.headers, body)
+            _send(handler, method, decision.status, decision.headers, body, date)
             return
         if decision.bad is not None and answer.page is not None:
             body = bad_body(decision.bad, answer.page, _DUMPS)
@@ -504,7 +508,7 @@ class SimulatedAPI:
         if decision.action == "truncate":
             data = b"".join(body.chunks)
             cut = Body(len(data), iter((data[: len(data) // 2],)), body.content_type)
-            _send(handler, method, answer.status, answer.headers, cut)
+            _send(handler, method, answer.status, answer.headers, cut, date)
             handler.close_connection = True
         elif decision.action == "stall":
             _send(
@@ -513,10 +517,11 @@ class SimulatedAPI:
                 answer.status,
                 answer.headers,
                 body,
+                date,
                 byte_delay=decision.stall_byte_delay,
             )
         else:
-            _send(handler, method, answer.status, answer.headers, body)
+            _send(handler, method, answer.status, answer.headers, body, date)
 
     # -- the application ------------------------------------------------------------------
 
@@ -672,14 +677,19 @@ def _send(
     status: int,
     headers: Sequence[tuple[str, str]],
     body: Body,
+    date: str,
     *,
     byte_delay: float = 0.0,
 ) -> None:
-    """Write a whole response (one write for small bodies, chunks for streamed ones)."""
+    """Write a whole response (one write for small bodies, chunks for streamed ones).
+
+    ``date`` is the world's clock when the answer was computed, as fal's ``Date`` header
+    carries its own clock: the client bounds what it marks complete by it.
+    """
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
         f"Server: {handler.server_version}",
-        f"Date: {handler.date_time_string()}",
+        f"Date: {date}",
         f"Content-Type: {body.content_type}",
         f"Content-Length: {body.length}",
     ]

@@ -896,6 +896,16 @@ class Store:
             conn.rollback()
         return out
 
+    def completed_until(self, targets: Iterable[str]) -> str | None:
+        """The latest end of any completed interval of these targets (None: none yet)."""
+        w = sync_windows.c
+        with self.engine.connect() as conn:
+            out = conn.execute(
+                sa.select(sa.func.max(w.window_end)).where(w.target.in_(list(targets)))
+            ).scalar_one_or_none()
+            conn.rollback()
+        return out
+
     def completed(self, target: str, conn: Connection | None = None) -> list[tuple[str, str]]:
         """The target's completed intervals, sorted, as canonical text pairs."""
         q = (

@@ -684,12 +684,18 @@ class Syncer:
         # for (a backfill starts at once). A clock the last run found behind the API's is
         # moved forward by that much, so the run reaches the API's present; one found ahead
         # is left alone: what is marked complete is bounded by the API's own clock anyway
-        # (_complete_part), and a window that reaches past its present costs nothing.
+        # (_complete_part), and a window that reaches past its present costs nothing. A
+        # clock behind what earlier runs completed (by the API's clock) is behind the API's
+        # too: the run reaches at least that far, so it walks its tail and measures the skew
+        # instead of finding nothing to walk, run after run.
         behind = min(self.store.last_clock_skew() or 0.0, 0.0)
         present = started - timedelta(seconds=behind)
         now = ceil_s(present)
+        reached = self.store.completed_until(opts.targets)
+        if reached is not None and from_text(reached) > now:
+            now = ceil_s(from_text(reached))
         horizon = min(now, opts.until) if opts.until else now
-        if horizon > present:
+        if present < horizon <= ceil_s(present):
             self._wait((horizon - present).total_seconds())
         self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)

@@ -10,13 +10,17 @@ Rules: time passes (requests arrive, end, get billed), everything running ends, 
 lands, late requests are back-dated into the past (inside and beyond the lookback), a batch
 ending on one microsecond (a tie across a page boundary) appears; syncs run clean, with
 transient faults, during an outage, against hostile pages, while rows move under their
-pages, or get killed at a random moment.
+pages, or get killed at a random moment; the first backfill is killed or hits an outage;
+a sync runs with this machine's clock hours fast or minutes slow.
 
 Invariants after every sync: the file passes ``integrity_check``; no request is stored
 twice; every stored row is a version of it the server actually served; nothing once stored
 or once complete is lost; and the *state is never ahead of the data*: a window completed by
 the run holds every request the server listed in it when the run started. At the end of
-each sequence, a clean run re-walking everything must leave the mirror equal to the server.
+each sequence, a *bare* run (what cron runs) must hold every request of the range ever
+asked for that lies outside what was already complete (an interrupted first backfill is
+finished, not forgotten), and a clean run re-walking everything must leave the mirror equal
+to the server.
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ class MirrorMachine(RuleBasedStateMachine):
         self.versions: dict[str, set[tuple[Any, ...]]] = {}
         self.ids: set[str] = set()
         self.completed: dict[str, list[tuple[datetime, datetime]]] = {}
+        #: the earliest start any sync of the sequence asked for (None: no sync yet)
+        self.requested: datetime | None = None
         self.step = 0
         self.ready = True
 
@@ -184,6 +190,8 @@ class MirrorMachine(RuleBasedStateMachine):
             self.api.faults = None
             self.api.respond = SimulatedAPI.respond.__get__(self.api)  # type: ignore[method-assign]
             self.clock.advance(1)  # time passes: whatever ended "now" ended before the run
+            if self.requested is not None:
+                self._bare_run_finishes_the_requested_range()
             # all of history: generated (4 h), back-dated (up to 5.5 h, +-10 min) and since
             # since: before the 24 h a first sync covers by default, so windows that never
             # completed (rows kept moving) are inside the range walked
@@ -207,6 +215,31 @@ class MirrorMachine(RuleBasedStateMachine):
             _stat("sequences ended by a clean run equal to the server")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _bare_run_finishes_the_requested_range(self) -> None:
+        """What cron runs next: a bare sync. Everything listed in the range ever asked for
+        must be stored, except inside what was complete before it (requests back-dated
+        there, beyond the lookback, are the scheduled re-checks' job)."""
+        before = self._intervals()
+        outcome, err, _ = self._sync()
+        assert outcome == "ok", f"the bare run failed: {err!r}"
+        rows = mirror_rows(self.db)
+        now = self.clock()
+        assert self.requested is not None
+        left = []
+        for rid, it in self.world.server_view().items():
+            target = next((t for t in TARGETS if _covers(t, it["endpoint_id"])), None)
+            v = it.get(self.ff)
+            if target is None or v is None or rid in rows:
+                continue
+            ts = from_text(v)
+            if self.requested <= ts < now and not any(a <= ts < b for a, b in before[target]):
+                left.append((rid, target, v))
+        assert not left, (
+            f"a bare run left {len(left)} requests of the range asked for (from "
+            f"{self.requested}) unstored, e.g. {left[:2]}: an interrupted backfill forgotten"
+        )
+        _stat("bare runs that finished the requested range")
 
     # -- the world changes ------------------------------------------------------------
 
@@ -327,6 +360,33 @@ class MirrorMachine(RuleBasedStateMachine):
         assert outcome == "ok", f"a sync with moving rows failed: {err!r}"
         _stat("syncs: with rows moving under the pages")
 
+    @precondition(lambda self: self.ready and self.requested is None)
+    @rule(how=st.sampled_from(["killed", "outage"]), delay=st.floats(0.0, 0.12),
+          hours=st.floats(1.0, 3.9))  # fmt: skip
+    @traced
+    def first_backfill_interrupted(self, how: str, delay: float, hours: float) -> None:
+        """The very first sync asks for ``hours`` of history and ends early."""
+        since = self.clock() - timedelta(hours=hours)
+        if how == "killed":
+            self._sync(kill_after=delay, since_at=since, faults=FaultConfig(latency=0.01))
+        else:
+            outcome, err, _ = self._sync(faults=FaultConfig(outage=True), since_at=since)
+            assert isinstance(err, ApiUnavailable), f"an outage did not fail: {outcome} {err!r}"
+        _stat(f"first backfills interrupted: {how}")
+
+    @precondition(lambda self: self.ready)
+    @rule(seconds=st.sampled_from([3 * 3600, 20 * 60, 30, -30, -10 * 60, -3 * 3600]))
+    @traced
+    def sync_with_the_clock_off(self, seconds: int) -> None:
+        """This machine's clock is off by ``seconds`` (positive: ahead of the API's)."""
+        outcome, err, report = self._sync(skew=seconds)
+        assert outcome == "ok", f"a sync with the clock {seconds:+d}s off failed: {err!r}"
+        assert report is not None and report.clock_skew is not None
+        assert abs(report.clock_skew - seconds) <= 1, (
+            f"clock {seconds:+d}s off measured as {report.clock_skew}"
+        )
+        _stat("syncs: with the clock off")
+
     @precondition(lambda self: self.ready)
     @rule(delay=st.floats(0.0, 0.12), concurrency=st.integers(1, 4))
     @traced
@@ -356,7 +416,7 @@ class MirrorMachine(RuleBasedStateMachine):
     def _sync(self, *, faults: FaultConfig | None = None, concurrency: int = 2,
               lookback: timedelta = timedelta(hours=2), since: bool = False,
               kill_after: float | None = None, moving: bool = False,
-              since_at: datetime | None = None):  # type: ignore[no-untyped-def]  # fmt: skip
+              since_at: datetime | None = None, skew: float = 0):  # type: ignore[no-untyped-def]  # fmt: skip
         self.api.faults = faults
         log_start = len(self.api.log)
         before = self._intervals() if self.db.exists() else {}
@@ -365,10 +425,19 @@ class MirrorMachine(RuleBasedStateMachine):
             since_at = T0 - timedelta(hours=5)
         opts = SyncOptions(targets=TARGETS, lookback=lookback, max_concurrency=concurrency,
                            since=since_at)  # fmt: skip
+        # what the run records as asked for (a first run without --since: the last day, by
+        # its own clock; a minute of slack for where exactly it counts from)
+        asked = since_at or (
+            self.clock() + timedelta(seconds=skew) - opts.first_since + timedelta(minutes=1)
+            if self.requested is None
+            else None
+        )
+        if asked is not None:
+            self.requested = min(self.requested or asked, asked)
         outcome, err, report = "failed", None, None
         if kill_after is None:
             try:
-                report = self._run(opts)
+                report = self._run(opts, skew)
                 outcome = "ok"
             except (ApiUnavailable, BadDataError) as e:
                 err = e
@@ -397,7 +466,7 @@ class MirrorMachine(RuleBasedStateMachine):
         )
         return outcome, err, report
 
-    def _run(self, opts: SyncOptions):  # type: ignore[no-untyped-def]
+    def _run(self, opts: SyncOptions, skew: float = 0):  # type: ignore[no-untyped-def]
         # migrated by the first run of the sequence; later runs skip the (no-op) upgrade check
         db = str(self.db)
         store = (
@@ -409,7 +478,9 @@ class MirrorMachine(RuleBasedStateMachine):
             with httpx.Client(trust_env=False, verify=False) as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=self.api.base_url, retry=RETRY,
                                    pacer=Pacer(opts.max_concurrency), seed=1)  # fmt: skip
-                return Syncer(store, client, opts, clock=self.clock, wait=lambda s: None).run()
+                off = timedelta(seconds=skew)
+                clock = (lambda: self.clock() + off) if skew else self.clock
+                return Syncer(store, client, opts, clock=clock, wait=lambda s: None).run()
         finally:
             store.close()
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -195,8 +195,12 @@ def cli() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once)."""
+def _sigterm_as_interrupt(stop: Callable[[], None] | None = None) -> Iterator[None]:
+    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once).
+
+    ``stop``: called first, for work that a Python exception cannot reach while it runs (a
+    SQLite statement: `mirror.readonly.ReadOnlyDatabase.interrupt`).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -210,6 +214,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         # while the run's record is being committed, raised as soon as that is done
         if not fired:
             fired.append(signum)
+            if stop is not None:
+                stop()
             interrupts.interrupt()
 
     old_term = signal.signal(signal.SIGTERM, handler)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from mirror import output, query
-from mirror.cli import _when, db_option
+from mirror.cli import _sigterm_as_interrupt, _when, db_option
 from mirror.errors import ConfigError
 from mirror.store import STATUSES, display_db, is_postgresql, sqlite_path
 
@@ -232,7 +232,9 @@ def sql_cmd(
             cols, rows = pdb.execute(sql, dict(params))
             _print(cols, rows, fmt)
         return
-    with ReadOnlyDatabase(path, timeout=timeout) as rdb:
+    with ReadOnlyDatabase(path, timeout=timeout) as rdb, _sigterm_as_interrupt(rdb.interrupt):
+        # Ctrl-C and SIGTERM stop the statement and exit 130 like every command; Python's
+        # own KeyboardInterrupt could not reach a statement SQLite is running
         cols, rows = rdb.execute(sql, dict(params))
         _print(cols, rows, fmt)
 

@@ -1,4 +1,4 @@
-"""One writer per database: an advisory ``flock`` on ``<db>.lock``.
+"""One writer per database: an advisory ``flock`` on ``<db>.lock``, next to the real file.
 
 The kernel drops a ``flock`` when its holder dies, SIGKILL included, so a crashed sync never
 leaves a stale lock behind and there is no PID file to clean up. The lock file is created
@@ -19,7 +19,10 @@ from mirror.errors import LockedError, StoreError
 
 
 def lock_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".lock")
+    """The lock file of a database: next to the real file, whatever name it was given (a
+    symlink, a path through a symlinked folder or ``..``), so all its names share one lock."""
+    real = db_path.resolve()
+    return real.with_name(real.name + ".lock")
 
 
 #: locks this process holds, with a count: `hold` is re-entrant (sync holds the lock and then
@@ -32,7 +35,7 @@ _held_guard = threading.Lock()
 def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
     """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s."""
     path = lock_path(db_path)
-    key = str(path.resolve())
+    key = str(path)
     with _held_guard:
         if _held.get(key):
             _held[key] += 1
@@ -80,7 +83,7 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
 
 def is_held(db_path: Path) -> bool:
     """Whether this process holds the database's writer lock (inside ``hold``)."""
-    key = str(lock_path(db_path).resolve())
+    key = str(lock_path(db_path))
     with _held_guard:
         return bool(_held.get(key))
 

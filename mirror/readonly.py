@@ -367,14 +367,12 @@ class PgReadOnlyDatabase:
     `execute` (see the module docstring for what keeps it read-only)."""
 
     def __init__(self, db: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        import sqlalchemy as sa
-
-        from mirror.store import make_engine, normalize_url
+        from mirror.store import display_db, make_engine, normalize_url
 
         if timeout <= 0:
             raise ConfigError("--timeout must be more than 0 seconds")
         self.timeout = timeout
-        self.shown = sa.engine.make_url(normalize_url(db)).render_as_string(hide_password=True)
+        self.shown = display_db(normalize_url(db))
         self.engine = make_engine(db)
         try:
             self.raw = self.engine.raw_connection()

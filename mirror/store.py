@@ -321,12 +321,22 @@ def make_engine(db: str) -> Engine:
     return engine
 
 
+#: query-string parameters of a URL that are secrets (libpq's, any case)
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_MASK = "MIRRORMASKEDSECRET"  # rendered as it is (letters only), then shown as ***
+
+
 def display_db(db: str) -> str:
-    """A ``--db`` value fit for messages: a URL's password masked."""
+    """A ``--db`` value fit for messages: a URL's password masked, ``user:***@`` and
+    ``?password=***`` alike."""
     if not is_url(db):
         return db
     try:
-        return sa.engine.make_url(db).render_as_string(hide_password=True)
+        url = sa.engine.make_url(db)
+        secrets = {k: _MASK for k in url.query if k.lower() in _SECRET_PARAMS}
+        if secrets:
+            url = url.update_query_dict(secrets)
+        return url.render_as_string(hide_password=True).replace(_MASK, "***")
     except (sa.exc.ArgumentError, ValueError):
         return db.split("://", 1)[0] + "://…"
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mirror.errors import LockedError, StoreError
+from mirror.sqlitefile import check_file
 
 
 def lock_path(db_path: Path) -> Path:
@@ -33,7 +34,12 @@ _held_guard = threading.Lock()
 
 @contextlib.contextmanager
 def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
-    """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s."""
+    """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s.
+
+    A path that is not a regular file (``/dev/null``, a directory) is refused before the
+    lock file is created next to it.
+    """
+    check_file(db_path)
     path = lock_path(db_path)
     key = str(path)
     with _held_guard:

@@ -3,7 +3,8 @@
 Read-only by construction, in layers that each stand on their own, none of which looks at
 the statement's text:
 
-1. The file is opened with ``mode=ro``: SQLite itself refuses to write it.
+1. The file is opened with ``mode=ro`` (`mirror.sqlitefile.connect_readonly`): SQLite itself
+   refuses to write it.
 2. An authorizer allows only reading: SELECT, reading columns, functions (except
    ``load_extension``), recursive CTEs, and a short list of PRAGMAs that report without
    setting anything. Everything else is denied, including ATTACH (which also stops
@@ -59,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError, MirrorError
-from mirror.query import sqlite_uri, tidy_wal
+from mirror.query import tidy_wal
+from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import to_text
 
 DEFAULT_TIMEOUT = 10.0
@@ -241,11 +243,12 @@ class ReadOnlyDatabase:
             raise ConfigError(f"{path} does not exist")
         if path.is_dir():
             raise ConfigError(f"{path} is a directory, not a database file")
+        check_file(path)
         self.path = path
         self.max_value_bytes = max_value_bytes
         self.heap_limit = heap_limit
         try:
-            self.conn = sqlite3.connect(sqlite_uri(path, mode="ro"), uri=True)
+            self.conn = connect_readonly(path)
         except sqlite3.Error as e:
             raise SqlError(f"{path}: cannot open: {e}") from None
         self.guard = _Guard(self.conn, timeout)

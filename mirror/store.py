@@ -40,6 +40,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
 from mirror.errors import ConfigError, SchemaTooNewError, StoreError
+from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import from_text, to_text
 
 # --------------------------------------------------------------------------- dialects
@@ -302,8 +303,7 @@ def make_engine(db: str) -> Engine:
     path = sqlite_path(db)
     if path is None:
         return server_engine(db, pool_size=4)
-    if path.exists() and path.is_dir():
-        raise StoreError(f"{path} is a directory, not a database file")
+    check_file(path)
     if not path.parent.exists():
         raise StoreError(f"folder {path.parent} does not exist")
     if path.exists() and path.stat().st_size > 0:
@@ -315,7 +315,10 @@ def make_engine(db: str) -> Engine:
             pass
         except OSError as e:
             raise StoreError(f"cannot create {path}: {e.strerror}") from None
-    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.QueuePool, pool_size=2)
+    # the path as the URL's database, never parsed out of URL text: in "sqlite:///q?mode=ro#x.db"
+    # everything from the "?" on would be read as the URL's query, and "q" opened
+    url = sa.engine.URL.create("sqlite", database=str(path))
+    engine = sa.create_engine(url, poolclass=sa.pool.QueuePool, pool_size=2)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -391,7 +394,7 @@ def _preflight(path: Path) -> None:
     byte-for-byte untouched.
     """
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)
     except sqlite3.Error as e:
         raise StoreError(describe_db_error(e, str(path))) from None
     try:

@@ -642,6 +642,8 @@ class Store:
         self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
         #: whether the schema has migration 0005's sync_batch (SQLite, at 0005 or later)
         self._batch_indexing: bool | None = None
+        #: opened by `open_reader`
+        self._reader = False
 
     @classmethod
     def open(cls, db: str, *, migrate: bool = True) -> Store:
@@ -657,8 +659,31 @@ class Store:
                     )
         return cls(engine, db)
 
+    @classmethod
+    def open_reader(cls, db: str) -> Store:
+        """A store that only reads (`mirror verify` without --repair): the readers' engine,
+        so that a mirror in a folder this process cannot write is read all the same (see
+        `mirror.sqlitefile`); an older schema is brought to head first, as every command does.
+        """
+        from mirror.query import ensure_schema, reader_engine
+
+        engine = reader_engine(db)
+        try:
+            ensure_schema(db, engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        store = cls(engine, db)
+        store._reader = True
+        return store
+
     def close(self) -> None:
         self.engine.dispose()
+        path = sqlite_path(self.db) if self._reader else None
+        if path is not None:
+            from mirror.query import tidy_wal
+
+            tidy_wal(path)  # the -wal/-shm a read-only connection may leave behind
 
     # -- the upsert -------------------------------------------------------------------
 

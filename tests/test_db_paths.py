@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,35 @@ def test_every_reader_reads_a_mirror_in_a_read_only_folder(tmp_path):
         }  # fmt: skip
         assert got == {"query": 40, "stats": 40, "status": [], "sql": [{"n": 40}]}
     assert sorted(p.name for p in data.iterdir()) == ["m.db", "m.db.lock"]
+
+
+def test_verify_reads_a_mirror_in_a_read_only_folder(tmp_path, monkeypatch):
+    from mirror.api import FalClient, make_http_client
+    from mirror.simulator import DEFAULT_KEY, ManualClock, SimulatedAPI, WorldConfig, generate_world
+    from mirror.store import Store
+    from mirror.sync import SyncOptions, sync
+
+    # a quiet world (nothing running or arriving late) whose clock stands still
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=20)
+    world = generate_world(WorldConfig(clock=ManualClock(now)), seed=5, now=now, days=0.25,
+                           endpoints=["acme/app"], requests_per_hour=20, running=0,
+                           future_minutes=0, late_fraction=0)  # fmt: skip
+    world.finish_all()
+    world.fill_billing()
+    data = tmp_path / "data"
+    data.mkdir()
+    with SimulatedAPI(world) as api:
+        store = Store.open(str(data / "m.db"))
+        try:
+            with make_http_client() as http:
+                client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
+                since = now - timedelta(hours=5)
+                sync(store, client, SyncOptions(targets=["acme/app"], since=since, until=now))
+        finally:
+            store.close()
+        monkeypatch.setenv("FAL_KEY", DEFAULT_KEY)
+        monkeypatch.setenv("MIRROR_BASE_URL", api.base_url)
+        with read_only_view(data) as view:
+            r = mirror("verify", "--db", str(view / "m.db"), "--format", "json")
+    report = json_of(r, "verify")
+    assert (report["ok"], [t["target"] for t in report["targets"]]) == (True, ["acme/app"]), report

@@ -52,7 +52,7 @@ import contextlib
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
@@ -184,14 +184,13 @@ class _Guard:
 
     def start(self) -> None:
         """A statement begins: its clock starts."""
+        self.finish()  # an earlier statement's clock, if its rows were never read to the end
         with self._lock:
             self.denied = None
-            self._cancel_timer()
             self._running = True
             if self.stopped == "time":  # an earlier statement's
                 self.stopped = None
-            if self.stopped is not None:  # a signal came before the statement: stop at once
-                self.conn.interrupt()
+            if self.stopped is not None:  # a signal came first: the progress handler stops it
                 return
             self._timer = threading.Timer(self.timeout, self.stop, args=("time",))
             self._timer.daemon = True
@@ -201,11 +200,14 @@ class _Guard:
         """The statement is over (done, failed or abandoned): its clock stops."""
         with self._lock:
             self._running = False
-            self._cancel_timer()
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # outside the lock, which a timer firing just now waits for
 
     def close(self) -> None:
+        self.finish()
         with self._lock:
-            self.finish()
             self._closed = True
 
     def stop(self, why: str) -> None:
@@ -215,11 +217,6 @@ class _Guard:
                 self.stopped = why
             if self._running and not self._closed:
                 self.conn.interrupt()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def progress(self) -> int:
         # also where Python runs a signal handler while a long statement holds the thread
@@ -252,6 +249,7 @@ class ReadOnlyDatabase:
         except sqlite3.Error as e:
             raise SqlError(f"{path}: cannot open: {e}") from None
         self.guard = _Guard(self.conn, timeout)
+        self._streams: list[Generator[tuple[Any, ...], None, None]] = []
         try:
             self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
             self.conn.execute(f"PRAGMA hard_heap_limit = {int(heap_limit)}")
@@ -281,6 +279,8 @@ class ReadOnlyDatabase:
         self.close()
 
     def close(self) -> None:
+        for rows in self._streams:  # their cursors close before the connection does
+            rows.close()
         self.guard.close()
         self.conn.close()
         tidy_wal(self.path)
@@ -308,9 +308,11 @@ class ReadOnlyDatabase:
             self.guard.finish()
             raise
         cols = [d[0] for d in cur.description or ()]
-        return cols, self._rows(cur)
+        rows = self._rows(cur)
+        self._streams.append(rows)
+        return cols, rows
 
-    def _rows(self, cur: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
+    def _rows(self, cur: sqlite3.Cursor) -> Generator[tuple[Any, ...], None, None]:
         try:
             while True:
                 batch = cur.fetchmany(500)

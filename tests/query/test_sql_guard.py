@@ -201,3 +201,16 @@ def test_the_memory_of_a_statement_is_limited(db):
         "stopped: the statement needed more than 64 MiB of memory (mirror sql's limit)\n",
         "",
     ), "four 30 MB blobs at once were not stopped by the heap limit"
+
+
+def test_closing_the_database_closes_its_row_streams(db):
+    """A stream left half-read (an interrupt while printing) ends with its database, instead
+    of closing its cursor on a closed connection when it is collected (a traceback on stderr
+    after the interrupt's one line)."""
+    from mirror.readonly import ReadOnlyDatabase
+
+    rdb = ReadOnlyDatabase(db)
+    _, rows = rdb.execute("SELECT request_id FROM requests")
+    assert next(rows)[0].startswith("req-")
+    rdb.close()
+    assert list(rows) == [], "the stream outlived its database"

@@ -216,6 +216,8 @@ def sql_cmd(
     \b
     SQLite: the file is opened read-only and every write, schema change, ATTACH,
     setting PRAGMA and VACUUM INTO is refused by SQLite itself (one line, exit 1).
+    --timeout is wall-clock time; one value may be at most 64 MiB, and SQLite's
+    memory at most 512 MiB. Ctrl-C or SIGTERM stops the statement (exit 130).
     PostgreSQL: the statement runs in a READ ONLY transaction that is rolled back,
     under statement_timeout; only one statement, and only one that returns rows.
     Tables: requests, sync_targets, sync_windows, sync_runs, summary_hourly; views:

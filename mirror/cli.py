@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -195,8 +195,12 @@ def cli() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once)."""
+def _sigterm_as_interrupt(stop: Callable[[], None] | None = None) -> Iterator[None]:
+    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once).
+
+    ``stop``: called first, for work that a Python exception cannot reach while it runs (a
+    SQLite statement: `mirror.readonly.ReadOnlyDatabase.interrupt`).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -210,15 +214,55 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         # while the run's record is being committed, raised as soon as that is done
         if not fired:
             fired.append(signum)
+            if stop is not None:
+                stop()
             interrupts.interrupt()
 
     old_term = signal.signal(signal.SIGTERM, handler)
     old_int = signal.signal(signal.SIGINT, handler)
+    watcher = _SignalWatcher(stop) if stop is not None else None
     try:
         yield
     finally:
+        if watcher is not None:
+            watcher.close()
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
+
+
+class _SignalWatcher:
+    """Calls ``stop`` from a thread of its own the moment SIGINT or SIGTERM arrives.
+
+    Python runs signal handlers in the main thread, between bytecodes: not while the main
+    thread is inside one long C call (a SQLite statement whose steps are long function calls
+    reaches SQLite's progress handler, where Python code runs, only every few seconds). The
+    C-level handler still writes the signal's number to the wakeup fd at once, and this
+    thread reads it. The handler proper runs as soon as the main thread is back in Python.
+    """
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._thread = threading.Thread(
+            target=self._watch, args=(stop,), name="mirror-signal-watcher", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, stop: Callable[[], None]) -> None:
+        while True:
+            data = os.read(self._r, 64)
+            if not data or 0 in data:  # 0: close() says the command is over
+                return
+            if signal.SIGINT in data or signal.SIGTERM in data:
+                stop()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        os.write(self._w, b"\0")
+        self._thread.join()
+        os.close(self._r)
+        os.close(self._w)
 
 
 def _env_float(name: str, default: float) -> float:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import click
 
 from mirror import output, query
-from mirror.cli import _when, db_option
+from mirror.cli import _sigterm_as_interrupt, _when, db_option
 from mirror.errors import ConfigError
 from mirror.store import STATUSES, display_db, is_postgresql, sqlite_path
 
@@ -216,6 +216,8 @@ def sql_cmd(
     \b
     SQLite: the file is opened read-only and every write, schema change, ATTACH,
     setting PRAGMA and VACUUM INTO is refused by SQLite itself (one line, exit 1).
+    --timeout is wall-clock time; one value may be at most 64 MiB, and SQLite's
+    memory at most 512 MiB. Ctrl-C or SIGTERM stops the statement (exit 130).
     PostgreSQL: the statement runs in a READ ONLY transaction that is rolled back,
     under statement_timeout; only one statement, and only one that returns rows.
     Tables: requests, sync_targets, sync_windows, sync_runs, summary_hourly; views:
@@ -232,7 +234,9 @@ def sql_cmd(
             cols, rows = pdb.execute(sql, dict(params))
             _print(cols, rows, fmt)
         return
-    with ReadOnlyDatabase(path, timeout=timeout) as rdb:
+    with ReadOnlyDatabase(path, timeout=timeout) as rdb, _sigterm_as_interrupt(rdb.interrupt):
+        # Ctrl-C and SIGTERM stop the statement and exit 130 like every command; Python's
+        # own KeyboardInterrupt could not reach a statement SQLite is running
         cols, rows = rdb.execute(sql, dict(params))
         _print(cols, rows, fmt)
 

@@ -126,7 +126,8 @@ def verify_cmd(
         else contextlib.nullcontext()
     )
     with _sigterm_as_interrupt(), holder:
-        store = Store.open(db)
+        # without --repair nothing is written: a SQLite mirror is opened as the readers open it
+        store = Store.open(db) if repair or path is None else Store.open_reader(db)
         try:
             known = store.targets()
             unknown = [e for e in endpoints if e not in known]

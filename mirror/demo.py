@@ -14,6 +14,7 @@ from pathlib import Path
 from mirror.api import FalClient, make_http_client
 from mirror.errors import StoreError
 from mirror.pacing import Pacer
+from mirror.sqlitefile import connect_readonly
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import utcnow
@@ -42,7 +43,7 @@ def _fresh(path: Path) -> None:
     if not path.exists():
         return
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)
         try:
             targets = [r[0] for r in con.execute("SELECT target FROM sync_targets")]
         finally:
@@ -75,7 +76,7 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
             store.close()
     echo(f"  {report.summary()}")
     echo(f"  into {path}\n")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = connect_readonly(path)
     try:
         for title, sql in EXAMPLES:
             echo(f"{title}:\n  {sql}")

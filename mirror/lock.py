@@ -1,4 +1,4 @@
-"""One writer per database: an advisory ``flock`` on ``<db>.lock``.
+"""One writer per database: an advisory ``flock`` on ``<db>.lock``, next to the real file.
 
 The kernel drops a ``flock`` when its holder dies, SIGKILL included, so a crashed sync never
 leaves a stale lock behind and there is no PID file to clean up. The lock file is created
@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mirror.errors import LockedError, StoreError
+from mirror.sqlitefile import check_file
 
 
 def lock_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".lock")
+    """The lock file of a database: next to the real file, whatever name it was given (a
+    symlink, a path through a symlinked folder or ``..``), so all its names share one lock."""
+    real = db_path.resolve()
+    return real.with_name(real.name + ".lock")
 
 
 #: locks this process holds, with a count: `hold` is re-entrant (sync holds the lock and then
@@ -30,9 +34,14 @@ _held_guard = threading.Lock()
 
 @contextlib.contextmanager
 def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
-    """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s."""
+    """Hold the database's writer lock; raise LockedError if it is busy after ``wait`` s.
+
+    A path that is not a regular file (``/dev/null``, a directory) is refused before the
+    lock file is created next to it.
+    """
+    check_file(db_path)
     path = lock_path(db_path)
-    key = str(path.resolve())
+    key = str(path)
     with _held_guard:
         if _held.get(key):
             _held[key] += 1
@@ -80,7 +89,7 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
 
 def is_held(db_path: Path) -> bool:
     """Whether this process holds the database's writer lock (inside ``hold``)."""
-    key = str(lock_path(db_path).resolve())
+    key = str(lock_path(db_path))
     with _held_guard:
         return bool(_held.get(key))
 

@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import math
 import sqlite3
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +41,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from mirror.errors import ConfigError, StoreError
+from mirror.sqlitefile import check_file, connect_readonly, sqlite_uri
 from mirror.store import (
     ROW_COLUMNS,
     STATUSES,
@@ -715,6 +715,7 @@ def reader_engine(db: str, *, busy_timeout_ms: int = 30_000) -> Engine:
         raise ConfigError(f"{db} does not exist; run mirror sync --db {db} first")
     if path.is_dir():
         raise ConfigError(f"{db} is a directory, not a database file")
+    check_file(path)
     return _sqlite_reader(path, busy_timeout_ms)
 
 
@@ -809,17 +810,9 @@ def fts_query(text: str) -> str:
     return " ".join('"' + w.replace('"', '""') + '"' for w in text.split())
 
 
-def sqlite_uri(path: Path, **params: str) -> str:
-    """A ``file:`` URI for a path, escaped so that ``?`` or ``#`` in a name stay literal."""
-    quoted = urllib.parse.quote(str(path.absolute()))
-    return f"file:{quoted}?{urllib.parse.urlencode(params)}"
-
-
 def _sqlite_reader(path: Path, busy_timeout_ms: int) -> Engine:
-    uri = sqlite_uri(path, mode="ro")
-
     def connect() -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return connect_readonly(path, check_same_thread=False)
 
     engine = sa.create_engine("sqlite+pysqlite://", creator=connect, poolclass=sa.pool.NullPool)
 

@@ -3,15 +3,28 @@
 Read-only by construction, in layers that each stand on their own, none of which looks at
 the statement's text:
 
-1. The file is opened with ``mode=ro``: SQLite itself refuses to write it.
+1. The file is opened with ``mode=ro`` (`mirror.sqlitefile.connect_readonly`): SQLite itself
+   refuses to write it.
 2. An authorizer allows only reading: SELECT, reading columns, functions (except
    ``load_extension``), recursive CTEs, and a short list of PRAGMAs that report without
    setting anything. Everything else is denied, including ATTACH (which also stops
    ``VACUUM INTO``, since SQLite attaches its target first), temp tables and transactions.
 3. ``PRAGMA query_only`` is set before the authorizer goes in.
-4. A progress handler ends any statement that runs past its time limit, so a recursive CTE
-   that never ends cannot hang the terminal or hold a WAL snapshot forever.
-5. Python's ``execute`` runs exactly one statement: ``SELECT 1; DROP TABLE x`` is refused.
+4. Python's ``execute`` runs exactly one statement: ``SELECT 1; DROP TABLE x`` is refused.
+
+And bounded, so that no statement can hang the terminal, hold a WAL snapshot forever or take
+the machine's memory:
+
+- Time: a timer thread interrupts the statement (``sqlite3_interrupt``) when its time limit
+  is up, reading its rows included. The clock runs outside the statement: SQLite's progress
+  handler counts VM steps, and one function call (a 100 MB ``printf``) is a single step.
+- One value: no string or blob may be read or built past `MAX_VALUE_BYTES`
+  (``SQLITE_LIMIT_LENGTH``): ``hex(randomblob(499999999))`` is refused, not 2.4 GB. (SQLite's
+  ``printf`` past the limit gives NULL, after the work: the clock stops that one.)
+- All values together: SQLite's heap is capped at `HEAP_LIMIT_BYTES` (``hard_heap_limit``,
+  process-wide and only ever lowered: `mirror sql` runs one statement and exits).
+- Ctrl-C and SIGTERM: `interrupt` (called by the CLI's signal handler) stops the statement
+  the same way, and it ends with ``KeyboardInterrupt`` rather than an error.
 
 On PostgreSQL (`PgReadOnlyDatabase`) the layers are the server's own:
 
@@ -37,9 +50,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
+import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
@@ -47,10 +60,18 @@ from pathlib import Path
 from typing import Any
 
 from mirror.errors import ConfigError, MirrorError
-from mirror.query import sqlite_uri, tidy_wal
+from mirror.query import tidy_wal
+from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import to_text
 
 DEFAULT_TIMEOUT = 10.0
+#: the longest string or blob a statement may read or build: well above any stored payload,
+#: small enough that building one takes a fraction of a second
+MAX_VALUE_BYTES = 64 << 20
+#: SQLite's heap, all connections of the process together
+HEAP_LIMIT_BYTES = 512 << 20
+#: VM steps between calls of the progress handler, where Python runs signal handlers
+_PROGRESS_STEPS = 1000
 
 #: PRAGMAs that only report; those in _SETTABLE are allowed only without a value
 _READ_PRAGMAS = frozenset(
@@ -122,12 +143,19 @@ class SqlError(MirrorError):
 
 
 class _Guard:
-    """The authorizer and the clock of one connection; remembers why it said no."""
+    """The authorizer and the clock of one connection; remembers why it said no, and why a
+    statement was stopped ("time" or "signal")."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, conn: sqlite3.Connection, timeout: float) -> None:
+        self.conn = conn
         self.timeout = timeout
-        self.deadline = float("inf")
         self.denied: str | None = None
+        self.stopped: str | None = None
+        # re-entrant: a signal handler runs in the main thread, maybe while it holds the lock
+        self._lock = threading.RLock()
+        self._running = False
+        self._closed = False
+        self._timer: threading.Timer | None = None
 
     def authorize(
         self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
@@ -154,27 +182,77 @@ class _Guard:
         self.denied = self.denied or what
         return sqlite3.SQLITE_DENY
 
+    def start(self) -> None:
+        """A statement begins: its clock starts."""
+        self.finish()  # an earlier statement's clock, if its rows were never read to the end
+        with self._lock:
+            self.denied = None
+            self._running = True
+            if self.stopped == "time":  # an earlier statement's
+                self.stopped = None
+            if self.stopped is not None:  # a signal came first: the progress handler stops it
+                return
+            self._timer = threading.Timer(self.timeout, self.stop, args=("time",))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def finish(self) -> None:
+        """The statement is over (done, failed or abandoned): its clock stops."""
+        with self._lock:
+            self._running = False
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # outside the lock, which a timer firing just now waits for
+
+    def close(self) -> None:
+        self.finish()
+        with self._lock:
+            self._closed = True
+
+    def stop(self, why: str) -> None:
+        """Stop the running statement (from the timer thread or a signal handler)."""
+        with self._lock:
+            if self.stopped is None:
+                self.stopped = why
+            if self._running and not self._closed:
+                self.conn.interrupt()
+
     def progress(self) -> int:
-        return 1 if time.monotonic() > self.deadline else 0
+        # also where Python runs a signal handler while a long statement holds the thread
+        return 1 if self.stopped is not None else 0
 
 
 class ReadOnlyDatabase:
     """One guarded connection; use as a context manager, run statements with `execute`."""
 
-    def __init__(self, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_value_bytes: int = MAX_VALUE_BYTES,
+        heap_limit: int = HEAP_LIMIT_BYTES,
+    ) -> None:
         if timeout <= 0:
             raise ConfigError("--timeout must be more than 0 seconds")
         if not path.exists():
             raise ConfigError(f"{path} does not exist")
         if path.is_dir():
             raise ConfigError(f"{path} is a directory, not a database file")
+        check_file(path)
         self.path = path
-        self.guard = _Guard(timeout)
+        self.max_value_bytes = max_value_bytes
+        self.heap_limit = heap_limit
         try:
-            self.conn = sqlite3.connect(sqlite_uri(path, mode="ro"), uri=True)
+            self.conn = connect_readonly(path)
         except sqlite3.Error as e:
             raise SqlError(f"{path}: cannot open: {e}") from None
+        self.guard = _Guard(self.conn, timeout)
+        self._streams: list[Generator[tuple[Any, ...], None, None]] = []
         try:
+            self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
+            self.conn.execute(f"PRAGMA hard_heap_limit = {int(heap_limit)}")
             self.conn.execute("PRAGMA busy_timeout = 5000")
             self.conn.execute("PRAGMA query_only = 1")
             virtual = [
@@ -192,7 +270,7 @@ class ReadOnlyDatabase:
             self.conn.close()
             raise SqlError(f"{path}: not a database or unreadable: {e}") from None
         self.conn.set_authorizer(self.guard.authorize)
-        self.conn.set_progress_handler(self.guard.progress, 1000)
+        self.conn.set_progress_handler(self.guard.progress, _PROGRESS_STEPS)
 
     def __enter__(self) -> ReadOnlyDatabase:
         return self
@@ -201,36 +279,58 @@ class ReadOnlyDatabase:
         self.close()
 
     def close(self) -> None:
+        for rows in self._streams:  # their cursors close before the connection does
+            rows.close()
+        self.guard.close()
         self.conn.close()
         tidy_wal(self.path)
+
+    @property
+    def timeout(self) -> float:
+        return self.guard.timeout
+
+    def interrupt(self) -> None:
+        """Stop the statement now, from a signal handler or another thread: it ends with
+        ``KeyboardInterrupt`` (a statement not yet started is stopped as it starts)."""
+        self.guard.stop("signal")
 
     def execute(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         """(column names, rows); rows stream, and the time limit covers reading them too."""
-        self.guard.denied = None
-        self.guard.deadline = time.monotonic() + self.guard.timeout
+        self.guard.start()
         try:
             cur = self.conn.execute(sql, params)
-        except (sqlite3.Error, sqlite3.Warning) as e:
+        except (sqlite3.Error, sqlite3.Warning, MemoryError) as e:
+            self.guard.finish()
             raise self._error(e) from None
+        except BaseException:
+            self.guard.finish()
+            raise
         cols = [d[0] for d in cur.description or ()]
-        return cols, self._rows(cur)
+        rows = self._rows(cur)
+        self._streams.append(rows)
+        return cols, rows
 
-    def _rows(self, cur: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
+    def _rows(self, cur: sqlite3.Cursor) -> Generator[tuple[Any, ...], None, None]:
         try:
             while True:
                 batch = cur.fetchmany(500)
                 if not batch:
                     return
                 yield from batch
-        except sqlite3.Error as e:
+        except (sqlite3.Error, MemoryError) as e:
             raise self._error(e) from None
         finally:
+            self.guard.finish()
             cur.close()
 
-    def _error(self, e: BaseException) -> SqlError:
+    def _error(self, e: BaseException) -> BaseException:
+        """The error to raise for a failed statement: a SqlError, or KeyboardInterrupt when a
+        signal stopped it."""
         text = str(e)
+        if self.guard.stopped == "signal":
+            return KeyboardInterrupt()
         if self.guard.denied or "not authorized" in text:
             what = self.guard.denied or "that statement"
             return SqlError(f"refused: {what} is not allowed; mirror sql only reads")
@@ -238,11 +338,25 @@ class ReadOnlyDatabase:
             return SqlError(
                 f"stopped after {self.guard.timeout:g}s (the time limit; raise it with --timeout)"
             )
+        if isinstance(e, MemoryError):
+            return SqlError(
+                f"stopped: the statement needed more than {_mib(self.heap_limit)} of memory "
+                "(mirror sql's limit)"
+            )
+        if "string or blob too big" in text:
+            return SqlError(
+                f"stopped: a value would be larger than {_mib(self.max_value_bytes)} "
+                "(mirror sql's limit for one string or blob)"
+            )
         if "one statement at a time" in text:
             return SqlError("refused: one statement at a time")
         if "readonly" in text or "read-only" in text:
             return SqlError(f"refused: {text}; mirror sql only reads")
         return SqlError(text)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -258,14 +372,12 @@ class PgReadOnlyDatabase:
     `execute` (see the module docstring for what keeps it read-only)."""
 
     def __init__(self, db: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        import sqlalchemy as sa
-
-        from mirror.store import make_engine, normalize_url
+        from mirror.store import display_db, make_engine, normalize_url
 
         if timeout <= 0:
             raise ConfigError("--timeout must be more than 0 seconds")
         self.timeout = timeout
-        self.shown = sa.engine.make_url(normalize_url(db)).render_as_string(hide_password=True)
+        self.shown = display_db(normalize_url(db))
         self.engine = make_engine(db)
         try:
             self.raw = self.engine.raw_connection()

@@ -41,6 +41,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
 from mirror.errors import ConfigError, SchemaTooNewError, StoreError
+from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import from_text, to_text
 
 # --------------------------------------------------------------------------- dialects
@@ -307,8 +308,7 @@ def make_engine(db: str) -> Engine:
     path = sqlite_path(db)
     if path is None:
         return server_engine(db, pool_size=4)
-    if path.exists() and path.is_dir():
-        raise StoreError(f"{path} is a directory, not a database file")
+    check_file(path)
     if not path.parent.exists():
         raise StoreError(f"folder {path.parent} does not exist")
     if path.exists() and path.stat().st_size > 0:
@@ -320,18 +320,31 @@ def make_engine(db: str) -> Engine:
             pass
         except OSError as e:
             raise StoreError(f"cannot create {path}: {e.strerror}") from None
-    engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.QueuePool, pool_size=2)
+    # the path as the URL's database, never parsed out of URL text: in "sqlite:///q?mode=ro#x.db"
+    # everything from the "?" on would be read as the URL's query, and "q" opened
+    url = sa.engine.URL.create("sqlite", database=str(path))
+    engine = sa.create_engine(url, poolclass=sa.pool.QueuePool, pool_size=2)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
+#: query-string parameters of a URL that are secrets (libpq's, any case)
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+_MASK = "MIRRORMASKEDSECRET"  # rendered as it is (letters only), then shown as ***
+
+
 def display_db(db: str) -> str:
-    """A ``--db`` value fit for messages: a URL's password masked."""
+    """A ``--db`` value fit for messages: a URL's password masked, ``user:***@`` and
+    ``?password=***`` alike."""
     if not is_url(db):
         return db
     try:
-        return sa.engine.make_url(db).render_as_string(hide_password=True)
+        url = sa.engine.make_url(db)
+        secrets = {k: _MASK for k in url.query if k.lower() in _SECRET_PARAMS}
+        if secrets:
+            url = url.update_query_dict(secrets)
+        return url.render_as_string(hide_password=True).replace(_MASK, "***")
     except (sa.exc.ArgumentError, ValueError):
         return db.split("://", 1)[0] + "://…"
 
@@ -386,7 +399,7 @@ def _preflight(path: Path) -> None:
     byte-for-byte untouched.
     """
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)
     except sqlite3.Error as e:
         raise StoreError(describe_db_error(e, str(path))) from None
     try:
@@ -634,6 +647,8 @@ class Store:
         self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
         #: whether the schema has migration 0005's sync_batch (SQLite, at 0005 or later)
         self._batch_indexing: bool | None = None
+        #: opened by `open_reader`
+        self._reader = False
 
     @classmethod
     def open(cls, db: str, *, migrate: bool = True) -> Store:
@@ -649,8 +664,31 @@ class Store:
                     )
         return cls(engine, db)
 
+    @classmethod
+    def open_reader(cls, db: str) -> Store:
+        """A store that only reads (`mirror verify` without --repair): the readers' engine,
+        so that a mirror in a folder this process cannot write is read all the same (see
+        `mirror.sqlitefile`); an older schema is brought to head first, as every command does.
+        """
+        from mirror.query import ensure_schema, reader_engine
+
+        engine = reader_engine(db)
+        try:
+            ensure_schema(db, engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        store = cls(engine, db)
+        store._reader = True
+        return store
+
     def close(self) -> None:
         self.engine.dispose()
+        path = sqlite_path(self.db) if self._reader else None
+        if path is not None:
+            from mirror.query import tidy_wal
+
+            tidy_wal(path)  # the -wal/-shm a read-only connection may leave behind
 
     # -- the upsert -------------------------------------------------------------------
 

@@ -526,3 +526,34 @@ def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_ad
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://me@db.example/mirror?password=hunter2",
+         "postgresql://me@db.example/mirror?password=***"),
+        ("postgresql+psycopg://me@/mirror?host=/run/pg&PassWord=hunter2&sslpassword=hunter2",
+         "postgresql+psycopg://me@/mirror?PassWord=***&host=%2Frun%2Fpg&sslpassword=***"),
+        ("postgresql://me:hunter2@db.example/mirror?password=hunter2",
+         "postgresql://me:***@db.example/mirror?password=***"),
+    ],
+)  # fmt: skip
+def test_a_password_in_the_query_string_is_masked_too(url, shown):
+    from mirror.store import describe_db_error, display_db
+
+    assert display_db(url) == shown
+    assert describe_db_error(RuntimeError("no route"), url) == f"{shown}: no route"
+
+
+def test_mirror_sql_never_prints_a_password_given_as_a_parameter():
+    from click.testing import CliRunner
+
+    from mirror.cli import cli
+
+    url = "postgresql://nobody@/nope?host=/nonexistent&password=hunter2"
+    for args in (["sql", "SELECT 1", "--db", url], ["status", "--db", url]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 1 and "/nope" in r.stderr and "hunter2" not in r.stderr, (
+            f"mirror {args[0]}: exit {r.exit_code}, stderr {r.stderr!r}"
+        )

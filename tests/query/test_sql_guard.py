@@ -137,3 +137,80 @@ def test_a_syntax_error_is_one_line(run_cli, db):
     result = run_cli(["sql", "SELEC 1", "--db", str(db)])
     assert result.exit_code == 1
     assert one_line(result) == 'mirror: sql: near "SELEC": syntax error'
+
+
+# --------------------------------------------------------------------------- bounded work
+# SQLite's progress handler counts VM steps, and one function call is one step however long
+# it runs: 40 rows of a 20 MB printf are a few hundred steps and seconds of work. The clock
+# runs outside the statement, and no single value may grow past mirror sql's size limit.
+
+STOPPED = "mirror: sql: stopped after 0.2s (the time limit; raise it with --timeout)"
+
+
+@pytest.mark.timeout(60)
+def test_the_time_limit_holds_inside_long_function_calls(run_cli, db):
+    before = folder_state(db.parent)
+    sql = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) "
+        "SELECT sum(length(printf('%.*c', 20000000 + i, 'x'))) FROM n"
+    )
+    result = run_cli(["sql", sql, "--db", str(db), "--timeout", "0.2"])
+    assert (result.exit_code, result.stderr) == (1, STOPPED + "\n"), (
+        f"40 long printf calls ran past the time limit: exit {result.exit_code}, "
+        f"stdout {result.stdout!r}"
+    )
+    assert folder_state(db.parent) == before
+
+
+@pytest.mark.timeout(60)
+def test_a_value_past_the_size_limit_is_refused(run_cli, db):
+    """hex() of a 40 MB blob is an 80 MB string: over the 64 MiB limit of one value."""
+    before = folder_state(db.parent)
+    result = run_cli(
+        ["sql", "SELECT length(hex(randomblob(40000000)))", "--db", str(db), "--timeout", "5"]
+    )
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "mirror: sql: stopped: a value would be larger than 64 MiB "
+        "(mirror sql's limit for one string or blob)\n",
+    ), f"an 80 MB value was built: exit {result.exit_code}, stdout {result.stdout!r}"
+    assert folder_state(db.parent) == before
+
+
+@pytest.mark.timeout(60)
+def test_the_memory_of_a_statement_is_limited(db):
+    """Values under the size limit can still add up: SQLite's heap is capped too. In a child
+    process, since the cap is process-wide and only ever lowered."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from mirror.readonly import ReadOnlyDatabase, SqlError\n"
+        "with ReadOnlyDatabase(Path(sys.argv[1]), heap_limit=64 << 20) as rdb:\n"
+        "    try:\n"
+        "        print(len(list(rdb.execute('SELECT ' + ', '.join(['randomblob(30000000)'] * 4))[1])))\n"
+        "    except SqlError as e:\n"
+        "        print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        "stopped: the statement needed more than 64 MiB of memory (mirror sql's limit)\n",
+        "",
+    ), "four 30 MB blobs at once were not stopped by the heap limit"
+
+
+def test_closing_the_database_closes_its_row_streams(db):
+    """A stream left half-read (an interrupt while printing) ends with its database, instead
+    of closing its cursor on a closed connection when it is collected (a traceback on stderr
+    after the interrupt's one line)."""
+    from mirror.readonly import ReadOnlyDatabase
+
+    rdb = ReadOnlyDatabase(db)
+    _, rows = rdb.execute("SELECT request_id FROM requests")
+    assert next(rows)[0].startswith("req-")
+    rdb.close()
+    assert list(rows) == [], "the stream outlived its database"

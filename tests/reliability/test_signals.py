@@ -200,3 +200,52 @@ def test_signal_once_the_sync_is_over(tmp_path, sig_world, point: str, sig: int)
         assert (o.code, o.stderr) == (0, ""), f"{where}: exit {o.code}, stderr {o.stderr!r}"
     assert [r[0] for r in runs(db)] == ["ok"], f"{where}: runs {runs(db)}"
     assert_mirror_equals(db, listable(sig_world), context=where)
+
+
+def _note_when_the_statement_starts(notes: Path) -> None:
+    """A patch: note the moment `mirror sql` hands its statement to SQLite."""
+    from mirror.readonly import ReadOnlyDatabase
+
+    execute = ReadOnlyDatabase.execute
+
+    def patched(self: Any, *a: Any, **kw: Any) -> Any:
+        note(notes, "point statement")
+        return execute(self, *a, **kw)
+
+    ReadOnlyDatabase.execute = patched  # type: ignore[method-assign]
+
+
+#: statements that run until stopped: many short VM steps, or few long ones (one printf call
+#: of 100 MB is one step of half a second, and SQLite's progress handler, where Python code
+#: runs, is reached only every ~1000 steps: more than a minute of work here)
+RUNAWAYS = {
+    "short-steps": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+    "SELECT max(i) FROM n",
+    "long-calls": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) "
+    "SELECT sum(length(printf('%.*c', 100000000 + i, 'x'))) FROM n",
+    "streaming-rows": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+    "SELECT i FROM n",
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runaway", list(RUNAWAYS))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_a_sql_statement_is_an_interrupt(tmp_path, sig: int, runaway: str) -> None:
+    """Ctrl-C or SIGTERM while `mirror sql` runs a statement: exit 130 and the interrupt's
+    line, as query and stats do, not the time limit's message (the limit is a minute off);
+    and soon, not once the statement next reaches Python (the wait allows 20 s)."""
+    from mirror.store import Store
+
+    db = tmp_path / "m.db"
+    Store.open(str(db)).close()
+    out = tmp_path / "out"
+    o = run_cli(["sql", RUNAWAYS[runaway], "--db", str(db), "--timeout", "60", "-f", "csv"],
+                {"TZ": "UTC"},
+                out, patch=_note_when_the_statement_starts, kill_after=0.3, sig=sig, timeout=20,
+                after=lambda: any(p.read_text() for p in out.glob("*.notes")))  # fmt: skip
+    where = f"{signal.Signals(sig).name} during mirror sql ({runaway})"
+    assert o.signalled, f"{where}: the statement had ended before the signal ({o.code}: {o.stderr})"
+    assert (o.code, o.stderr.strip()) == (130, INTERRUPTED), (
+        f"{where}: exit {o.code}, stderr {o.stderr[-1500:]!r}"
+    )

@@ -456,7 +456,9 @@ class SimulatedAPI:
             answer = Answer(
                 500, ApiError(500, "server_error", "An unexpected error occurred").body()
             )
-        decision = self._injector.decide(split.path, page=answer.page is not None)
+        decision = self._injector.decide(
+            split.path, page=answer.page is not None, authorization=auth
+        )
         if decision.latency:
             time.sleep(decision.latency)
         if decision.action == "reset":
@@ -506,14 +508,16 @@ class SimulatedAPI:
             cut = Body(len(data), iter((data[: len(data) // 2],)), body.content_type)
             _send(handler, method, answer.status, answer.headers, cut)
             handler.close_connection = True
-        elif decision.action == "stall":
+        elif decision.action in ("stall", "stall_headers"):
+            delay = decision.stall_byte_delay
             _send(
                 handler,
                 method,
                 answer.status,
                 answer.headers,
                 body,
-                byte_delay=decision.stall_byte_delay,
+                byte_delay=delay if decision.action == "stall" else 0.0,
+                head_byte_delay=delay if decision.action == "stall_headers" else 0.0,
             )
         else:
             _send(handler, method, answer.status, answer.headers, body)
@@ -674,8 +678,11 @@ def _send(
     body: Body,
     *,
     byte_delay: float = 0.0,
+    head_byte_delay: float = 0.0,
 ) -> None:
-    """Write a whole response (one write for small bodies, chunks for streamed ones)."""
+    """Write a whole response (one write for small bodies, chunks for streamed ones);
+    ``byte_delay`` drips the body a byte at a time, ``head_byte_delay`` the status line and
+    headers (the body then follows at once)."""
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
         f"Server: {handler.server_version}",
@@ -688,6 +695,11 @@ def _send(
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     write = handler.wfile.write
+    if head_byte_delay:
+        for k in range(len(head)):
+            time.sleep(head_byte_delay)
+            write(head[k : k + 1])
+        head = b""
     if method == "HEAD":
         write(head)
         return

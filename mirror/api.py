@@ -40,6 +40,7 @@ import orjson
 from mirror import __version__
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.pacing import Pacer
+from mirror.redact import redact, register_key
 from mirror.store import derive_status
 from mirror.timeparse import normalize
 
@@ -338,7 +339,7 @@ class CallStats:
 
 class _Retry(Exception):
     def __init__(self, reason: str, wait: float | None = None, throttled: bool = False) -> None:
-        self.reason = reason
+        self.reason = redact(reason)  # it may quote an exception's text, which may quote the key
         self.wait = wait
         self.throttled = throttled
 
@@ -356,6 +357,7 @@ class FalClient:
         seed: int | None = None,
     ) -> None:
         self._http = http
+        register_key(key)  # whatever echoes it back is redacted (mirror.redact)
         self._auth = f"Key {key}"
         self.base_url = check_base_url(base_url)
         self.retry = retry or RetryPolicy()
@@ -558,7 +560,7 @@ def _error_fields(body: bytes, headers: httpx.Headers) -> tuple[str | None, str]
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = data["error"]
-        etype = err.get("type") if isinstance(err.get("type"), str) else None
+        etype = err.get("type")[:100] if isinstance(err.get("type"), str) else None
         msg = err.get("message") if isinstance(err.get("message"), str) else "no message"
         return etype, " ".join(msg.split())[:300]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):

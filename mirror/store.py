@@ -40,6 +40,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
 from mirror.errors import ConfigError, SchemaTooNewError, StoreError
+from mirror.redact import redact
 from mirror.timeparse import from_text, to_text
 
 # --------------------------------------------------------------------------- dialects
@@ -951,6 +952,11 @@ class Store:
     def finish_run(
         self, run_id: int, now: datetime, outcome: str, counts: dict[str, int], error: str | None
     ) -> None:
+        """Record how a run ended. ``error`` is stored with every registered secret redacted
+        (``mirror.redact``): it is shown by `mirror status` and Datasette and carried by
+        `mirror copy`. Its other characters are kept; what prints it makes them safe."""
+        if error is not None:
+            error = redact(error)
         with self.engine.begin() as conn:
             conn.execute(
                 sync_runs.update()

@@ -26,6 +26,7 @@ import threading
 from urllib.parse import quote
 
 __all__ = [
+    "MAX_LOG_MESSAGE",
     "MAX_MESSAGE",
     "REDACTED",
     "RedactFilter",
@@ -36,8 +37,10 @@ __all__ = [
 ]
 
 REDACTED = "[redacted]"
-#: characters of a server-provided message shown at most (error lines, log lines)
+#: characters of an error line's message shown at most
 MAX_MESSAGE = 1000
+#: characters of a log line's message at most (they quote URLs with up to 50 endpoint ids)
+MAX_LOG_MESSAGE = 8000
 #: a secret (or part of the key) shorter than this is not redacted: it would blank out
 #: ordinary words in every message, and no real key is that short
 MIN_FRAGMENT = 6
@@ -115,7 +118,7 @@ class RedactFilter(logging.Filter):
     message on one printable line (server text is quoted in log lines too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = printable(redact(record.getMessage()), MAX_MESSAGE)
+        record.msg = printable(redact(record.getMessage()), MAX_LOG_MESSAGE)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -11,8 +11,9 @@ or raises one of ``mirror.errors``:
 - a body over the size cap, nesting beyond the JSON depth limit, wrong types, a missing
   ``request_id`` or ``has_more`` without a cursor raise ``BadDataError`` at once: the page
   is never handed to the store;
-- every attempt has a total deadline, so a body trickling in a byte at a time cannot hold
-  a sync forever (httpx's own timeouts are per read).
+- every attempt has a total deadline, from connecting to the body's last byte, so a server
+  or proxy trickling its headers or body in a byte at a time cannot hold a sync (and its
+  lock) forever: httpx's own timeouts are per read, which a trickle never trips.
 
 The key is sent in the ``Authorization`` header of each request and kept nowhere else; it
 never appears in a message, a log line or an exception. Redirects are never followed, so
@@ -35,12 +36,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import orjson
 
 from mirror import __version__
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.pacing import Pacer
+from mirror.redact import redact, register_key
 from mirror.store import derive_status
 from mirror.timeparse import normalize
 
@@ -101,14 +104,117 @@ def _is_loopback(host: str) -> bool:
 
 
 def make_http_client() -> httpx.Client:
-    """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive."""
+    """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive, and
+    every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``)."""
     return httpx.Client(
-        verify=True,
+        transport=_deadline_transport(
+            httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        ),
         follow_redirects=False,
         headers={"User-Agent": f"fal-mirror/{__version__}"},
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         trust_env=False,
     )
+
+
+# --------------------------------------------------------------------------- the deadline
+#
+# An attempt must end by its deadline, headers included. httpx's timeouts are per socket
+# operation: a server sending its status line and headers a byte a second resets the read
+# timeout with every byte, and httpx has no total timeout. A watchdog thread that closes
+# the connection would need the connection's socket, which httpx does not expose before
+# the headers are in (and a pooled connection is picked inside httpcore). Instead the
+# socket operations themselves are bounded: the client's transport uses a network backend
+# whose streams cap the timeout of every connect, read and write at the time the current
+# attempt has left, and fail at once when none is left. Sync httpx does its I/O in the
+# calling thread, so "the current attempt" is a thread-local set by ``FalClient._attempt``
+# (a connection made by one worker and reused by another follows whoever uses it). The
+# same bound holds for the body; ``_attempt``'s check between chunks remains for clients
+# without this transport (tests' mock transports).
+
+
+class _AttemptDeadline(threading.local):
+    #: ``time.monotonic()`` by which this thread's attempt must end; None outside attempts
+    at: float | None = None
+
+
+_attempt_deadline = _AttemptDeadline()
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` capped at what is left of this thread's attempt; ``expired`` if nothing."""
+    at = _attempt_deadline.at
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """httpx's own transport, its connection pool given the deadline-bounded backend.
+
+    httpx does not take a network backend as an argument, so it is set on the pool it
+    made (still empty: each connection takes the backend when it is opened).
+    tests/reliability/test_api_faults.py's dripped-headers test fails if this stops working.
+    """
+    transport = httpx.HTTPTransport(verify=True, limits=limits, trust_env=False)
+    pool = transport._pool
+    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
 
 
 # --------------------------------------------------------------------------- pages
@@ -341,7 +447,7 @@ class CallStats:
 
 class _Retry(Exception):
     def __init__(self, reason: str, wait: float | None = None, throttled: bool = False) -> None:
-        self.reason = reason
+        self.reason = redact(reason)  # it may quote an exception's text, which may quote the key
         self.wait = wait
         self.throttled = throttled
 
@@ -359,6 +465,7 @@ class FalClient:
         seed: int | None = None,
     ) -> None:
         self._http = http
+        register_key(key)  # whatever echoes it back is redacted (mirror.redact)
         self._auth = f"Key {key}"
         self.base_url = check_base_url(base_url)
         self.retry = retry or RetryPolicy()
@@ -474,6 +581,8 @@ class FalClient:
             self.stats.attempts += 1
         deadline = time.monotonic() + policy.deadline
         timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
+        headers_in = False
+        _attempt_deadline.at = deadline  # bounds every socket operation (_DeadlineBackend)
         try:
             with self._http.stream(
                 "GET",
@@ -482,6 +591,7 @@ class FalClient:
                 headers={"Authorization": self._auth},
                 timeout=timeout,
             ) as resp:
+                headers_in = True
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_body:
                     raise BadDataError(
@@ -496,15 +606,20 @@ class FalClient:
                             f"the API sent a page over the {policy.max_body}-byte cap"
                         )
                     if time.monotonic() > deadline:
-                        raise _Retry(f"answer still incomplete after {policy.deadline:.0f}s")
+                        raise _Retry(f"answer still incomplete after {policy.deadline:g}s")
                     chunks.append(chunk)
                 body = b"".join(chunks)
                 status = resp.status_code
                 headers = resp.headers
         except httpx.TimeoutException as e:
+            if time.monotonic() >= deadline - 0.05:  # the deadline, not one slow read
+                what = "answer" if headers_in else "response headers"
+                raise _Retry(f"{what} still incomplete after {policy.deadline:g}s") from None
             raise _Retry(f"timeout ({type(e).__name__})") from None
         except httpx.TransportError as e:
             raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
+        finally:
+            _attempt_deadline.at = None
 
         if status == 200:
             try:
@@ -584,7 +699,7 @@ def _error_fields(body: bytes, headers: httpx.Headers) -> tuple[str | None, str]
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = data["error"]
-        etype = err.get("type") if isinstance(err.get("type"), str) else None
+        etype = err.get("type")[:100] if isinstance(err.get("type"), str) else None
         msg = err.get("message") if isinstance(err.get("message"), str) else "no message"
         return etype, " ".join(msg.split())[:300]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):

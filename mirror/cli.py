@@ -3,6 +3,10 @@
 Exit codes: 0 success, 1 failure (API, key rejected, bad data, storage), 2 usage or
 configuration error, 75 another sync holds the database (EX_TEMPFAIL: try later), 130
 interrupted. Every known failure is one line on stderr; ``MIRROR_DEBUG=1`` shows tracebacks.
+
+What the program prints of an error, a note or a log record passes ``mirror.redact``: the
+API key and its halves are redacted, and control characters (a server's text may carry
+line breaks or terminal escapes) are shown as escapes, on one line of bounded length.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import click
 
 from mirror import __version__
 from mirror.errors import ConfigError, MirrorError
+from mirror.redact import MAX_MESSAGE, RedactFilter, printable, redact
 from mirror.store import display_db
 from mirror.timeparse import parse_duration, parse_when, utcnow
 
@@ -35,11 +40,16 @@ def _debug() -> bool:
     return os.environ.get("MIRROR_DEBUG", "") not in ("", "0")
 
 
+def shown(text: object) -> str:
+    """Text from outside (an error, a note) as printed: no secret, one bounded line."""
+    return printable(redact(str(text)), MAX_MESSAGE)
+
+
 def fail(err: MirrorError) -> NoReturn:
     if _debug():
         raise err
     hint = err.hint
-    click.echo(f"mirror: {err.kind}: {err}{f'; {hint}' if hint else ''}", err=True)
+    click.echo(f"mirror: {err.kind}: {shown(err)}{f'; {hint}' if hint else ''}", err=True)
     sys.exit(err.exit_code)
 
 
@@ -90,7 +100,7 @@ class MirrorGroup(click.Group):
             if _debug():
                 raise
             click.echo(
-                f"mirror: internal error: {type(e).__name__}: {e} "
+                f"mirror: internal error: {type(e).__name__}: {shown(e)} "
                 "(run with MIRROR_DEBUG=1 for details, and please report it)",
                 err=True,
             )
@@ -158,6 +168,7 @@ def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(RedactFilter())  # no key, no control character in any log line
     root = logging.getLogger("mirror")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -439,7 +450,7 @@ def sync(
         finally:
             store.close()
     for note in report.notes:
-        click.echo(f"mirror: note: {note}", err=True)
+        click.echo(f"mirror: note: {shown(note)}", err=True)
     if not quiet:
         click.echo(report.summary())
 

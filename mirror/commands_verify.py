@@ -24,6 +24,7 @@ from mirror.cli import (
     _when,
     db_option,
     retry_policy_from_env,
+    shown,
     verbose_option,
 )
 from mirror.store import display_db
@@ -158,7 +159,7 @@ def verify_cmd(
         finally:
             store.close()
     for note in report.notes:
-        click.echo(f"mirror: note: {note}", err=True)
+        click.echo(f"mirror: note: {shown(note)}", err=True)
     if quiet and report.ok:
         ctx.exit(0)
     if fmt == "json":

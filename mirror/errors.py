@@ -10,11 +10,15 @@
     └── StoreError               local storage: disk full, read-only, corrupt, foreign file
         └── SchemaTooNewError    the database was written by a newer mirror
 
-Messages never contain the API key: it is not stored on any of these objects. The CLI turns
+Messages never contain the API key: it is not stored on any of these objects, and the text
+of each (``str(err)``, which a traceback shows too) has every registered secret redacted
+(``mirror.redact``), so a server echoing the key back cannot put it in one. The CLI turns
 each into one line and an exit code (see ``mirror.cli``); tests see the full traceback.
 """
 
 from __future__ import annotations
+
+from mirror.redact import redact
 
 
 class MirrorError(Exception):
@@ -23,6 +27,9 @@ class MirrorError(Exception):
     #: the short class name shown to users, e.g. "api unavailable"
     kind = "error"
     exit_code = 1
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
     @property
     def hint(self) -> str:
@@ -50,6 +57,8 @@ class ApiError(MirrorError):
         return "check the endpoint id and the flags" if 400 <= self.status < 500 else ""
 
     def __init__(self, status: int, error_type: str | None, message: str, url: str) -> None:
+        error_type = redact(error_type) if error_type else error_type
+        message = redact(message)
         self.status = status
         self.error_type = error_type
         self.message = message

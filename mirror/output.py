@@ -10,6 +10,13 @@ of ``column  value`` lines. Timestamps show to the second there.
 - ``json``: one JSON array of objects; ``jsonl``: one object per line. Columns named in
   ``json_columns`` (the payloads) hold JSON text and are decoded into real JSON values.
 - ``csv``: a header row, then one row per record; null is an empty field.
+
+Values are the server's text, and may hold control characters (a request id with an
+escape sequence in it). The table makes them visible (``mirror.redact.printable``: ``\n``,
+``\x1b``), so a value can neither break the table's lines nor drive the terminal. JSON
+escapes them by its own rules. CSV keeps them as they are, quoted where needed (a line
+break inside a quoted field is valid CSV): it is for programs, which must get the value the
+database holds, byte for byte (an id rewritten to ``\x1b`` would no longer match it).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 import orjson
+
+from mirror.redact import printable
 
 FORMATS = ("table", "json", "jsonl", "csv")
 #: a column of a table is never cut below this many characters (see `fit`)
@@ -115,7 +124,7 @@ def cell_text(value: Any, *, full: bool = False) -> str:
     text = str(value)
     if not full and len(text) == 27 and text[10] == "T" and text[19] == "." and text[26] == "Z":
         return text[:19] + "Z"  # a stored timestamp, to the second: people do not read µs
-    return text.replace("\n", " ")
+    return text if full else printable(text)
 
 
 def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], width: int) -> int:
@@ -132,7 +141,7 @@ def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], w
     if widths is None:
         _records(out, columns, cells, width)
         return len(data)
-    lines = [_line([str(c) for c in columns], widths, numeric)]
+    lines = [_line([printable(str(c)) for c in columns], widths, numeric)]
     lines.append("  ".join("-" * w for w in widths))
     lines += [_line(r, widths, numeric) for r in cells]
     out.write("\n".join(line.rstrip() for line in lines) + "\n")

@@ -41,6 +41,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from mirror import lock
 from mirror.errors import ConfigError, SchemaTooNewError, StoreError
+from mirror.redact import redact
 from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import from_text, to_text
 
@@ -1088,7 +1089,14 @@ class Store:
         error: str | None,
         clock_skew: float | None = None,
     ) -> None:
-        values: dict[str, Any] = {"ended_at": to_text(now), "outcome": outcome, "error": error}
+        """Record how a run ended. ``error`` is stored with every registered secret redacted
+        (``mirror.redact``): it is shown by `mirror status` and Datasette and carried by
+        `mirror copy`. Its other characters are kept; what prints it makes them safe."""
+        values: dict[str, Any] = {
+            "ended_at": to_text(now),
+            "outcome": outcome,
+            "error": None if error is None else redact(error),
+        }
         if clock_skew is not None:
             values["clock_skew"] = clock_skew
         with self.engine.begin() as conn:

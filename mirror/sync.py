@@ -50,6 +50,7 @@ import sqlalchemy as sa
 from mirror import interrupts
 from mirror.api import FalClient, Page
 from mirror.errors import AuthError, BadDataError, MirrorError
+from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import api_param, from_text, to_text, utcnow
@@ -775,7 +776,7 @@ class Syncer:
                 else:
                     report.outcome = "ok"
                 report.error = (
-                    str(error)
+                    redact(str(error))
                     if error is not None and not isinstance(error, KeyboardInterrupt)
                     else None
                 )

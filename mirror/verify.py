@@ -53,6 +53,7 @@ import sqlalchemy as sa
 from mirror import lock
 from mirror.api import FalClient, Page
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror.redact import printable
 from mirror.store import API_FIELDS, Store, hour_of, requests, sqlite_path, target_clause
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.windows import align_down, ceil_s, floor_s
@@ -289,12 +290,12 @@ def _target_lines(t: TargetReport, mode: str) -> list[str]:
         return [head + ": no differences"]
     out = [head + ":"]
     if t.missing:
-        out.append(f"  missing    {t.missing:>6}  e.g. {', '.join(t.missing_examples)}")
+        out.append(f"  missing    {t.missing:>6}  e.g. {printable(', '.join(t.missing_examples))}")
     if t.different:
-        shown = ", ".join(f"{k} ({', '.join(v)})" for k, v in t.different_examples)
+        shown = printable(", ".join(f"{k} ({', '.join(v)})" for k, v in t.different_examples))
         out.append(f"  different  {t.different:>6}  e.g. {shown}")
     if t.extra:
-        out.append(f"  extra      {t.extra:>6}  e.g. {', '.join(t.extra_examples)}")
+        out.append(f"  extra      {t.extra:>6}  e.g. {printable(', '.join(t.extra_examples))}")
     if t.inserted or t.updated or t.deleted:
         out.append(f"  repaired: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
     if t.extra > t.deleted:

@@ -8,9 +8,11 @@ replayed exactly.
 
 The failures are the ones a mirror meets in the wild (fal-api.md sections 6 and 7):
 429s with and without `Retry-After`, HTML 5xx pages from a proxy, JSON 500s, connections
-reset or cut mid-body, bodies dripping in byte by byte, latency, a token-bucket rate limit,
-a full outage, and hostile 200 pages (huge, absurdly nested, wrongly typed, or with a
-cursor that never ends) for the client's defences.
+reset or cut mid-body, bodies or headers dripping in byte by byte, latency, a token-bucket
+rate limit, a full outage, hostile 200 pages (huge, absurdly nested, wrongly typed, or with
+a cursor that never ends) for the client's defences, and a fixed answer of the test's own
+(e.g. an error message with terminal escapes, or one echoing the ``Authorization`` header
+back as some proxies do).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ OVERSIZE_BYTES = 65 * 1024 * 1024 + 17
 DEEP_NESTING = 100_000
 _HTML_5XX = (500, 502, 503, 504)
 _DRAWS = 11  # random values drawn per request, whatever is decided
+#: in an `answer_with` body, replaced by the request's Authorization header (JSON-escaped)
+AUTHORIZATION_ECHO = b"{authorization}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +72,17 @@ class FaultConfig:
     """How often each failure happens. All probabilities are per request, in [0, 1].
 
     Decisions are checked in this order and the first that fires wins: `outage` (every
-    call 503 HTML), `rate_limit` (token bucket of `rate_limit` requests/second holding up
+    call 503 HTML), `answer_with` (every call answered with this status and JSON body;
+    `{authorization}` in the body becomes the request's Authorization header, as a proxy
+    echoing it in an error message would send it), `rate_limit` (token bucket of `rate_limit` requests/second holding up
     to `burst`; over it 429 without `Retry-After`), `p_429` (of which `p_retry_after` carry
     `Retry-After: retry_after` seconds when `retry_after` is set; fractional seconds are
     sent as such, which real servers never do but keeps tests fast), `p_5xx` (HTML page,
     status 500/502/503/504), `p_json_500` (fal's JSON `server_error`), `p_reset` (RST, no
     response), `p_truncate` (full `Content-Length`, half the body, close), `p_stall` (body
-    one byte every `stall_byte_delay` seconds), then `bad_data` with `p_bad_data` (only on
+    one byte every `stall_byte_delay` seconds), `p_stall_headers` (the status line and
+    headers one byte every `stall_byte_delay` seconds, a stuck proxy), then `bad_data` with
+    `p_bad_data` (only on
     200 pages of the two list operations). `latency` (+ uniform `latency_jitter`) delays
     every answer on `fault_paths`. After `max_faults` injected faults, none are injected.
     """
@@ -88,6 +96,7 @@ class FaultConfig:
     p_reset: float = 0.0
     p_truncate: float = 0.0
     p_stall: float = 0.0
+    p_stall_headers: float = 0.0
     stall_byte_delay: float = 0.05
     latency: float = 0.0
     latency_jitter: float = 0.0
@@ -98,6 +107,7 @@ class FaultConfig:
     fault_paths: frozenset[str] = field(default=API_PATHS)
     bad_data: BadData | None = None
     p_bad_data: float = 1.0
+    answer_with: tuple[int, bytes] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -108,6 +118,7 @@ class FaultConfig:
             "p_reset",
             "p_truncate",
             "p_stall",
+            "p_stall_headers",
             "p_bad_data",
         ):
             value = getattr(self, name)
@@ -127,6 +138,8 @@ class FaultConfig:
             raise ValueError(f"unknown bad_data mode {self.bad_data!r}; known: {modes}")
         if self.max_faults is not None and self.max_faults < 0:
             raise ValueError("max_faults must not be negative")
+        if self.answer_with is not None and not 100 <= self.answer_with[0] <= 599:
+            raise ValueError("answer_with's status must be an HTTP status (100-599)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +147,12 @@ class Decision:
     """What to do with one request.
 
     `action`: `serve` (the real answer, possibly `bad` data), `respond` (replace it with
-    `status`/`body`), `reset`, `truncate` or `stall` (the real answer, badly delivered).
+    `status`/`body`), `reset`, `truncate`, `stall` or `stall_headers` (the real answer,
+    badly delivered).
     `fault` is the label written to the request log, None when nothing was injected.
     """
 
-    action: Literal["serve", "respond", "reset", "truncate", "stall"] = "serve"
+    action: Literal["serve", "respond", "reset", "truncate", "stall", "stall_headers"] = "serve"
     fault: str | None = None
     latency: float = 0.0
     status: int = 200
@@ -193,22 +207,23 @@ class FaultInjector:
         with self._lock:
             return self._injected
 
-    def decide(self, path: str, *, page: bool) -> Decision:
+    def decide(self, path: str, *, page: bool, authorization: str | None = None) -> Decision:
         """Decide the fate of one request to `path`; `page` says whether the real answer
-        is a 200 page of a list operation (the only thing bad data can corrupt)."""
+        is a 200 page of a list operation (the only thing bad data can corrupt);
+        `authorization` is the request's header (only an `answer_with` echo uses it)."""
         cfg = self.config
         if path not in cfg.fault_paths:
             return _NO_FAULT
         with self._lock:
             u = [self._rng.random() for _ in range(_DRAWS)]
             latency = cfg.latency + cfg.latency_jitter * u[10]
-            decision = self._choose(u, page)
+            decision = self._choose(u, page, authorization)
             if decision is not None and (cfg.max_faults is None or self._injected < cfg.max_faults):
                 self._injected += 1
                 return _with_latency(decision, latency)
         return Decision(latency=latency) if latency else _NO_FAULT
 
-    def _choose(self, u: list[float], page: bool) -> Decision | None:
+    def _choose(self, u: list[float], page: bool, authorization: str | None) -> Decision | None:
         cfg = self.config
         if cfg.outage:
             return Decision(
@@ -217,6 +232,15 @@ class FaultInjector:
                 status=503,
                 body=html_error_page(503),
                 content_type="text/html; charset=utf-8",
+            )
+        if cfg.answer_with is not None:
+            status, body = cfg.answer_with
+            echo = orjson.dumps(authorization or "")[1:-1]
+            return Decision(
+                action="respond",
+                fault="answer-with",
+                status=status,
+                body=body.replace(AUTHORIZATION_ECHO, echo),
             )
         if cfg.rate_limit is not None and not self._take_token():
             return Decision(
@@ -260,6 +284,12 @@ class FaultInjector:
             return Decision(action="truncate", fault="truncate")
         if u[7] < cfg.p_stall:
             return Decision(action="stall", fault="stall", stall_byte_delay=cfg.stall_byte_delay)
+        if u[9] < cfg.p_stall_headers:
+            return Decision(
+                action="stall_headers",
+                fault="stall-headers",
+                stall_byte_delay=cfg.stall_byte_delay,
+            )
         if page and cfg.bad_data is not None and u[8] < cfg.p_bad_data:
             return Decision(action="serve", fault=f"bad:{cfg.bad_data}", bad=cfg.bad_data)
         return None

@@ -457,7 +457,9 @@ class SimulatedAPI:
             answer = Answer(
                 500, ApiError(500, "server_error", "An unexpected error occurred").body()
             )
-        decision = self._injector.decide(split.path, page=answer.page is not None)
+        decision = self._injector.decide(
+            split.path, page=answer.page is not None, authorization=auth
+        )
         if decision.latency:
             time.sleep(decision.latency)
         if decision.action == "reset":
@@ -510,7 +512,8 @@ class SimulatedAPI:
             cut = Body(len(data), iter((data[: len(data) // 2],)), body.content_type)
             _send(handler, method, answer.status, answer.headers, cut, date)
             handler.close_connection = True
-        elif decision.action == "stall":
+        elif decision.action in ("stall", "stall_headers"):
+            delay = decision.stall_byte_delay
             _send(
                 handler,
                 method,
@@ -518,7 +521,8 @@ class SimulatedAPI:
                 answer.headers,
                 body,
                 date,
-                byte_delay=decision.stall_byte_delay,
+                byte_delay=delay if decision.action == "stall" else 0.0,
+                head_byte_delay=delay if decision.action == "stall_headers" else 0.0,
             )
         else:
             _send(handler, method, answer.status, answer.headers, body, date)
@@ -680,12 +684,13 @@ def _send(
     date: str,
     *,
     byte_delay: float = 0.0,
+    head_byte_delay: float = 0.0,
 ) -> None:
-    """Write a whole response (one write for small bodies, chunks for streamed ones).
-
-    ``date`` is the world's clock when the answer was computed, as fal's ``Date`` header
-    carries its own clock: the client bounds what it marks complete by it.
-    """
+    """Write a whole response (one write for small bodies, chunks for streamed ones);
+    ``byte_delay`` drips the body a byte at a time, ``head_byte_delay`` the status line and
+    headers (the body then follows at once). ``date`` is the world's clock when the answer
+    was computed, as fal's ``Date`` header carries its own clock: the client bounds what it
+    marks complete by it."""
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
         f"Server: {handler.server_version}",
@@ -698,6 +703,11 @@ def _send(
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     write = handler.wfile.write
+    if head_byte_delay:
+        for k in range(len(head)):
+            time.sleep(head_byte_delay)
+            write(head[k : k + 1])
+        head = b""
     if method == "HEAD":
         write(head)
         return

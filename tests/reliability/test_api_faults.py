@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mirror.simulator import FaultConfig, SimulatedAPI
+from mirror.api import FalClient, RetryPolicy, make_http_client
+from mirror.errors import ApiUnavailable
+from mirror.simulator import DEFAULT_KEY, FaultConfig, SimulatedAPI
 
 from .rel_helpers import (
     assert_mirror_equals,
@@ -173,6 +175,52 @@ def test_a_body_that_never_finishes_hits_the_deadline(tmp_path, fault_world) -> 
     assert kinds.count("stall") == 2, f"expected exactly 2 attempts, the server saw {kinds}"
     assert stored_ids(db) == set()
     check_consistent(db, listable(fault_world), fault_world.config.filter_field)
+
+
+def test_headers_that_never_finish_hit_the_deadline(tmp_path, fault_world) -> None:
+    """A stuck proxy sends its status line and headers a byte every half second: httpx's
+    read timeout (per read) never trips, so each attempt must be cut at the total deadline.
+    Without that, one attempt alone would last 80 s; the guard below stops the run at 60."""
+    db = tmp_path / "m.db"
+    with SimulatedAPI(fault_world, FaultConfig(p_stall_headers=1.0, stall_byte_delay=0.5)) as api:
+        env = env_for(api.base_url, MIRROR_RETRY_ATTEMPTS="2", MIRROR_REQUEST_DEADLINE="1")
+        o = run_cli(sync_args(db, "--since", "31h", "--max-concurrency", "1", "-v"), env,
+                    tmp_path / "out", no_second_wait=True, timeout=60)  # fmt: skip
+        kinds = [e.fault for e in api.log]
+    assert o.code == 1, f"exit {o.code}: {o.stderr[-1500:]}"
+    line = o.stderr.splitlines()[-1]
+    assert line.startswith("mirror: api unavailable: ") and (
+        "response headers still incomplete after 1s" in line
+    ), f"the last line does not name the deadline on the headers: {line}"
+    abandoned = [ln for ln in o.stderr.splitlines()
+                 if " mirror.api " in ln and "headers still incomplete after 1s; retry" in ln]  # fmt: skip
+    assert len(abandoned) == 2 and kinds == ["stall-headers"] * 2, (
+        f"expected 2 attempts, each abandoned at the deadline; the log says {abandoned}, "
+        f"the server saw {kinds}"
+    )
+    assert stored_ids(db) == set()
+    assert runs(db) == [("failed", line.removeprefix("mirror: api unavailable: "))]
+
+
+@pytest.mark.timeout(60)  # without the deadline on headers, one attempt lasts 80 s
+def test_the_deadline_holds_on_a_connection_reused_from_the_pool(fault_world) -> None:
+    """The first call leaves its keep-alive connection in the pool; the next call's first
+    attempt reuses it when the headers start to drip, and is cut at the deadline all the
+    same (the bound follows the attempt, not the connection)."""
+    retry = RetryPolicy(attempts=2, deadline=1, read_timeout=1, base=0.01)
+    window = {"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
+    with SimulatedAPI(fault_world) as api, make_http_client() as http:
+        client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, retry=retry)
+        first = client.list_requests(["acme/upscaler"], **window)
+        api.faults = FaultConfig(p_stall_headers=1.0, stall_byte_delay=0.5)
+        with pytest.raises(ApiUnavailable) as failed:
+            client.list_requests(["acme/upscaler"], **window)
+        kinds = [e.fault for e in api.log]
+    assert first.rows, "the first call should have listed requests"
+    assert "(last: response headers still incomplete after 1s)" in str(failed.value), failed.value
+    assert (client.stats.attempts, kinds) == (3, [None, "stall-headers", "stall-headers"]), (
+        f"expected one good call, then 2 attempts cut at the deadline; the server saw {kinds}"
+    )
 
 
 def test_the_deadline_also_bounds_a_silent_server(tmp_path, fault_world) -> None:

@@ -105,6 +105,29 @@ def test_stalled_body_trips_a_read_timeout_but_arrives_whole(world: World, serve
     assert [f for _, f in _faults(api)] == ["stall", "stall"]
 
 
+def test_stalled_headers_trip_a_read_timeout_but_arrive_whole(world: World, serve: Serve) -> None:
+    api = serve(world, faults=FaultConfig(p_stall_headers=1.0, stall_byte_delay=0.002))
+    impatient = client(api, timeout=httpx.Timeout(5.0, read=0.001))
+    with impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.get(LIST, params=PARAMS)
+    with client(api, timeout=30) as patient:
+        response = patient.get(LIST, params=PARAMS)
+    assert response.status_code == 200 and len(response.json()["items"]) == 3, response.text
+    assert [f for _, f in _faults(api)] == ["stall-headers", "stall-headers"]
+
+
+def test_answer_with_replaces_the_answer_and_can_echo_the_key(world: World, serve: Serve) -> None:
+    body = b'{"error": {"type": "authorization_error", "message": "got {authorization}"}}'
+    api = serve(world, faults=FaultConfig(answer_with=(401, body)))
+    with client(api, key='id:se"cret') as http:
+        response = http.get(LIST, params=PARAMS)
+    assert (response.status_code, response.json()) == (
+        401,
+        {"error": {"type": "authorization_error", "message": 'got Key id:se"cret'}},
+    )
+    assert _faults(api) == [(401, "answer-with")]
+
+
 def test_latency_trips_a_short_timeout(world: World, serve: Serve) -> None:
     api = serve(world, faults=FaultConfig(latency=0.3))
     with (
@@ -192,6 +215,8 @@ def test_config_is_validated() -> None:
         {"bad_data": "nonsense"},
         {"rate_limit": 0},
         {"burst": 0},
+        {"answer_with": (1000, b"{}")},
+        {"p_stall_headers": -0.1},
     ):
         with pytest.raises(ValueError):
             FaultConfig(**bad)  # type: ignore[arg-type]

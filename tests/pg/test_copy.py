@@ -39,7 +39,8 @@ TABLES = {
 }
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",
-            "window_start", "window_end", "completed_at", "checked_at"}  # fmt: skip
+            "window_start", "window_end", "completed_at", "checked_at",
+            "requested_from"}  # fmt: skip
 
 TRICKY_JSON = (
     '{ "z": 1,  "a": [1.5, -0.0, 1e-300, 12345678901234567890, null, true],"ü": "日本\\n\\"q\\"" }'
@@ -145,6 +146,13 @@ def test_sqlite_to_postgresql_to_sqlite_round_trips_every_table(
 ) -> None:
     original = sqlite_dump(source_db)
     assert len(original["requests"]) > 1000 and len(original["sync_runs"]) == 2, "fixture too small"
+    con = sqlite3.connect(source_db)
+    try:  # the state a sync records of what was asked and of the API's clock is carried too
+        asked = con.execute("SELECT count(requested_from) FROM sync_targets").fetchone()[0]
+        skews = con.execute("SELECT count(clock_skew) FROM sync_runs").fetchone()[0]
+    finally:
+        con.close()
+    assert asked == 3 and skews == 1, f"fixture lacks requested starts or skews: {asked}, {skews}"
 
     r = mirror_cli("copy", "--from", str(source_db), "--to", pg_url)
     assert r.returncode == 0, f"SQLite -> PostgreSQL failed: {r.stderr}"

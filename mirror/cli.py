@@ -526,12 +526,7 @@ def fake_api(port: int, seed: int) -> None:
     click.echo(f"simulated fal API at {api.base_url} (Ctrl-C to stop). Try:")
     click.echo(f"  export MIRROR_BASE_URL={api.base_url} FAL_KEY={DEFAULT_KEY}")
     click.echo(f"  mirror sync --db sim.db --since 3d {endpoints}")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        api.stop()
+    api.serve_forever()
 
 
 def demo_targets() -> list[str]:
@@ -568,6 +563,9 @@ def main() -> None:
     _as_process = True
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Ctrl-C means stop, whatever this process inherited: a shell starts background jobs
+    # (`cmd &`, nohup) with SIGINT ignored, and Python then never raises KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # cron and systemd stop jobs with SIGTERM: Ctrl-C's meaning (exit 130, one line) for the
     # whole command, not only while it syncs (where _sigterm_as_interrupt defers it further)
     from mirror import interrupts

@@ -24,6 +24,7 @@ import binascii
 import contextlib
 import ipaddress
 import re
+import signal
 import socket
 import struct
 import sys
@@ -367,14 +368,24 @@ class SimulatedAPI:
             self._thread = None
 
     def serve_forever(self) -> None:
-        """Serve until KeyboardInterrupt (for `mirror fake-api`), then stop cleanly."""
+        """Serve until Ctrl-C or SIGTERM (for `mirror fake-api`), then stop cleanly.
+
+        Both signals stop it whatever disposition the process inherited: a shell starts a
+        background job with SIGINT ignored, and it must still stop when told to.
+        """
         self.start()
+        restore = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                restore[sig] = signal.signal(sig, _raise_interrupt)
         try:
             while self._thread is not None and self._thread.is_alive():
                 self._thread.join(0.5)
         except KeyboardInterrupt:
             pass
         finally:
+            for sig, previous in restore.items():
+                signal.signal(sig, previous)
             self.stop()
 
     def __enter__(self) -> SimulatedAPI:
@@ -673,6 +684,10 @@ def _timezone(name: str) -> tzinfo:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _send(

@@ -472,7 +472,10 @@ def test_request_parameters_are_what_fal_documents(tmp_path: Path) -> None:
             assert len(p[k]) == 1 and p[k][0].endswith("Z") and len(p[k][0]) == 20, p[k]
 
 
-def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path, stop: int) -> None:
+    """Started as a shell starts a background job (SIGINT ignored, as under `make test &`
+    or nohup), it still stops on SIGINT and on SIGTERM, exit 0."""
     import os
     import subprocess
     import sys
@@ -484,6 +487,7 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         first = server.stdout.readline() if server.stdout else ""
@@ -498,8 +502,12 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path) -> None
         assert r.code == 0 and r.stdout.startswith("synced 1 target: "), r
         assert len(mirror_rows(tmp_path / "f.db")) > 1000
     finally:
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=20) == 0, server.stderr.read() if server.stderr else ""
+        server.send_signal(stop)
+        try:
+            code = server.wait(timeout=20)
+        finally:
+            server.kill()
+        assert code == 0, f"fake-api did not stop on {stop!r}: {code}"
 
 
 @pytest.mark.parametrize("config", [READINGS[0], READINGS[1]])

@@ -566,8 +566,10 @@ def test_port_and_ipv6_loopback(clock: ManualClock) -> None:
             assert http.get(LIST, params={"endpoint_id": "acme/app"}).status_code == 200
 
 
-def test_serve_forever_stops_on_ctrl_c(tmp_path: Path) -> None:
-    """`mirror fake-api` blocks in `serve_forever`; Ctrl-C must end it cleanly (exit 0)."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_forever_stops_on_ctrl_c(tmp_path: Path, stop: int) -> None:
+    """`mirror fake-api` blocks in `serve_forever`; Ctrl-C or SIGTERM must end it cleanly
+    (exit 0), even in a process started with SIGINT ignored (a shell's background job)."""
     script = (
         "from datetime import datetime, UTC\n"
         "from mirror.simulator import SimulatedAPI, World\n"
@@ -578,14 +580,19 @@ def test_serve_forever_stops_on_ctrl_c(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert proc.stdout is not None
         base_url = proc.stdout.readline().strip()
         response = httpx.get(base_url + LIST, params={"endpoint_id": "acme/app"})
         assert response.status_code == 401, response.text
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, _ = proc.communicate(timeout=20)
     finally:
         proc.kill()

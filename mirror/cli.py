@@ -32,7 +32,6 @@ from mirror.store import display_db
 from mirror.timeparse import parse_duration, parse_when, utcnow
 
 EXIT_USAGE = 2
-EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
 

@@ -279,14 +279,6 @@ def listing_statement(conn: Connection, filters: Filters, **kw: Any) -> sa.Selec
     return select_statement(filters, dialect=conn.dialect.name, endpoint_ids=ids, **kw)
 
 
-def count_requests(conn: Connection, filters: Filters) -> int:
-    ids = resolve_endpoints(conn, filters.endpoints) if filters.endpoints else None
-    where = where_clauses(filters, conn.dialect.name, endpoint_ids=ids)
-    return int(
-        conn.execute(sa.select(sa.func.count()).select_from(requests).where(*where)).scalar_one()
-    )
-
-
 # --------------------------------------------------------------------------- stats
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -1145,8 +1144,3 @@ def target_clause(target: str) -> sa.ColumnElement[bool]:
     """
     r = requests.c.endpoint_id
     return sa.or_(r == target, sa.and_(r >= target + "/", r < target + "0"))
-
-
-def copy_file_private(src: Path, dest: Path) -> None:
-    shutil.copyfile(src, dest)
-    os.chmod(dest, 0o600)

@@ -90,7 +90,3 @@ def parse_when(text: str, now: datetime) -> datetime:
             f"{text!r} is not a time; use an ISO date (2026-11-01), a date-time "
             "(2026-11-01T12:00:00Z) or a relative age (90m, 36h, 7d)"
         ) from None
-
-
-def floor_second(dt: datetime) -> datetime:
-    return dt.replace(microsecond=0)

@@ -292,7 +292,7 @@ def _skew_text(skew: float | None) -> str:
 
     if skew is None or abs(skew) <= NOTABLE_SKEW:
         return ""
-    return describe(skew) + " API"
+    return describe(skew) + " the API"
 
 
 def _gaps_text(gaps: list[list[str]]) -> str:

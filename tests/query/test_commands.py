@@ -150,11 +150,14 @@ def test_status_reports_each_target(run_cli, tmp_path):
     store = Store.open(str(db))
     with store.engine.begin() as conn:
         store.add_targets_in(conn, ["acme/flux-lora", "beta/sdaxl"], to_text(NOW))
+        # asked for more than it covers: the stretch before the first window is a gap too
+        store.request_range(conn, ["acme/flux-lora"], to_text(NOW),
+                            since="2026-11-24T00:00:00.000000Z", default_from=to_text(NOW))  # fmt: skip
         for a, b in [("2026-11-25T00:00:00.000000Z", "2026-11-26T00:00:00.000000Z"),
                      ("2026-11-26T06:00:00.000000Z", "2026-11-28T12:00:00.000000Z")]:  # fmt: skip
             store.mark_complete(conn, "acme/flux-lora", a, b, to_text(NOW))
     run_id = store.start_run(["acme/flux-lora", "beta/sdaxl"], NOW)
-    store.finish_run(run_id, NOW, "ok", {"pages": 3}, None)
+    store.finish_run(run_id, NOW, "ok", {"pages": 3}, None, clock_skew=-7.5)
     store.close()
     out = run_cli(["status", "--db", str(db), "--format", "json"])
     assert out.exit_code == 0, out.output
@@ -168,25 +171,30 @@ def test_status_reports_each_target(run_cli, tmp_path):
 
     assert got["acme/flux-lora"] == {
         "target": "acme/flux-lora", **expect("acme/flux-lora"),
+        "requested_from": "2026-11-24T00:00:00.000000Z",
         "covered_from": "2026-11-25T00:00:00.000000Z", "covered_to": "2026-11-28T12:00:00.000000Z",
-        "gaps": [["2026-11-26T00:00:00.000000Z", "2026-11-26T06:00:00.000000Z"]],
+        "gaps": [["2026-11-24T00:00:00.000000Z", "2026-11-25T00:00:00.000000Z"],
+                 ["2026-11-26T00:00:00.000000Z", "2026-11-26T06:00:00.000000Z"]],
         "last_run": "ok", "last_run_started_at": to_text(NOW), "last_run_ended_at": to_text(NOW),
-        "last_run_error": None,
+        "last_run_error": None, "clock_skew": -7.5,
     }  # fmt: skip
     assert got["beta/sdaxl"] == {
-        "target": "beta/sdaxl", **expect("beta/sdaxl"), "covered_from": None, "covered_to": None,
+        "target": "beta/sdaxl", **expect("beta/sdaxl"), "requested_from": None,
+        "covered_from": None, "covered_to": None,
         "gaps": [], "last_run": "ok", "last_run_started_at": to_text(NOW),
-        "last_run_ended_at": to_text(NOW), "last_run_error": None,
+        "last_run_ended_at": to_text(NOW), "last_run_error": None, "clock_skew": -7.5,
     }  # fmt: skip
-    table = run_cli(["status", "--db", str(db)], env={"COLUMNS": "200"}).stdout.splitlines()
+    table = run_cli(["status", "--db", str(db)], env={"COLUMNS": "250"}).stdout.splitlines()
     assert table[0].split() == ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
-                                "covered_from", "covered_to", "gaps", "last_run",
-                                "last_run_started_at", "last_run_error"]  # fmt: skip
-    assert table[2].split()[:8] == [
+                                "requested_from", "covered_from", "covered_to", "gaps", "last_run",
+                                "last_run_started_at", "last_run_error", "clock_skew"]  # fmt: skip
+    assert table[2].split()[:10] == [
         "acme/flux-lora", str(got["acme/flux-lora"]["rows"]), str(got["acme/flux-lora"]["unfinished"]),
         got["acme/flux-lora"]["oldest_ended_at"][:16] + "Z", got["acme/flux-lora"]["newest_ended_at"][:16] + "Z",
-        "2026-11-25T00:00Z", "2026-11-28T12:00Z", "2026-11-26T00:00Z…2026-11-26T06:00Z",
+        "2026-11-24T00:00Z", "2026-11-25T00:00Z", "2026-11-28T12:00Z", "2:",
+        "2026-11-24T00:00Z…2026-11-25T00:00Z,",
     ], table  # fmt: skip
+    assert table[2].split()[-4:] == ["8s", "behind", "the", "API"], table[2]
 
 
 def test_every_command_documents_itself(run_cli):

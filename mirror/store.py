@@ -924,6 +924,21 @@ class Store:
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite_insert
         conn.execute(insert(table).values(**values).on_conflict_do_nothing())
 
+    def forget_if_empty(self, target: str) -> bool:
+        """Drop a target that holds no row and no completed window; True if it was dropped."""
+        w = sync_windows.c
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                sa.select(
+                    sa.exists().where(w.target == target) | sa.exists().where(target_clause(target))
+                )
+            ).scalar()
+            if held:
+                return False
+            conn.execute(sync_rechecks.delete().where(sync_rechecks.c.target == target))
+            gone = conn.execute(sync_targets.delete().where(sync_targets.c.target == target))
+        return bool(gone.rowcount)
+
     def requested_from(self, target: str) -> str | None:
         """Where the target's requested range starts (None: nothing recorded yet)."""
         t = sync_targets.c

@@ -481,6 +481,8 @@ class Syncer:
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._skew = SkewEstimate()
+        #: targets whose calls the API refused as not this key's (403)
+        self._refused: set[str] = set()
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -572,6 +574,9 @@ class Syncer:
         except _Stopped:
             pass
         except BaseException as e:
+            if isinstance(e, AuthError) and e.status == 403:
+                with self._lock:
+                    self._refused.add(task.target)
             self._errors.append(e)  # kept even if the queue is full: the run must fail
             self._stop.set()
             with contextlib.suppress(queue.Full):
@@ -769,6 +774,11 @@ class Syncer:
                 report.seconds = time.monotonic() - t0
                 report.clock_skew = self._skew.seconds()
                 self._note_skew(report.clock_skew)
+                if isinstance(error, AuthError) and error.status == 403:
+                    try:
+                        error = self._forget_refused(error)
+                    except Exception as e:  # the refusal is what the user must hear
+                        log.warning("could not drop the refused targets: %s", e)
                 if isinstance(error, KeyboardInterrupt):
                     report.outcome = "interrupted"
                 elif error is not None:
@@ -988,6 +998,21 @@ class Syncer:
                     )
                     done += 1
         return inserted, updated, done
+
+    def _forget_refused(self, error: AuthError) -> AuthError:
+        """A target the API refuses (403: not this key's account, or a mistyped id) that
+        holds nothing yet is not kept: otherwise every bare run from cron would fail on it.
+        One that holds rows or windows stays (the key may be what is wrong); so does the
+        requested range of every other target."""
+        dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
+        if not dropped:
+            return error
+        return AuthError(
+            error.status,
+            error.error_type,
+            f"{error.message}; not kept as a sync target: {', '.join(dropped)}",
+            error.url,
+        )
 
     def _note_skew(self, skew: float | None) -> None:
         """Say how far this clock is from the API's: under -v when it is more than a few

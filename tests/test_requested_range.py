@@ -114,3 +114,18 @@ def test_the_last_measured_skew_is_kept(tmp_path, skew: float | None) -> None:
         assert store.last_clock_skew() == (skew if skew is not None else -5.0)
     finally:
         store.close()
+
+
+def test_only_a_target_that_holds_nothing_is_forgotten(db_url: str) -> None:
+    store = Store.open(db_url)
+    try:
+        store.start_run(["a/x", "b/y", "c/z"], NOW, default_from=NOW - timedelta(days=1))
+        row = ("r1", "b/y/route", None, at(3), at(3), at(2), 200, 1.0, None, None, None,
+               "success")  # fmt: skip
+        with store.engine.begin() as conn:
+            store.mark_complete(conn, "a/x", at(10), at(1), to_text(NOW))
+            store.upsert(conn, [row], payloads=True, billing=True, now=to_text(NOW))
+        assert [store.forget_if_empty(t) for t in ("a/x", "b/y", "c/z")] == [False, False, True]
+        assert sorted(stored(store)) == ["a/x", "b/y"]
+    finally:
+        store.close()

@@ -249,35 +249,50 @@ def test_unfinished_rows_older_than_the_lookback_are_refreshed_by_id(db_url: str
         }
 
 
-def test_wrong_key_fails_with_401_and_records_nothing(db_url: str) -> None:
-    world = world_for(WorldConfig(), days=0.2, dense_hour=None)
+def test_wrong_key_fails_with_401_and_records_only_what_was_asked(db_url: str) -> None:
+    """A wrong key: one line, exit 1, no row and no window; the target and its requested
+    range are kept, so the bare run cron makes once the key is fixed finishes the job."""
+    world = world_for(WorldConfig(), days=0.2, dense_hour=None, future_minutes=0)
     db = db_url
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url, FAL_KEY="wrong-id:wrong-secret")
         r = mirror(["sync", "--db", str(db), "-e", "acme/upscaler"], env)
-    assert r.code == 1, r
-    assert r.stderr.count("\n") == 1 and "401" in r.stderr and "Invalid API key" in r.stderr, (
-        r.stderr
-    )
-    assert "Traceback" not in r.stderr and "wrong-secret" not in r.stderr + r.stdout
-    assert db_query(db, "SELECT count(*) FROM sync_windows") == [(0,)]
-    assert db_query(db, "SELECT count(*) FROM sync_targets") == [(0,)]
-    assert db_query(db, "SELECT outcome, error FROM sync_runs") == [
-        (
-            "failed",
-            "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)",
+        assert r.code == 1, r
+        assert r.stderr.count("\n") == 1 and "401" in r.stderr and "Invalid API key" in r.stderr, (
+            r.stderr
         )
-    ]
+        assert "Traceback" not in r.stderr and "wrong-secret" not in r.stderr + r.stdout
+        assert db_query(db, "SELECT count(*) FROM sync_windows") == [(0,)]
+        assert db_query(db, "SELECT count(*) FROM requests") == [(0,)]
+        assert db_query(db, "SELECT target FROM sync_targets") == [("acme/upscaler",)]
+        assert db_query(db, "SELECT outcome, error FROM sync_runs") == [
+            (
+                "failed",
+                "HTTP 401 authorization_error: Invalid API key or malformed Authorization header (/v1/serverless/requests/by-endpoint)",
+            )
+        ]
+        fixed = mirror(["sync", "--db", str(db)], fast_env(api.base_url))
+    assert fixed.code == 0 and fixed.stdout.startswith("synced 1 target: "), fixed
+    ended = {rid for rid, it in world.server_view().items()
+             if it["endpoint_id"] == "acme/upscaler" and it.get("ended_at")}  # fmt: skip
+    missing = ended - set(mirror_rows(db))
+    assert ended and not missing, f"the run after the key was fixed left out {len(missing)}"
 
 
 def test_endpoint_of_another_owner_is_403(tmp_path: Path) -> None:
+    """A refused id that holds nothing is not kept as a target: cron's bare runs would
+    otherwise fail on it forever."""
     world = world_for(WorldConfig(), days=0.2, dense_hour=None)
+    db = tmp_path / "m.db"
     with SimulatedAPI(world) as api:
-        r = mirror(
-            ["sync", "--db", str(tmp_path / "m.db"), "-e", "someone-else/app"],
-            fast_env(api.base_url),
-        )
-    assert r.code == 1 and "HTTP 403" in r.stderr and "Access denied" in r.stderr, r.stderr
+        env = fast_env(api.base_url)
+        assert mirror(["sync", "--db", str(db), "-e", "acme/upscaler"], env).code == 0
+        r = mirror(["sync", "--db", str(db), "-e", "someone-else/app"], env)
+        assert r.code == 1 and "HTTP 403" in r.stderr and "Access denied" in r.stderr, r.stderr
+        assert "not kept as a sync target: someone-else/app" in r.stderr, r.stderr
+        assert db_query(db, "SELECT target FROM sync_targets") == [("acme/upscaler",)]
+        bare = mirror(["sync", "--db", str(db)], env)
+        assert bare.code == 0 and bare.stdout.startswith("synced 1 target: "), bare
 
 
 def test_the_key_appears_nowhere(tmp_path: Path, db_url: str) -> None:

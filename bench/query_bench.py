@@ -212,7 +212,7 @@ def bench_queries(path: Path, runs: int) -> None:
 
 
 def _raw_baseline(path: Path, rows: list[tuple[Any, ...]]) -> float:
-    """The reference of perf-notes: raw sqlite3 executemany upsert, commit every 10,000."""
+    """The baseline: a raw sqlite3 executemany upsert, committing every 10,000 rows."""
     con = sqlite3.connect(path)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
@@ -286,7 +286,7 @@ def bench_ingest(n: int, repeats: int) -> None:
             "DROP TRIGGER requests_summary_ad"]  # fmt: skip
     idx = ["DROP INDEX ix_requests_status_ended", "DROP INDEX ix_requests_sent_at"]
     variants: list[tuple[str, Callable[[Path], float]]] = [
-        ("raw sqlite3 executemany (perf-notes baseline)", lambda p: _raw_baseline(p, rows)),
+        ("raw sqlite3 executemany (baseline)", lambda p: _raw_baseline(p, rows)),
         ("Store.upsert, schema 0001", lambda p: _store_rate(p, rows, "0001", [])),
         ("raw executemany of the upsert SQL, schema 0001", lambda p: _raw_on_schema(p, rows, "0001")),
         ("raw executemany of the upsert SQL, schema 0002", lambda p: _raw_on_schema(p, rows, "0002")),

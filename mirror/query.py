@@ -11,7 +11,7 @@ Everything here reads through a connection handed in and never imports click: th
   PostgreSQL's own order of operations, so both backends give bit-identical figures. On
   SQLite durations are fetched (along the covering index ``ix_requests_endpoint_ended``,
   which holds every column stats needs) and picked in Python: that beat SQL window functions
-  (../shared/perf-notes.md, Queries). On PostgreSQL stats are one ``GROUP BY`` with
+  (docs/benchmarks.md, Queries). On PostgreSQL stats are one ``GROUP BY`` with
   ``percentile_cont(ARRAY[...]) WITHIN GROUP (ORDER BY duration)``.
 - **Readers never take a lock.** On SQLite the file is opened read-only (``mode=ro``) in
   WAL mode, so a `mirror query` runs while cron syncs into the same file; on PostgreSQL

@@ -7,7 +7,7 @@ window complete in the same transaction as the window's last page. So a crash or
 any point re-walks at most the windows that were in flight, and the state never claims a
 window whose rows are not committed.
 
-Correct under every reading of the API that fal leaves open (``fal-api.md`` §13):
+Correct under every reading of the API that fal leaves open (docs/fal-api.md, "The readings mirror must be correct under"):
 
 - *Which timestamp the window filters on.* Windows end at the moment the sync started and
   are walked again from the last completed point minus the lookback, so requests that
@@ -58,7 +58,7 @@ from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
 
-#: rows per writer transaction at most; perf-notes: gains flatten beyond ~10,000
+#: rows per writer transaction at most; gains flatten beyond ~10,000 (docs/benchmarks.md)
 BATCH_ROWS = 10_000
 #: decoded pages waiting for the writer, at most. When the writer is the bottleneck (no API
 #: latency) each of its transactions takes what has piled up: 16 pages gave ~1,600-row
@@ -96,7 +96,7 @@ class SyncOptions:
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
-#: hours long past (fal-api.md §10); these re-checks find them at the cost of one analytics
+#: hours long past (docs/fal-api.md, "Late records"); these re-checks find them at the cost of one analytics
 #: call per target and tier, plus a walk of each hour whose request count differs.
 RECHECK_TIERS = (
     ("day", timedelta(days=1), timedelta(hours=1)),

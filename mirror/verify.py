@@ -1,7 +1,7 @@
 """Verify: walk completed windows again and compare the mirror with the server, hour by hour.
 
 A sync trusts a window once it has walked it; the platform does not always deserve that
-trust (late backfills after an ingestion incident, fal-api.md section 10). ``verify`` takes
+trust (late backfills after an ingestion incident, docs/fal-api.md, "Late records"). ``verify`` takes
 a target's completed intervals, clipped to ``[since, until)`` and cut at UTC hours (the
 first and last piece of an interval may be partial hours), and for each such *hour*:
 
@@ -61,7 +61,7 @@ from mirror.windows import align_down, ceil_s, floor_s
 log = logging.getLogger("mirror.verify")
 
 HOUR = timedelta(hours=1)
-#: the timestamps an analytics bucket may count by (fal-api.md section 14 leaves it open)
+#: the timestamps an analytics bucket may count by (fal leaves it open: docs/fal-api.md)
 CANDIDATE_FIELDS = ("ended_at", "sent_at", "started_at")
 #: how many times a walk is repeated when rows move under its pages
 MAX_WALKS = 3

@@ -1,4 +1,4 @@
-"""Time-bucketed counts for `GET /v1/serverless/analytics` (fal-api.md section 14).
+"""Time-bucketed counts for `GET /v1/serverless/analytics` (docs/fal-api.md, request counts).
 
 The counts describe the same requests the list operation returns, bucketed by the same
 timestamp (`WorldConfig.filter_field`), so a mirror can compare its own per-bucket counts

@@ -6,7 +6,7 @@ request to a faultable path draws the same number of random values whatever happ
 a given seed and request order always yields the same faults: a failing test can be
 replayed exactly.
 
-The failures are the ones a mirror meets in the wild (fal-api.md sections 6 and 7):
+The failures are the ones a mirror meets in the wild (docs/fal-api.md, errors and rate limits):
 429s with and without `Retry-After`, HTML 5xx pages from a proxy, JSON 500s, connections
 reset or cut mid-body, bodies or headers dripping in byte by byte, latency, a token-bucket
 rate limit, a full outage, hostile 200 pages (huge, absurdly nested, wrongly typed, or with

@@ -38,7 +38,9 @@ DEFAULT_ENDPOINTS: Mapping[str, float] = {
 
 _S = 1_000_000  # microseconds per second
 _HOUR = 3600 * _S
-_PAYLOAD_RETENTION = 30 * 24 * _HOUR  # fal keeps payload JSON 30 days (fal-api.md section 10)
+_PAYLOAD_RETENTION = (
+    30 * 24 * _HOUR
+)  # fal keeps payload JSON 30 days (docs/fal-api.md, late records)
 _POOL = 48
 _EPOCH = EPOCH
 _NEVER = NEVER_US

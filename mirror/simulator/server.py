@@ -5,10 +5,10 @@ an RST instead of a response, a `Content-Length` the body never reaches, a body 
 drips one byte at a time. Connections are HTTP/1.1 keep-alive, one daemon thread each,
 with Nagle off so small pages are not held back.
 
-The semantics follow fal-api.md sections 2-6, 12 and 14 and the vendored OpenAPI file:
+The semantics follow docs/fal-api.md and the vendored OpenAPI file:
 validation errors are 400 `validation_error`, auth 401, foreign endpoints 403, unknown
 paths 404, all as fal's JSON error body. Behaviour the service leaves open comes from the
-`World`'s `WorldConfig` switches. Decided here (all [I] in fal-api.md): auth is checked
+`World`'s `WorldConfig` switches. Decided here (fal documents none of it): auth is checked
 before parameters, parameters before ownership; a scalar parameter given twice uses its
 last value; `expand` also accepts a comma-joined value; unknown parameters are ignored;
 explicit `start` later than explicit `end` is a 400; the models operation applies no

@@ -8,7 +8,7 @@ invisible before it is recorded, unfinished (nulls) until it ends, and unbilled 
 billing event lands. Nothing is mutated to make time pass, which keeps tests reproducible:
 move the clock, ask again.
 
-Every reading of fal-api.md section 13 that the real service leaves open is a switch in
+Every reading (docs/fal-api.md) that the real service leaves open is a switch in
 `WorldConfig`, so the mirror can be tested against each of them.
 
 Queries must stay fast for a million requests: each endpoint keeps its rows sorted by each
@@ -150,7 +150,7 @@ class SimRequest:
 
 @dataclass(frozen=True, slots=True)
 class WorldConfig:
-    """Switches for every undocumented behaviour (fal-api.md section 13).
+    """Switches for every undocumented behaviour (docs/fal-api.md: the readings mirror must be correct under).
 
     A mirror must be correct under each plausible reading, so tests run it against each:
     `filter_field` (which timestamp `start`/`end` select on; with `ended_at`, unfinished
@@ -325,7 +325,7 @@ class World:
         """The stored endpoint ids a request for `endpoint_ids` covers, sorted.
 
         A bare app id `owner/name` covers itself and every `owner/name/<route>`; a
-        route-level id covers exactly itself (fal-api.md section 1).
+        route-level id covers exactly itself (docs/fal-api.md, listing requests).
         """
         with self._lock:
             known = self._rows_of.keys()
@@ -448,7 +448,7 @@ class World:
     ) -> list[SimRequest]:
         """Add `n` late arrivals: sent and ended about `hours_ago` hours ago, recorded now.
 
-        This is the platform's backfill after an ingestion incident (fal-api.md section 10):
+        This is the platform's backfill after an ingestion incident (docs/fal-api.md, late records):
         rows appear inside windows a mirror already synced, so only a re-scan finds them.
         """
         from mirror.simulator.generate import make_requests  # generate.py imports this module

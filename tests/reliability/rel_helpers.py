@@ -56,7 +56,7 @@ TARGETS = ("acme/flux-lora", "acme/upscaler", "acme/whisper-v3")
 REPO = Path(__file__).resolve().parents[2]
 mirror.store._script_heads()  # warm Alembic's script directory too
 
-#: the readings of fal-api.md §13 the suite rotates through
+#: the readings of the API (docs/fal-api.md) the suite rotates through
 READINGS: dict[str, WorldConfig] = {
     "ended_at-desc": WorldConfig(filter_field="ended_at"),
     "sent_at-desc": WorldConfig(filter_field="sent_at"),

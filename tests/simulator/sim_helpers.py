@@ -85,7 +85,7 @@ def reference_ids(world: World, q: Query, now: datetime) -> list[str]:
     """Brute-force answer to `q` at `now`: what `World.query` must equal, row by row.
 
     Deliberately naive (scan everything, no index, no cache), following the rules of
-    fal-api.md and the `WorldConfig` switches as literally as possible.
+    docs/fal-api.md and the `WorldConfig` switches as literally as possible.
     """
     cfg = world.config
     lookback = timedelta(days=90) if q.request_id else timedelta(hours=24)

@@ -9,8 +9,9 @@ or raises one of ``mirror.errors``:
 - 400/401/403/404 and other 4xx fail at once (``ApiError`` / ``AuthError``) with the API's
   ``error.message``, or a short description of a non-JSON (e.g. proxy HTML) body;
 - a body over the size cap, nesting beyond the JSON depth limit, wrong types, a missing
-  ``request_id`` or ``has_more`` without a cursor raise ``BadDataError`` at once: the page
-  is never handed to the store;
+  ``request_id``, ``has_more`` without a cursor or a timestamp that is not a real time
+  between 2000 and 2100 raise ``BadDataError`` at once: the page is never handed to the
+  store;
 - every attempt has a total deadline, so a body trickling in a byte at a time cannot hold
   a sync forever (httpx's own timeouts are per read).
 
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +43,7 @@ from mirror import __version__
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.pacing import Pacer
 from mirror.store import derive_status
-from mirror.timeparse import normalize
+from mirror.timeparse import EARLIEST, LATEST, normalize
 
 log = logging.getLogger("mirror.api")
 
@@ -187,6 +189,8 @@ def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
 
 _INF = math.inf
 _dumps = orjson.dumps
+_fromiso = datetime.fromisoformat
+_EARLIEST, _LATEST = EARLIEST, LATEST
 
 
 def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any, ...] | None:
@@ -209,17 +213,18 @@ def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any,
         and (runner is None or (type(runner) is str and 0 < len(runner) <= 512))
     ):
         return None
-    # timestamps: the stored shape as is (what normalize() returns unchanged), else normalize
+    # timestamps: the stored shape as is (what normalize() returns unchanged, once parsed
+    # below), else normalize
     sent = get("sent_at")
-    if not (type(sent) is str and len(sent) == 27 and sent[26] == "Z" and sent[10] == "T"
-            and sent[19] == "."):  # fmt: skip
+    if not (type(sent) is str and len(sent) == 27 and sent[26] == "Z"
+            and sent[4:20:3] == "--T::." and _EARLIEST <= sent < _LATEST):  # fmt: skip
         sent = _other_ts(sent)
         if sent is None:
             return None
     started = get("started_at")
     if started is not None and not (
         type(started) is str and len(started) == 27 and started[26] == "Z"
-        and started[10] == "T" and started[19] == "."
+        and started[4:20:3] == "--T::." and _EARLIEST <= started < _LATEST
     ):  # fmt: skip
         started = _other_ts(started)
         if started is None:
@@ -227,11 +232,19 @@ def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any,
     ended = get("ended_at")
     if ended is not None and not (
         type(ended) is str and len(ended) == 27 and ended[26] == "Z"
-        and ended[10] == "T" and ended[19] == "."
+        and ended[4:20:3] == "--T::." and _EARLIEST <= ended < _LATEST
     ):  # fmt: skip
         ended = _other_ts(ended)
         if ended is None:
             return None
+    try:  # digits, and a date and time that exist (2026-02-30, 25:61 do not)
+        _fromiso(sent)
+        if started is not None:
+            _fromiso(started)
+        if ended is not None:
+            _fromiso(ended)
+    except ValueError:
+        return None
     code = get("status_code")
     if code is not None and type(code) is not int:
         return None

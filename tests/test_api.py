@@ -358,3 +358,48 @@ def test_key_sources_in_order(tmp_path):
 def test_client_repr_hides_key():
     c = client(scripted(ok()))
     assert KEY not in repr(c) and KEY not in str(vars(c).get("base_url"))
+
+
+# --------------------------------------------------------------------------- hardening
+
+#: timestamps that must never be stored: a later sync parses what it stored (planning, the
+#: refresh of unfinished rows), and text order must stay time order
+BAD_TIMESTAMPS = [
+    "XXXXXXXXXXTXXXXXXXX.XXXXXXZ",  # the stored shape's length and separators, no digits
+    "2026-13-45T25:61:61.000000Z",  # the stored shape, impossible values
+    "2026-02-30T12:00:00.000000Z",  # a day February lacks
+    "2026-02-30T12:00:00Z",  # the same without a fraction (the other shape taken as is)
+    "2026-11-28T12:00:60Z",  # a leap second: no datetime holds it
+    "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
+    "1970-01-01T00:00:00.000000Z",  # long before fal: a zero clock, not a request
+    "9999-12-31T23:59:59.999999Z",  # the end of time: arithmetic on it overflows
+]
+
+
+@pytest.mark.parametrize("field", ["sent_at", "started_at", "ended_at"])
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS)
+def test_malformed_timestamps_are_refused(field, value):
+    page = {"items": [dict(ITEM, **{field: value})], "has_more": False, "next_cursor": None}
+    try:
+        rows = parse_page(page, payloads=True, billing=True).rows
+    except BadDataError as e:
+        assert field in str(e) and "not a timestamp" in str(e), f"{value!r}: unclear: {e}"
+        return
+    except Exception as e:  # the point: anything else is an internal error
+        pytest.fail(f"{field} {value!r} raised {type(e).__name__}: {e}, not BadDataError")
+    pytest.fail(f"{field} {value!r} was accepted as {rows[0][3:6]}; it must refuse the page")
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("2026-W05-1T12:00:00.000000Z", "2026-01-26T12:00:00.000000Z"),  # an ISO week date
+        ("2026-11-28T12:00:00,500000Z", "2026-11-28T12:00:00.500000Z"),  # a decimal comma
+        ("2026-11-28T13:00:00.000000+01:00", "2026-11-28T12:00:00.000000Z"),
+        ("2000-01-01T00:00:00Z", "2000-01-01T00:00:00.000000Z"),
+        ("2100-12-31T23:59:59.999999Z", "2100-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_other_timestamp_shapes_are_stored_canonical(value, stored):
+    row = item_to_row(dict(ITEM, sent_at=value), payloads=False, billing=False)
+    assert row[3] == stored, f"{value!r} was stored as {row[3]!r}, not in the canonical shape"

@@ -2,9 +2,10 @@
 
 Each hostile page of the simulator (over the size cap, nested 100,000 deep, wrong types, no
 ``request_id``, ``has_more`` without a cursor, a cursor that repeats, items that are not a
-list, an HTML page with status 200) must end the run with exit 1 and one line naming the
-class; none of the page's rows may be stored, no window it belongs to may be recorded
-complete, and once the API behaves again a clean run completes the mirror.
+list, an HTML page with status 200, an impossible timestamp) must end the run with exit 1
+and one line naming the class; none of the page's rows may be stored, no window it belongs
+to may be recorded complete, and once the API behaves again a clean run completes the
+mirror.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ MODES = {
     "repeat_cursor": "bad data from api",
     "items_not_list": "bad data from api",
     "not_json": "api unavailable",
+    "bad_timestamp": "bad data from api",
 }
 WORDS = {
     "oversize": "cap",
@@ -55,6 +57,7 @@ WORDS = {
     "repeat_cursor": "cursor",
     "items_not_list": "items",
     "not_json": "not JSON",
+    "bad_timestamp": "not a timestamp",
 }
 
 

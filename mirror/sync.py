@@ -606,8 +606,14 @@ class Syncer:
 
     def _refresh(self, task: _Refresh) -> None:
         """Ask again, by id, for rows last seen unfinished that no window walk covers."""
+        unreadable: list[tuple[str, str]] = []
         for request_id, _endpoint_id, sent_at in task.rows:
-            start = floor_s(from_text(sent_at) - timedelta(hours=1))
+            try:
+                start = floor_s(from_text(sent_at) - timedelta(hours=1))
+            except (ValueError, OverflowError):
+                # stored before timestamps were parsed whole: no window can be asked for
+                unreadable.append((request_id, sent_at))
+                continue
             if start >= task.until:
                 continue
             with self.client.pacer.turn():
@@ -617,6 +623,15 @@ class Syncer:
                 rows = [r for r in page.rows if r[0] == request_id]
                 if rows:
                     self._put(_Rows(task.target, rows, billing))
+        if unreadable:
+            rid, sent_at = unreadable[0]
+            with self._lock:
+                self._note(
+                    f"{len(unreadable)} unfinished requests of {task.target} have a sent_at "
+                    f"that is not a time (e.g. {rid}: {sent_at!r}), stored by an older mirror; "
+                    "they cannot be refreshed: delete them (mirror verify --repair adds back "
+                    "what fal still lists)"
+                )
 
     # -- writer side ------------------------------------------------------------------
 

@@ -159,3 +159,43 @@ def _hostile(
         assert again.code == 0, f"{where}: the clean run after it failed: {again.stderr[-1500:]}"
     assert_mirror_equals(db, expected, context=f"{where}, then a clean run")
     return {"stored_before_clean_run": stored}
+
+
+def test_rows_stored_with_impossible_timestamps_do_not_stop_a_sync(tmp_path, bad_world) -> None:
+    """Rows an older mirror stored before timestamps were parsed whole: an unfinished one
+    whose ``sent_at`` is not a time (its refresh by id computes a window from it) and a
+    finished one whose ``ended_at`` hour does not exist (planning reads hourly counts). The
+    sync warns about the first, and otherwise completes the mirror as if they were absent."""
+    import sqlite3
+    from datetime import timedelta
+
+    from mirror.store import Store
+
+    db = tmp_path / "m.db"
+    Store.open(str(db)).close()  # a migrated, empty file
+    now = bad_world.now()
+    bad = {
+        "bad-unfinished": (f"{now - timedelta(days=3):%Y-%m-%d}T25:61:61.000000Z", None),
+        "bad-finished": (f"{now - timedelta(days=3):%Y-%m-%d}T12:00:00.000000Z",
+                         f"{now - timedelta(days=1):%Y-%m-%d}T24:30:00.000000Z"),
+    }  # fmt: skip
+    con = sqlite3.connect(db)
+    for rid, (sent, ended) in bad.items():
+        con.execute(
+            "INSERT INTO requests (request_id, endpoint_id, sent_at, ended_at, status_code, status,"
+            " first_seen_at, last_changed_at) VALUES (?, 'acme/upscaler', ?, ?, ?, ?, ?, ?)",
+            (rid, sent, ended, 200 if ended else None, "success" if ended else "unfinished",
+             sent, sent),
+        )  # fmt: skip
+    con.commit()
+    con.close()
+    with SimulatedAPI(bad_world) as api:
+        o = run_cli(sync_args(db, "--since", "31h"), env_for(api.base_url), tmp_path / "out",
+                    no_second_wait=True)  # fmt: skip
+    assert o.code == 0, f"the sync failed on rows already stored: {o.stderr[-1500:]}"
+    assert "bad-unfinished" in o.stderr and "not a time" in o.stderr, (
+        f"no warning names the unfinished row that cannot be refreshed: {o.stderr[-1500:]}"
+    )
+    assert "Traceback" not in o.stderr, o.stderr[-2000:]
+    assert stored_ids(db) - set(bad) == set(listable(bad_world)), "the mirror is incomplete"
+    assert set(bad) <= stored_ids(db), "the rows already stored were deleted"

@@ -9,9 +9,11 @@ or raises one of ``mirror.errors``:
 - 400/401/403/404 and other 4xx fail at once (``ApiError`` / ``AuthError``) with the API's
   ``error.message``, or a short description of a non-JSON (e.g. proxy HTML) body;
 - a body over the size cap, nesting beyond the JSON depth limit, wrong types, a missing
-  ``request_id``, ``has_more`` without a cursor or a timestamp that is not a real time
-  between 2000 and 2100 raise ``BadDataError`` at once: the page is never handed to the
-  store;
+  ``request_id``, ``has_more`` without a cursor, a timestamp that is not a real time
+  between 2000 and 2100, a status code outside 100-599, a duration or unit count that is
+  negative or past its bound, an ``ended_at`` before its ``started_at``, or a row the call
+  did not ask for (another endpoint, outside the window) raise ``BadDataError`` at once:
+  the page is never handed to the store;
 - every attempt has a total deadline, so a body trickling in a byte at a time cannot hold
   a sync forever (httpx's own timeouts are per read).
 
@@ -31,9 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,7 +45,7 @@ from mirror import __version__
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.pacing import Pacer
 from mirror.store import derive_status
-from mirror.timeparse import EARLIEST, LATEST, normalize
+from mirror.timeparse import EARLIEST, LATEST, from_text, normalize, to_text
 
 log = logging.getLogger("mirror.api")
 
@@ -51,6 +53,21 @@ DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
 ANALYTICS_PATH = "/serverless/analytics"
 PAGE_LIMIT = 100
+#: the status codes a request can have ended with: what HTTP allows; others are refused
+MIN_STATUS, MAX_STATUS = 100, 599
+#: The longest duration kept, in seconds: 30 days. No request plausibly runs that long,
+#: and the hourly summary adds durations up as whole microseconds in a 64-bit integer: at
+#: this bound an hour of one endpoint overflows only past 3.5 million requests, where
+#: 1e308 overflows with two. Durations are also at least 0.
+MAX_DURATION = 30 * 86400
+#: The largest ``billable_units`` kept: a raw unit count (images, GPU-seconds...) of one
+#: request. The summary adds it up the same way (micro-units, 64-bit): 9,000 requests at
+#: the bound in one hour of one endpoint before it could overflow.
+MAX_BILLABLE_UNITS = 1e9
+#: How far outside the window asked for a row's timestamps may lie and still be in it: the
+#: bounds are sent as whole seconds, and fal does not say whether ``end`` is inclusive or
+#: whether it compares to the second.
+WINDOW_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,14 @@ def _ts(item: Mapping[str, Any], name: str, required: bool) -> str | None:
         ) from None
 
 
-def _number(item: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+def _number(
+    item: Mapping[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    lo: float,
+    hi: float,
+    what: str,
+) -> Any:
     v = item.get(name)
     if v is None:
         return None
@@ -166,6 +190,8 @@ def _number(item: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -
         )
     if isinstance(v, float) and not math.isfinite(v):
         raise BadDataError(f"item {item.get('request_id')!r}: {name} is not finite")
+    if not lo <= cast(float, v) <= hi:
+        raise BadDataError(f"item {item.get('request_id')!r}: {name} {v!r} is not {what}")
     return v
 
 
@@ -187,7 +213,6 @@ def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
     return _checked_row(item, payloads, billing)
 
 
-_INF = math.inf
 _dumps = orjson.dumps
 _fromiso = datetime.fromisoformat
 _EARLIEST, _LATEST = EARLIEST, LATEST
@@ -243,21 +268,23 @@ def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any,
             _fromiso(started)
         if ended is not None:
             _fromiso(ended)
+            if started is not None and ended < started:
+                return None
     except ValueError:
         return None
     code = get("status_code")
-    if code is not None and type(code) is not int:
+    if code is not None and not (type(code) is int and MIN_STATUS <= code <= MAX_STATUS):
         return None
     duration = get("duration")
     if duration is not None and not (
-        (type(duration) is float and -_INF < duration < _INF) or type(duration) is int
-    ):
+        (type(duration) is float or type(duration) is int) and 0 <= duration <= MAX_DURATION
+    ):  # (NaN compares false)
         return None
     units = None
     if billing:
         units = get("billable_units")
         if units is not None and not (
-            (type(units) is float and -_INF < units < _INF) or type(units) is int
+            (type(units) is float or type(units) is int) and 0 <= units <= MAX_BILLABLE_UNITS
         ):
             return None
     inp = out = None
@@ -296,18 +323,31 @@ def _checked_row(item: Any, payloads: bool, billing: bool) -> tuple[Any, ...]:
     """Field by field, with a precise error for whatever is wrong."""
     if not isinstance(item, dict):
         raise BadDataError(f"an item is {type(item).__name__}, not an object")
+    started_at = _ts(item, "started_at", False)
     ended_at = _ts(item, "ended_at", False)
-    status_code = _number(item, "status_code", int)
+    if started_at is not None and ended_at is not None and ended_at < started_at:
+        raise BadDataError(
+            f"item {item.get('request_id')!r}: ended_at {ended_at} is before its started_at "
+            f"{started_at}"
+        )
+    status_code = _number(item, "status_code", int, MIN_STATUS, MAX_STATUS,
+                          f"an HTTP status ({MIN_STATUS}-{MAX_STATUS})")  # fmt: skip
+    duration = _number(item, "duration", (int, float), 0, MAX_DURATION,
+                       f"a duration in seconds from 0 to {MAX_DURATION}")  # fmt: skip
+    units = None
+    if billing:
+        units = _number(item, "billable_units", (int, float), 0, MAX_BILLABLE_UNITS,
+                        f"a unit count from 0 to {MAX_BILLABLE_UNITS:.0e}")  # fmt: skip
     return (
         _text(item, "request_id", True),
         _text(item, "endpoint_id", True),
         _text(item, "runner_id", False),
         _ts(item, "sent_at", True),
-        _ts(item, "started_at", False),
+        started_at,
         ended_at,
         status_code,
-        _number(item, "duration", (int, float)),
-        _number(item, "billable_units", (int, float)) if billing else None,
+        duration,
+        units,
         _dump_json(item.get("json_input")) if payloads else None,
         _dump_json(item.get("json_output")) if payloads else None,
         derive_status(ended_at, status_code),
@@ -337,6 +377,39 @@ def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
     ]
     # A cursor with has_more=false is followed anyway: stopping early could lose rows.
     return Page(rows=rows, next_cursor=cursor)
+
+
+def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], start: str,
+                end: str) -> None:  # fmt: skip
+    """Refuse rows the list call did not ask for: stored, they would complete a window the
+    server did not actually answer for.
+
+    A row is another endpoint's unless its ``endpoint_id`` is one asked for or a route of
+    one (``owner/app/...``, as ``store.target_clause``). It is outside the window only if
+    *none* of its timestamps could place it in ``[start, end)`` (give or take
+    ``WINDOW_SLACK``): fal does not say which one the window filters on.
+    """
+    lo = to_text(from_text(start) - WINDOW_SLACK)
+    hi = to_text(from_text(end) + WINDOW_SLACK)
+    asked = set(endpoint_ids)
+    routes = tuple(e + "/" for e in endpoint_ids)
+    for r in rows:
+        ep = r[1]
+        if ep not in asked and not ep.startswith(routes):
+            raise BadDataError(
+                f"item {r[0]!r} is for endpoint {ep}, which the call did not ask for "
+                f"(asked for {', '.join(endpoint_ids)} and their routes)"
+            )
+        sent, started, ended = r[3], r[4], r[5]
+        if not (
+            lo <= sent <= hi
+            or (ended is not None and lo <= ended <= hi)
+            or (started is not None and lo <= started <= hi)
+        ):
+            raise BadDataError(
+                f"item {r[0]!r}: none of its timestamps (sent_at {sent}, started_at {started}, "
+                f"ended_at {ended}) is in the window {start}..{end} asked for"
+            )
 
 
 # --------------------------------------------------------------------------- the client
@@ -406,6 +479,7 @@ class FalClient:
             params.append(("cursor", cursor))
         data = self.get_json(LIST_PATH, params)
         page = parse_page(data, payloads=payloads, billing=billing)
+        check_asked(page.rows, endpoint_ids, start, end)
         with self._stats_lock:
             self.stats.pages += 1
         return page

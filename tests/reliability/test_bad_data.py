@@ -2,10 +2,11 @@
 
 Each hostile page of the simulator (over the size cap, nested 100,000 deep, wrong types, no
 ``request_id``, ``has_more`` without a cursor, a cursor that repeats, items that are not a
-list, an HTML page with status 200, an impossible timestamp) must end the run with exit 1
-and one line naming the class; none of the page's rows may be stored, no window it belongs
-to may be recorded complete, and once the API behaves again a clean run completes the
-mirror.
+list, an HTML page with status 200, an impossible timestamp, status code or duration, an
+``ended_at`` before its ``started_at``, a row of another endpoint or outside the window) must
+end the run with exit 1 and one line naming the class; none of the page's rows may be
+stored, no window it belongs to may be recorded complete, and once the API behaves again a
+clean run completes the mirror.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ MODES = {
     "items_not_list": "bad data from api",
     "not_json": "api unavailable",
     "bad_timestamp": "bad data from api",
+    "bad_status_code": "bad data from api",
+    "huge_duration": "bad data from api",
+    "negative_duration": "bad data from api",
+    "ended_before_started": "bad data from api",
+    "foreign_endpoint": "bad data from api",
+    "outside_window": "bad data from api",
 }
 WORDS = {
     "oversize": "cap",
@@ -58,6 +65,12 @@ WORDS = {
     "items_not_list": "items",
     "not_json": "not JSON",
     "bad_timestamp": "not a timestamp",
+    "bad_status_code": "not an HTTP status",
+    "huge_duration": "duration",
+    "negative_duration": "duration",
+    "ended_before_started": "before its started_at",
+    "foreign_endpoint": "endpoint",
+    "outside_window": "window",
 }
 
 

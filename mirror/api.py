@@ -412,6 +412,68 @@ def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], st
             )
 
 
+# --------------------------------------------------------------------------- walks
+
+#: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
+#: empty before the end only if rows left the part not yet read, which rows never do (they
+#: are never deleted); two in a row are let pass all the same
+MAX_EMPTY_PAGES = 3
+#: requests per second of window a walk may find: far beyond what one endpoint serves
+PLAUSIBLE_RATE = 10_000
+#: pages any walk may take, however short its window
+MIN_PAGE_CAP = 20
+#: pages no walk takes, however long its window (10 million requests)
+MAX_PAGE_CAP = 100_000
+
+
+def page_cap(length: timedelta) -> int:
+    """The most pages a walk of a window this long may take: 120 for one second."""
+    per_second = PLAUSIBLE_RATE / PAGE_LIMIT
+    return min(MAX_PAGE_CAP, MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second))
+
+
+class CursorWalk:
+    """One walk along the list cursor, and the rules every walk obeys (sync's windows and
+    verify's hours alike): a cursor given twice, ``MAX_EMPTY_PAGES`` empty pages in a row
+    that still give a cursor, or more pages than the window can plausibly hold
+    (``page_cap``) are bad data: a cursor that never ends would otherwise be followed for
+    hours.
+    """
+
+    def __init__(self, what: str, length: timedelta) -> None:
+        self.what = what
+        self.length = length
+        self.cap = page_cap(length)
+        #: the cursor of the next page to ask for (None: the first page)
+        self.cursor: str | None = None
+        self.pages = 0
+        self._empty = 0
+        self._given: set[str] = set()
+
+    def follow(self, page: Page) -> str | None:
+        """Count ``page`` (the answer for ``cursor``); its next cursor, None at the end."""
+        self.pages += 1
+        nxt = page.next_cursor
+        if nxt is None:
+            return None
+        if nxt == self.cursor or nxt in self._given:
+            raise BadDataError(f"the API repeated a page cursor while walking {self.what}")
+        self._empty = 0 if page.rows else self._empty + 1
+        if self._empty >= MAX_EMPTY_PAGES:
+            raise BadDataError(
+                f"the API gave {self._empty} empty pages in a row, each with a new cursor, "
+                f"while walking {self.what}"
+            )
+        if self.pages >= self.cap:
+            raise BadDataError(
+                f"the API gave {self.pages} pages for {self.what} and no end: more than "
+                f"{self.cap * PAGE_LIMIT:,} requests in {self.length} is not plausible"
+            )
+        self._given.add(nxt)
+        self.cursor = nxt
+        return nxt
+
+
 # --------------------------------------------------------------------------- the client
 
 

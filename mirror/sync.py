@@ -48,8 +48,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from mirror import interrupts
-from mirror.api import FalClient, Page
-from mirror.errors import AuthError, BadDataError, MirrorError
+from mirror.api import CursorWalk, FalClient, Page
+from mirror.errors import AuthError, MirrorError
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
@@ -66,8 +66,6 @@ BATCH_ROWS = 10_000
 QUEUE_PAGES = 32
 #: a walk longer than this many pages without end is abandoned and its window split
 MAX_WALK_PAGES = 50
-#: pages in one window of one second that we consider impossible
-ABSURD_PAGES = 20_000
 
 
 @dataclass
@@ -533,7 +531,7 @@ class Syncer:
         w, target = task.window, task.target
         cursor: str | None = None
         seen: set[str] = set()
-        cursors: set[str] = set()
+        walk = CursorWalk(f"{target} {w.start}..{w.end}", w.length)
         repeated = False
         pages = 0
         while True:
@@ -546,7 +544,9 @@ class Syncer:
                     if r[0] in seen:
                         repeated = True
                     seen.add(r[0])
-                if page.has_more and w.length > timedelta(seconds=1):
+                # (an empty page says nothing of the window's density: its cursor is
+                # followed, and CursorWalk refuses a run of them)
+                if page.has_more and page.rows and w.length > timedelta(seconds=1):
                     children: list[Window] | None = None
                     sized = False
                     if pages == 1:
@@ -569,18 +569,8 @@ class Syncer:
                 if not page.has_more:
                     self._put(_Rows(target, page.rows, billing, complete=None if repeated else w))
                     return "unstable" if repeated else "done"
-                assert page.next_cursor is not None
-                if page.next_cursor == cursor or page.next_cursor in cursors:
-                    raise BadDataError(
-                        f"the API repeated a page cursor while walking {target} {w.start}..{w.end}"
-                    )
-                if pages > ABSURD_PAGES:
-                    raise BadDataError(
-                        f"the API gave over {ABSURD_PAGES} pages for {target} {w.start}..{w.end}"
-                    )
-                cursors.add(page.next_cursor)
+                cursor = walk.follow(page)
                 self._put(_Rows(target, page.rows, billing))
-                cursor = page.next_cursor
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.

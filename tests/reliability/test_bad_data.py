@@ -3,10 +3,10 @@
 Each hostile page of the simulator (over the size cap, nested 100,000 deep, wrong types, no
 ``request_id``, ``has_more`` without a cursor, a cursor that repeats, items that are not a
 list, an HTML page with status 200, an impossible timestamp, status code or duration, an
-``ended_at`` before its ``started_at``, a row of another endpoint or outside the window) must
-end the run with exit 1 and one line naming the class; none of the page's rows may be
-stored, no window it belongs to may be recorded complete, and once the API behaves again a
-clean run completes the mirror.
+``ended_at`` before its ``started_at``, a row of another endpoint or outside the window, empty
+pages with a new cursor every time) must end the run with exit 1 and one line naming the
+class; none of the page's rows may be stored, no window it belongs to may be recorded
+complete, and once the API behaves again a clean run completes the mirror.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ MODES = {
     "ended_before_started": "bad data from api",
     "foreign_endpoint": "bad data from api",
     "outside_window": "bad data from api",
+    "endless_cursor": "bad data from api",
 }
 WORDS = {
     "oversize": "cap",
@@ -71,7 +72,12 @@ WORDS = {
     "ended_before_started": "before its started_at",
     "foreign_endpoint": "endpoint",
     "outside_window": "window",
+    "endless_cursor": "empty pages",
 }
+#: modes whose single hostile page among good ones cannot be told from a good page: one
+#: empty page with a cursor is let pass (only a run of them is refused), and its real rows
+#: were never sent
+ALONE_UNDETECTABLE = ("endless_cursor",)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,9 @@ def test_every_page_hostile(tmp_path, bad_world, mode) -> None:
     _hostile(tmp_path, bad_world, mode, FaultConfig(seed=1, bad_data=mode, p_bad_data=1.0))
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if m not in ("oversize", "not_json")])
+@pytest.mark.parametrize(
+    "mode", [m for m in MODES if m not in ("oversize", "not_json", *ALONE_UNDETECTABLE)]
+)
 def test_one_hostile_page_among_good_ones(tmp_path, bad_world, mode) -> None:
     """Good pages first (committed, windows completed), then one hostile page mid-walk.
 

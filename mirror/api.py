@@ -24,6 +24,7 @@ the key cannot be carried to another host.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -379,6 +380,13 @@ def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
     return Page(rows=rows, next_cursor=cursor)
 
 
+@functools.lru_cache(maxsize=256)
+def _window_text(start: str, end: str) -> tuple[str, str]:
+    """A window's bounds, widened by ``WINDOW_SLACK``, as stored text (a walk asks for the
+    same window page after page)."""
+    return to_text(from_text(start) - WINDOW_SLACK), to_text(from_text(end) + WINDOW_SLACK)
+
+
 def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], start: str,
                 end: str) -> None:  # fmt: skip
     """Refuse rows the list call did not ask for: stored, they would complete a window the
@@ -389,13 +397,11 @@ def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], st
     *none* of its timestamps could place it in ``[start, end)`` (give or take
     ``WINDOW_SLACK``): fal does not say which one the window filters on.
     """
-    lo = to_text(from_text(start) - WINDOW_SLACK)
-    hi = to_text(from_text(end) + WINDOW_SLACK)
+    lo, hi = _window_text(start, end)
     asked = set(endpoint_ids)
-    routes = tuple(e + "/" for e in endpoint_ids)
     for r in rows:
         ep = r[1]
-        if ep not in asked and not ep.startswith(routes):
+        if ep not in asked and not ep.startswith(tuple(e + "/" for e in endpoint_ids)):
             raise BadDataError(
                 f"item {r[0]!r} is for endpoint {ep}, which the call did not ask for "
                 f"(asked for {', '.join(endpoint_ids)} and their routes)"

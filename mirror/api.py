@@ -421,8 +421,8 @@ def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], st
 # --------------------------------------------------------------------------- walks
 
 #: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
-#: empty before the end only if rows left the part not yet read, which rows never do (they
-#: are never deleted); two in a row are let pass all the same
+#: empty before the end only if rows left the part not yet read (never deleted, a row leaves
+#: only if its timestamps change), so one may pass, and two; a run of them is no accident
 MAX_EMPTY_PAGES = 3
 #: requests per second of window a walk may find: far beyond what one endpoint serves
 PLAUSIBLE_RATE = 10_000

@@ -51,8 +51,8 @@ def normalize(text: str) -> str:
     """Any RFC 3339 timestamp from the API -> the canonical 27-character UTC text.
 
     Every shape is parsed whole (``ValueError`` otherwise, out of range included): what is
-    stored is read back later, and text order must be time order. The common shapes are
-    checked without converting anything: this runs three times per row.
+    stored is read back later, and text order must be time order. The two common shapes
+    are only checked, not converted.
     """
     n = len(text)
     if n == 27 and text[26] == "Z" and text[4:20:3] == _SHAPE:

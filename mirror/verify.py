@@ -821,7 +821,10 @@ class Verifier:
         row: tuple[Any, ...] | None = None
         billing = self.billing
         if _is_uuid(rid):
-            start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
+            try:
+                start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
+            except (ValueError, OverflowError):  # stored before timestamps were parsed whole
+                start = floor_s(slot.start - LOOKUP_MARGIN)
             page, billing, calls = self._fetch(
                 slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
             )

@@ -11,6 +11,7 @@ complete, and once the API behaves again a clean run completes the mirror.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,11 @@ def _hostile(
 
 def test_rows_stored_with_impossible_timestamps_do_not_stop_a_sync(tmp_path, bad_world) -> None:
     """Rows an older mirror stored before timestamps were parsed whole: an unfinished one
-    whose ``sent_at`` is not a time (its refresh by id computes a window from it) and a
-    finished one whose ``ended_at`` hour does not exist (planning reads hourly counts). The
-    sync warns about the first, and otherwise completes the mirror as if they were absent."""
+    whose ``sent_at`` is not a time (its refresh by id computes a window from it), a
+    finished one whose ``ended_at`` hour does not exist (planning reads hourly counts), and
+    one whose ``sent_at`` is garbage in a completed hour (verify looks a stored row the
+    server did not list up by id, from its ``sent_at``). The sync warns about the first and
+    otherwise completes the mirror as if they were absent; verify reports the third extra."""
     import sqlite3
     from datetime import timedelta
 
@@ -195,10 +198,13 @@ def test_rows_stored_with_impossible_timestamps_do_not_stop_a_sync(tmp_path, bad
     db = tmp_path / "m.db"
     Store.open(str(db)).close()  # a migrated, empty file
     now = bad_world.now()
+    garbled = "00000000-0000-7000-8000-00000000beef"
+    hour = f"{now - timedelta(hours=5):%Y-%m-%dT%H}"
     bad = {
         "bad-unfinished": (f"{now - timedelta(days=3):%Y-%m-%d}T25:61:61.000000Z", None),
         "bad-finished": (f"{now - timedelta(days=3):%Y-%m-%d}T12:00:00.000000Z",
                          f"{now - timedelta(days=1):%Y-%m-%d}T24:30:00.000000Z"),
+        garbled: ("XXXXXXXXXXTXXXXXXXX.XXXXXXZ", f"{hour}:30:00.000000Z"),
     }  # fmt: skip
     con = sqlite3.connect(db)
     for rid, (sent, ended) in bad.items():
@@ -213,6 +219,8 @@ def test_rows_stored_with_impossible_timestamps_do_not_stop_a_sync(tmp_path, bad
     with SimulatedAPI(bad_world) as api:
         o = run_cli(sync_args(db, "--since", "31h"), env_for(api.base_url), tmp_path / "out",
                     no_second_wait=True)  # fmt: skip
+        v = run_cli(["verify", "--db", str(db), "--full", "--since", "6h", "-e", "acme/upscaler"],
+                    env_for(api.base_url), tmp_path / "out")  # fmt: skip
     assert o.code == 0, f"the sync failed on rows already stored: {o.stderr[-1500:]}"
     assert "bad-unfinished" in o.stderr and "not a time" in o.stderr, (
         f"no warning names the unfinished row that cannot be refreshed: {o.stderr[-1500:]}"
@@ -220,3 +228,9 @@ def test_rows_stored_with_impossible_timestamps_do_not_stop_a_sync(tmp_path, bad
     assert "Traceback" not in o.stderr, o.stderr[-2000:]
     assert stored_ids(db) - set(bad) == set(listable(bad_world)), "the mirror is incomplete"
     assert set(bad) <= stored_ids(db), "the rows already stored were deleted"
+    assert v.code == 1 and "internal error" not in v.stderr, (
+        f"verify: exit {v.code}: {v.stderr[-1500:]}"
+    )
+    assert re.search(rf"extra +1 +e\.g\. {garbled}", v.stdout), (
+        f"verify did not report the stored row fal does not list: {v.stdout}"
+    )

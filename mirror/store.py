@@ -613,6 +613,15 @@ STALE_RUN_ERROR = (
 ROWS_PER_STATEMENT = 1_000
 
 
+def _is_hour(text: str) -> bool:
+    """Whether ``YYYY-MM-DDTHH`` names a real hour."""
+    try:
+        from_text(text + ":00:00Z")
+    except ValueError:
+        return False
+    return True
+
+
 def _ended_at(row: tuple[Any, ...]) -> str:
     return row[5] or ""
 
@@ -1010,7 +1019,11 @@ class Store:
         return out
 
     def hourly_counts(self, target: str, start: str, end: str) -> dict[str, int]:
-        """Rows the mirror holds per hour of ``ended_at`` (hour as ``YYYY-MM-DDTHH``)."""
+        """Rows the mirror holds per hour of ``ended_at`` (hour as ``YYYY-MM-DDTHH``).
+
+        An hour that does not exist (an ``ended_at`` such as ``…T25:…``, stored before
+        timestamps were parsed whole) is left out: the counts only shape the windows.
+        """
         r = requests.c
         hour = hour_of(r.ended_at)
         q = (
@@ -1019,7 +1032,7 @@ class Store:
             .group_by(hour)
         )
         with self.engine.connect() as conn:
-            out = {h: int(n) for h, n in conn.execute(q)}
+            out = {h: int(n) for h, n in conn.execute(q) if _is_hour(h)}
             conn.rollback()
         return out
 

@@ -48,8 +48,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from mirror import interrupts
-from mirror.api import FalClient, Page
-from mirror.errors import AuthError, BadDataError, MirrorError
+from mirror.api import CursorWalk, FalClient, Page
+from mirror.errors import AuthError, MirrorError
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, UpsertResult
@@ -68,8 +68,6 @@ BATCH_ROWS = 10_000
 QUEUE_PAGES = 32
 #: a walk longer than this many pages without end is abandoned and its window split
 MAX_WALK_PAGES = 50
-#: pages in one window of one second that we consider impossible
-ABSURD_PAGES = 20_000
 
 
 @dataclass
@@ -589,7 +587,7 @@ class Syncer:
         w, target = task.window, task.target
         cursor: str | None = None
         seen: set[str] = set()
-        cursors: set[str] = set()
+        walk = CursorWalk(f"{target} {w.start}..{w.end}", w.length)
         repeated = False
         pages = 0
         #: the API's present when the walk began: nothing after it can be complete yet
@@ -606,7 +604,9 @@ class Syncer:
                     if r[0] in seen:
                         repeated = True
                     seen.add(r[0])
-                if page.has_more and w.length > timedelta(seconds=1):
+                # (an empty page says nothing of the window's density: its cursor is
+                # followed, and CursorWalk refuses a run of them)
+                if page.has_more and page.rows and w.length > timedelta(seconds=1):
                     children: list[Window] | None = None
                     sized = False
                     if pages == 1:
@@ -630,18 +630,8 @@ class Syncer:
                     done = None if repeated else _complete_part(w, present)
                     self._put(_Rows(target, page.rows, billing, complete=done))
                     return "unstable" if repeated else "done"
-                assert page.next_cursor is not None
-                if page.next_cursor == cursor or page.next_cursor in cursors:
-                    raise BadDataError(
-                        f"the API repeated a page cursor while walking {target} {w.start}..{w.end}"
-                    )
-                if pages > ABSURD_PAGES:
-                    raise BadDataError(
-                        f"the API gave over {ABSURD_PAGES} pages for {target} {w.start}..{w.end}"
-                    )
-                cursors.add(page.next_cursor)
+                cursor = walk.follow(page)
                 self._put(_Rows(target, page.rows, billing))
-                cursor = page.next_cursor
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.
@@ -667,8 +657,14 @@ class Syncer:
 
     def _refresh(self, task: _Refresh) -> None:
         """Ask again, by id, for rows last seen unfinished that no window walk covers."""
+        unreadable: list[tuple[str, str]] = []
         for request_id, _endpoint_id, sent_at in task.rows:
-            start = floor_s(from_text(sent_at) - timedelta(hours=1))
+            try:
+                start = floor_s(from_text(sent_at) - timedelta(hours=1))
+            except (ValueError, OverflowError):
+                # stored before timestamps were parsed whole: no window can be asked for
+                unreadable.append((request_id, sent_at))
+                continue
             if start >= task.until:
                 continue
             with self.client.pacer.turn():
@@ -678,6 +674,15 @@ class Syncer:
                 rows = [r for r in page.rows if r[0] == request_id]
                 if rows:
                     self._put(_Rows(task.target, rows, billing))
+        if unreadable:
+            rid, sent_at = unreadable[0]
+            with self._lock:
+                self._note(
+                    f"{len(unreadable)} unfinished requests of {task.target} have a sent_at "
+                    f"that is not a time (e.g. {rid}: {sent_at!r}), stored by an older mirror; "
+                    "they cannot be refreshed: delete them (mirror verify --repair adds back "
+                    "what fal still lists)"
+                )
 
     # -- writer side ------------------------------------------------------------------
 

@@ -37,17 +37,37 @@ def from_text(text: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+#: The range of plausible request times, as prefixes of the stored text (which compares
+#: like time): years 2000 to 2100. fal's history starts long after 2000 and no clock runs a
+#: century ahead; anything outside is a zeroed or corrupt clock, and a stored timestamp
+#: stays far from datetime's limits (years 1 and 9999) under the arithmetic done on it.
+EARLIEST = "2000"
+LATEST = "2101"
+#: the separators of the stored shape, at positions 4, 7, 10, 13, 16 and 19: ``text[4:20:3]``
+_SHAPE = "--T::."
+
+
 def normalize(text: str) -> str:
     """Any RFC 3339 timestamp from the API -> the canonical 27-character UTC text.
 
-    The common shapes are handled without building a datetime: this runs four times per row.
+    Every shape is parsed whole (``ValueError`` otherwise, out of range included): what is
+    stored is read back later, and text order must be time order. The two common shapes
+    are only checked, not converted.
     """
     n = len(text)
-    if n == 27 and text[26] == "Z" and text[10] == "T" and text[19] == ".":
-        return text
-    if n == 20 and text[19] == "Z" and text[10] == "T":
-        return text[:19] + ".000000Z"
-    return to_text(from_text(text))
+    if n == 27 and text[26] == "Z" and text[4:20:3] == _SHAPE:
+        out = text
+    elif n == 20 and text[19] == "Z" and text[4:17:3] == "--T::":
+        out = text[:19] + ".000000Z"
+    else:
+        try:
+            out = to_text(from_text(text))
+        except OverflowError:  # beyond datetime's range once in UTC
+            raise ValueError(f"{text!r} is out of range") from None
+    datetime.fromisoformat(out)  # ASCII digits, real dates and times (ValueError otherwise)
+    if not EARLIEST <= out < LATEST:
+        raise ValueError(f"{text!r} is not between {EARLIEST} and {LATEST}")
+    return out
 
 
 def api_param(dt: datetime) -> str:

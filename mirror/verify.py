@@ -51,7 +51,7 @@ import orjson
 import sqlalchemy as sa
 
 from mirror import lock
-from mirror.api import FalClient, Page
+from mirror.api import CursorWalk, FalClient, Page
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.redact import printable
 from mirror.store import API_FIELDS, Store, hour_of, requests, sqlite_path, target_clause
@@ -65,8 +65,6 @@ HOUR = timedelta(hours=1)
 CANDIDATE_FIELDS = ("ended_at", "sent_at", "started_at")
 #: how many times a walk is repeated when rows move under its pages
 MAX_WALKS = 3
-#: pages in one hour that we consider impossible (10 million rows)
-ABSURD_PAGES = 100_000
 #: analytics buckets asked for per page (the server may give fewer; we follow the cursor)
 ANALYTICS_LIMIT = 1000
 ANALYTICS_MAX_PAGES = 10_000
@@ -525,32 +523,19 @@ class Verifier:
         rows: dict[str, tuple[Any, ...]] = {}
         billing = self.billing
         for _ in range(MAX_WALKS):
-            rows, repeated, pages = {}, False, 0
-            cursor: str | None = None
-            cursors: set[str] = set()
+            rows, repeated = {}, False
+            walk = CursorWalk(f"{slot.target} {slot.label}", slot.end - slot.start)
             flags: set[bool] = set()
             while True:
-                page, billing, n = self._fetch(slot.target, slot.start, slot.end, cursor)
+                page, billing, n = self._fetch(slot.target, slot.start, slot.end, walk.cursor)
                 calls += n
-                pages += 1
                 flags.add(billing)
                 for r in page.rows:
                     if r[0] in rows:
                         repeated = True
                     rows[r[0]] = r
-                nxt = page.next_cursor
-                if nxt is None:
+                if walk.follow(page) is None:
                     break
-                if nxt == cursor or nxt in cursors:
-                    raise BadDataError(
-                        f"the API repeated a page cursor while walking {slot.target} {slot.label}"
-                    )
-                if pages > ABSURD_PAGES:
-                    raise BadDataError(
-                        f"the API gave over {ABSURD_PAGES} pages for {slot.target} {slot.label}"
-                    )
-                cursors.add(nxt)
-                cursor = nxt
             if len(flags) > 1:  # billing was refused half-way: walk it again without
                 continue
             if not repeated:
@@ -837,7 +822,10 @@ class Verifier:
         row: tuple[Any, ...] | None = None
         billing = self.billing
         if _is_uuid(rid):
-            start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
+            try:
+                start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
+            except (ValueError, OverflowError):  # stored before timestamps were parsed whole
+                start = floor_s(slot.start - LOOKUP_MARGIN)
             page, billing, calls = self._fetch(
                 slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
             )

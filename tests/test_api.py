@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import orjson
 import pytest
@@ -358,3 +360,170 @@ def test_key_sources_in_order(tmp_path):
 def test_client_repr_hides_key():
     c = client(scripted(ok()))
     assert KEY not in repr(c) and KEY not in str(vars(c).get("base_url"))
+
+
+# --------------------------------------------------------------------------- hardening
+
+#: timestamps that must never be stored: a later sync parses what it stored (planning, the
+#: refresh of unfinished rows), and text order must stay time order
+BAD_TIMESTAMPS = [
+    "XXXXXXXXXXTXXXXXXXX.XXXXXXZ",  # the stored shape's length and separators, no digits
+    "2026-13-45T25:61:61.000000Z",  # the stored shape, impossible values
+    "2026-02-30T12:00:00.000000Z",  # a day February lacks
+    "2026-02-30T12:00:00Z",  # the same without a fraction (the other shape taken as is)
+    "2026-11-28T12:00:60Z",  # a leap second: no datetime holds it
+    "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
+    "1970-01-01T00:00:00.000000Z",  # long before fal: a zero clock, not a request
+    "9999-12-31T23:59:59.999999Z",  # the end of time: arithmetic on it overflows
+]
+
+
+@pytest.mark.parametrize("field", ["sent_at", "started_at", "ended_at"])
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS)
+def test_malformed_timestamps_are_refused(field, value):
+    page = {"items": [dict(ITEM, **{field: value})], "has_more": False, "next_cursor": None}
+    try:
+        rows = parse_page(page, payloads=True, billing=True).rows
+    except BadDataError as e:
+        assert field in str(e) and "not a timestamp" in str(e), f"{value!r}: unclear: {e}"
+        return
+    except Exception as e:  # the point: anything else is an internal error
+        pytest.fail(f"{field} {value!r} raised {type(e).__name__}: {e}, not BadDataError")
+    pytest.fail(f"{field} {value!r} was accepted as {rows[0][3:6]}; it must refuse the page")
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("2026-W05-1T12:00:00.000000Z", "2026-01-26T12:00:00.000000Z"),  # an ISO week date
+        ("2026-11-28T12:00:00,500000Z", "2026-11-28T12:00:00.500000Z"),  # a decimal comma
+        ("2026-11-28T13:00:00.000000+01:00", "2026-11-28T12:00:00.000000Z"),
+        ("2000-01-01T00:00:00Z", "2000-01-01T00:00:00.000000Z"),
+        ("2100-12-31T23:59:59.999999Z", "2100-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_other_timestamp_shapes_are_stored_canonical(value, stored):
+    row = item_to_row(dict(ITEM, sent_at=value), payloads=False, billing=False)
+    assert row[3] == stored, f"{value!r} was stored as {row[3]!r}, not in the canonical shape"
+
+
+#: the longest duration accepted, in seconds (mirror.api.MAX_DURATION)
+THIRTY_DAYS = 30 * 86400.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"status_code": 2**63}, r"status_code 9223372036854775808 is not an HTTP status"),
+        ({"status_code": 99}, r"status_code 99 is not an HTTP status"),
+        ({"status_code": 600}, r"status_code 600 is not an HTTP status"),
+        ({"status_code": -200}, r"status_code -200 is not an HTTP status"),
+        ({"duration": 1e308}, r"duration 1e\+308 is not"),
+        ({"duration": -0.5}, r"duration -0.5 is not"),
+        ({"duration": THIRTY_DAYS + 1}, r"duration 2592001(\.0)? is not"),
+        ({"duration": 2**70}, r"duration \d+ is not"),
+        ({"billable_units": 1e308}, r"billable_units 1e\+308 is not"),
+        ({"billable_units": -1e308}, r"billable_units -1e\+308 is not"),
+        ({"started_at": "2025-01-01T00:00:09Z"}, r"ended_at .* before its started_at"),
+    ],
+)
+def test_implausible_values_are_refused(change, message):
+    """Each of these reached the store: an OverflowError, an integer overflow in the hourly
+    summary (reported as a storage error), or a row that contradicts itself."""
+    page = {"items": [dict(ITEM, **change)], "has_more": False, "next_cursor": None}
+    try:
+        rows = parse_page(page, payloads=True, billing=True).rows
+    except BadDataError as e:
+        assert re.search(message, str(e)), f"{change}: the message does not say why: {e}"
+        return
+    except Exception as e:
+        pytest.fail(f"{change} raised {type(e).__name__}: {e}, not BadDataError")
+    pytest.fail(f"{change} was accepted: {rows[0]}; it must refuse the page")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status_code": 100},
+        {"status_code": 599},
+        {"duration": 0},
+        {"duration": THIRTY_DAYS},
+        {"billable_units": 0},
+        {"started_at": ITEM["ended_at"]},
+        {"started_at": None},
+    ],
+)
+def test_values_at_the_bounds_are_kept(change):
+    row = parse_page(
+        {"items": [dict(ITEM, **change)], "has_more": False, "next_cursor": None},
+        payloads=True,
+        billing=True,
+    ).rows[0]
+    assert row[:9] == item_to_row(dict(ITEM, **change), payloads=False, billing=True)[:9]
+    assert (row[6], row[7], row[8]) == (
+        change.get("status_code", 200),
+        change.get("duration", 7.8),
+        change.get("billable_units", 1.5),
+    ), f"{change}: stored as {row}"
+
+
+# fetch() asks for acme/app over [2025-01-01T00:00:00Z, 2025-01-02T00:00:00Z)
+BEFORE = {"sent_at": "2024-12-31T22:00:00Z", "started_at": "2024-12-31T22:00:01Z",
+          "ended_at": "2024-12-31T23:59:58Z"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"endpoint_id": "acme/other"}, r"endpoint acme/other.*asked for acme/app"),
+        ({"endpoint_id": "acme/apple"}, r"endpoint acme/apple.*asked for acme/app"),
+        ({"endpoint_id": "acme"}, r"endpoint acme\b.*asked for acme/app"),
+        (BEFORE, r"none of its timestamps.*2025-01-01T00:00:00Z"),
+        (
+            {**BEFORE, "ended_at": "2025-01-02T00:00:02Z"},  # ran across the whole window
+            r"none of its timestamps",
+        ),
+        ({**BEFORE, "ended_at": None, "status_code": None, "duration": None}, r"none of its"),
+    ],
+)
+def test_rows_that_contradict_the_request_are_refused(change, message):
+    """A row the call did not ask for: storing it and marking the window complete would
+    claim the window was seen when the server answered something else."""
+    page = {"items": [ITEM, dict(ITEM, request_id="r2", **change)], "has_more": False,
+            "next_cursor": None}  # fmt: skip
+    try:
+        rows = fetch(client(scripted(httpx.Response(200, content=orjson.dumps(page))))).rows
+    except BadDataError as e:
+        assert re.search(message, str(e)), f"{change}: the message does not say why: {e}"
+        return
+    pytest.fail(f"{change} was accepted: {rows[1]}; it must refuse the page")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"endpoint_id": "acme/app/turbo"},  # a route of the app asked for
+        {**BEFORE, "ended_at": "2025-01-01T00:00:00Z"},  # in by ended_at only
+        {**BEFORE, "started_at": "2025-01-01T00:00:00Z", "ended_at": "2025-01-02T03:00:00Z"},
+        {
+            "sent_at": "2025-01-01T23:59:59.999999Z",
+            "started_at": None,
+            "ended_at": None,
+            "status_code": None,
+            "duration": None,
+        },  # in by sent_at only, unfinished
+        {**BEFORE, "ended_at": "2024-12-31T23:59:59.5Z"},  # half a second early
+        {
+            "sent_at": "2025-01-02T00:00:00.999Z",
+            "started_at": "2025-01-02T00:00:01Z",
+            "ended_at": "2025-01-02T00:00:01Z",
+        },  # at the end bound, within a second
+    ],
+)
+def test_rows_any_reading_of_the_window_admits_are_kept(change):
+    """fal does not say which timestamp the window filters on, nor whether ``end`` is
+    inclusive or compared to the second: a row is kept if any of its timestamps lies in the
+    window, or within a second of it."""
+    page = {"items": [dict(ITEM, **change)], "has_more": False, "next_cursor": None}
+    rows = fetch(client(scripted(httpx.Response(200, content=orjson.dumps(page))))).rows
+    assert [r[0] for r in rows] == [ITEM["request_id"]], f"{change}: {rows}"

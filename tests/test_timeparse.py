@@ -87,3 +87,27 @@ def test_normalize_fast_paths_agree_with_full_parse():
     assert normalize("2025-01-01T00:00:08.5Z") == "2025-01-01T00:00:08.500000Z"
     assert normalize("2025-01-01T02:00:08.123456+02:00") == "2025-01-01T00:00:08.123456Z"
     assert normalize("2025-01-01T00:00:08") == "2025-01-01T00:00:08.000000Z"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "XXXXXXXXXXTXXXXXXXX.XXXXXXZ",
+        "2026-13-45T25:61:61.000000Z",
+        "2026-11-28T24:00:00.000000Z",
+        "2026-02-29T00:00:00Z",  # 2026 is not a leap year
+        "2026-11-28T12:00:00.00000\u0665Z",  # a non-ASCII digit
+        "0001-01-01T00:00:00+01:00",  # OverflowError in the conversion to UTC
+        "1999-12-31T23:59:59.999999Z",
+        "2101-01-01T00:00:00Z",
+    ],
+)
+def test_normalize_refuses_what_is_not_a_plausible_time(text):
+    """Every shape, fast path or not, is parsed whole: what is stored is read back later."""
+    try:
+        got = normalize(text)
+    except ValueError:
+        return
+    except Exception as e:
+        pytest.fail(f"{text!r} raised {type(e).__name__}: {e}, not ValueError")
+    pytest.fail(f"{text!r} was normalized to {got!r}")

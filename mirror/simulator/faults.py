@@ -9,19 +9,21 @@ replayed exactly.
 The failures are the ones a mirror meets in the wild (docs/fal-api.md, errors and rate limits):
 429s with and without `Retry-After`, HTML 5xx pages from a proxy, JSON 500s, connections
 reset or cut mid-body, bodies or headers dripping in byte by byte, latency, a token-bucket
-rate limit, a full outage, hostile 200 pages (huge, absurdly nested, wrongly typed, or with
-a cursor that never ends) for the client's defences, and a fixed answer of the test's own
-(e.g. an error message with terminal escapes, or one echoing the ``Authorization`` header
-back as some proxies do).
+rate limit, a full outage, hostile 200 pages (huge, absurdly nested, wrongly typed,
+impossible values, rows the call did not ask for, or a cursor that never ends) for the
+client's defences, and a fixed answer of the test's own (e.g. an error message with
+terminal escapes, or one echoing the ``Authorization`` header back as some proxies do).
 """
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -55,6 +57,17 @@ BadData = Literal[
     "repeat_cursor",
     "not_json",
     "items_not_list",
+    # values a well-typed page can still get wrong
+    "bad_timestamp",
+    "bad_status_code",
+    "huge_duration",
+    "negative_duration",
+    "ended_before_started",
+    # rows the call did not ask for
+    "foreign_endpoint",
+    "outside_window",
+    # a cursor that never ends: empty pages, each with a new cursor
+    "endless_cursor",
 ]
 BAD_DATA_MODES: frozenset[str] = frozenset(BadData.__args__)  # type: ignore[attr-defined]
 
@@ -336,14 +349,38 @@ def _one(data: bytes, content_type: str = "application/json") -> Body:
     return Body(len(data), iter((data,)), content_type)
 
 
-def bad_body(mode: str, page: dict[str, Any], dumps_option: int) -> Body:
-    """A hostile version of a real 200 page (`page` holds items, cursor and has_more).
+#: the item the value corruptions change when a page has none of its own
+_STAND_IN = {
+    "request_id": "00000000-0000-7000-8000-000000000000",
+    "endpoint_id": "acme/stand-in",
+    "sent_at": "2026-01-01T00:00:00.000000Z",
+    "started_at": "2026-01-01T00:00:01.000000Z",
+    "ended_at": "2026-01-01T00:00:02.000000Z",
+    "status_code": 200,
+    "duration": 1.0,
+}
+
+
+def bad_body(mode: str, page: dict[str, Any], dumps_option: int, page_number: int = 1) -> Body:
+    """A hostile version of a real 200 page (`page` holds items, cursor and has_more;
+    `page_number` is the page it answers, 1 for the first).
 
     Item-level corruptions touch the first item only: one bad row in a good page is the
-    case that tests whether a client rejects the page or silently skips the row.
+    case that tests whether a client rejects the page or silently skips the row. The value
+    corruptions and the rows not asked for apply to a stand-in item on an empty page, so
+    that every page they touch is hostile.
     """
     items: list[dict[str, Any]] = [dict(item) for item in page["items"]]
     out: dict[str, Any] = {**page, "items": items}
+    if mode in _VALUES:
+        if not items:
+            items.append(dict(_STAND_IN))
+        _VALUES[mode](items)
+        return _one(orjson.dumps(out, option=dumps_option))
+    if mode == "endless_cursor":
+        cursor = base64.b64encode(str(page_number + 1).encode()).decode()  # as the server's
+        out = {"items": [], "next_cursor": cursor, "has_more": True}
+        return _one(orjson.dumps(out, option=dumps_option))
     if mode == "wrong_types":
         if items:
             first = items[0]
@@ -381,6 +418,45 @@ def bad_body(mode: str, page: dict[str, Any], dumps_option: int) -> Body:
     if mode == "oversize":
         return _oversize(items, dumps_option)
     raise ValueError(f"unknown bad_data mode {mode!r}")
+
+
+def _at(when: datetime | str, seconds: float) -> datetime:
+    """``seconds`` after ``when`` (a page holds datetimes; the stand-in item, text)."""
+    t = when if isinstance(when, datetime) else datetime.fromisoformat(when)
+    return t + timedelta(seconds=seconds)
+
+
+def _ended_before_started(items: list[dict[str, Any]]) -> None:
+    first = items[0]
+    first.update(started_at=_at(first["sent_at"], 60), ended_at=_at(first["sent_at"], 30),
+                 status_code=first.get("status_code") or 200)  # fmt: skip
+
+
+def _outside_window(items: list[dict[str, Any]]) -> None:
+    """Every timestamp years before any window a client asks for (their order kept)."""
+    first = items[0]
+    first["sent_at"] = "2001-01-01T00:00:00.000000Z"
+    if first.get("started_at") is not None:
+        first["started_at"] = "2001-01-01T00:00:01.000000Z"
+    if first.get("ended_at") is not None:
+        first["ended_at"] = "2001-01-01T00:00:02.000000Z"
+
+
+def _huge_durations(items: list[dict[str, Any]]) -> None:
+    """Two of them when the page has two rows: their sum overflows where one alone may not."""
+    for item in items[:2]:
+        item["duration"] = 1e308
+
+
+_VALUES: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "bad_timestamp": lambda items: items[0].update(sent_at="2026-13-45T25:61:61.000000Z"),
+    "bad_status_code": lambda items: items[0].update(status_code=2**63),
+    "huge_duration": _huge_durations,
+    "negative_duration": lambda items: items[0].update(duration=-1.5),
+    "ended_before_started": _ended_before_started,
+    "foreign_endpoint": lambda items: items[0].update(endpoint_id="someone-else/app"),
+    "outside_window": _outside_window,
+}
 
 
 def _oversize(items: list[dict[str, Any]], dumps_option: int) -> Body:

@@ -134,6 +134,8 @@ class Answer:
     content_type: str = _JSON
     headers: tuple[tuple[str, str], ...] = ()
     page: dict[str, Any] | None = field(default=None)
+    #: which page of its walk `page` is (1 for the first)
+    page_number: int = 1
 
 
 def encode_cursor(page: int) -> str:
@@ -515,7 +517,7 @@ class SimulatedAPI:
             _send(handler, method, decision.status, decision.headers, body, date)
             return
         if decision.bad is not None and answer.page is not None:
-            body = bad_body(decision.bad, answer.page, _DUMPS)
+            body = bad_body(decision.bad, answer.page, _DUMPS, answer.page_number)
         else:
             body = Body(len(answer.body), iter((answer.body,)), answer.content_type)
         if decision.action == "truncate":
@@ -617,7 +619,7 @@ class SimulatedAPI:
         )
         next_cursor = encode_cursor(page + 1) if more else None
         body = {"items": items, "next_cursor": next_cursor, "has_more": next_cursor is not None}
-        return Answer(200, orjson.dumps(body, option=_DUMPS), page=body)
+        return Answer(200, orjson.dumps(body, option=_DUMPS), page=body, page_number=page)
 
     def _analytics(self, params: Mapping[str, list[str]], now: datetime) -> Answer:
         endpoint_ids = _endpoint_ids(params)

@@ -312,3 +312,36 @@ def test_bad_data_oversize_is_valid_json_when_read_whole(world: World, serve: Se
     body = orjson.loads(response.content)
     assert len(response.content) == int(response.headers["content-length"])
     assert body["has_more"] is False and len(body["items"]) > 60
+
+
+def test_bad_data_values_rows_not_asked_for_and_endless_cursor(world: World, serve: Serve) -> None:
+    """Well-typed pages that are still wrong: the first item's value, or a cursor that never
+    ends (an empty page with the next page's cursor, whatever page is asked for)."""
+    firsts: dict[str, list[dict[str, Any]]] = {}
+    for mode in ("bad_timestamp", "bad_status_code", "huge_duration", "negative_duration",
+                 "ended_before_started", "foreign_endpoint", "outside_window"):  # fmt: skip
+        _, http = _bad(serve, world, mode)
+        with http:
+            firsts[mode] = http.get(LIST, params=PARAMS).json()["items"]
+    assert firsts["bad_timestamp"][0]["sent_at"] == "2026-13-45T25:61:61.000000Z"
+    assert firsts["bad_status_code"][0]["status_code"] == 2**63
+    assert [i["duration"] for i in firsts["huge_duration"][:2]] == [1e308, 1e308]
+    assert firsts["negative_duration"][0]["duration"] == -1.5
+    wrong_order = firsts["ended_before_started"][0]
+    assert wrong_order["ended_at"] < wrong_order["started_at"], wrong_order
+    assert firsts["foreign_endpoint"][0]["endpoint_id"] == "someone-else/app"
+    assert firsts["outside_window"][0]["sent_at"].startswith("2001-01-01T")
+    assert all(len(items) == 3 for items in firsts.values()), "only the first item changes"
+
+    _, http = _bad(serve, world, "endless_cursor")
+    with http:
+        pages = [
+            http.get(LIST, params={**PARAMS, **({"cursor": c} if c else {})}).json()
+            for c in (None, "Mg==", "Mw==", "OTk=")
+        ]
+    assert [(p["items"], p["has_more"], p["next_cursor"]) for p in pages] == [
+        ([], True, "Mg=="),
+        ([], True, "Mw=="),
+        ([], True, "NA=="),
+        ([], True, "MTAw"),
+    ], "every page is empty and points to the next one, past the end too"

@@ -13,7 +13,7 @@ rows, as the sync's writer does.
 - mirror: ``Store.upsert`` in ``engine.begin()``, the sync's writer path (SQLAlchemy Core
   ``exec_driver_sql``, multi-row statements, honest inserted/updated counts);
 - raw: ``sqlite3`` executemany of a plain ``INSERT … ON CONFLICT(request_id) DO UPDATE …
-  WHERE`` a value changed, the same PRAGMAs (``mirror.store._sqlite_on_connect``),
+  WHERE`` a value changed, the same PRAGMAs (``mirror.db.sqlite_on_connect``),
   ``BEGIN IMMEDIATE`` / ``COMMIT`` around each batch.
 
 Figures: new rows/s and unchanged-resync rows/s (median of ``--runs``), their ratio, raw
@@ -108,7 +108,7 @@ def batches(rows: Sequence[tuple[Any, ...]]) -> list[Sequence[tuple[Any, ...]]]:
 
 def template(folder: Path, page_size: int | None = None) -> Path:
     """A freshly migrated, empty mirror database; ``page_size``: as a file created by an
-    earlier mirror (4,096: SQLite's default, before ``mirror.store.PAGE_SIZE``)."""
+    earlier mirror (4,096: SQLite's default, before ``mirror.db.PAGE_SIZE``)."""
     from mirror.store import Store
 
     path = folder / (f"template-{page_size}.db" if page_size else "template.db")
@@ -134,10 +134,10 @@ def fresh(tpl: Path, name: str) -> Path:
 
 def raw_connect(path: Path) -> sqlite3.Connection:
     """A plain sqlite3 connection with exactly the PRAGMAs mirror's engine sets."""
-    from mirror.store import _sqlite_on_connect
+    from mirror.db import sqlite_on_connect
 
     con = sqlite3.connect(path, isolation_level=None)
-    _sqlite_on_connect(con, None)
+    sqlite_on_connect(con, None)
     return con
 
 
@@ -174,7 +174,8 @@ def ingest_raw_multi(
 
 
 def ingest_mirror(path: Path, parts: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[float, int, int]:
-    from mirror.store import Store, make_engine
+    from mirror.db import make_engine
+    from mirror.store import Store
 
     # not Store.open: that would upgrade a variant downgraded on purpose (the template is
     # migrated already)
@@ -224,11 +225,11 @@ def variant(
     if revision is not None:  # e.g. 0004: the row-by-row insert triggers before 0005
         from alembic import command
 
-        from mirror.store import _alembic_config, make_engine
+        from mirror.db import alembic_config, make_engine
 
         engine = make_engine(str(path))
         with engine.begin() as conn:
-            command.downgrade(_alembic_config(conn), revision)
+            command.downgrade(alembic_config(conn), revision)
         engine.dispose()
     con = sqlite3.connect(path)
     for t in drop_triggers:

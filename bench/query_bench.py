@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from mirror.store import API_FIELDS, Store, derive_status
+from mirror.schema import API_FIELDS, derive_status
+from mirror.store import Store
 from mirror.timeparse import to_text
 
 END = datetime(2026, 11, 28, tzinfo=UTC)
@@ -158,8 +159,9 @@ def bench_queries(path: Path, runs: int) -> None:
     import sqlalchemy as sa
 
     from mirror import query
+    from mirror.db import reader_engine
 
-    engine = query.reader_engine(str(path))
+    engine = reader_engine(str(path))
     raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     day = (END - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
     f = query.Filters(
@@ -239,11 +241,11 @@ def _raw_baseline(path: Path, rows: list[tuple[Any, ...]]) -> float:
 def _store_rate(path: Path, rows: list[tuple[Any, ...]], revision: str, drop: list[str]) -> float:
     from alembic import command
 
-    from mirror.store import _alembic_config, make_engine
+    from mirror.db import alembic_config, make_engine
 
     engine = make_engine(str(path))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+        command.upgrade(alembic_config(conn), revision)
         for stmt in drop:
             conn.exec_driver_sql(stmt)
     engine.dispose()
@@ -261,11 +263,11 @@ def _raw_on_schema(path: Path, rows: list[tuple[Any, ...]], revision: str) -> fl
     """Store.upsert's own SQL through raw sqlite3 executemany, on a migrated schema."""
     from alembic import command
 
-    from mirror.store import _alembic_config, make_engine
+    from mirror.db import alembic_config, make_engine
 
     engine = make_engine(str(path))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+        command.upgrade(alembic_config(conn), revision)
     engine.dispose()
     sql = Store(make_engine(str(path)), str(path))._upsert_statement(True, True)
     con = sqlite3.connect(path)

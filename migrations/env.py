@@ -28,7 +28,7 @@ def _run(conn) -> None:  # type: ignore[no-untyped-def]
 if connection is not None:
     _run(connection)
 else:
-    from mirror.store import make_engine
+    from mirror.db import make_engine
 
     db = context.get_x_argument(as_dictionary=True).get("db", "mirror.db")
     engine = make_engine(db)

@@ -48,7 +48,7 @@ from mirror import __version__
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.pacing import Pacer
 from mirror.redact import redact, register_key
-from mirror.store import derive_status
+from mirror.schema import derive_status
 from mirror.timeparse import EARLIEST, LATEST, from_text, normalize, to_text
 
 log = logging.getLogger("mirror.api")
@@ -314,7 +314,7 @@ def _text(item: Mapping[str, Any], name: str, required: bool) -> str | None:
 
 
 def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
-    """One API item -> a tuple in ``store.API_FIELDS`` order plus the derived status."""
+    """One API item -> a tuple in ``schema.API_FIELDS`` order plus the derived status."""
     if type(item) is dict:
         row = _fast_row(item, payloads, billing)
         if row is not None:
@@ -501,7 +501,7 @@ def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], st
     server did not actually answer for.
 
     A row is another endpoint's unless its ``endpoint_id`` is one asked for or a route of
-    one (``owner/app/...``, as ``store.target_clause``). It is outside the window only if
+    one (``owner/app/...``, as ``schema.target_clause``). It is outside the window only if
     *none* of its timestamps could place it in ``[start, end)`` (give or take
     ``WINDOW_SLACK``): fal does not say which one the window filters on.
     """

@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 import click
 
 from mirror import __version__
+from mirror.db import display_db
 from mirror.errors import ConfigError, MirrorError
 from mirror.redact import MAX_MESSAGE, RedactFilter, printable, redact
-from mirror.store import display_db
 from mirror.timeparse import parse_duration, parse_when, utcnow
 
 EXIT_USAGE = 2
@@ -121,8 +121,8 @@ def _storage_error(e: BaseException) -> MirrorError | None:
 
     import sqlalchemy as sa
 
+    from mirror.db import describe_db_error
     from mirror.errors import StoreError
-    from mirror.store import describe_db_error
 
     if isinstance(e, sa.exc.DBAPIError):
         return StoreError(describe_db_error(e.orig, "the mirror database"))
@@ -384,8 +384,9 @@ def sync(
     from mirror import lock
     from mirror.api import FalClient, check_base_url, make_http_client
     from mirror.auth import load_key
+    from mirror.db import sqlite_path
     from mirror.pacing import Pacer
-    from mirror.store import Store, sqlite_path
+    from mirror.store import Store
     from mirror.sync import SyncOptions
     from mirror.sync import sync as run_sync
 
@@ -466,7 +467,7 @@ def db() -> None:
 @db_option
 def db_upgrade(db: str) -> None:
     """Apply pending migrations (every command does this on its own too)."""
-    from mirror.store import make_engine, schema_state, upgrade
+    from mirror.db import make_engine, schema_state, upgrade
 
     engine = make_engine(db)
     try:

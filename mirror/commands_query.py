@@ -22,8 +22,9 @@ import click
 
 from mirror import output, query
 from mirror.cli import _sigterm_as_interrupt, _when, db_option
+from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
-from mirror.store import STATUSES, display_db, is_postgresql, sqlite_path
+from mirror.schema import STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -346,9 +347,9 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
         click.echo(json.dumps(meta, indent=2))
         return
     # the same checks as every reader: the file exists, is a mirror, has the views
-    engine = query.reader_engine(db)
+    engine = reader_engine(db)
     try:
-        query.ensure_schema(db, engine)
+        ensure_schema(db, engine)
     finally:
         engine.dispose()
     with tempfile.TemporaryDirectory(prefix="mirror-browse-") as tmp:

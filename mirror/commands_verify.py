@@ -27,7 +27,7 @@ from mirror.cli import (
     shown,
     verbose_option,
 )
-from mirror.store import display_db
+from mirror.db import display_db
 
 
 @click.command("verify")
@@ -98,8 +98,9 @@ def verify_cmd(
     from mirror import lock
     from mirror.api import FalClient, check_base_url, make_http_client
     from mirror.auth import load_key
+    from mirror.db import sqlite_path
     from mirror.pacing import Pacer
-    from mirror.store import Store, sqlite_path
+    from mirror.store import Store
     from mirror.verify import verify
 
     _setup_logging(verbose)

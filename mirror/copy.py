@@ -36,24 +36,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mirror import lock
-from mirror.errors import ConfigError, StoreError
-from mirror.store import (
-    ROW_COLUMNS,
-    Store,
+from mirror.db import (
     display_db,
     is_url,
     make_engine,
     normalize_url,
-    requests,
     schema_state,
     sqlite_path,
+    translate_errors,
+    upgrade,
+)
+from mirror.errors import ConfigError, StoreError
+from mirror.schema import (
+    ROW_COLUMNS,
+    requests,
     sync_rechecks,
     sync_runs,
     sync_targets,
     sync_windows,
-    translate_errors,
-    upgrade,
 )
+from mirror.store import Store
 
 #: rows read from the source per round trip (and held in memory at once)
 BATCH_ROWS = 5_000
@@ -216,7 +218,7 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
         else:
-            conn.exec_driver_sql("SELECT 1")  # opens the transaction (see store._sqlite_on_begin)
+            conn.exec_driver_sql("SELECT 1")  # opens the transaction (mirror.db._sqlite_on_begin)
         try:
             yield conn
         finally:

@@ -4,7 +4,7 @@ Everything here reads through a connection handed in and never imports click: th
 (``mirror.commands_query``) only parses flags into a `Filters` and prints what comes back.
 
 - **Values are always bound parameters.** Filters are built with SQLAlchemy Core on the
-  ``requests`` table of ``mirror.store``; column names come from the fixed `COLUMNS` list.
+  ``requests`` table of ``mirror.schema``; column names come from the fixed `COLUMNS` list.
 - **Percentiles are continuous** (linear interpolation), PostgreSQL's ``percentile_cont``:
   with ``n`` sorted durations ``v[0..n-1]`` and ``h = p/100 * (n-1)``, the p-th percentile
   is ``v[floor(h)] + (h - floor(h)) * (v[ceil(h)] - v[floor(h)])``, in float64 and in
@@ -17,8 +17,9 @@ Everything here reads through a connection handed in and never imports click: th
   WAL mode, so a `mirror query` runs while cron syncs into the same file; on PostgreSQL
   every transaction is ``READ ONLY`` and ``REPEATABLE READ`` (one snapshot, like SQLite's).
 - **Dialect-specific SQL lives in one place**: the section "dialects" at the end (the
-  read-only engines, the full-text search clause, the PostgreSQL stats statement), plus the
-  ``hour_of`` / ``day_of`` functions of ``mirror.store``. Everything else is portable Core.
+  full-text search clause, the PostgreSQL stats statement), plus the ``hour_of`` / ``day_of``
+  functions of ``mirror.schema`` and the read-only engines of ``mirror.db``. Everything else
+  is portable Core.
 """
 
 from __future__ import annotations
@@ -26,53 +27,31 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from itertools import groupby, pairwise
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from mirror.db import ensure_schema, reader_engine, sqlite_path, tidy_wal, translate_errors
 from mirror.errors import ConfigError, StoreError
-from mirror.sqlitefile import check_file, connect_readonly, sqlite_uri
-from mirror.store import (
+from mirror.schema import (
     ROW_COLUMNS,
     STATUSES,
     day_of,
-    display_db,
     hour_of,
-    make_engine,
     requests,
-    sqlite_path,
+    summary_hourly,
     sync_runs,
     sync_targets,
     sync_windows,
-    translate_errors,
 )
 from mirror.timeparse import to_text, utcnow
-
-#: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
-#: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
-#: stay exact under the subtractions of updates and deletes.
-summary_hourly = sa.Table(
-    "summary_hourly",
-    sa.MetaData(),
-    sa.Column("hour", sa.Text, primary_key=True),
-    sa.Column("endpoint_id", sa.Text, primary_key=True),
-    sa.Column("status", sa.Text, primary_key=True),
-    sa.Column("requests", sa.Integer, nullable=False),
-    sa.Column("durations", sa.Integer, nullable=False),
-    sa.Column("duration_us", sa.Integer, nullable=False),
-    sa.Column("billed", sa.Integer, nullable=False),
-    sa.Column("billable_micro", sa.Integer, nullable=False),
-)
 
 #: every column a listing may show, in table order; nothing else is ever put in SQL
 COLUMNS: tuple[str, ...] = ROW_COLUMNS
@@ -170,7 +149,7 @@ def where_clauses(
 def endpoint_clause(column: Any, endpoints: Iterable[str]) -> sa.ColumnElement[bool]:
     """Rows of any of the endpoints; an app id also covers its routes (``owner/app/…``).
 
-    The same reading as ``mirror.store.target_clause`` (which sync uses), for any column: a
+    The same reading as ``mirror.schema.target_clause`` (which sync uses), for any column: a
     range rather than LIKE, since ids contain ``_`` and a range uses the index.
     """
     return sa.or_(
@@ -694,39 +673,6 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
 # --------------------------------------------------------------------------- opening
 
 
-def reader_engine(db: str, *, busy_timeout_ms: int = 30_000) -> Engine:
-    """An engine that only reads; for a SQLite file that must already exist.
-
-    Opening never creates a database: ``mode=ro`` refuses a missing file, and a path that
-    does not exist is reported before SQLite is asked at all.
-    """
-    path = sqlite_path(db)
-    if path is None:
-        return _pg_reader(db)
-    if not path.exists():
-        raise ConfigError(f"{db} does not exist; run mirror sync --db {db} first")
-    if path.is_dir():
-        raise ConfigError(f"{db} is a directory, not a database file")
-    check_file(path)
-    return _sqlite_reader(path, busy_timeout_ms)
-
-
-def ensure_schema(db: str, engine: Engine) -> None:
-    """Refuse a file that is not a mirror; bring an older mirror's schema to head first.
-
-    The upgrade is what every mirror command does (under the writer lock, after a backup);
-    an up-to-date file is never written.
-    """
-    from mirror.store import Store, schema_state
-
-    with translate_errors(db):
-        rev, head = schema_state(engine)
-    if rev is None:
-        raise StoreError(f"{display_db(db)} is not a mirror database (no schema); check --db")
-    if rev != head:
-        Store.open(db).close()
-
-
 @contextlib.contextmanager
 def open_reader(db: str) -> Iterator[Connection]:
     """A read-only connection to a mirror at schema head; driver errors become one line."""
@@ -802,49 +748,6 @@ def fts_query(text: str) -> str:
     return " ".join('"' + w.replace('"', '""') + '"' for w in text.split())
 
 
-def _sqlite_reader(path: Path, busy_timeout_ms: int) -> Engine:
-    def connect() -> sqlite3.Connection:
-        return connect_readonly(path, check_same_thread=False)
-
-    engine = sa.create_engine("sqlite+pysqlite://", creator=connect, poolclass=sa.pool.NullPool)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # we issue BEGIN ourselves: the driver would not for SELECTs, leaving each statement
-        # its own snapshot
-        dbapi_conn.isolation_level = None
-        # waits out the rare moments a WAL reader can be turned away (a checkpoint's restart)
-        dbapi_conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # a deferred (read) transaction: every statement until rollback sees one snapshot,
-        # and in WAL mode it never waits for, nor blocks, a writer
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
-
-
-def _pg_reader(db: str) -> Engine:
-    """A PostgreSQL engine whose every transaction is READ ONLY and REPEATABLE READ.
-
-    The same engine setup as the store's (timestamps in UTC, JSON as its text), and one
-    snapshot per transaction: `stats` and `status` read several statements that must agree.
-    """
-    engine = make_engine(db)
-
-    @event.listens_for(engine, "connect")
-    def _read_only(dbapi_conn: Any, _record: Any) -> None:
-        with dbapi_conn.cursor() as cur:
-            cur.execute(
-                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, "
-                "READ ONLY"
-            )
-        dbapi_conn.commit()
-
-    return engine
-
-
 def _pg_micro(x: Any) -> Any:
     """`micro_units` in SQL: the expression of the summary trigger (migration 0002)."""
     half = sa.case((x < 0, sa.literal_column("-0.5")), else_=sa.literal_column("0.5"))
@@ -892,23 +795,3 @@ def _pg_stats(
         )
     out.sort(key=lambda r: _key_order(tuple(r[g] for g in groups)))
     return out
-
-
-def tidy_wal(path: Path) -> None:
-    """Remove the ``-wal``/``-shm`` files a read-only open left behind, when nobody uses them.
-
-    A read-only connection to a WAL database creates those two files but may not delete them
-    when it closes. When they did not exist before, the last connection to close should have
-    removed them; a short read-write open (which reads nothing and writes nothing: the WAL is
-    empty) lets SQLite do that itself, and does nothing at all while a sync has the file open.
-    """
-    wal = path.with_name(path.name + "-wal")
-    if not wal.exists() or wal.stat().st_size != 0:
-        return
-    with contextlib.suppress(sqlite3.Error, OSError):
-        con = sqlite3.connect(sqlite_uri(path, mode="rw"), uri=True, timeout=0.1)
-        try:
-            con.execute("PRAGMA query_only = 1")
-            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        finally:
-            con.close()

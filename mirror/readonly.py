@@ -59,8 +59,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from mirror.db import tidy_wal
 from mirror.errors import ConfigError, MirrorError
-from mirror.query import tidy_wal
 from mirror.sqlitefile import check_file, connect_readonly
 from mirror.timeparse import to_text
 
@@ -372,7 +372,7 @@ class PgReadOnlyDatabase:
     `execute` (see the module docstring for what keeps it read-only)."""
 
     def __init__(self, db: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        from mirror.store import display_db, make_engine, normalize_url
+        from mirror.db import display_db, make_engine, normalize_url
 
         if timeout <= 0:
             raise ConfigError("--timeout must be more than 0 seconds")

@@ -1,581 +1,53 @@
-"""The store: tables, connection setup, migrations, the upsert and the sync state.
+"""The store: a migrated database's writes and sync state.
 
-Conventions, for everything in the file:
-
-- One row of ``requests`` is one fal request, keyed by its ``request_id``; its columns carry
-  the API's field names and values. ``status`` is derived from ``ended_at`` and
-  ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this mirror first stored
-  the row and when a sync last changed any of its values.
-- Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
-  text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
-- Sync state lives in the same file, so a row and the claim that its window is complete are
-  committed in one transaction: ``sync_windows`` holds, per target, the completed ``[start,
-  end)`` intervals (coalesced), ``sync_runs`` logs every run.
-
-The schema itself is created and changed only by the Alembic revisions in ``migrations/``
-(shipped as ``mirror.migrations``); the ``Table`` objects below describe it for queries and
-are checked against the migrated schema by the tests.
+The upsert of API rows into ``requests`` (many rows per statement; on SQLite a batch's
+full-text index and hourly summary are written once, at its end), the state that lets a
+sync carry on where the last one stopped (targets, the range each is asked to cover, its
+completed windows, re-checks), and the run log. The tables are described in
+``mirror.schema``; connecting and migrating is ``mirror.db``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from importlib import resources
 from itertools import chain, repeat
 from operator import add
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.engine import Connection, Engine
 
 from mirror import lock
-from mirror.errors import ConfigError, SchemaTooNewError, StoreError
+from mirror.db import (
+    display_db,
+    ensure_schema,
+    make_engine,
+    reader_engine,
+    schema_state,
+    sqlite_path,
+    tidy_wal,
+    translate_errors,
+    upgrade,
+)
+from mirror.errors import StoreError
 from mirror.redact import redact
-from mirror.sqlitefile import check_file, connect_readonly
+from mirror.schema import (
+    ROW_COLUMNS,
+    Instant,
+    hour_of,
+    requests,
+    sync_rechecks,
+    sync_runs,
+    sync_targets,
+    sync_windows,
+    target_clause,
+)
 from mirror.timeparse import from_text, to_text
-
-# --------------------------------------------------------------------------- dialects
-#
-# SQLite is the default, PostgreSQL the engine teams outgrow it into. Everything that differs
-# between the two lives here: column types, the hour/day of a timestamp, the upsert, locking.
-# The rest of mirror sees one convention on both: timestamps are canonical UTC text, payloads
-# are JSON text.
-
-
-class Instant(sa.types.TypeDecorator[str]):
-    """A UTC instant: canonical text (``2026-11-28T10:00:08.123456Z``) on SQLite, where text
-    order is time order; ``timestamptz`` on PostgreSQL. Python always sees the text."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
-        return dialect.type_descriptor(sa.Text())
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        if dialect.name == "postgresql" and isinstance(value, str):
-            return from_text(value)
-        return value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        if dialect.name == "postgresql" and isinstance(value, datetime):
-            return to_text(value)
-        return value
-
-
-class JsonText(sa.types.TypeDecorator[str]):
-    """A JSON document: its text on SQLite, ``jsonb`` on PostgreSQL. Python sees JSON text
-    (PostgreSQL's rendering of it: ``jsonb`` keeps the value, not the spacing or key order)."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.JSONB())
-        return dialect.type_descriptor(sa.Text())
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        # the text is JSON already: handed to the driver as it is (see make_engine)
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
-        return None
-
-
-#: ids compared by byte order on both backends: SQLite's BINARY, PostgreSQL's "C" collation
-#: whatever the database's own (app-id ranges such as ``owner/app/`` .. ``owner/app0`` rely on
-#: it; a language collation would ignore the punctuation)
-Key = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
-
-
-class hour_of(sa.sql.functions.GenericFunction[str]):
-    """The hour of a timestamp as text, ``YYYY-MM-DDTHH`` (UTC)."""
-
-    type = sa.Text()
-    inherit_cache = True
-
-
-class day_of(sa.sql.functions.GenericFunction[str]):
-    """The day of a timestamp as text, ``YYYY-MM-DD`` (UTC)."""
-
-    type = sa.Text()
-    inherit_cache = True
-
-
-@compiles(hour_of)
-def _hour_sqlite(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"substr({compiler.process(element.clauses, **kw)}, 1, 13)"
-
-
-@compiles(day_of)
-def _day_sqlite(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
-
-
-@compiles(hour_of, "postgresql")
-def _hour_pg(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
-    arg = compiler.process(element.clauses, **kw)
-    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')"
-
-
-@compiles(day_of, "postgresql")
-def _day_pg(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
-    arg = compiler.process(element.clauses, **kw)
-    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-
-
-def is_postgresql(db: str) -> bool:
-    return is_url(db) and sa.engine.make_url(normalize_url(db)).get_backend_name() == "postgresql"
-
-
-def normalize_url(db: str) -> str:
-    """``postgresql://`` and ``postgres://`` mean psycopg 3, the driver mirror ships with."""
-    for prefix in ("postgresql://", "postgres://"):
-        if db.startswith(prefix):
-            return "postgresql+psycopg://" + db[len(prefix) :]
-    return db
-
-
-metadata = sa.MetaData()
-
-#: one row per fal request; see the module docstring for conventions
-requests = sa.Table(
-    "requests",
-    metadata,
-    sa.Column("request_id", Key, primary_key=True),
-    sa.Column("endpoint_id", Key, nullable=False),
-    sa.Column("runner_id", sa.Text),
-    sa.Column("sent_at", Instant, nullable=False),
-    sa.Column("started_at", Instant),
-    sa.Column("ended_at", Instant),
-    sa.Column("status_code", sa.Integer),
-    sa.Column("duration", sa.Float),
-    sa.Column("billable_units", sa.Float),
-    sa.Column("json_input", JsonText),
-    sa.Column("json_output", JsonText),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("first_seen_at", Instant, nullable=False),
-    sa.Column("last_changed_at", Instant, nullable=False),
-)
-
-#: one row per sync target: an endpoint id exactly as the user gave it
-sync_targets = sa.Table(
-    "sync_targets",
-    metadata,
-    sa.Column("target", sa.Text, primary_key=True),
-    sa.Column("added_at", Instant, nullable=False),
-    #: the earliest start asked for; every sync plans from here until it is covered
-    sa.Column("requested_from", Instant),
-)
-
-#: one row per coalesced completed interval [window_start, window_end) of a target
-sync_windows = sa.Table(
-    "sync_windows",
-    metadata,
-    sa.Column("target", sa.Text, primary_key=True),
-    sa.Column("window_start", Instant, primary_key=True),
-    sa.Column("window_end", Instant, nullable=False),
-    sa.Column("completed_at", Instant, nullable=False),
-)
-
-#: one row per `mirror sync` run
-sync_runs = sa.Table(
-    "sync_runs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("started_at", Instant, nullable=False),
-    sa.Column("ended_at", Instant),
-    sa.Column("outcome", sa.Text, nullable=False),
-    sa.Column("targets", sa.Text, nullable=False),
-    sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("api_calls", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("rows_updated", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("error", sa.Text),
-    #: this machine's clock minus the API's, in seconds, as the run measured it
-    sa.Column("clock_skew", sa.Float),
-)
-
-#: when a target's older history was last re-checked, per tier ("day", "week")
-sync_rechecks = sa.Table(
-    "sync_rechecks",
-    metadata,
-    sa.Column("target", sa.Text, primary_key=True),
-    sa.Column("tier", sa.Text, primary_key=True),
-    sa.Column("checked_at", Instant, nullable=False),
-)
-
-#: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
-API_FIELDS = (
-    "request_id",
-    "endpoint_id",
-    "runner_id",
-    "sent_at",
-    "started_at",
-    "ended_at",
-    "status_code",
-    "duration",
-    "billable_units",
-    "json_input",
-    "json_output",
-)
-ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
-STATUSES = ("success", "user_error", "error", "unfinished")
-
-
-def derive_status(ended_at: str | None, status_code: int | None) -> str:
-    """success (2xx/3xx), user_error (4xx), error (5xx and anything else), or unfinished."""
-    if ended_at is None or status_code is None:
-        return "unfinished"
-    if 200 <= status_code < 400:
-        return "success"
-    if 400 <= status_code < 500:
-        return "user_error"
-    return "error"
-
-
-# --------------------------------------------------------------------------- connections
-
-
-def is_url(db: str) -> bool:
-    return "://" in db
-
-
-def sqlite_path(db: str) -> Path | None:
-    """The file behind a ``--db`` value, or None for a server database."""
-    if not is_url(db):
-        return Path(db)
-    try:
-        url = sa.engine.make_url(db)
-    except (sa.exc.ArgumentError, ValueError):
-        return None  # not a file; server_engine says what is wrong with the URL
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(url.database)
-    return None
-
-
-#: bytes per page of a new SQLite database (bench/ingest_bench.py measures it against 4 KiB)
-PAGE_SIZE = 16_384
-
-
-def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-    # We issue BEGIN ourselves (see _sqlite_on_begin), so the driver must not.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("PRAGMA busy_timeout = 30000")
-        # Only a new, empty file takes it, and only before WAL mode is set; a database that
-        # exists keeps its page size. 16 KiB instead of SQLite's 4 KiB: a sync's bulk ingest
-        # does ~15% less work (fewer B-tree pages to split, read and write; one page per
-        # 16,000-byte FTS5 leaf instead of four).
-        cur.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a crash or kill of the process loses nothing that was committed; only
-        # a power cut may lose the last transactions, and it never corrupts the file.
-        cur.execute("PRAGMA synchronous = NORMAL")
-        # 16 MiB: as fast as 64 MiB for the sync's writes, and 50 MiB less peak memory
-        # (bench/memory_bench.py)
-        cur.execute("PRAGMA cache_size = -16384")
-        # after each checkpoint the WAL file is cut back to this, so an idle reader's past
-        # cannot leave a huge file behind (SQLite's automatic checkpoints run every ~4 MB)
-        cur.execute("PRAGMA journal_size_limit = 67108864")
-        cur.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cur.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    # Writers take the write lock up front, so a transaction never fails half-way with
-    # SQLITE_BUSY on upgrade from a read lock; readers in WAL mode are never blocked by it.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def make_engine(db: str) -> Engine:
-    """An engine for a path or URL; SQLite files are created private to the user."""
-    path = sqlite_path(db)
-    if path is None:
-        return server_engine(db, pool_size=4)
-    check_file(path)
-    if not path.parent.exists():
-        raise StoreError(f"folder {path.parent} does not exist")
-    if path.exists() and path.stat().st_size > 0:
-        _preflight(path)
-    if not path.exists():
-        try:
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise StoreError(f"cannot create {path}: {e.strerror}") from None
-    # the path as the URL's database, never parsed out of URL text: in "sqlite:///q?mode=ro#x.db"
-    # everything from the "?" on would be read as the URL's query, and "q" opened
-    url = sa.engine.URL.create("sqlite", database=str(path))
-    engine = sa.create_engine(url, poolclass=sa.pool.QueuePool, pool_size=2)
-    event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
-
-
-#: query-string parameters of a URL that are secrets (libpq's, any case)
-_SECRET_PARAMS = frozenset({"password", "sslpassword"})
-_MASK = "MIRRORMASKEDSECRET"  # rendered as it is (letters only), then shown as ***
-
-
-def display_db(db: str) -> str:
-    """A ``--db`` value fit for messages: a URL's password masked, ``user:***@`` and
-    ``?password=***`` alike."""
-    if not is_url(db):
-        return db
-    try:
-        url = sa.engine.make_url(db)
-        secrets = {k: _MASK for k in url.query if k.lower() in _SECRET_PARAMS}
-        if secrets:
-            url = url.update_query_dict(secrets)
-        return url.render_as_string(hide_password=True).replace(_MASK, "***")
-    except (sa.exc.ArgumentError, ValueError):
-        return db.split("://", 1)[0] + "://…"
-
-
-def server_engine(db: str, **kw: Any) -> Engine:
-    """An engine for a database server URL (PostgreSQL through psycopg 3), or a StoreError
-    naming what is wrong with the URL."""
-    try:
-        url = sa.engine.make_url(normalize_url(db))
-    except (sa.exc.ArgumentError, ValueError):
-        raise ConfigError(
-            f"{display_db(db)} is not a database URL: --db takes a SQLite file path, "
-            "sqlite:///PATH, or postgresql+psycopg://USER@HOST/DBNAME"
-        ) from None
-    if url.get_backend_name() != "postgresql":
-        raise ConfigError(
-            f"unsupported database {url.get_backend_name()!r}: --db takes a SQLite file path, "
-            "sqlite:///PATH, or postgresql+psycopg://USER@HOST/DBNAME"
-        )
-    if url.get_driver_name() != "psycopg":
-        raise ConfigError(
-            f"driver {url.get_driver_name()!r} is not supported: use postgresql+psycopg://…"
-        )
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        raise StoreError(
-            "PostgreSQL needs the driver: pip install 'fal-mirror[postgresql]' (psycopg 3)"
-        ) from None
-    kw.setdefault("pool_pre_ping", True)
-    engine = sa.create_engine(url, **kw)
-    event.listen(engine, "connect", _pg_on_connect)
-    return engine
-
-
-def _pg_on_connect(dbapi_conn: Any, _record: Any) -> None:
-    from psycopg.types.string import TextLoader
-
-    # jsonb columns arrive as their text, like SQLite's (mirror parses JSON only where
-    # needed); plain json is left to psycopg: SQLAlchemy's reflection reads it as objects
-    dbapi_conn.adapters.register_loader("jsonb", TextLoader)
-    with dbapi_conn.cursor() as cur:
-        # timestamps printed by the server (psql, mirror sql) in UTC, like the stored text
-        cur.execute("SET TIME ZONE 'UTC'")
-    dbapi_conn.commit()
-
-
-def _preflight(path: Path) -> None:
-    """Look at an existing file read-only before anything writes to it (even the WAL switch).
-
-    A file that is not SQLite, is corrupt, or holds another application's tables is refused
-    byte-for-byte untouched.
-    """
-    try:
-        con = connect_readonly(path)
-    except sqlite3.Error as e:
-        raise StoreError(describe_db_error(e, str(path))) from None
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as e:
-        raise StoreError(describe_db_error(e, str(path))) from None
-    finally:
-        con.close()
-    if names and "alembic_version" not in names:
-        shown = ", ".join(sorted(names)[:5])
-        raise StoreError(
-            f"{path} is not a mirror database (it has tables {shown}); "
-            "point --db at a new or existing mirror file"
-        )
-
-
-@contextlib.contextmanager
-def translate_errors(path: str) -> Iterator[None]:
-    """Turn driver errors about the file into one-line StoreErrors."""
-    try:
-        yield
-    except sa.exc.OperationalError as e:
-        raise StoreError(describe_db_error(e.orig, path)) from None
-    except sa.exc.DatabaseError as e:
-        raise StoreError(describe_db_error(e.orig, path)) from None
-    except sqlite3.DatabaseError as e:
-        raise StoreError(describe_db_error(e, path)) from None
-
-
-def describe_db_error(err: BaseException | None, path: str) -> str:
-    path = display_db(path)
-    # PostgreSQL's own message without its LINE/HINT lines; then one line whatever it was
-    primary = getattr(getattr(err, "diag", None), "message_primary", None)
-    text = primary or (str(err) if err is not None else "unknown database error")
-    text = " ".join(text.split())
-    low = text.lower()
-    if "database or disk is full" in low or "disk i/o error" in low:
-        return f"{path}: disk full or I/O error ({text}); free space and run again, nothing committed is lost"
-    if "readonly" in low or "read-only" in low:
-        return f"{path}: the database is read-only ({text}); check the file's permissions"
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return f"{path}: not a mirror database or corrupt ({text}); check the path, or restore a backup"
-    if "locked" in low or "busy" in low:
-        return (
-            f"{path}: the database stayed locked ({text}); another connection held the write "
-            "lock or a long transaction open past the busy timeout; run again"
-        )
-    if "unable to open" in low:
-        return f"{path}: cannot open the database ({text})"
-    return f"{path}: {text}"
-
-
-# --------------------------------------------------------------------------- migrations
-
-
-def _alembic_config(conn: Connection) -> Any:
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("mirror.migrations")))
-    cfg.attributes["connection"] = conn
-    return cfg
-
-
-def _script_heads() -> tuple[Any, set[str]]:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("mirror.migrations")))
-    script = ScriptDirectory.from_config(cfg)
-    known = {rev.revision for rev in script.walk_revisions()}
-    return script, known
-
-
-def current_revision(conn: Connection) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(conn).get_current_revision()
-
-
-def schema_state(engine: Engine) -> tuple[str | None, str]:
-    """(the database's revision, this version's head); raises if the file is from the future."""
-    script, known = _script_heads()
-    head = script.get_current_head()
-    with engine.connect() as conn:
-        rev = current_revision(conn)
-        conn.rollback()
-    if rev is not None and rev not in known:
-        raise SchemaTooNewError(
-            f"this database has schema revision {rev}, newer than this mirror knows "
-            f"(head {head}); upgrade mirror (pip install -U fal-mirror)"
-        )
-    return rev, str(head)
-
-
-def _check_foreign(engine: Engine, rev: str | None, path: str) -> None:
-    """Refuse a file that holds tables but is not a mirror database."""
-    if rev is not None:
-        return
-    with engine.connect() as conn:
-        names = set(sa.inspect(conn).get_table_names())
-        conn.rollback()
-    _refuse_foreign(names, path)
-
-
-def _refuse_foreign(names: set[str], path: str) -> None:
-    if names - {"alembic_version"}:
-        raise StoreError(
-            f"{path} is not a mirror database (it has tables {', '.join(sorted(names)[:5])}); "
-            "point --db at a new or existing mirror file"
-        )
-
-
-def upgrade(engine: Engine, db: str, *, lock_wait: float = 10.0) -> bool:
-    """Bring the schema to head; True if anything was applied.
-
-    Under the writer lock, after a backup of the file (when it already holds a schema), and
-    inside one transaction: a kill during an upgrade leaves the old or the new schema.
-    """
-    from alembic import command
-
-    with translate_errors(db):
-        rev, head = schema_state(engine)
-        if rev == head:
-            return False
-        path = sqlite_path(db)
-        if path is None:
-            # PostgreSQL: DDL is transactional; a transaction-scoped advisory lock makes
-            # several machines upgrading at once take turns, and the last ones find it done.
-            # Everything is read again under the lock: what was read before it may have been
-            # another machine's migration half-way (tables, then the revision).
-            with engine.begin() as conn:
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
-                rev = current_revision(conn)
-                if rev == head:
-                    return False
-                if rev is None:
-                    _refuse_foreign(set(sa.inspect(conn).get_table_names()), db)
-                command.upgrade(_alembic_config(conn), "head")
-            return True
-        _check_foreign(engine, rev, db)
-        with lock.hold(path, wait=lock_wait):
-            rev, head = schema_state(engine)  # another process may have upgraded meanwhile
-            if rev == head:
-                return False
-            if rev is not None:
-                backup_sqlite(engine, path.with_name(f"{path.name}.bak-{rev}"))
-            with engine.begin() as conn:
-                command.upgrade(_alembic_config(conn), "head")
-        return True
-
-
-#: PostgreSQL advisory lock keys (64-bit): one for migrations; sync targets hash their names
-MIGRATION_LOCK_KEY = 0x6D6972726F720001  # "mirror" + 1
-
-
-def backup_sqlite(engine: Engine, dest: Path) -> None:
-    """A consistent copy of a live database (SQLite's online backup API), private to the user."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
-    raw = engine.raw_connection()
-    try:
-        target = sqlite3.connect(tmp)
-        try:
-            raw.driver_connection.backup(target)  # type: ignore[union-attr]
-        finally:
-            target.close()
-    finally:
-        raw.close()
-    os.replace(tmp, dest)
-
-
-# --------------------------------------------------------------------------- the store
-
 
 _MAX_ROWID = "SELECT max(rowid) FROM requests"
 # A batch's own indexing (migration 0005): while sync_batch has its row, inside the upsert's
@@ -679,8 +151,6 @@ class Store:
         so that a mirror in a folder this process cannot write is read all the same (see
         `mirror.sqlitefile`); an older schema is brought to head first, as every command does.
         """
-        from mirror.query import ensure_schema, reader_engine
-
         engine = reader_engine(db)
         try:
             ensure_schema(db, engine)
@@ -695,8 +165,6 @@ class Store:
         self.engine.dispose()
         path = sqlite_path(self.db) if self._reader else None
         if path is not None:
-            from mirror.query import tidy_wal
-
             tidy_wal(path)  # the -wal/-shm a read-only connection may leave behind
 
     # -- the upsert -------------------------------------------------------------------
@@ -1163,12 +631,3 @@ class Store:
                     con.execute("PRAGMA busy_timeout = 30000")  # type: ignore[union-attr]
             finally:
                 raw.close()
-
-
-def target_clause(target: str) -> sa.ColumnElement[bool]:
-    """Rows a target covers: the id itself, and for an app id its routes (``owner/app/…``).
-
-    A range, not LIKE: ids contain ``_`` (a LIKE wildcard), and a range uses the index.
-    """
-    r = requests.c.endpoint_id
-    return sa.or_(r == target, sa.and_(r >= target + "/", r < target + "0"))

@@ -52,9 +52,11 @@ import sqlalchemy as sa
 
 from mirror import lock
 from mirror.api import CursorWalk, FalClient, Page
+from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
 from mirror.redact import printable
-from mirror.store import API_FIELDS, Store, hour_of, requests, sqlite_path, target_clause
+from mirror.schema import API_FIELDS, hour_of, requests, target_clause
+from mirror.store import Store
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.windows import align_down, ceil_s, floor_s
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from mirror.cli import cli
-from mirror.store import requests, sync_runs, sync_targets, sync_windows
+from mirror.schema import requests, sync_runs, sync_targets, sync_windows
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

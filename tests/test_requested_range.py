@@ -9,7 +9,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from mirror.store import Store, make_engine, sync_targets, sync_windows
+from mirror.db import make_engine
+from mirror.schema import sync_targets, sync_windows
+from mirror.store import Store
 from mirror.sync import SyncOptions, plan_target
 from mirror.timeparse import from_text, to_text
 
@@ -69,11 +71,11 @@ def test_planning_starts_at_the_stored_start_whatever_the_run_asks(tmp_path) -> 
 
 def test_an_older_file_takes_what_it_covers_and_nothing_is_guessed(db_url: str) -> None:
     """0005 with completed windows for one target and none for another -> head."""
-    from mirror.store import _alembic_config
+    from mirror.db import alembic_config
 
     engine = make_engine(db_url)
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0005")
+        command.upgrade(alembic_config(conn), "0005")
         # the tables' own columns (typed instants) as a 0005-era writer would use them
         conn.execute(
             sync_targets.insert(),
@@ -96,7 +98,7 @@ def test_an_older_file_takes_what_it_covers_and_nothing_is_guessed(db_url: str) 
         store.close()
     engine = make_engine(db_url)
     with engine.begin() as conn:  # and back: 0005's tables exactly
-        command.downgrade(_alembic_config(conn), "0005")
+        command.downgrade(alembic_config(conn), "0005")
         cols = {c["name"] for c in sa.inspect(conn).get_columns("sync_targets")}
         runs = {c["name"] for c in sa.inspect(conn).get_columns("sync_runs")}
     engine.dispose()

@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mirror.db import script_heads
 from mirror.errors import SchemaTooNewError, StoreError
-from mirror.store import Store, _script_heads, derive_status, metadata, requests
+from mirror.schema import derive_status, metadata, requests
+from mirror.store import Store
 
 T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
 
@@ -96,7 +98,7 @@ def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
 def test_new_files_get_16_kib_pages_and_existing_ones_keep_theirs(tmp_path):
     """A new mirror file is created with PAGE_SIZE pages; one made before (SQLite's 4 KiB
     default) keeps its pages, is migrated and written as before."""
-    from mirror.store import PAGE_SIZE
+    from mirror.db import PAGE_SIZE
 
     def page_size(p):
         con = sqlite3.connect(p)
@@ -214,7 +216,7 @@ def test_completed_windows_coalesce(store):
 
 
 def _run_log(store):
-    from mirror.store import sync_runs
+    from mirror.schema import sync_runs
 
     c = sync_runs.c
     with store.engine.connect() as conn:
@@ -261,7 +263,7 @@ def test_a_run_left_running_is_marked_killed_only_by_a_run_holding_the_lock(tmp_
 
 def test_locked_database_message_says_what_happened_without_guessing(tmp_path):
     """A real SQLITE_BUSY: another connection holds the write lock."""
-    from mirror.store import describe_db_error
+    from mirror.db import describe_db_error
 
     db = tmp_path / "busy.db"
     holder = sqlite3.connect(db, isolation_level=None)
@@ -322,7 +324,7 @@ def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
 def test_upgrade_from_an_older_revision_backs_up_first(tmp_path):
     from alembic import command
 
-    from mirror.store import _alembic_config
+    from mirror.db import alembic_config
 
     p = tmp_path / "m.db"
     s = Store.open(str(p))
@@ -331,7 +333,7 @@ def test_upgrade_from_an_older_revision_backs_up_first(tmp_path):
         head = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         if head == "0001":
             pytest.skip("only one revision so far: nothing to upgrade from")
-        command.downgrade(_alembic_config(conn), "0001")
+        command.downgrade(alembic_config(conn), "0001")
     s.close()
     s = Store.open(str(p))
     assert (tmp_path / "m.db.bak-0001").exists(), "no backup taken before the upgrade"
@@ -397,12 +399,12 @@ def test_postgresql_schema_uses_native_types(pg_url):
 def test_postgresql_downgrade_then_upgrade_keeps_rows_and_summaries(pg_url):
     from alembic import command
 
-    from mirror.store import _alembic_config
+    from mirror.db import alembic_config
 
     s = Store.open(pg_url)
     upsert(s, [row("a"), row("b", ended="2026-11-28T10:15:00.000000Z", billable=0.1)])
     with s.engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), "0001")
+        command.downgrade(alembic_config(conn), "0001")
     with s.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT to_regclass('summary_hourly')").scalar() is None
     s.close()
@@ -433,7 +435,7 @@ def test_postgresql_machines_migrating_at_once_take_turns(pg_url):
     s = Store.open(pg_url)
     try:
         with s.engine.connect() as conn:
-            head = _script_heads()[0].get_current_head()
+            head = script_heads()[0].get_current_head()
             assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
                 (head,)
             ]
@@ -473,7 +475,7 @@ def test_unusable_database_urls_are_a_usage_error(tmp_path, url, message):
 
 
 def test_passwords_in_urls_never_reach_messages():
-    from mirror.store import describe_db_error, display_db
+    from mirror.db import describe_db_error, display_db
 
     url = "postgresql+psycopg://me:hunter2@db.example/mirror"
     assert display_db(url) == "postgresql+psycopg://me:***@db.example/mirror"
@@ -540,7 +542,7 @@ def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_ad
     ],
 )  # fmt: skip
 def test_a_password_in_the_query_string_is_masked_too(url, shown):
-    from mirror.store import describe_db_error, display_db
+    from mirror.db import describe_db_error, display_db
 
     assert display_db(url) == shown
     assert describe_db_error(RuntimeError("no route"), url) == f"{shown}: no route"

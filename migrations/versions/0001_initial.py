@@ -10,7 +10,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 #: a UTC instant: canonical ISO-8601 text on SQLite (text order is time order), timestamptz on
-#: PostgreSQL; a JSON document: its text on SQLite, jsonb on PostgreSQL (see mirror.store)
+#: PostgreSQL; a JSON document: its text on SQLite, jsonb on PostgreSQL (see mirror.schema)
 INSTANT = sa.Text().with_variant(postgresql.TIMESTAMP(timezone=True), "postgresql")
 JSON = sa.Text().with_variant(postgresql.JSONB(), "postgresql")
 #: ids compared by byte order on both (SQLite's BINARY; PostgreSQL's "C", whatever the

@@ -32,7 +32,7 @@ What this adds, and why each piece is shaped the way it is:
   ``daily_summary`` and ``daily_usage``.
 
 On PostgreSQL the same pieces, in its own terms: the text search is a GIN index over
-``to_tsvector('simple', …)`` of both payloads (the expression ``mirror.store`` searches with),
+``to_tsvector('simple', …)`` of both payloads (the expression ``mirror.query`` searches with),
 ``summary_hourly`` is kept by one plpgsql trigger function (the same integer sums), and the
 views have the same names and columns (``request_log`` without SQLite's ``rowid``).
 """
@@ -192,7 +192,7 @@ SQLITE_DOWN = [
 
 # ---- PostgreSQL
 
-#: the searched document; mirror.store.PG_SEARCH_DOCUMENT is this same expression
+#: the searched document; mirror.query.PG_SEARCH_DOCUMENT is this same expression
 _PG_DOCUMENT = (
     "to_tsvector('simple'::regconfig, "
     "COALESCE(json_input::text, '') || ' ' || COALESCE(json_output::text, ''))"

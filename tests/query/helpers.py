@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from mirror.store import Store, derive_status
+from mirror.schema import derive_status
+from mirror.store import Store
 from mirror.timeparse import to_text
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -97,7 +98,7 @@ def fill(path: Path, rows: Sequence[tuple[Any, ...]], *, now: datetime = NOW) ->
 
 def read_all(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of a read-only query, leaving the folder as it was (no stray -wal file)."""
-    from mirror.query import tidy_wal
+    from mirror.db import tidy_wal
 
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:

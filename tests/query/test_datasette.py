@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from mirror import query
+from mirror.db import reader_engine
 
 from .helpers import cli_main, free_port, read_all, terminate
 
@@ -161,7 +162,7 @@ def test_canned_latency_percentiles_equal_mirror_stats(server, synced_db):
     since = (datetime.now(UTC) - timedelta(hours=12)).replace(minute=0, second=0, microsecond=0)
     rows = rows_of(server, "/latency_percentiles_per_hour.json", since=since.isoformat()[:19],
                    endpoint="acme/flux-lora")  # fmt: skip
-    engine = query.reader_engine(str(synced_db))
+    engine = reader_engine(str(synced_db))
     with engine.connect() as conn:  # min_duration=0: the rows that have a duration
         f = query.Filters(endpoints=("acme/flux-lora",), since=since, min_duration=0)
         stats = query.stats(conn, f, by=["hour"])

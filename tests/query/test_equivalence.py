@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirror import query
-from mirror.store import STATUSES
+from mirror.db import reader_engine
+from mirror.schema import STATUSES
 from mirror.timeparse import to_text
 
 from .helpers import ENDPOINTS, NON_ASCII, NOW, WORDS
@@ -124,7 +125,7 @@ def ref_con(demo_db):
 
 @pytest.fixture(scope="module")
 def reader(demo_db):
-    engine = query.reader_engine(str(demo_db))
+    engine = reader_engine(str(demo_db))
     with engine.connect() as conn:
         yield conn
     engine.dispose()

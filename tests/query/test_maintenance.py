@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirror import query
-from mirror.store import ROW_COLUMNS, Store, derive_status
+from mirror.db import reader_engine
+from mirror.schema import ROW_COLUMNS, derive_status
+from mirror.store import Store
 from mirror.timeparse import to_text
 
 from .helpers import NOW, fill, make_rows, read_all
@@ -49,7 +51,7 @@ def check_exact(path: Path) -> None:
 
 
 def search(path: Path, words: str, **kw: Any) -> list[str]:
-    engine = query.reader_engine(str(path))
+    engine = reader_engine(str(path))
     try:
         with engine.connect() as conn:
             f = query.Filters(search=words, **kw)
@@ -163,12 +165,12 @@ def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
     """0001 with rows -> 0002 (index and summary built from them) -> 0001 -> 0002."""
     from alembic import command
 
-    from mirror.store import _alembic_config, make_engine
+    from mirror.db import alembic_config, make_engine
 
     db = tmp_path / "m.db"
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0001")
+        command.upgrade(alembic_config(conn), "0001")
     engine.dispose()
     store = Store(make_engine(str(db)), str(db))
     with store.engine.begin() as conn:
@@ -179,7 +181,7 @@ def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
     assert search(db, "lighthouse"), "the existing rows were not indexed"
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), "0001")
+        command.downgrade(alembic_config(conn), "0001")
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
         cols = [r[2] for r in conn.exec_driver_sql("PRAGMA index_info(ix_requests_endpoint_ended)")]
@@ -198,7 +200,7 @@ def test_0004_tunes_the_index_and_it_stays_exact_both_ways(tmp_path):
     """0003 with rows -> 0004 (rebuilt) -> more rows -> 0003 (rebuilt) -> more rows."""
     from alembic import command
 
-    from mirror.store import _alembic_config, make_engine
+    from mirror.db import alembic_config, make_engine
 
     def tables() -> set[str]:
         return {r[0] for r in read_all(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -206,7 +208,7 @@ def test_0004_tunes_the_index_and_it_stays_exact_both_ways(tmp_path):
     db = tmp_path / "m.db"
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0003")
+        command.upgrade(alembic_config(conn), "0003")
     store = Store(engine, str(db))
     with engine.begin() as conn:
         store.upsert(conn, make_rows(200, seed=11), payloads=True, billing=True, now=to_text(NOW))
@@ -224,7 +226,7 @@ def test_0004_tunes_the_index_and_it_stays_exact_both_ways(tmp_path):
     check_exact(db)
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), "0003")
+        command.downgrade(alembic_config(conn), "0003")
     engine.dispose()
     assert fts_config(db) == {}, "0003's index has FTS5's default settings"
     assert "requests_fts_docsize" in tables()
@@ -298,12 +300,12 @@ def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(t
     between -> 0004 -> both kinds of writer again: index and summary exact at every step."""
     from alembic import command
 
-    from mirror.store import _alembic_config, make_engine
+    from mirror.db import alembic_config, make_engine
 
     db = tmp_path / "m.db"
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0004")
+        command.upgrade(alembic_config(conn), "0004")
     store = Store(engine, str(db))
     rows = make_rows(900, seed=21)
     with engine.begin() as conn:
@@ -328,7 +330,7 @@ def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(t
     assert search(db, "rewritten by hand"), "a plain-SQL insert and update were indexed"
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.downgrade(_alembic_config(conn), "0004")
+        command.downgrade(alembic_config(conn), "0004")
     engine.dispose()
     assert _gate(db) == ([], []), "0004's triggers are back, ungated"
     check_exact(db)

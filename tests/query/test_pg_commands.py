@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from mirror import query
+from mirror.db import reader_engine
 
 from .helpers import fill, make_rows
 
@@ -113,7 +114,7 @@ def test_status_prints_the_same_on_both(run_cli, tmp_path, pg_url):
 
 def test_search_uses_the_gin_index(both):
     _, pg = both
-    engine = query.reader_engine(pg)
+    engine = reader_engine(pg)
     with engine.connect() as conn:
         conn.exec_driver_sql("SET enable_seqscan = off")  # 600 rows: ask whether it *can*
         stmt = query.listing_statement(conn, query.Filters(search="lighthouse dusk"))
@@ -136,7 +137,7 @@ def test_search_uses_the_gin_index(both):
 def test_every_word_must_occur_on_both(both, words, want):
     found = {}
     for db in both:
-        engine = query.reader_engine(db)
+        engine = reader_engine(db)
         with engine.connect() as conn:
             found[db] = {
                 r[0]

@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirror import query
-from mirror.store import STATUSES, Store, derive_status
+from mirror.db import reader_engine
+from mirror.schema import STATUSES, derive_status
+from mirror.store import Store
 from mirror.timeparse import to_text
 
 ENDPOINTS = (
@@ -136,8 +138,8 @@ class Backends:
     def __init__(self, sqlite_path: str, pg_url: str) -> None:
         self.stores = {"sqlite": Store.open(sqlite_path), "postgresql": Store.open(pg_url)}
         self.readers = {
-            "sqlite": query.reader_engine(sqlite_path),
-            "postgresql": query.reader_engine(pg_url),
+            "sqlite": reader_engine(sqlite_path),
+            "postgresql": reader_engine(pg_url),
         }
 
     def load(self, data: list[tuple[Any, ...]]) -> None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from mirror import query
+from mirror.db import reader_engine
 
 from .helpers import NOW
 
@@ -20,7 +21,7 @@ DAY = NOW.replace(hour=0) - timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def conns(demo_db):
-    engine = query.reader_engine(str(demo_db))
+    engine = reader_engine(str(demo_db))
     raw = sqlite3.connect(f"file:{demo_db}?mode=ro", uri=True)
     with engine.connect() as conn:
         yield conn, raw

@@ -47,6 +47,7 @@ from e2e.harness import (  # tests/ is on sys.path, as for the e2e suite itself
 
 import mirror.api
 import mirror.cli
+import mirror.db
 import mirror.store
 import mirror.sync
 from mirror.simulator import DEFAULT_KEY, ManualClock, World, WorldConfig, generate_world
@@ -54,7 +55,7 @@ from mirror.simulator import DEFAULT_KEY, ManualClock, World, WorldConfig, gener
 ENDPOINTS = ("acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler", "acme/whisper-v3")
 TARGETS = ("acme/flux-lora", "acme/upscaler", "acme/whisper-v3")
 REPO = Path(__file__).resolve().parents[2]
-mirror.store._script_heads()  # warm Alembic's script directory too
+mirror.db.script_heads()  # warm Alembic's script directory too
 
 #: the readings of the API (docs/fal-api.md) the suite rotates through
 READINGS: dict[str, WorldConfig] = {

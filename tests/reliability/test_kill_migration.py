@@ -21,10 +21,11 @@ import pytest
 import sqlalchemy.engine.default as sa_default
 from alembic import command
 
-import mirror.store as store_mod
+import mirror.db
 from mirror.api import FalClient, RetryPolicy
+from mirror.db import alembic_config, make_engine, script_heads
 from mirror.simulator import DEFAULT_KEY, SimulatedAPI
-from mirror.store import Store, _alembic_config, _script_heads, make_engine
+from mirror.store import Store
 from mirror.timeparse import api_param, to_text
 from mirror.windows import floor_s
 
@@ -49,7 +50,7 @@ INTERRUPTED = "mirror: interrupted; everything committed so far is kept"
 
 
 def _head() -> str:
-    script, _ = _script_heads()
+    script, _ = script_heads()
     return str(script.get_current_head())
 
 
@@ -88,14 +89,14 @@ def kill_in_migration(n: int | str, sig: int = signal.SIGKILL):  # type: ignore[
             setattr(sa_default.DefaultDialect, name, wrapper)
 
         if n == "backup":
-            backup = store_mod.backup_sqlite
+            backup = mirror.db.backup_sqlite
 
             def killed_backup(engine: Any, dest: Path) -> None:
                 backup(engine, dest)
                 note(notes, "point after-backup")
                 die(sig)
 
-            store_mod.backup_sqlite = killed_backup
+            mirror.db.backup_sqlite = killed_backup
 
     return patch
 
@@ -115,7 +116,7 @@ def _old_mirror(db: Path, api: SimulatedAPI) -> set[str]:
     """
     engine = make_engine(str(db))
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), OLD)
+        command.upgrade(alembic_config(conn), OLD)
     store = Store(engine, str(db))
     now = api.world.now()
     start, end = floor_s(now - timedelta(hours=11)), floor_s(now - timedelta(hours=3))

@@ -24,8 +24,9 @@ import sqlalchemy as sa
 import sqlalchemy.engine.default as sa_default
 
 from mirror.api import FalClient
+from mirror.schema import requests
 from mirror.simulator import SimulatedAPI
-from mirror.store import STALE_RUN_ERROR, Store, requests
+from mirror.store import STALE_RUN_ERROR, Store
 from mirror.sync import Syncer
 
 from .rel_helpers import (

@@ -6,7 +6,7 @@
   rows exist on the server and whose counts never go down nor beyond what the server has.
 - A reader holds a read transaction open, idle, through a sync that writes many MB of WAL:
   the sync succeeds, the reader's view does not change, and once the reader is gone the WAL
-  is cut back under the ``journal_size_limit`` that ``mirror.store`` sets.
+  is cut back under the ``journal_size_limit`` that ``mirror.db`` sets.
 
 The syncs run as real ``python -m mirror`` subprocesses, not forked: this process keeps a
 polling thread (and in the second test an SQLite connection) open, which a fork would copy.
@@ -29,7 +29,7 @@ import pytest
 from e2e.harness import mirror as mirror_subprocess
 from query.helpers import free_port, terminate
 
-import mirror.store
+import mirror.db
 from mirror.simulator import FaultConfig, SimulatedAPI
 
 from .rel_helpers import (
@@ -164,8 +164,8 @@ def test_datasette_serving_the_file_answers_consistently_all_through_a_sync(
 
 
 def _journal_size_limit(probe: Path) -> int:
-    """The ``journal_size_limit`` mirror.store sets on its connections, read back from one."""
-    engine = mirror.store.make_engine(str(probe))
+    """The ``journal_size_limit`` mirror.db sets on its connections, read back from one."""
+    engine = mirror.db.make_engine(str(probe))
     try:
         with engine.connect() as conn:
             return int(conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one())
@@ -179,7 +179,7 @@ def test_wal_pinned_by_an_idle_reader_is_cut_back_once_the_reader_is_gone(tmp_pa
     must still succeed and the reader keep its view; once the reader is gone, the next sync
     must leave the WAL within ``journal_size_limit``."""
     limit = _journal_size_limit(tmp_path / "probe.db")
-    assert limit > 0, f"mirror.store sets no journal_size_limit ({limit})"
+    assert limit > 0, f"mirror.db sets no journal_size_limit ({limit})"
     # ~38,000 requests with payloads: about 90 MiB of WAL frames, well past the limit
     world = static_world(seed=137, hours=24, per_hour=1600, running=0)
     expected = listable(world)

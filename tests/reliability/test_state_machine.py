@@ -52,10 +52,11 @@ from hypothesis.stateful import (
 )
 
 from mirror.api import FalClient, RetryPolicy
+from mirror.db import make_engine
 from mirror.errors import ApiUnavailable, BadDataError
 from mirror.pacing import Pacer
 from mirror.simulator import DEFAULT_KEY, FaultConfig, ManualClock, SimulatedAPI, generate_world
-from mirror.store import Store, make_engine
+from mirror.store import Store
 from mirror.sync import Syncer, SyncOptions
 from mirror.timeparse import from_text
 

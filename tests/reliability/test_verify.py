@@ -31,6 +31,7 @@ from e2e.harness import Run, compare, fast_env, server_record  # tests/ is on sy
 
 from mirror import lock
 from mirror.api import FalClient, make_http_client
+from mirror.schema import requests as requests_table
 from mirror.simulator import (
     DEFAULT_KEY,
     ManualClock,
@@ -42,7 +43,6 @@ from mirror.simulator import (
 from mirror.simulator.faults import ANALYTICS_PATH
 from mirror.simulator.server import Answer, ApiError
 from mirror.store import Store
-from mirror.store import requests as requests_table
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import api_param, from_text, to_text
 from mirror.verify import differing_fields

@@ -1,0 +1,248 @@
+"""The schema as Python sees it: column types, dialect SQL functions and the tables.
+
+Conventions, for every table:
+
+- One row of ``requests`` is one fal request, keyed by its ``request_id``; its columns carry
+  the API's field names and values. ``status`` is derived from ``ended_at`` and
+  ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this mirror first stored
+  the row and when a sync last changed any of its values.
+- Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
+  text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
+- Sync state lives in the same database, so a row and the claim that its window is complete
+  are committed in one transaction: ``sync_windows`` holds, per target, the completed
+  ``[start, end)`` intervals (coalesced), ``sync_runs`` logs every run.
+
+The schema itself is created and changed only by the Alembic revisions in ``migrations/``
+(shipped as ``mirror.migrations``, run by ``mirror.db``); the ``Table`` objects below describe
+it for queries and are checked against the migrated schema by the tests.
+
+SQLite is the default, PostgreSQL the engine teams outgrow it into. Here are the differences
+a query sees (column types, the hour/day of a timestamp); the rest of mirror sees one
+convention on both: timestamps are canonical UTC text, payloads are JSON text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from mirror.timeparse import from_text, to_text
+
+# --------------------------------------------------------------------------- types
+
+
+class Instant(sa.types.TypeDecorator[str]):
+    """A UTC instant: canonical text (``2026-11-28T10:00:08.123456Z``) on SQLite, where text
+    order is time order; ``timestamptz`` on PostgreSQL. Python always sees the text."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" and isinstance(value, str):
+            return from_text(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql" and isinstance(value, datetime):
+            return to_text(value)
+        return value
+
+
+class JsonText(sa.types.TypeDecorator[str]):
+    """A JSON document: its text on SQLite, ``jsonb`` on PostgreSQL. Python sees JSON text
+    (PostgreSQL's rendering of it: ``jsonb`` keeps the value, not the spacing or key order)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.Text())
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # the text is JSON already: handed to the driver as it is (see mirror.db.make_engine)
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        return None
+
+
+#: ids compared by byte order on both backends: SQLite's BINARY, PostgreSQL's "C" collation
+#: whatever the database's own (app-id ranges such as ``owner/app/`` .. ``owner/app0`` rely on
+#: it; a language collation would ignore the punctuation)
+Key = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
+
+class hour_of(sa.sql.functions.GenericFunction[str]):
+    """The hour of a timestamp as text, ``YYYY-MM-DDTHH`` (UTC)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+class day_of(sa.sql.functions.GenericFunction[str]):
+    """The day of a timestamp as text, ``YYYY-MM-DD`` (UTC)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(hour_of)
+def _hour_sqlite(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 13)"
+
+
+@compiles(day_of)
+def _day_sqlite(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
+
+
+@compiles(hour_of, "postgresql")
+def _hour_pg(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')"
+
+
+@compiles(day_of, "postgresql")
+def _day_pg(element: day_of, compiler: SQLCompiler, **kw: Any) -> str:
+    arg = compiler.process(element.clauses, **kw)
+    return f"to_char(({arg}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+# --------------------------------------------------------------------------- tables
+
+metadata = sa.MetaData()
+
+#: one row per fal request; see the module docstring for conventions
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("endpoint_id", Key, nullable=False),
+    sa.Column("runner_id", sa.Text),
+    sa.Column("sent_at", Instant, nullable=False),
+    sa.Column("started_at", Instant),
+    sa.Column("ended_at", Instant),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("duration", sa.Float),
+    sa.Column("billable_units", sa.Float),
+    sa.Column("json_input", JsonText),
+    sa.Column("json_output", JsonText),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("first_seen_at", Instant, nullable=False),
+    sa.Column("last_changed_at", Instant, nullable=False),
+)
+
+#: one row per sync target: an endpoint id exactly as the user gave it
+sync_targets = sa.Table(
+    "sync_targets",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("added_at", Instant, nullable=False),
+    #: the earliest start asked for; every sync plans from here until it is covered
+    sa.Column("requested_from", Instant),
+)
+
+#: one row per coalesced completed interval [window_start, window_end) of a target
+sync_windows = sa.Table(
+    "sync_windows",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("window_start", Instant, primary_key=True),
+    sa.Column("window_end", Instant, nullable=False),
+    sa.Column("completed_at", Instant, nullable=False),
+)
+
+#: one row per `mirror sync` run
+sync_runs = sa.Table(
+    "sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("started_at", Instant, nullable=False),
+    sa.Column("ended_at", Instant),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("targets", sa.Text, nullable=False),
+    sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("api_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_inserted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_updated", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    #: this machine's clock minus the API's, in seconds, as the run measured it
+    sa.Column("clock_skew", sa.Float),
+)
+
+#: when a target's older history was last re-checked, per tier ("day", "week")
+sync_rechecks = sa.Table(
+    "sync_rechecks",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("tier", sa.Text, primary_key=True),
+    sa.Column("checked_at", Instant, nullable=False),
+)
+
+#: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
+#: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
+#: stay exact under the subtractions of updates and deletes. Read only on SQLite (on
+#: PostgreSQL ``hour`` is a timestamptz), so it is declared apart from ``metadata``.
+summary_hourly = sa.Table(
+    "summary_hourly",
+    sa.MetaData(),
+    sa.Column("hour", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("durations", sa.Integer, nullable=False),
+    sa.Column("duration_us", sa.Integer, nullable=False),
+    sa.Column("billed", sa.Integer, nullable=False),
+    sa.Column("billable_micro", sa.Integer, nullable=False),
+)
+
+#: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
+API_FIELDS = (
+    "request_id",
+    "endpoint_id",
+    "runner_id",
+    "sent_at",
+    "started_at",
+    "ended_at",
+    "status_code",
+    "duration",
+    "billable_units",
+    "json_input",
+    "json_output",
+)
+ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
+STATUSES = ("success", "user_error", "error", "unfinished")
+
+
+def derive_status(ended_at: str | None, status_code: int | None) -> str:
+    """success (2xx/3xx), user_error (4xx), error (5xx and anything else), or unfinished."""
+    if ended_at is None or status_code is None:
+        return "unfinished"
+    if 200 <= status_code < 400:
+        return "success"
+    if 400 <= status_code < 500:
+        return "user_error"
+    return "error"
+
+
+def target_clause(target: str) -> sa.ColumnElement[bool]:
+    """Rows a target covers: the id itself, and for an app id its routes (``owner/app/…``).
+
+    A range, not LIKE: ids contain ``_`` (a LIKE wildcard), and a range uses the index.
+    """
+    r = requests.c.endpoint_id
+    return sa.or_(r == target, sa.and_(r >= target + "/", r < target + "0"))

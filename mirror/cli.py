@@ -517,19 +517,16 @@ def copy_cmd(source: str, dest: str, quiet: bool) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 def fake_api(port: int, seed: int) -> None:
     """Serve the built-in simulated fal API on 127.0.0.1, to try mirror without a key."""
+    from mirror.demo import TARGETS
     from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
 
     api = SimulatedAPI(demo_world(utcnow(), seed=seed), port=port)
     api.start()
-    endpoints = " ".join(f"--endpoint {e}" for e in demo_targets())
+    endpoints = " ".join(f"--endpoint {e}" for e in TARGETS)
     click.echo(f"simulated fal API at {api.base_url} (Ctrl-C to stop). Try:")
     click.echo(f"  export MIRROR_BASE_URL={api.base_url} FAL_KEY={DEFAULT_KEY}")
     click.echo(f"  mirror sync --db sim.db --since 3d {endpoints}")
     api.serve_forever()
-
-
-def demo_targets() -> list[str]:
-    return ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
 
 
 @cli.command()

@@ -72,7 +72,7 @@ RAW_UPSERT = (
 def page_bodies(n: int) -> list[bytes]:
     """The simulated API's pages (as sent over HTTP) holding about ``n`` requests."""
     from mirror.simulator import Query
-    from mirror.simulator.server import _DUMPS, encode_cursor
+    from mirror.simulator.server import BODY_OPTIONS, encode_cursor
     from mirror.simulator.world import FULL_VIEW
 
     spec = c.WorldSpec(requests=n)
@@ -87,7 +87,7 @@ def page_bodies(n: int) -> list[bytes]:
             items, more = world.page(q, offset=offset, limit=100, view=FULL_VIEW, now=now)
             cursor = encode_cursor(k + 1) if more else None
             body = {"items": items, "next_cursor": cursor, "has_more": more}
-            bodies.append(orjson.dumps(body, option=_DUMPS))
+            bodies.append(orjson.dumps(body, option=BODY_OPTIONS))
             offset += 100
             k += 1
     return bodies

@@ -1,3 +1,6 @@
+"""`python -m mirror`: the `mirror` command."""
+
 from mirror.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,197 +1,39 @@
-"""The `mirror` command. Click only: parse, open, call one library function, print.
+"""The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
+`main`. Click only: parse, call one library function, print.
 
-Exit codes: 0 success, 1 failure (API, key rejected, bad data, storage), 2 usage or
-configuration error, 75 another sync holds the database (EX_TEMPFAIL: try later), 130
-interrupted. Every known failure is one line on stderr; ``MIRROR_DEBUG=1`` shows tracebacks.
-
-What the program prints of an error, a note or a log record passes ``mirror.redact``: the
-API key and its halves are redacted, and control characters (a server's text may carry
-line breaks or terminal escapes) are shown as escapes, on one line of bounded length.
+The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
+what all commands share (the error handling of the group, options, signals, the progress
+line, exit codes) in ``mirror.cliutil``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import signal
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
-from mirror import __version__
+from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror.cliutil import (
+    MirrorGroup,
+    Progress,
+    base_url_option,
+    check_since_until,
+    db_option,
+    duration_callback,
+    endpoints_callback,
+    print_notes,
+    setup_logging,
+    sigterm_as_interrupt,
+    usage_errors,
+    verbose_option,
+    when_callback,
+)
 from mirror.db import display_db
-from mirror.errors import ConfigError, MirrorError
-from mirror.redact import MAX_MESSAGE, RedactFilter, printable, redact
-from mirror.timeparse import parse_duration, parse_when, utcnow
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-def _debug() -> bool:
-    return os.environ.get("MIRROR_DEBUG", "") not in ("", "0")
-
-
-def shown(text: object) -> str:
-    """Text from outside (an error, a note) as printed: no secret, one bounded line."""
-    return printable(redact(str(text)), MAX_MESSAGE)
-
-
-def fail(err: MirrorError) -> NoReturn:
-    if _debug():
-        raise err
-    hint = err.hint
-    click.echo(f"mirror: {err.kind}: {shown(err)}{f'; {hint}' if hint else ''}", err=True)
-    sys.exit(err.exit_code)
-
-
-class MirrorGroup(click.Group):
-    """Turns library errors into one line and an exit code, never a traceback."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except click.UsageError as e:
-            if _debug():
-                raise
-            where = e.ctx.command_path if e.ctx else "mirror"
-            click.echo(f"mirror: usage: {e.format_message()} (see: {where} --help)", err=True)
-            sys.exit(EXIT_USAGE)
-        except click.ClickException as e:
-            click.echo(f"mirror: {e.format_message()}", err=True)
-            sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("mirror: aborted", err=True)
-            sys.exit(1)
-        if isinstance(rv, int) and not isinstance(rv, bool):
-            sys.exit(rv)
-        return rv
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except MirrorError as e:
-            fail(e)
-        except KeyboardInterrupt:
-            if _debug():  # the traceback, then the same line and exit code as always
-                traceback.print_exc()
-            click.echo("mirror: interrupted; everything committed so far is kept", err=True)
-            if threading.active_count() > 1:
-                # a worker may sit in a slow HTTP read; what matters is committed already
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(EXIT_INTERRUPTED)
-            sys.exit(EXIT_INTERRUPTED)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except Exception as e:
-            storage = _storage_error(e)
-            if storage is not None:
-                fail(storage)
-            if _debug():
-                raise
-            click.echo(
-                f"mirror: internal error: {type(e).__name__}: {shown(e)} "
-                "(run with MIRROR_DEBUG=1 for details, and please report it)",
-                err=True,
-            )
-            sys.exit(1)
-        finally:
-            if _as_process:
-                # The command is over (its outcome decided and printed, or being printed): a
-                # signal from here to the exit could only cut the exit short, or turn a
-                # finished command into an "interrupted" one.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _storage_error(e: BaseException) -> MirrorError | None:
-    """Local storage failures (disk full, file-size limit, read-only, corrupt) that escaped
-    the library's own translation, as one StoreError line."""
-    import errno
-    import sqlite3
-
-    import sqlalchemy as sa
-
-    from mirror.db import describe_db_error
-    from mirror.errors import StoreError
-
-    if isinstance(e, sa.exc.DBAPIError):
-        return StoreError(describe_db_error(e.orig, "the mirror database"))
-    if isinstance(e, sqlite3.Error):
-        return StoreError(describe_db_error(e, "the mirror database"))
-    if isinstance(e, OSError) and e.errno in (
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EFBIG,
-        errno.EROFS,
-        errno.EIO,
-        errno.EACCES,
-    ):
-        what = (
-            "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "cannot write"
-        )
-        return StoreError(
-            f"the mirror database: {what} ({e.strerror}); free space or fix permissions and run again, nothing committed is lost"
-        )
-    return None
-
-
-def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_when(value, ctx.meta.setdefault("mirror.now", utcnow()))
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler.addFilter(RedactFilter())  # no key, no control character in any log line
-    root = logging.getLogger("mirror")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # httpx logs every request at INFO; ours (mirror.api) already do, without headers
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # SQLAlchemy's pool logs (with a traceback) a connection it failed to close, e.g. when
-    # Ctrl-C lands right then; the user gets our one line instead
-    sa_log = logging.getLogger("sqlalchemy")
-    sa_log.handlers[:] = [logging.NullHandler()]
-    sa_log.propagate = False
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
-
-
-db_option = click.option(
-    "--db",
-    envvar="MIRROR_DB",
-    default="mirror.db",
-    show_default=True,
-    help="The mirror: a SQLite file, or postgresql+psycopg://USER@HOST/DBNAME. Env: MIRROR_DB.",
-)
-verbose_option = click.option(
-    "-v", "--verbose", count=True, help="Log each API request (never the key)."
-)
+from mirror.timeparse import utcnow
 
 
 @click.group(cls=MirrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,148 +46,26 @@ def cli() -> None:
 # --------------------------------------------------------------------------- sync
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt(stop: Callable[[], None] | None = None) -> Iterator[None]:
-    """cron and systemd stop jobs with SIGTERM: treat it like Ctrl-C (and both only once).
-
-    ``stop``: called first, for work that a Python exception cannot reach while it runs (a
-    SQLite statement: `mirror.readonly.ReadOnlyDatabase.interrupt`).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    from mirror import interrupts
-
-    fired: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        # once: a second Ctrl-C must not break the cleanup that records the run's outcome;
-        # while the run's record is being committed, raised as soon as that is done
-        if not fired:
-            fired.append(signum)
-            if stop is not None:
-                stop()
-            interrupts.interrupt()
-
-    old_term = signal.signal(signal.SIGTERM, handler)
-    old_int = signal.signal(signal.SIGINT, handler)
-    watcher = _SignalWatcher(stop) if stop is not None else None
-    try:
-        yield
-    finally:
-        if watcher is not None:
-            watcher.close()
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-
-
-class _SignalWatcher:
-    """Calls ``stop`` from a thread of its own the moment SIGINT or SIGTERM arrives.
-
-    Python runs signal handlers in the main thread, between bytecodes: not while the main
-    thread is inside one long C call (a SQLite statement whose steps are long function calls
-    reaches SQLite's progress handler, where Python code runs, only every few seconds). The
-    C-level handler still writes the signal's number to the wakeup fd at once, and this
-    thread reads it. The handler proper runs as soon as the main thread is back in Python.
-    """
-
-    def __init__(self, stop: Callable[[], None]) -> None:
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
-        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
-        self._thread = threading.Thread(
-            target=self._watch, args=(stop,), name="mirror-signal-watcher", daemon=True
-        )
-        self._thread.start()
-
-    def _watch(self, stop: Callable[[], None]) -> None:
-        while True:
-            data = os.read(self._r, 64)
-            if not data or 0 in data:  # 0: close() says the command is over
-                return
-            if signal.SIGINT in data or signal.SIGTERM in data:
-                stop()
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self._old_fd)
-        os.write(self._w, b"\0")
-        self._thread.join()
-        os.close(self._r)
-        os.close(self._w)
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if v < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return v
-
-
-def retry_policy_from_env() -> Any:
-    """Tuning knobs for impatient networks and for tests (documented in the README)."""
-    from mirror.api import RetryPolicy
-
-    d = RetryPolicy()
-    return RetryPolicy(
-        attempts=max(1, int(_env_float("MIRROR_RETRY_ATTEMPTS", d.attempts))),
-        base=_env_float("MIRROR_RETRY_BASE", d.base),
-        cap=_env_float("MIRROR_RETRY_CAP", d.cap),
-        deadline=_env_float("MIRROR_REQUEST_DEADLINE", d.deadline),
-        read_timeout=min(d.read_timeout, _env_float("MIRROR_REQUEST_DEADLINE", d.read_timeout)),
-    )
-
-
-class _Progress:
-    """A one-line progress display on a terminal; nothing at all under cron."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.shown = False
-
-    def __call__(self, report: Any) -> None:
-        if not self.enabled:
-            return
-        self.shown = True
-        click.echo(
-            f"\rsyncing: {report.windows_done}/{report.windows_planned} windows, "
-            f"{report.inserted + report.updated} rows written ",
-            err=True,
-            nl=False,
-        )
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo("\r\033[K", err=True, nl=False)
-
-
 @cli.command()
 @db_option
 @click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
+              callback=endpoints_callback,
               help="Endpoint id to sync (repeatable); an app id also covers its routes. "
               "Default: every target already in the database.")  # fmt: skip
-@click.option("--since", callback=_when, metavar="WHEN",
+@click.option("--since", callback=when_callback, metavar="WHEN",
               help="Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d ago. "
               "Default the first time: 24h. Stored with each target: every later run covers "
               "it until done; a later --since never shrinks it.")  # fmt: skip
 @click.option("--narrow", is_flag=True,
               help="With --since: move the targets' stored start forward to it, on purpose "
               "(rows before it stay; that stretch is no longer walked or shown as a gap).")  # fmt: skip
-@click.option(
-    "--until", callback=_when, metavar="WHEN", help="End of history to cover (default: now)."
-)
-@click.option("--lookback", callback=_duration, default="2h", show_default=True, metavar="DURATION",
+@click.option("--until", callback=when_callback, metavar="WHEN",
+              help="End of history to cover (default: now).")  # fmt: skip
+@click.option("--lookback", callback=duration_callback, default="2h", show_default=True, metavar="DURATION",
               help="Re-walk this much before the last completed point, to catch late changes.")  # fmt: skip
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
 @click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
-@click.option("--base-url", envvar="MIRROR_BASE_URL", default="https://api.fal.ai/v1", show_default=True,
-              help="API base URL. Env: MIRROR_BASE_URL.")  # fmt: skip
+@base_url_option
 @click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="At most this many pages fetched at once (fewer on 429s, slow answers, "
                    "or while the database writer is behind).")  # fmt: skip
@@ -381,76 +101,27 @@ def sync(
     Exit codes: 0 ok, 1 failed (API, key, data, storage), 2 usage,
     75 another sync is running (try later).
     """
-    from mirror import lock
-    from mirror.api import FalClient, check_base_url, make_http_client
-    from mirror.auth import load_key
-    from mirror.db import sqlite_path
-    from mirror.pacing import Pacer
-    from mirror.store import Store
+    from mirror.runs import sync_mirror  # the API client and the syncer: for sync alone
     from mirror.sync import SyncOptions
-    from mirror.sync import sync as run_sync
 
-    _setup_logging(verbose)
-    if since and until and until <= since:
-        raise click.UsageError(
-            f"--until ({until:%Y-%m-%dT%H:%M:%SZ}) must be after --since ({since:%Y-%m-%dT%H:%M:%SZ})"
-        )
-    now = utcnow()
-    if since and since >= now:
+    setup_logging(verbose)
+    check_since_until(since, until)
+    if since and since >= utcnow():
         raise click.UsageError("--since is in the future")
     if narrow and not since:
         raise click.UsageError("--narrow moves the stored start to --since: give --since too")
-    for e in endpoints:
-        if not e.strip() or len(e) > 256 or any(c.isspace() for c in e):
-            raise click.BadParameter(f"{e!r} is not an endpoint id", param_hint="--endpoint")
-    base_url = check_base_url(base_url)
-    path = sqlite_path(db)
-    if not endpoints and path is not None and not path.exists():
-        raise click.UsageError(f"{db} does not exist yet: name what to sync with --endpoint ID")
-    key = load_key(os.environ)
-    retry = retry_policy_from_env()
-
-    holder = (
-        lock.hold(path, wait=10**9 if wait else 0.0)
-        if path is not None
-        else contextlib.nullcontext()
-    )
-    with _sigterm_as_interrupt(), holder:
-        store = Store.open(db)
+    opts = SyncOptions(
+        targets=endpoints, since=since, narrow=narrow, until=until, lookback=lookback,
+        payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
+        recheck=recheck,
+    )  # fmt: skip
+    progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
+    with sigterm_as_interrupt(), usage_errors():
         try:
-            targets = list(dict.fromkeys(endpoints)) or store.targets()
-            if not targets:
-                raise click.UsageError(
-                    f"{display_db(db)} has no sync targets yet: name one with --endpoint ID"
-                )
-            opts = SyncOptions(
-                targets=targets,
-                since=since,
-                narrow=narrow,
-                until=until,
-                lookback=lookback,
-                payloads=not no_payloads,
-                billing=not no_billing,
-                max_concurrency=max_concurrency,
-                recheck=recheck,
-            )
-            progress = _Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
-            with make_http_client() as http:
-                client = FalClient(
-                    http,
-                    key,
-                    base_url=base_url,
-                    retry=retry,
-                    pacer=Pacer(max_concurrency, initial=min(4, max_concurrency), learn_rate=True),
-                )
-                try:
-                    report = run_sync(store, client, opts, progress=progress)
-                finally:
-                    progress.close()
+            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)
         finally:
-            store.close()
-    for note in report.notes:
-        click.echo(f"mirror: note: {shown(note)}", err=True)
+            progress.close()
+    print_notes(report.notes)
     if not quiet:
         click.echo(report.summary())
 
@@ -504,7 +175,7 @@ def copy_cmd(source: str, dest: str, quiet: bool) -> None:
     """
     from mirror.copy import copy_mirror
 
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         report = copy_mirror(source, dest)
     if not quiet:
         click.echo(report.summary())
@@ -518,19 +189,16 @@ def copy_cmd(source: str, dest: str, quiet: bool) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 def fake_api(port: int, seed: int) -> None:
     """Serve the built-in simulated fal API on 127.0.0.1, to try mirror without a key."""
+    from mirror.demo import TARGETS
     from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
 
     api = SimulatedAPI(demo_world(utcnow(), seed=seed), port=port)
     api.start()
-    endpoints = " ".join(f"--endpoint {e}" for e in demo_targets())
+    endpoints = " ".join(f"--endpoint {e}" for e in TARGETS)
     click.echo(f"simulated fal API at {api.base_url} (Ctrl-C to stop). Try:")
     click.echo(f"  export MIRROR_BASE_URL={api.base_url} FAL_KEY={DEFAULT_KEY}")
     click.echo(f"  mirror sync --db sim.db --since 3d {endpoints}")
     api.serve_forever()
-
-
-def demo_targets() -> list[str]:
-    return ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
 
 
 @cli.command()
@@ -542,33 +210,18 @@ def demo(db: str) -> None:
     run_demo(Path(db), echo=click.echo)
 
 
-def _register_commands() -> None:
-    """Command families that live in their own modules (each keeps click out of its library)."""
-    from mirror.commands_query import register as register_query
-    from mirror.commands_verify import register as register_verify
-
-    register_query(cli)
-    register_verify(cli)
-
-
-_register_commands()
-
-
-#: True when running as the ``mirror`` process (``main``), not inside a caller (tests, scripts)
-_as_process = False
+commands_query.register(cli)
+commands_verify.register(cli)
 
 
 def main() -> None:
-    global _as_process
-    _as_process = True
+    cli.as_process = True
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Ctrl-C means stop, whatever this process inherited: a shell starts background jobs
     # (`cmd &`, nohup) with SIGINT ignored, and Python then never raises KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # cron and systemd stop jobs with SIGTERM: Ctrl-C's meaning (exit 130, one line) for the
-    # whole command, not only while it syncs (where _sigterm_as_interrupt defers it further)
-    from mirror import interrupts
-
+    # whole command, not only while it syncs (where sigterm_as_interrupt defers it further)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: interrupts.interrupt())
     cli(prog_name="mirror")

@@ -21,33 +21,34 @@ from typing import Any, TypeVar
 import click
 
 from mirror import output, query
-from mirror.cli import _sigterm_as_interrupt, _when, db_option
+from mirror.cliutil import (
+    db_option,
+    endpoints_callback,
+    format_option,
+    sigterm_as_interrupt,
+    when_callback,
+)
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
 from mirror.schema import STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-format_option = click.option(
-    "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",
-    show_default=True, help="table for people; json (one array), jsonl (one object a line) "
-    "or csv (with a header row) for programs.",
-)  # fmt: skip
-
 
 def filter_options(fn: F) -> F:
     """The filters shared by `query` and `stats`, in the order --help shows them."""
     opts = [
         click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
+                     callback=endpoints_callback,
                      help="Only this endpoint (repeatable); an app id also matches its routes."),
         click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
                      help="Only this status (repeatable)."),
         click.option("--status-code", "status_codes", multiple=True, type=int, metavar="CODE",
                      help="Only this HTTP status code (repeatable)."),
-        click.option("--since", callback=_when, metavar="WHEN",
+        click.option("--since", callback=when_callback, metavar="WHEN",
                      help="From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, "
                      "or an age such as 90m, 36h, 7d."),
-        click.option("--until", callback=_when, metavar="WHEN",
+        click.option("--until", callback=when_callback, metavar="WHEN",
                      help="Before this time (exclusive); same forms as --since."),
         click.option("--time-field", type=click.Choice(query.TIME_FIELDS), default="ended_at",
                      show_default=True, help="Which time --since/--until (and hour/day) use."),
@@ -66,9 +67,6 @@ def filter_options(fn: F) -> F:
 
 
 def _filters(kw: dict[str, Any]) -> query.Filters:
-    for e in kw["endpoints"]:
-        if not e.strip() or any(c.isspace() for c in e):
-            raise click.BadParameter(f"{e!r} is not an endpoint id", param_hint="--endpoint")
     try:
         return query.Filters(
             endpoints=kw["endpoints"],
@@ -235,7 +233,7 @@ def sql_cmd(
             cols, rows = pdb.execute(sql, dict(params))
             _print(cols, rows, fmt)
         return
-    with ReadOnlyDatabase(path, timeout=timeout) as rdb, _sigterm_as_interrupt(rdb.interrupt):
+    with ReadOnlyDatabase(path, timeout=timeout) as rdb, sigterm_as_interrupt(rdb.interrupt):
         # Ctrl-C and SIGTERM stop the statement and exit 130 like every command; Python's
         # own KeyboardInterrupt could not reach a statement SQLite is running
         cols, rows = rdb.execute(sql, dict(params))
@@ -335,6 +333,16 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
             "mirror into a SQLite file with `mirror copy` and browse that, or point a "
             "PostgreSQL dashboard tool (Metabase, Grafana, Superset) at the server"
         )
+    datasette_cli = _datasette_cli()
+    meta = datasette_metadata(path.stem)
+    if print_metadata:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    _serve(datasette_cli, db, path, meta, port)
+
+
+def _datasette_cli() -> Any:
+    """Datasette's own click command; ConfigError when Datasette is not installed."""
     try:
         import datasette  # noqa: F401
         from datasette.cli import cli as datasette_cli
@@ -342,10 +350,11 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
         raise ConfigError(
             "Datasette is not installed: pip install 'fal-mirror[datasette]' (or pip install datasette)"
         ) from None
-    meta = datasette_metadata(path.stem)
-    if print_metadata:
-        click.echo(json.dumps(meta, indent=2))
-        return
+    return datasette_cli
+
+
+def _serve(datasette_cli: Any, db: str, path: Path, meta: dict[str, Any], port: int) -> None:
+    """Serve the SQLite mirror ``path`` with Datasette on 127.0.0.1 until Ctrl-C."""
     # the same checks as every reader: the file exists, is a mirror, has the views
     engine = reader_engine(db)
     try:

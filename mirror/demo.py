@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from mirror import output
 from mirror.api import FalClient, make_http_client
 from mirror.errors import StoreError
 from mirror.pacing import Pacer
@@ -19,6 +20,8 @@ from mirror.store import Store
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import utcnow
 
+#: the apps the demo syncs (the simulated world's endpoints, routes included)
+TARGETS = ("acme/flux-lora", "acme/upscaler", "acme/whisper-v3")
 EXAMPLES = [
     (
         "Requests per endpoint and status",
@@ -62,15 +65,14 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
     _fresh(path)
     now = utcnow()
     world = demo_world(now)
-    targets = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
-    echo(f"Simulated fal API: {days} days of requests to {', '.join(targets)}")
+    echo(f"Simulated fal API: {days} days of requests to {', '.join(TARGETS)}")
     with SimulatedAPI(world) as api:
         echo(f"  serving on {api.base_url} (loopback only)")
         store = Store.open(str(path))
         try:
             with make_http_client() as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, pacer=Pacer(4))
-                opts = SyncOptions(targets=targets, since=now - timedelta(days=days))
+                opts = SyncOptions(targets=TARGETS, since=now - timedelta(days=days))
                 report = sync(store, client, opts)
         finally:
             store.close()
@@ -81,12 +83,9 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
         for title, sql in EXAMPLES:
             echo(f"{title}:\n  {sql}")
             cur = con.execute(sql)
-            cols = [d[0] for d in cur.description]
-            rows = cur.fetchall()
-            widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
-            echo("    " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)))
-            for r in rows[:12]:
-                echo("    " + "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+            lines = output.aligned([d[0] for d in cur.description], cur.fetchall())
+            for line in lines[:13]:  # the header and at most 12 rows
+                echo("    " + line)
             echo("")
     finally:
         con.close()

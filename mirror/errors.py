@@ -2,6 +2,7 @@
 
     MirrorError                  anything mirror knows how to explain in one line
     ├── ConfigError              bad or unsafe configuration: no key, bad flag value (exit 2)
+    │   └── UsageError           flags that do not fit the database (no target to sync)
     ├── LockedError              another sync holds this database (exit 75)
     ├── ApiError                 the API answered with an error we do not retry
     │   └── AuthError            401/403: the key is missing, wrong or lacks access
@@ -13,7 +14,7 @@
 Messages never contain the API key: it is not stored on any of these objects, and the text
 of each (``str(err)``, which a traceback shows too) has every registered secret redacted
 (``mirror.redact``), so a server echoing the key back cannot put it in one. The CLI turns
-each into one line and an exit code (see ``mirror.cli``); tests see the full traceback.
+each into one line and an exit code (see ``mirror.cliutil``); tests see the full traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class MirrorError(Exception):
 class ConfigError(MirrorError):
     kind = "usage"
     exit_code = 2
+
+
+class UsageError(ConfigError):
+    """The command's flags do not fit what the database holds: the CLI prints it as it
+    prints its own usage errors, pointing to the command's --help."""
 
 
 class LockedError(MirrorError):

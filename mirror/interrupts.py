@@ -1,9 +1,10 @@
 """Interrupts (Ctrl-C, SIGTERM) that wait for a short critical section to end.
 
-The CLI turns SIGINT and SIGTERM into one ``KeyboardInterrupt`` (``mirror.cli``). Raised in
-the middle of recording a run in ``sync_runs`` it would roll that record back and leave the
-run logged as ``running``; so the recording is wrapped in :func:`deferred`, and an interrupt
-arriving inside it is raised the moment the section ends, once its commit is done.
+The CLI turns SIGINT and SIGTERM into one ``KeyboardInterrupt`` (``mirror.cli.main``,
+``mirror.cliutil.sigterm_as_interrupt``). Raised in the middle of recording a run in
+``sync_runs`` it would roll that record back and leave the run logged as ``running``; so the
+recording is wrapped in :func:`deferred`, and an interrupt arriving inside it is raised the
+moment the section ends, once its commit is done.
 
 Signal handlers run in the main thread only, between bytecodes: the state here needs no lock.
 """

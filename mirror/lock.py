@@ -67,7 +67,7 @@ def hold(db_path: Path, *, wait: float = 0.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(fd, settle=0.5)
+                    holder = read_holder(fd, settle=0.5)
                     raise LockedError(
                         f"another mirror sync{f' (pid {holder})' if holder else ''} is writing "
                         f"{db_path} (a sync, a repair or a migration); try again later, or pass --wait"
@@ -94,7 +94,13 @@ def is_held(db_path: Path) -> bool:
         return bool(_held.get(key))
 
 
-def _read_holder(fd: int, *, settle: float = 0.0) -> str:
+def forget_held() -> None:
+    """In a child process made by ``os.fork``: the locks counted as held are the parent's,
+    not this process's; its own `hold` must take them again."""
+    _held.clear()  # one thread after a fork: no guard to take (it may be the parent's)
+
+
+def read_holder(fd: int, *, settle: float = 0.0) -> str:
     """The holder's PID, waiting up to ``settle`` s for a holder that has only just taken the
     lock (it writes its PID right after the ``flock``)."""
     deadline = time.monotonic() + settle

@@ -136,8 +136,7 @@ def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], w
         all(isinstance(r[i], (int, float)) or r[i] is None for r in data) and bool(data)
         for i in range(len(columns))
     ]
-    natural = [max([len(c), *(display_width(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    widths = fit(natural, width, gap=2)
+    widths = fit(_natural_widths(columns, cells), width, gap=2)
     if widths is None:
         _records(out, columns, cells, width)
         return len(data)
@@ -146,6 +145,25 @@ def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], w
     lines += [_line(r, widths, numeric) for r in cells]
     out.write("\n".join(line.rstrip() for line in lines) + "\n")
     return len(data)
+
+
+def _natural_widths(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> list[int]:
+    """Each column's width with nothing shortened: its name's or its widest cell's."""
+    return [
+        max([display_width(c), *(display_width(r[i]) for r in cells)])
+        for i, c in enumerate(columns)
+    ]
+
+
+def aligned(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A header line and a line per row, the columns side by side and left-aligned, each as
+    wide as its widest value (``str`` of it): no rule, no fitting to the terminal, padding
+    kept. For a few short rows set in running text (`mirror demo`'s example answers)."""
+    head = [str(c) for c in columns]
+    cells = [[str(v) for v in r] for r in rows]
+    widths = _natural_widths(head, cells)
+    left = [False] * len(head)
+    return [_line(r, widths, left) for r in [head, *cells]]
 
 
 def fit(natural: list[int], total: int, *, gap: int) -> list[int] | None:

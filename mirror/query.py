@@ -417,7 +417,7 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
     if conn.dialect.name == "postgresql":
         return _pg_stats(conn, filters, groups, ids)
     acc: dict[tuple[Any, ...], _Group] = {}
-    if _summary_applies(conn, filters):
+    if summary_applies(conn, filters):
         _from_summary(conn, filters, groups, acc, ids)
         if filters.since is None and filters.until is None:
             # the summary counts requests once they end; add the rest from their own rows
@@ -459,7 +459,7 @@ def _from_rows(
         g.units += sum(micro_units(u) for u in map(units_of, rows) if u is not None)
 
 
-def _summary_applies(conn: Connection, f: Filters) -> bool:
+def summary_applies(conn: Connection, f: Filters) -> bool:
     def whole_hour(dt: datetime | None) -> bool:
         return dt is None or (dt.minute, dt.second, dt.microsecond) == (0, 0, 0)
 

@@ -171,7 +171,9 @@ class _Stopped(Exception):
 
 # events on the queue, worker -> writer
 @dataclass(frozen=True)
-class _Rows:
+class Rows:
+    """Rows of one page for the writer (and with ``complete``, the window they finish)."""
+
     target: str
     rows: list[tuple[Any, ...]]
     billing: bool
@@ -623,15 +625,15 @@ class Syncer:
                         children = split(w, 4)
                     if children is not None:
                         log.info("%s %s: dense, split into %d windows", target, w, len(children))
-                        self._put(_Rows(target, page.rows, billing))
+                        self._put(Rows(target, page.rows, billing))
                         self._put(_Split(target, children, sized))
                         return "split"
                 if not page.has_more:
                     done = None if repeated else _complete_part(w, present)
-                    self._put(_Rows(target, page.rows, billing, complete=done))
+                    self._put(Rows(target, page.rows, billing, complete=done))
                     return "unstable" if repeated else "done"
                 cursor = walk.follow(page)
-                self._put(_Rows(target, page.rows, billing))
+                self._put(Rows(target, page.rows, billing))
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.
@@ -673,7 +675,7 @@ class Syncer:
                 )
                 rows = [r for r in page.rows if r[0] == request_id]
                 if rows:
-                    self._put(_Rows(task.target, rows, billing))
+                    self._put(Rows(task.target, rows, billing))
         if unreadable:
             rid, sent_at = unreadable[0]
             with self._lock:
@@ -948,7 +950,7 @@ class Syncer:
             except queue.Empty:
                 break
             batch.append(ev)
-            if isinstance(ev, _Rows):
+            if isinstance(ev, Rows):
                 rows += len(ev.rows)
         return batch
 
@@ -961,7 +963,7 @@ class Syncer:
         happens anyway (or a serialization failure) aborts the whole transaction, and it is
         run again from the start. Counts are taken only from the attempt that committed.
         """
-        row_events = [ev for ev in batch if isinstance(ev, _Rows)]
+        row_events = [ev for ev in batch if isinstance(ev, Rows)]
         if not row_events:
             return
         stamp = to_text(now)
@@ -983,7 +985,7 @@ class Syncer:
         report.updated += updated
         report.windows_done += done
 
-    def _write_once(self, row_events: list[_Rows], stamp: str) -> tuple[int, int, int]:
+    def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[int, int, int]:
         inserted = updated = done = 0
         with self.store.engine.begin() as conn:
             for billing in (True, False):

@@ -25,7 +25,7 @@ def test_holder_pid_written_just_after_the_flock_is_still_named(tmp_path: Path) 
     try:
         writer = threading.Timer(0.1, lambda: path.write_text("4242\n"))
         writer.start()
-        assert lock._read_holder(fd, settle=2.0) == "4242"
+        assert lock.read_holder(fd, settle=2.0) == "4242"
         writer.join()
     finally:
         os.close(fd)
@@ -37,7 +37,7 @@ def test_no_holder_pid_gives_up_after_the_settle_time(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         started = time.monotonic()
-        assert lock._read_holder(fd, settle=0.1) == ""
+        assert lock.read_holder(fd, settle=0.1) == ""
         assert time.monotonic() - started >= 0.1
     finally:
         os.close(fd)

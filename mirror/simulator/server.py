@@ -69,7 +69,8 @@ __all__ = [
 #: The key a `SimulatedAPI` accepts unless told otherwise (fal's `<key_id>:<key_secret>`).
 DEFAULT_KEY = "sim-key-id:sim-key-secret"
 _JSON = "application/json"
-_DUMPS = orjson.OPT_UTC_Z
+#: how the simulator encodes every JSON body (``orjson.dumps(body, option=BODY_OPTIONS)``)
+BODY_OPTIONS = orjson.OPT_UTC_Z
 _MAX_ENDPOINT_IDS = 50
 _ENDPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
 _UUID_RE = re.compile(
@@ -517,7 +518,7 @@ class SimulatedAPI:
             _send(handler, method, decision.status, decision.headers, body, date)
             return
         if decision.bad is not None and answer.page is not None:
-            body = bad_body(decision.bad, answer.page, _DUMPS, answer.page_number)
+            body = bad_body(decision.bad, answer.page, BODY_OPTIONS, answer.page_number)
         else:
             body = Body(len(answer.body), iter((answer.body,)), answer.content_type)
         if decision.action == "truncate":
@@ -619,7 +620,7 @@ class SimulatedAPI:
         )
         next_cursor = encode_cursor(page + 1) if more else None
         body = {"items": items, "next_cursor": next_cursor, "has_more": next_cursor is not None}
-        return Answer(200, orjson.dumps(body, option=_DUMPS), page=body, page_number=page)
+        return Answer(200, orjson.dumps(body, option=BODY_OPTIONS), page=body, page_number=page)
 
     def _analytics(self, params: Mapping[str, list[str]], now: datetime) -> Answer:
         endpoint_ids = _endpoint_ids(params)
@@ -671,7 +672,7 @@ class SimulatedAPI:
             body["summary"] = summary
         body["next_cursor"] = next_cursor
         body["has_more"] = next_cursor is not None
-        return Answer(200, orjson.dumps(body, option=_DUMPS))
+        return Answer(200, orjson.dumps(body, option=BODY_OPTIONS))
 
 
 def _timezone(name: str) -> tzinfo:

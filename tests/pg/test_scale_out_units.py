@@ -15,7 +15,7 @@ from reliability.rel_helpers import env_for, listable, static_world
 
 from mirror.simulator import FaultConfig
 from mirror.store import Store
-from mirror.sync import Syncer, SyncOptions, SyncReport, TargetLocks, _Rows, target_lock_key
+from mirror.sync import Rows, Syncer, SyncOptions, SyncReport, TargetLocks, target_lock_key
 
 from .pg_helpers import IdentifyingAPI, assert_rows_equal, pg_engine, pg_query, pg_rows
 
@@ -137,7 +137,7 @@ def test_a_write_aborted_by_a_deadlock_is_run_again(pg_url) -> None:
     try:
         assert b_locked.wait(30), "the other session never locked B"
         report = SyncReport(run_id=0, targets=["acme/app"], started_at=now)
-        batch = [_Rows("acme/app", [_row("A", a_ended, 500), _row("B", b_ended, 500)], True)]
+        batch = [Rows("acme/app", [_row("A", a_ended, 500), _row("B", b_ended, 500)], True)]
         syncer._write(batch, report, now)  # type: ignore[arg-type]
     finally:
         t.join(60)

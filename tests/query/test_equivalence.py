@@ -364,7 +364,7 @@ def summary_filters(draw: st.DrawFn) -> query.Filters:
 )
 @given(f=summary_filters(), by=group_lists)
 def test_stats_from_the_summary_equal_the_reference(reader, ref_con, f, by):
-    assert query._summary_applies(reader, f)
+    assert query.summary_applies(reader, f)
     got = query.stats(reader, f, by=by)
     want = reference_stats(ref_con, f, by)
     assert got == want, f"{f} by={by}"

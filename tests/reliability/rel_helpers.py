@@ -421,7 +421,7 @@ def _fork_cli(
                 resource.setrlimit(resource.RLIMIT_FSIZE, (rlimit_fsize, rlimit_fsize))
             import mirror.lock
 
-            mirror.lock._held.clear()
+            mirror.lock.forget_held()
             if no_second_wait:
                 _skip_second_wait()
             if patch is not None:

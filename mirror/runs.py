@@ -1,0 +1,149 @@
+"""A sync or a verify run from start to end, as `mirror sync` and `mirror verify` start one.
+
+Each takes the database's name, the run's options and the environment, and does what the
+command needs around the library call: checks the base URL, loads the key and the retry
+knobs from the environment, takes the writer lock where the run writes, opens the store and
+an HTTP client with its pacer, finds the targets, then calls ``mirror.sync.sync`` or
+``mirror.verify.verify`` and returns its report. Nothing here prints or knows click: flags
+that do not fit the database raise `mirror.errors.UsageError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mirror import lock
+from mirror.api import DEFAULT_BASE_URL, FalClient, RetryPolicy, check_base_url, make_http_client
+from mirror.auth import load_key
+from mirror.db import display_db, sqlite_path
+from mirror.errors import ConfigError, UsageError
+from mirror.pacing import Pacer
+from mirror.store import Store
+from mirror.sync import SyncOptions, SyncReport, sync
+from mirror.verify import VerifyReport, verify
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if v < 0:
+        raise ConfigError(f"{name} must not be negative")
+    return v
+
+
+def retry_policy_from_env(env: Mapping[str, str] = os.environ) -> RetryPolicy:
+    """Tuning knobs for impatient networks and for tests (documented in the README)."""
+    d = RetryPolicy()
+    return RetryPolicy(
+        attempts=max(1, int(_env_float(env, "MIRROR_RETRY_ATTEMPTS", d.attempts))),
+        base=_env_float(env, "MIRROR_RETRY_BASE", d.base),
+        cap=_env_float(env, "MIRROR_RETRY_CAP", d.cap),
+        deadline=_env_float(env, "MIRROR_REQUEST_DEADLINE", d.deadline),
+        read_timeout=min(
+            d.read_timeout, _env_float(env, "MIRROR_REQUEST_DEADLINE", d.read_timeout)
+        ),
+    )
+
+
+def _writer_lock(path: Path | None, *, wait: bool) -> contextlib.AbstractContextManager[None]:
+    """The SQLite file's writer lock (``wait``: as long as it takes); a server needs none."""
+    if path is None:
+        return contextlib.nullcontext()
+    return lock.hold(path, wait=10**9 if wait else 0.0)
+
+
+@contextlib.contextmanager
+def _client(key: str, base_url: str, retry: RetryPolicy, pacer: Pacer) -> Iterator[FalClient]:
+    with make_http_client() as http:
+        yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer)
+
+
+def sync_mirror(
+    db: str,
+    opts: SyncOptions,
+    *,
+    base_url: str = DEFAULT_BASE_URL,
+    wait: bool = False,
+    env: Mapping[str, str] = os.environ,
+    progress: Callable[[SyncReport], None] | None = None,
+) -> SyncReport:
+    """Sync ``opts.targets`` into the mirror ``db`` (a SQLite file or a database URL).
+
+    No targets: every target the database already has. ``wait``: if another sync holds
+    the database, wait for it instead of raising `mirror.errors.LockedError`. ``env``: where
+    the key (``mirror.auth``) and the retry knobs come from.
+    """
+    base_url = check_base_url(base_url)
+    path = sqlite_path(db)
+    if not opts.targets and path is not None and not path.exists():
+        raise UsageError(f"{db} does not exist yet: name what to sync with --endpoint ID")
+    key = load_key(env)
+    retry = retry_policy_from_env(env)
+    with _writer_lock(path, wait=wait):
+        store = Store.open(db)
+        try:
+            targets = list(dict.fromkeys(opts.targets)) or store.targets()
+            if not targets:
+                raise UsageError(
+                    f"{display_db(db)} has no sync targets yet: name one with --endpoint ID"
+                )
+            n = opts.max_concurrency
+            pacer = Pacer(n, initial=min(4, n), learn_rate=True)
+            with _client(key, base_url, retry, pacer) as client:
+                return sync(
+                    store, client, dataclasses.replace(opts, targets=targets), progress=progress
+                )
+        finally:
+            store.close()
+
+
+def verify_mirror(
+    db: str,
+    endpoints: Sequence[str],
+    *,
+    repair: bool = False,
+    base_url: str = DEFAULT_BASE_URL,
+    wait: bool = False,
+    env: Mapping[str, str] = os.environ,
+    **options: Any,
+) -> VerifyReport:
+    """Verify (and with ``repair``, mend) the mirror ``db``'s targets ``endpoints``.
+
+    No endpoints: every target of the database; one the database does not sync is refused.
+    Only ``repair`` writes, and only it takes the writer lock (``wait`` as in
+    `sync_mirror`); without it a SQLite mirror is opened as the readers open it.
+    ``options``: the rest of ``mirror.verify.verify``'s keyword arguments.
+    """
+    base_url = check_base_url(base_url)
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        raise UsageError(f"{db} does not exist: verify compares an existing mirror")
+    key = load_key(env)
+    retry = retry_policy_from_env(env)
+    with _writer_lock(path if repair else None, wait=wait):
+        store = Store.open(db) if repair or path is None else Store.open_reader(db)
+        try:
+            known = store.targets()
+            unknown = [e for e in endpoints if e not in known]
+            if unknown:
+                raise UsageError(
+                    f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a sync "
+                    f"target of {display_db(db)} (targets: {', '.join(known) or 'none'})"
+                )
+            targets = list(dict.fromkeys(endpoints)) or known
+            if not targets:
+                raise UsageError(f"{display_db(db)} has no sync targets: nothing to verify")
+            with _client(key, base_url, retry, Pacer(4)) as client:
+                return verify(store, client, targets=targets, repair=repair, **options)
+        finally:
+            store.close()

@@ -85,6 +85,7 @@ def verify_cmd(
     remain or the run failed, 2 usage, 75 another sync holds the database (--repair).
     """
     from mirror.runs import verify_mirror  # the API client and the verifier: for verify alone
+    from mirror.verify_report import report_json, report_text
 
     cliutil.setup_logging(verbose)
     if delete_extra and not repair:
@@ -102,9 +103,9 @@ def verify_cmd(
     if quiet and report.ok:
         ctx.exit(0)
     if fmt == "json":
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report_json(report), indent=2))
     else:
-        click.echo(report.summary())
+        click.echo(report_text(report))
     ctx.exit(0 if report.ok else 1)
 
 

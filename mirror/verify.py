@@ -30,6 +30,8 @@ first and last piece of an interval may be partial hours), and for each such *ho
 
 Hours are processed oldest first with a bounded number of walks in flight, so memory is
 one hour's rows plus a day of ids, whatever the length of history verified.
+
+This module computes the ``VerifyReport``; ``mirror.verify_report`` renders it (text, JSON).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from mirror import lock
 from mirror.api import CursorWalk, FalClient, Page
 from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
-from mirror.redact import printable
 from mirror.schema import API_FIELDS, hour_of, requests, target_clause
 from mirror.store import Store
 from mirror.timeparse import api_param, from_text, to_text, utcnow
@@ -150,33 +151,11 @@ class TargetReport:
         fixed = self.inserted + self.updated
         return max(0, self.missing + self.different - fixed) + (self.extra - self.deleted)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "hours": self.hours,
-            "hours_walked": self.hours_walked,
-            "hours_agreed": self.hours_agreed,
-            "analytics": self.analytics,
-            "api_calls": self.api_calls,
-            "missing": {"count": self.missing, "examples": self.missing_examples},
-            "different": {
-                "count": self.different,
-                "examples": [{"request_id": k, "fields": v} for k, v in self.different_examples],
-            },
-            "extra": {"count": self.extra, "examples": self.extra_examples},
-            "hours_with_differences": self.hours_with_differences,
-            "unstable_hours": self.unstable_hours,
-            "repaired": {
-                "inserted": self.inserted,
-                "updated": self.updated,
-                "deleted": self.deleted,
-            },
-            "remaining": self.remaining,
-        }
-
 
 @dataclass
 class VerifyReport:
+    """What a verify run found; ``mirror.verify_report`` renders it (text or JSON)."""
+
     since: datetime | None
     until: datetime
     mode: str  # "analytics" or "full"
@@ -207,103 +186,6 @@ class VerifyReport:
     def ok(self) -> bool:
         """The mirror equals the server on every hour checked (after any repair)."""
         return self.remaining == 0 and self.unstable == 0
-
-    def to_json(self) -> dict[str, Any]:
-        def total(name: str) -> int:
-            return sum(getattr(t, name) for t in self.targets)
-
-        return {
-            "ok": self.ok,
-            "since": to_text(self.since) if self.since else None,
-            "until": to_text(self.until),
-            "mode": self.mode,
-            "analytics_fields": self.analytics_fields,
-            "sample": None if self.sample is None else {"hours": self.sample, "seed": self.seed},
-            "repair": self.repair,
-            "delete_extra": self.delete_extra,
-            "hours": total("hours"),
-            "hours_walked": total("hours_walked"),
-            "hours_agreed": total("hours_agreed"),
-            "missing": total("missing"),
-            "different": total("different"),
-            "extra": total("extra"),
-            "repaired": {
-                "inserted": total("inserted"),
-                "updated": total("updated"),
-                "deleted": total("deleted"),
-            },
-            "remaining": self.remaining,
-            "api_calls": self.api_calls,
-            "retries": self.retries,
-            "seconds": round(self.seconds, 3),
-            "notes": self.notes,
-            "targets": [t.to_json() for t in self.targets],
-        }
-
-    def summary(self) -> str:
-        """The human report: one paragraph per target, then one line for the run."""
-        lines: list[str] = []
-        for t in self.targets:
-            lines.extend(_target_lines(t, self.mode))
-        n = sum(t.hours for t in self.targets)
-        walked = sum(t.hours_walked for t in self.targets)
-        found = sum(t.missing + t.different + t.extra for t in self.targets)
-        bad_hours = sum(len(t.hours_with_differences) for t in self.targets)
-        how = f"{walked} re-walked"
-        if self.mode == "analytics":
-            how += f", {sum(t.hours_agreed for t in self.targets)} agreed with analytics"
-            if self.analytics_fields:
-                how += f" (buckets count by {' or '.join(self.analytics_fields)})"
-        scope = f"{n} hour{'s' if n != 1 else ''}"
-        if self.sample is not None:
-            scope = f"a sample of {scope} (--seed {self.seed})"
-        tail = f"{self.api_calls} API calls"
-        if self.retries:
-            tail += f" ({self.retries} retried)"
-        tail += f" in {self.seconds:.1f}s"
-        if found == 0:
-            result = "the mirror equals the server"
-        else:
-            result = f"{found} difference{'s' if found != 1 else ''} in {bad_hours} hour{'s' if bad_hours != 1 else ''}"
-            fixed = sum(t.inserted + t.updated + t.deleted for t in self.targets)
-            if self.repair:
-                result += f", {fixed} repaired"
-            result += f", {self.remaining} remain" if self.remaining else ", none remain"
-        if self.unstable:
-            result += f"; {self.unstable} hours kept changing while walked (run verify again)"
-        lines.append(f"verified {scope}: {how}; {result}; {tail}")
-        return "\n".join(lines)
-
-
-def _target_lines(t: TargetReport, mode: str) -> list[str]:
-    if t.hours == 0:
-        return [f"{t.target}: no completed hours in range"]
-    head = f"{t.target}: {t.hours} hour{'s' if t.hours != 1 else ''}"
-    if mode == "analytics" and t.analytics == "compared":
-        head += f", {t.hours_agreed} agreed with analytics, {t.hours_walked} re-walked"
-    elif mode == "analytics":
-        head += f", analytics {t.analytics}: {t.hours_walked} re-walked"
-    else:
-        head += f", {t.hours_walked} re-walked"
-    head += f" ({t.api_calls} API call{'s' if t.api_calls != 1 else ''})"
-    if not (t.missing or t.different or t.extra):
-        return [head + ": no differences"]
-    out = [head + ":"]
-    if t.missing:
-        out.append(f"  missing    {t.missing:>6}  e.g. {printable(', '.join(t.missing_examples))}")
-    if t.different:
-        shown = printable(", ".join(f"{k} ({', '.join(v)})" for k, v in t.different_examples))
-        out.append(f"  different  {t.different:>6}  e.g. {shown}")
-    if t.extra:
-        out.append(f"  extra      {t.extra:>6}  e.g. {printable(', '.join(t.extra_examples))}")
-    if t.inserted or t.updated or t.deleted:
-        out.append(f"  repaired: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
-    if t.extra > t.deleted:
-        out.append("  extras are kept; --repair --delete-extra removes them")
-    shown_hours = t.hours_with_differences[:5]
-    more = len(t.hours_with_differences) - len(shown_hours)
-    out.append(f"  in hours {', '.join(shown_hours)}" + (f" and {more} more" if more > 0 else ""))
-    return out
 
 
 # --------------------------------------------------------------------------- planning

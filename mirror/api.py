@@ -18,6 +18,9 @@ or raises one of ``mirror.errors``:
   or proxy trickling its headers or body in a byte at a time cannot hold a sync (and its
   lock) forever: httpx's own timeouts are per read, which a trickle never trips.
 
+``FalClient.hourly_counts`` pages through ``/serverless/analytics``: the request counts per
+hour that sync plans dense backfills by (leniently) and verify compares (strictly).
+
 The key is sent in the ``Authorization`` header of each request and kept nowhere else; it
 never appears in a message, a log line or an exception. Redirects are never followed, so
 the key cannot be carried to another host.
@@ -33,7 +36,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -49,7 +52,8 @@ from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, Con
 from mirror.pacing import Pacer
 from mirror.redact import redact, register_key
 from mirror.schema import derive_status
-from mirror.timeparse import EARLIEST, LATEST, from_text, normalize, to_text
+from mirror.timeparse import EARLIEST, LATEST, api_param, from_text, normalize, to_text
+from mirror.windows import align_down
 
 log = logging.getLogger("mirror.api")
 
@@ -57,6 +61,11 @@ DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
 ANALYTICS_PATH = "/serverless/analytics"
 PAGE_LIMIT = 100
+#: analytics buckets asked for per page (the server may give fewer; the cursor is followed)
+ANALYTICS_LIMIT = 1000
+#: analytics pages followed at most (``FalClient.hourly_counts``)
+ANALYTICS_MAX_PAGES = 10_000
+_HOUR = timedelta(hours=1)
 #: the status codes a request can have ended with: what HTTP allows; others are refused
 MIN_STATUS, MAX_STATUS = 100, 599
 #: The longest duration kept, in seconds: 30 days. No request plausibly runs that long,
@@ -588,6 +597,48 @@ class CursorWalk:
         return nxt
 
 
+# --------------------------------------------------------------------------- analytics
+
+
+def analytics_params(lo: datetime, hi: datetime) -> list[tuple[str, str]]:
+    """The query for request counts per UTC hour of ``[lo, hi)`` (before any cursor)."""
+    return [
+        ("start", api_param(lo)),
+        ("end", api_param(hi)),
+        ("timeframe", "hour"),
+        ("timezone", "UTC"),
+        ("bound_to_timeframe", "false"),
+        ("expand", "time_series"),
+        ("expand", "request_count"),
+        ("limit", str(ANALYTICS_LIMIT)),
+    ]
+
+
+def parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
+    """(hour key, request_count summed over the bucket's endpoint ids) per bucket."""
+    if not isinstance(data, dict) or not isinstance(data.get("time_series"), list):
+        raise BadDataError("the analytics answer has no time_series list")
+    for bucket in data["time_series"]:
+        if not isinstance(bucket, dict) or not isinstance(bucket.get("bucket"), str):
+            raise BadDataError("an analytics bucket has no timestamp")
+        try:
+            at = from_text(bucket["bucket"])
+        except ValueError:
+            raise BadDataError(
+                f"analytics bucket {bucket['bucket'][:40]!r} is not a time"
+            ) from None
+        results = bucket.get("results", [])
+        if not isinstance(results, list):
+            raise BadDataError("an analytics bucket's results are not a list")
+        total = 0
+        for r in results:
+            n = r.get("request_count") if isinstance(r, dict) else None
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise BadDataError("an analytics result has no request_count")
+            total += n
+        yield to_text(align_down(at, _HOUR))[:13], total
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -673,6 +724,49 @@ class FalClient:
         return self.get_json(
             ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts
         )
+
+    def hourly_counts(
+        self,
+        target: str,
+        lo: datetime,
+        hi: datetime,
+        *,
+        strict: bool,
+        max_pages: int = ANALYTICS_MAX_PAGES,
+        attempts: int | None = None,
+        before_call: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[str, int]]:
+        """The server's request counts per UTC hour of ``[lo, hi)``, bucket by bucket as the
+        pages give them: (``YYYY-MM-DDTHH``, ``request_count`` summed over the bucket's
+        endpoint ids). How a bucket given twice adds up is the caller's to say.
+
+        Pages follow ``next_cursor`` until there is none. A cursor that is not a non-empty
+        string or was given before, or a page past ``max_pages``: ``strict`` raises
+        ``BadDataError`` (verify compares the counts, so they must be whole); otherwise the
+        paging ends quietly with the buckets given so far (sync only plans by them). An
+        answer that is not analytics is ``BadDataError`` either way. ``before_call`` runs
+        before each call (verify stops there, and counts its calls).
+        """
+        base = analytics_params(lo, hi)
+        cursor: str | None = None
+        given: set[str] = set()
+        for _ in range(max_pages):
+            if before_call is not None:
+                before_call()
+            params = base + ([("cursor", cursor)] if cursor else [])
+            data = self.analytics([target], params, attempts=attempts)
+            yield from parse_analytics(data)
+            nxt = data.get("next_cursor")
+            if nxt is None:
+                return
+            if not isinstance(nxt, str) or not nxt or nxt in given:
+                if strict:
+                    raise BadDataError("the analytics answer repeated or garbled its cursor")
+                return
+            given.add(nxt)
+            cursor = nxt
+        if strict:
+            raise BadDataError(f"the analytics answer ran over {max_pages} pages")
 
     def get_json(
         self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None

@@ -313,25 +313,16 @@ def analytics_hourly(
 
     An estimate: the windows are still walked to their end and split by what their pages
     show, so a count that is wrong (or a bucket counted by another timestamp) costs pages,
-    never rows. Refused or unusable analytics give ``{}`` (plan as without counts).
+    never rows. Refused or unusable analytics give ``{}`` (plan as without counts); a
+    garbled or repeated cursor, or ``max_pages``, ends the paging with the counts so far.
     """
-    from mirror.verify import analytics_params, parse_analytics
-
-    params = analytics_params(lo, hi)
     out: dict[datetime, int] = {}
-    cursor: str | None = None
     try:
-        for _ in range(max_pages):
-            data = client.analytics(
-                [target], params + ([("cursor", cursor)] if cursor else []), attempts=3
-            )
-            for key, n in parse_analytics(data):
-                h = from_text(key + ":00:00Z")
-                out[h] = out.get(h, 0) + n
-            nxt = data.get("next_cursor")
-            if not isinstance(nxt, str) or not nxt or nxt == cursor:
-                break
-            cursor = nxt
+        for key, n in client.hourly_counts(
+            target, lo, hi, strict=False, max_pages=max_pages, attempts=3
+        ):
+            h = from_text(key + ":00:00Z")
+            out[h] = out.get(h, 0) + n
     except (MirrorError, _Stopped) as e:
         # the walks that follow meet (and report) whatever made analytics fail
         log.info("%s: analytics not used for planning (%s)", target, e or "stopped")

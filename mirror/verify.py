@@ -32,6 +32,7 @@ Hours are processed oldest first with a bounded number of walks in flight, so me
 one hour's rows plus a day of ids, whatever the length of history verified.
 
 This module computes the ``VerifyReport``; ``mirror.verify_report`` renders it (text, JSON).
+The analytics calls are ``FalClient.hourly_counts``.
 """
 
 from __future__ import annotations
@@ -68,9 +69,6 @@ HOUR = timedelta(hours=1)
 CANDIDATE_FIELDS = ("ended_at", "sent_at", "started_at")
 #: how many times a walk is repeated when rows move under its pages
 MAX_WALKS = 3
-#: analytics buckets asked for per page (the server may give fewer; we follow the cursor)
-ANALYTICS_LIMIT = 1000
-ANALYTICS_MAX_PAGES = 10_000
 #: how far before a row's sent_at the by-id lookup of a suspected extra starts
 LOOKUP_MARGIN = timedelta(days=1)
 #: how long ids seen in walked hours are remembered to clear suspected extras without a call;
@@ -431,25 +429,18 @@ class Verifier:
         self, target: str, lo: datetime, hi: datetime, tr: TargetReport
     ) -> dict[str, int | None]:
         """The server's request count per hour of ``[lo, hi)`` (hour key -> count)."""
-        base = analytics_params(lo, hi)
-        counts: dict[str, int | None] = {}
-        cursor: str | None = None
-        cursors: set[str] = set()
-        for _ in range(ANALYTICS_MAX_PAGES):
+
+        def before_call() -> None:
             if self._stop.is_set():
                 raise _Stopped
-            params = base + ([("cursor", cursor)] if cursor else [])
             tr.api_calls += 1
-            data = self.client.analytics([target], params)
-            for key, n in parse_analytics(data):
-                counts[key] = n if counts.get(key, n) == n else None  # repeated and unequal
-            cursor = data.get("next_cursor")
-            if cursor is None:
-                return counts
-            if not isinstance(cursor, str) or cursor in cursors:
-                raise BadDataError("the analytics answer repeated or garbled its cursor")
-            cursors.add(cursor)
-        raise BadDataError(f"the analytics answer ran over {ANALYTICS_MAX_PAGES} pages")
+
+        counts: dict[str, int | None] = {}
+        for key, n in self.client.hourly_counts(
+            target, lo, hi, strict=True, before_call=before_call
+        ):
+            counts[key] = n if counts.get(key, n) == n else None  # repeated and unequal
+        return counts
 
     # -- the mirror side --------------------------------------------------------------------
 
@@ -757,45 +748,6 @@ class Verifier:
                 )
                 tr.deleted += max(0, res2.rowcount or 0)
         log.info("%s %s: repaired %d rows", slot.target, slot.label, len(writes) + len(deletes))
-
-
-def analytics_params(lo: datetime, hi: datetime) -> list[tuple[str, str]]:
-    """The query for request counts per UTC hour of ``[lo, hi)`` (before any cursor)."""
-    return [
-        ("start", api_param(lo)),
-        ("end", api_param(hi)),
-        ("timeframe", "hour"),
-        ("timezone", "UTC"),
-        ("bound_to_timeframe", "false"),
-        ("expand", "time_series"),
-        ("expand", "request_count"),
-        ("limit", str(ANALYTICS_LIMIT)),
-    ]
-
-
-def parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
-    """(hour key, request_count summed over the bucket's endpoint ids) per bucket."""
-    if not isinstance(data, dict) or not isinstance(data.get("time_series"), list):
-        raise BadDataError("the analytics answer has no time_series list")
-    for bucket in data["time_series"]:
-        if not isinstance(bucket, dict) or not isinstance(bucket.get("bucket"), str):
-            raise BadDataError("an analytics bucket has no timestamp")
-        try:
-            at = from_text(bucket["bucket"])
-        except ValueError:
-            raise BadDataError(
-                f"analytics bucket {bucket['bucket'][:40]!r} is not a time"
-            ) from None
-        results = bucket.get("results", [])
-        if not isinstance(results, list):
-            raise BadDataError("an analytics bucket's results are not a list")
-        total = 0
-        for r in results:
-            n = r.get("request_count") if isinstance(r, dict) else None
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise BadDataError("an analytics result has no request_count")
-            total += n
-        yield to_text(align_down(at, HOUR))[:13], total
 
 
 def verify(store: Store, client: FalClient, **options: Any) -> VerifyReport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -527,3 +528,63 @@ def test_rows_any_reading_of_the_window_admits_are_kept(change):
     page = {"items": [dict(ITEM, **change)], "has_more": False, "next_cursor": None}
     rows = fetch(client(scripted(httpx.Response(200, content=orjson.dumps(page))))).rows
     assert [r[0] for r in rows] == [ITEM["request_id"]], f"{change}: {rows}"
+
+
+# --------------------------------------------------------------------------- analytics paging
+
+LO = datetime(2025, 1, 1, 0, tzinfo=UTC)
+HI = datetime(2025, 1, 1, 6, tzinfo=UTC)
+
+
+def analytics_page(buckets, cursor=None):
+    """One analytics answer: ``buckets`` as (bucket time, request counts per endpoint)."""
+    series = [{"bucket": at, "results": [{"request_count": n} for n in ns]} for at, ns in buckets]
+    return httpx.Response(200, content=orjson.dumps({"time_series": series, "next_cursor": cursor}))
+
+
+def test_hourly_counts_follow_the_cursor_in_one_query():
+    h = scripted(
+        analytics_page([("2025-01-01T00:00:00Z", [2, 3])], "c1"),
+        analytics_page([("2025-01-01T01:30:00Z", [4])]),
+    )
+    got = list(client(h).hourly_counts("acme/app", LO, HI, strict=True))
+    assert got == [("2025-01-01T00", 5), ("2025-01-01T01", 4)], (
+        "buckets are summed over endpoints and keyed by their hour"
+    )
+    first, second = (r.url.params for r in h.seen)
+    assert first.get_list("expand") == ["time_series", "request_count"]
+    assert first["endpoint_id"] == "acme/app" and first["bound_to_timeframe"] == "false"
+    assert "cursor" not in first and second["cursor"] == "c1"
+
+
+@pytest.mark.parametrize(
+    "cursors", [["c1", "c1"], ["c1", "c2", "c1"], ["c1", ""], ["c1", 7]], ids=str
+)
+def test_a_bad_analytics_cursor_is_refused_when_strict_and_ends_paging_when_lenient(cursors):
+    pages = [analytics_page([(f"2025-01-01T0{i}:00:00Z", [1])], c) for i, c in enumerate(cursors)]
+    with pytest.raises(BadDataError, match="repeated or garbled its cursor"):
+        list(client(scripted(*pages)).hourly_counts("acme/app", LO, HI, strict=True))
+    h = scripted(*pages)
+    got = list(client(h).hourly_counts("acme/app", LO, HI, strict=False))
+    assert len(h.seen) == len(cursors), "lenient paging stops at the bad cursor, not before"
+    assert got == [(f"2025-01-01T0{i}", 1) for i in range(len(cursors))]
+
+
+def test_analytics_pages_are_capped():
+    pages = [analytics_page([("2025-01-01T00:00:00Z", [1])], f"c{i}") for i in range(5)]
+    with pytest.raises(BadDataError, match="ran over 3 pages"):
+        list(client(scripted(*pages)).hourly_counts("acme/app", LO, HI, strict=True, max_pages=3))
+    h = scripted(*pages)
+    got = list(client(h).hourly_counts("acme/app", LO, HI, strict=False, max_pages=3))
+    assert len(h.seen) == 3 and len(got) == 3
+
+
+def test_hourly_counts_call_before_each_page():
+    calls: list[int] = []
+    h = scripted(analytics_page([], "c1"), analytics_page([]))
+    c = client(h)
+    for _ in c.hourly_counts(
+        "acme/app", LO, HI, strict=True, before_call=lambda: calls.append(len(h.seen))
+    ):
+        pass
+    assert calls == [0, 1], "before_call runs before each call, not after"

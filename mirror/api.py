@@ -28,6 +28,7 @@ the key cannot be carried to another host.
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import json
@@ -37,6 +38,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -674,7 +676,7 @@ class FalClient:
         self.base_url = check_base_url(base_url)
         self.retry = retry or RetryPolicy()
         self.pacer = pacer or Pacer(1)
-        #: how the client waits between attempts; the sync engine swaps in an interruptible wait
+        #: how the client waits between attempts (``with_sleep``: a copy that waits otherwise)
         self.sleep = sleep
         self._rng = random.Random(seed)
         self._stats_lock = threading.Lock()
@@ -682,6 +684,24 @@ class FalClient:
 
     def __repr__(self) -> str:  # never show the key
         return f"FalClient(base_url={self.base_url!r})"
+
+    def with_sleep(self, sleep: Callable[[float], None]) -> FalClient:
+        """This client (its connections, pacer, counts, key) waiting between attempts with
+        ``sleep`` instead: a run that can be stopped passes a wait that ends when it stops
+        (``mirror.walk.Stop.sleep``), and the client it was given is left as it was."""
+        other = copy.copy(self)
+        other.sleep = sleep
+        return other
+
+    def turn(self) -> AbstractContextManager[None]:
+        """One worker's turn at a page (its call, decoding it, handing it over), under the
+        pacer's limit: no more workers than that are in theirs at once."""
+        return self.pacer.turn()
+
+    def backlog(self, *, behind: bool) -> None:
+        """From the consumer of the pages: ``behind`` (pages wait for it: fewer calls in
+        flight, for now) or not (it waits for pages: more may help); see ``Pacer.backlog``."""
+        self.pacer.backlog(behind=behind)
 
     def list_requests(
         self,

@@ -27,6 +27,10 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end.
+
+The list call with its billing fallback, the re-walk of a window whose rows moved, the
+stop signal and the notes are ``mirror.walk``'s, shared with verify; the analytics calls
+are ``FalClient.hourly_counts``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from mirror.errors import AuthError, MirrorError
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, UpsertResult
-from mirror.timeparse import api_param, from_text, to_text, utcnow
+from mirror.timeparse import from_text, to_text, utcnow
+from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
@@ -163,10 +168,6 @@ class _Refresh:
     target: str
     rows: tuple[tuple[str, str, str], ...]  # (request_id, endpoint_id, sent_at)
     until: datetime
-
-
-class _Stopped(Exception):
-    pass
 
 
 # events on the queue, worker -> writer
@@ -323,7 +324,7 @@ def analytics_hourly(
         ):
             h = from_text(key + ":00:00Z")
             out[h] = out.get(h, 0) + n
-    except (MirrorError, _Stopped) as e:
+    except (MirrorError, Stopped) as e:
         # the walks that follow meet (and report) whatever made analytics fail
         log.info("%s: analytics not used for planning (%s)", target, e or "stopped")
         return {}
@@ -457,21 +458,32 @@ class Syncer:
     ) -> None:
         self._wait = wait
         self.store = store
-        self.client = client
+        self._stop = Stop()
+        #: the caller's client, waiting between attempts only until the run stops
+        self.client = client.with_sleep(self._stop.sleep)
         self.opts = opts
         self.clock = clock
         self.progress = progress
         self._q: queue.Queue[object] = queue.Queue(
             maxsize=max(QUEUE_PAGES, 4 * opts.max_concurrency)
         )
-        self._stop = threading.Event()
         self._writer_gone = threading.Event()
-        self._billing_refused: set[str] = set()
         #: targets whose analytics answer was refused or empty: split by first pages only
         self._no_analytics: set[str] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._skew = SkewEstimate()
+        self._notes = Notes(log)
+        self._lister = Lister(
+            self.client,
+            payloads=opts.payloads,
+            billing=opts.billing,
+            stop=self._stop,
+            notes=self._notes,
+            without_billing="continuing without billable_units",
+            skew=self._skew,
+            clock=clock,
+        )
         #: targets whose calls the API refused as not this key's (403)
         self._refused: set[str] = set()
         self._locks = TargetLocks(store)
@@ -486,83 +498,31 @@ class Syncer:
         wait = False
         while True:
             if self._writer_gone.is_set():
-                raise _Stopped
+                raise Stopped
             if self._stop.is_set() and not isinstance(ev, _Finished):
-                raise _Stopped
+                raise Stopped
             try:
                 self._q.put(ev, block=wait, timeout=0.2)
                 return
             except queue.Full:
                 if not wait:  # the writer is behind: fewer walkers at work, for now
-                    self.client.pacer.backlog(behind=True)
+                    self.client.backlog(behind=True)
                     wait = True
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _Stopped
-
-    def _fetch(
-        self,
-        target: str,
-        start: datetime,
-        end: datetime,
-        cursor: str | None,
-        request_id: str | None = None,
-    ) -> tuple[Page, bool]:
-        if self._stop.is_set():
-            raise _Stopped
-        billing = self.opts.billing and target not in self._billing_refused
-
-        def fetch(billing: bool) -> Page:
-            sent = self.clock()
-            page = self.client.list_requests(
-                [target],
-                start=api_param(start),
-                end=api_param(end),
-                cursor=cursor,
-                payloads=self.opts.payloads,
-                billing=billing,
-                request_id=request_id,
-            )
-            if page.server_time is not None:
-                self._skew.add(sent, self.clock(), page.server_time)
-            return page
-
-        try:
-            return fetch(billing), billing
-        except AuthError as e:
-            if not (billing and e.status == 403):
-                raise
-            page = fetch(False)
-            with self._lock:
-                if target not in self._billing_refused:
-                    self._billing_refused.add(target)
-                    self._note(
-                        f"the API refused billing for {target} ({e.message}); "
-                        "continuing without billable_units"
-                    )
-            return page, False
-
-    def _note(self, text: str) -> None:
-        """Something the user should hear once; the CLI prints notes after the run."""
-        log.info(text)
-        self._notes.append(text)
 
     def _work(self, task: _Walk | _Refresh) -> None:
         try:
             if isinstance(task, _Refresh):
                 self._refresh(task)
             else:
-                for _ in range(1 + self.opts.rewalks):
-                    outcome = self._walk_once(task)
-                    if outcome != "unstable":
-                        break
-                    log.info(
-                        "%s %s: rows moved while paging; walking it again", task.target, task.window
-                    )
-                else:
+                _, stable = until_stable(
+                    lambda: (None, self._walk_once(task) != "unstable"),
+                    1 + self.opts.rewalks,
+                    f"{task.target} {task.window}",
+                    log,
+                )
+                if not stable:
                     self._put(_Unstable(task.target, task.window))
-        except _Stopped:
+        except Stopped:
             pass
         except BaseException as e:
             if isinstance(e, AuthError) and e.status == 403:
@@ -573,7 +533,7 @@ class Syncer:
             with contextlib.suppress(queue.Full):
                 self._q.put(_Failed(e), timeout=5)
         finally:
-            with contextlib.suppress(_Stopped):
+            with contextlib.suppress(Stopped):
                 self._put(_Finished(task.target))
 
     def _walk_once(self, task: _Walk) -> str:
@@ -588,8 +548,8 @@ class Syncer:
         while True:
             # one page per turn: at most the pacer's limit of walkers fetch, decode and
             # hand pages over at once
-            with self.client.pacer.turn():
-                page, billing = self._fetch(target, w.start, w.end, cursor)
+            with self.client.turn():
+                page, billing, _ = self._lister.fetch(target, w.start, w.end, cursor)
                 pages += 1
                 if pages == 1:
                     present = page.server_time
@@ -660,8 +620,8 @@ class Syncer:
                 continue
             if start >= task.until:
                 continue
-            with self.client.pacer.turn():
-                page, billing = self._fetch(
+            with self.client.turn():
+                page, billing, _ = self._lister.fetch(
                     task.target, start, task.until, None, request_id=request_id
                 )
                 rows = [r for r in page.rows if r[0] == request_id]
@@ -669,13 +629,12 @@ class Syncer:
                     self._put(Rows(task.target, rows, billing))
         if unreadable:
             rid, sent_at = unreadable[0]
-            with self._lock:
-                self._note(
-                    f"{len(unreadable)} unfinished requests of {task.target} have a sent_at "
-                    f"that is not a time (e.g. {rid}: {sent_at!r}), stored by an older mirror; "
-                    "they cannot be refreshed: delete them (mirror verify --repair adds back "
-                    "what fal still lists)"
-                )
+            self._notes.add(
+                f"{len(unreadable)} unfinished requests of {task.target} have a sent_at "
+                f"that is not a time (e.g. {rid}: {sent_at!r}), stored by an older mirror; "
+                "they cannot be refreshed: delete them (mirror verify --repair adds back "
+                "what fal still lists)"
+            )
 
     # -- writer side ------------------------------------------------------------------
 
@@ -701,9 +660,8 @@ class Syncer:
         horizon = min(now, opts.until) if opts.until else now
         if present < horizon <= ceil_s(present):
             self._wait((horizon - present).total_seconds())
-        self._notes: list[str] = []
         report = SyncReport(run_id=0, targets=list(opts.targets), started_at=started)
-        report.notes = self._notes
+        report.notes = self._notes.texts
         t0 = time.monotonic()
         tails: dict[str, datetime] = {}
         error: BaseException | None = None
@@ -722,7 +680,6 @@ class Syncer:
                     default_from=now - opts.first_since,
                     narrow=opts.narrow,
                 )
-            self.client.sleep = self._sleep
             pool = ThreadPoolExecutor(
                 max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
             )
@@ -840,7 +797,7 @@ class Syncer:
                     pool.submit(self._work, task)
                     submitted += 1
             if report.left_to_others:
-                self._note(
+                self._notes.add(
                     f"{len(report.left_to_others)} of {len(self.opts.targets)} targets were "
                     "being synced by other mirror sync processes and were left to them: "
                     + ", ".join(report.left_to_others)
@@ -907,7 +864,7 @@ class Syncer:
                     repair=True,
                     use_analytics=True,
                     payloads=self.opts.payloads,
-                    billing=self.opts.billing and target not in self._billing_refused,
+                    billing=self._lister.billing_for(target),
                     clock=lambda: now,
                 )
                 for t in result.targets:
@@ -916,15 +873,15 @@ class Syncer:
                     report.inserted += t.inserted
                     report.updated += t.updated
                     if t.inserted or t.updated:
-                        self._note(
+                        self._notes.add(
                             f"re-check of {target}: {t.inserted} requests fal recorded late and "
                             f"{t.updated} changed ones were added (hours {', '.join(t.hours_with_differences[:3])})"
                         )
                     if t.extra:
-                        self._note(
+                        self._notes.add(
                             f"re-check of {target}: {t.extra} stored requests are no longer listed by fal (see mirror verify)"
                         )
-                self._notes.extend(n for n in result.notes if n not in self._notes)
+                self._notes.merge(result.notes)
                 if any(t.unstable_hours for t in result.targets):
                     continue  # not marked: the next run tries again
             self.store.mark_rechecked(target, [tier for tier, _ in due], stamp)
@@ -932,7 +889,7 @@ class Syncer:
     def _drain(self) -> list[object]:
         """At least one event, then whatever else is waiting, up to a batch of rows."""
         if self._q.empty():  # the writer waits for pages: more calls in flight may help
-            self.client.pacer.backlog(behind=False)
+            self.client.backlog(behind=False)
         batch = [self._q.get()]
         rows = 0
         while rows < BATCH_ROWS:
@@ -1019,7 +976,7 @@ class Syncer:
             return
         text = f"this machine's clock is {describe(skew)} the API's"
         if abs(skew) > self.opts.lookback.total_seconds():
-            self._note(
+            self._notes.add(
                 f"{text}, more than the lookback ({self.opts.lookback}): windows are bounded "
                 "by the API's clock, but please set this clock right (e.g. enable NTP)"
             )

@@ -32,7 +32,8 @@ Hours are processed oldest first with a bounded number of walks in flight, so me
 one hour's rows plus a day of ids, whatever the length of history verified.
 
 This module computes the ``VerifyReport``; ``mirror.verify_report`` renders it (text, JSON).
-The analytics calls are ``FalClient.hourly_counts``.
+The analytics calls are ``FalClient.hourly_counts``; the list calls with their billing
+fallback, the re-walks and the stop signal are ``mirror.walk``'s, as sync's are.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import threading
 import time
 import uuid
 from collections import deque
@@ -54,12 +54,13 @@ import orjson
 import sqlalchemy as sa
 
 from mirror import lock
-from mirror.api import CursorWalk, FalClient, Page
+from mirror.api import CursorWalk, FalClient
 from mirror.db import sqlite_path
-from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
 from mirror.schema import API_FIELDS, hour_of, requests, target_clause
 from mirror.store import Store
 from mirror.timeparse import api_param, from_text, to_text, utcnow
+from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
 from mirror.windows import align_down, ceil_s, floor_s
 
 log = logging.getLogger("mirror.verify")
@@ -281,10 +282,6 @@ def _is_uuid(text: str) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
-class _Stopped(Exception):
-    pass
-
-
 @dataclass
 class _Walked:
     slot: Slot
@@ -336,7 +333,9 @@ class Verifier:
         if sample is not None and sample < 1:
             raise ConfigError("--sample must be at least 1")
         self.store = store
-        self.client = client
+        self._stop = Stop()
+        #: the caller's client, waiting between attempts only until the run stops
+        self.client = client.with_sleep(self._stop.sleep)
         self.targets = list(dict.fromkeys(targets))
         self.since = since
         self.until = until
@@ -350,66 +349,32 @@ class Verifier:
         self.concurrency = max(1, concurrency)
         self.examples = examples
         self.clock = clock
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._billing_refused: set[str] = set()
-        self._notes: list[str] = []
+        self._notes = Notes(log)
+        self._lister = Lister(
+            self.client,
+            payloads=payloads,
+            billing=billing,
+            stop=self._stop,
+            notes=self._notes,
+            without_billing="billable_units not compared",
+        )
 
     # -- the API side ---------------------------------------------------------------------
-
-    def _note(self, text: str) -> None:
-        with self._lock:
-            if text not in self._notes:
-                log.info(text)
-                self._notes.append(text)
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _Stopped
-
-    def _fetch(
-        self,
-        target: str,
-        start: datetime,
-        end: datetime,
-        cursor: str | None = None,
-        request_id: str | None = None,
-    ) -> tuple[Page, bool, int]:
-        """One list call as sync makes it: (page, whether billing was asked for, calls made)."""
-        if self._stop.is_set():
-            raise _Stopped
-        billing = self.billing and target not in self._billing_refused
-        kw: dict[str, Any] = dict(
-            start=api_param(start),
-            end=api_param(end),
-            cursor=cursor,
-            payloads=self.payloads,
-            request_id=request_id,
-        )
-        try:
-            return self.client.list_requests([target], billing=billing, **kw), billing, 1
-        except AuthError as e:
-            if not (billing and e.status == 403):
-                raise
-            page = self.client.list_requests([target], billing=False, **kw)
-            with self._lock:
-                self._billing_refused.add(target)
-            self._note(
-                f"the API refused billing for {target} ({e.message}); billable_units not compared"
-            )
-            return page, False, 2
 
     def _walk(self, slot: Slot) -> _Walked:
         """Every row the server lists in the slot, walked again while rows move under it."""
         calls = 0
-        rows: dict[str, tuple[Any, ...]] = {}
-        billing = self.billing
-        for _ in range(MAX_WALKS):
-            rows, repeated = {}, False
+
+        def once() -> tuple[_Walked, bool | None]:
+            nonlocal calls
+            rows: dict[str, tuple[Any, ...]] = {}
+            repeated = False
             walk = CursorWalk(f"{slot.target} {slot.label}", slot.end - slot.start)
             flags: set[bool] = set()
             while True:
-                page, billing, n = self._fetch(slot.target, slot.start, slot.end, walk.cursor)
+                page, billing, n = self._lister.fetch(
+                    slot.target, slot.start, slot.end, walk.cursor
+                )
                 calls += n
                 flags.add(billing)
                 for r in page.rows:
@@ -418,12 +383,14 @@ class Verifier:
                     rows[r[0]] = r
                 if walk.follow(page) is None:
                     break
+            walked = _Walked(slot, rows, billing and len(flags) == 1, calls, False)
             if len(flags) > 1:  # billing was refused half-way: walk it again without
-                continue
-            if not repeated:
-                return _Walked(slot, rows, billing, calls, True)
-            log.info("%s %s: rows moved while paging; walking it again", slot.target, slot.label)
-        return _Walked(slot, rows, billing and len(flags) == 1, calls, False)
+                return walked, None
+            return walked, not repeated
+
+        walked, stable = until_stable(once, MAX_WALKS, f"{slot.target} {slot.label}", log)
+        walked.stable = stable
+        return walked
 
     def _analytics_counts(
         self, target: str, lo: datetime, hi: datetime, tr: TargetReport
@@ -431,8 +398,7 @@ class Verifier:
         """The server's request count per hour of ``[lo, hi)`` (hour key -> count)."""
 
         def before_call() -> None:
-            if self._stop.is_set():
-                raise _Stopped
+            self._stop.check()
             tr.api_calls += 1
 
         counts: dict[str, int | None] = {}
@@ -499,19 +465,16 @@ class Verifier:
             delete_extra=self.delete_extra,
             sample=self.sample,
         )
-        report.notes = self._notes
+        report.notes = self._notes.texts
         retries0 = self.client.stats.retries
         path = sqlite_path(self.store.db)
         holder = lock.hold(path) if self.repair and path is not None else contextlib.nullcontext()
-        saved_sleep = self.client.sleep
-        self.client.sleep = self._sleep
         try:
             with holder:
                 self._run(report, until, now)
-        except _Stopped:
+        except Stopped:
             raise KeyboardInterrupt from None
         finally:
-            self.client.sleep = saved_sleep
             report.retries = self.client.stats.retries - retries0
             report.seconds = time.monotonic() - t0
         return report
@@ -529,7 +492,7 @@ class Verifier:
         for t in self.targets:
             reports[t].hours = sum(1 for s in chosen if s.target == t)
             if not pieces[t]:
-                self._note(f"{t} has no completed windows in the range; nothing to verify")
+                self._notes.add(f"{t} has no completed windows in the range; nothing to verify")
 
         to_walk = chosen
         if self.use_analytics and chosen:
@@ -587,11 +550,11 @@ class Verifier:
                     if s.target == t:
                         server.pop(s, None)
         if absent is not None:
-            self._note(
+            self._notes.add(
                 f"the API has no /serverless/analytics ({absent}); re-walking every selected hour"
             )
         if refused:
-            self._note(
+            self._notes.add(
                 "could not use /serverless/analytics for "
                 + ", ".join(refused)
                 + "; re-walking every selected hour of "
@@ -643,7 +606,7 @@ class Verifier:
             tr.api_calls += w.calls
             if not w.stable:
                 tr.unstable_hours.append(slot.label)
-                self._note(
+                self._notes.add(
                     f"{slot.target} {slot.label}: rows kept moving while the hour was walked; "
                     "run verify again"
                 )
@@ -701,7 +664,7 @@ class Verifier:
                 start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
             except (ValueError, OverflowError):  # stored before timestamps were parsed whole
                 start = floor_s(slot.start - LOOKUP_MARGIN)
-            page, billing, calls = self._fetch(
+            page, billing, calls = self._lister.fetch(
                 slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
             )
             row = next((r for r in page.rows if r[0] == rid), None)

@@ -588,3 +588,13 @@ def test_hourly_counts_call_before_each_page():
     ):
         pass
     assert calls == [0, 1], "before_call runs before each call, not after"
+
+
+def test_a_copy_with_another_sleep_shares_everything_else():
+    sleeps: list[float] = []
+    h = scripted(httpx.Response(503), ok())
+    base = client(h)
+    other = base.with_sleep(sleeps.append)
+    fetch(other)
+    assert len(sleeps) == 1 and base.sleep is not other.sleep
+    assert base.stats is other.stats and base.stats.retries == 1 and base.pacer is other.pacer

@@ -25,17 +25,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the reliability suite's helpers (and e2e.harness)
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' shared helpers: the support package
 
-from reliability.rel_helpers import (  # noqa: E402
-    TARGETS,
-    env_for,
-    listable,
-    run_cli,
-    static_world,
-    stored_ids,
-    sync_args,
-)
+from support.cli import run_cli  # noqa: E402
+from support.compare import stored_ids  # noqa: E402
+from support.sim import TARGETS, env_for, listable, static_world, sync_args  # noqa: E402
 
 from mirror.simulator import FaultConfig, SimulatedAPI  # noqa: E402
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the reliability suite's helpers (and e2e.harness)
+sys.path.insert(0, str(ROOT / "tests"))  # the kill trials of the reliability suite, and support
 
 from reliability.kill_trials import ChainResult, kill_chain  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from query.helpers import fill, make_rows  # tests/ is on sys.path
+from support.rows import fill, make_rows
 
 from mirror.cli import cli
 

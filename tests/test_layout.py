@@ -6,7 +6,8 @@ another's private names.
   interpreter, and the test names every one that fails.
 - A leading underscore says "only this module uses it". ``from mirror.x import _name``, and
   ``mirror.x._name`` through a module name, elsewhere (mirror/, tests/, bench/, migrations/) are
-  refused: make the name public where it is meant to be shared. Private attributes of
+  refused: make the name public where it is meant to be shared. The same holds for the tests'
+  shared helpers, the ``support`` package (tests/support/). Private attributes of
   *instances* (``syncer._write_once``) are out of this check's reach, on purpose.
 """
 
@@ -86,16 +87,28 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
 # --------------------------------------------------------------------------- private names
 
 
+def support_modules() -> list[str]:
+    """Every module of the tests' ``support`` package (tests/ is on sys.path)."""
+    root = REPO / "tests" / "support"
+    return [
+        "support",
+        *(f"support.{p.stem}" for p in sorted(root.glob("*.py")) if p.stem != "__init__"),
+    ]
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
 def _module_of(path: Path) -> str:
-    """The dotted name a file is imported as (``mirror.x``, ``mirror.migrations.y``, ``tests.z``)."""
+    """The dotted name a file is imported as (``mirror.x``, ``mirror.migrations.y``,
+    ``support.w``, ``tests.z``)."""
     rel = path.relative_to(REPO).with_suffix("")
     parts = list(rel.parts)
     if parts[0] == "migrations":
         parts[0:1] = ["mirror", "migrations"]
+    if parts[:2] == ["tests", "support"]:
+        parts.pop(0)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -114,7 +127,7 @@ def _dotted(node: ast.expr) -> list[str] | None:
 
 
 def _private_in(dotted: list[str], modules: set[str]) -> tuple[str, str] | None:
-    """(module, private name) when a dotted path reaches a private name of a mirror module:
+    """(module, private name) when a dotted path reaches a private name of a checked module:
     the longest prefix that is a module, then the name right after it."""
     for cut in range(len(dotted) - 1, 0, -1):
         module = ".".join(dotted[:cut])
@@ -125,25 +138,28 @@ def _private_in(dotted: list[str], modules: set[str]) -> tuple[str, str] | None:
 
 
 def private_uses(source: str, own: str, modules: set[str]) -> Iterator[tuple[int, str, str]]:
-    """(line, module, name) for each private name of another mirror module that the code of
-    module ``own`` uses; ``modules``: the mirror modules there are."""
+    """(line, module, name) for each private name of another checked module that the code
+    of module ``own`` uses; ``modules``: the checked modules there are (mirror's, and the
+    tests' ``support`` package)."""
     tree = ast.parse(source)
-    # local names bound to mirror modules: `import mirror.x` binds `mirror` (the chain then
+    roots = {m.split(".")[0] for m in modules}
+    # local names bound to checked modules: `import mirror.x` binds `mirror` (the chain then
     # names the module), `import mirror.x as m` and `from mirror import x` bind the module
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                if a.name == "mirror" or a.name.startswith("mirror."):
+                root = a.name.split(".")[0]
+                if root in roots:
                     if a.asname:
                         aliases[a.asname] = a.name
                     else:
-                        aliases["mirror"] = "mirror"
+                        aliases[root] = root
                     for i, part in enumerate(a.name.split(".")):
                         if _is_private(part):
                             yield node.lineno, ".".join(a.name.split(".")[:i]), part
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module != "mirror" and not node.module.startswith("mirror."):
+            if node.module.split(".")[0] not in roots:
                 continue
             for a in node.names:
                 sub = f"{node.module}.{a.name}"
@@ -175,7 +191,9 @@ def private_uses(source: str, own: str, modules: set[str]) -> Iterator[tuple[int
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             if id(node) in docstrings:
                 continue
-            for m in re.finditer(r"\bmirror(?:\.[A-Za-z_]\w*)+", node.value):
+            for m in re.finditer(
+                rf"\b(?:{'|'.join(sorted(roots))})(?:\.[A-Za-z_]\w*)+", node.value
+            ):
                 hit = _private_in(m.group().split("."), modules)
                 if hit is not None and hit[0] != own:
                     yield node.lineno, *hit
@@ -200,7 +218,7 @@ def _scanned_files() -> list[Path]:
 
 
 def test_no_private_name_is_used_from_another_module() -> None:
-    modules = set(package_modules())
+    modules = set(package_modules()) | set(support_modules())
     offenders, allowed_used = [], set()
     for path in _scanned_files():
         source = path.read_text(encoding="utf-8")

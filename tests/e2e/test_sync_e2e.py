@@ -7,8 +7,6 @@ random points, one writer at a time, and time zones.
 
 from __future__ import annotations
 
-import functools
-import operator
 import random
 import signal
 import time
@@ -16,46 +14,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from mirror.simulator import FaultConfig, SimRequest, SimulatedAPI, WorldConfig, generate_world
-
-from .harness import (
-    CANARY_KEY,
-    compare,
+from support.cli import mirror, spawn
+from support.compare import (
+    assert_mirror_equals,
     completed_windows,
+    covers,
     database_contains,
     db_execute,
     db_query,
-    fast_env,
     files_contain,
     integrity_ok,
     is_server,
-    mirror,
     mirror_rows,
     server_record,
-    spawn,
 )
+from support.sim import CANARY_KEY, ENDPOINTS, READING_PARAMS, TARGETS, fast_env
 
-TARGETS = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
+from mirror.simulator import FaultConfig, SimRequest, SimulatedAPI, WorldConfig, generate_world
+
 EP_ARGS = [arg for t in TARGETS for arg in ("-e", t)]
-ENDPOINTS = ["acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler", "acme/whisper-v3"]
 FAULTS = FaultConfig(
     seed=11, p_429=0.05, p_retry_after=0.5, retry_after=0.05, p_5xx=0.04, p_json_500=0.01,
     p_reset=0.03, p_truncate=0.03,
 )  # fmt: skip
-
-READINGS = [
-    pytest.param(WorldConfig(filter_field="ended_at"), id="filter-ended_at"),
-    pytest.param(WorldConfig(filter_field="sent_at"), id="filter-sent_at"),
-    pytest.param(
-        WorldConfig(filter_field="sent_at", sort_direction="asc", nulls="first"),
-        id="sent_at-asc-nullsfirst",
-    ),
-    pytest.param(
-        WorldConfig(filter_field="started_at", unfinished_visible=False),
-        id="started_at-hidden-unfinished",
-    ),
-]
 
 
 def world_for(config: WorldConfig, *, seed: int = 3, **kw):
@@ -64,7 +45,7 @@ def world_for(config: WorldConfig, *, seed: int = 3, **kw):
     kw.setdefault("requests_per_hour", 120)
     kw.setdefault("dense_hour", (now - timedelta(hours=30), 2500))
     kw.setdefault("future_minutes", 10)
-    return generate_world(config, seed=seed, now=now, endpoints=ENDPOINTS, **kw)
+    return generate_world(config, seed=seed, now=now, endpoints=list(ENDPOINTS), **kw)
 
 
 class _Either:
@@ -126,7 +107,7 @@ def list_calls(api: SimulatedAPI) -> list[dict[str, list[str]]]:
     return [e.params for e in api.log if e.path.endswith("/requests/by-endpoint")]
 
 
-@pytest.mark.parametrize("config", READINGS)
+@pytest.mark.parametrize("config", READING_PARAMS)
 def test_faulty_backfill_then_incremental_sync(db_url: str, config: WorldConfig) -> None:
     world = world_for(config)
     db = db_url
@@ -144,7 +125,7 @@ def test_faulty_backfill_then_incremental_sync(db_url: str, config: WorldConfig)
                 str(db),
                 "--since",
                 "4d",
-                *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
+                *EP_ARGS,
             ],
             env,
         )
@@ -155,7 +136,7 @@ def test_faulty_backfill_then_incremental_sync(db_url: str, config: WorldConfig)
         assert len(faults_seen & kinds) >= 4, f"too few kinds of fault were injected: {faults_seen}"
         expected = expected_finished(world, t1)
         assert len(expected) > 8000, "the world is too small to prove anything"
-        compare(db, expected, allow_extra=set(world.server_view()))
+        assert_mirror_equals(db, expected, allow_extra=set(world.server_view()))
         integrity_ok(db)
         assert r1.stdout.startswith("synced 3 targets: "), r1.stdout
         assert r1.stderr == "", f"a clean run printed to stderr: {r1.stderr}"
@@ -172,7 +153,7 @@ def test_faulty_backfill_then_incremental_sync(db_url: str, config: WorldConfig)
         r2 = mirror(["sync", "--db", str(db)], env)
         assert r2.code == 0, f"incremental sync failed: {r2.stderr}"
         expected = expected_finished(world, t2)
-        compare(db, expected, allow_extra=set(world.server_view()))
+        assert_mirror_equals(db, expected, allow_extra=set(world.server_view()))
         after = mirror_rows(db)
         billed_late = [
             rid
@@ -309,7 +290,7 @@ def test_the_key_appears_nowhere(tmp_path: Path, db_url: str) -> None:
                     "-vv",
                     "--since",
                     "8h",
-                    *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
+                    *EP_ARGS,
                 ],
                 env,
             ),
@@ -341,7 +322,7 @@ def test_billing_refused_continues_without_it_and_says_so_once(db_url: str) -> N
                 str(db),
                 "--since",
                 "13h",
-                *functools.reduce(operator.iadd, (["-e", x] for x in TARGETS), []),
+                *EP_ARGS,
             ],
             fast_env(api.base_url),
         )
@@ -351,7 +332,7 @@ def test_billing_refused_continues_without_it_and_says_so_once(db_url: str) -> N
     for rid, rec in expected.items():
         if rec["endpoint_id"] == "acme/upscaler":
             expected[rid] = rec | {"billable_units": None}
-    compare(db, expected, allow_extra=set(world.server_view()))
+    assert_mirror_equals(db, expected, allow_extra=set(world.server_view()))
 
 
 def _not_ahead(db: Path | str, world, config: WorldConfig) -> None:
@@ -360,8 +341,7 @@ def _not_ahead(db: Path | str, world, config: WorldConfig) -> None:
     view = world.server_view()
     for target, a, b in completed_windows(db):
         for rid, it in view.items():
-            ep = it["endpoint_id"]
-            if ep != target and not ep.startswith(target + "/"):
+            if not covers(target, it["endpoint_id"]):
                 continue
             v = it.get(config.filter_field)
             if v is None:
@@ -373,7 +353,9 @@ def _not_ahead(db: Path | str, world, config: WorldConfig) -> None:
                 assert rid in rows, f"window {target} {a}..{b} is marked complete but lacks {rid}"
 
 
-@pytest.mark.parametrize("config", [READINGS[0], READINGS[2]])  # pytest unwraps the params
+@pytest.mark.parametrize(
+    "config", [READING_PARAMS[0], READING_PARAMS[2]]
+)  # pytest unwraps the params
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(db_url: str, config) -> None:
     world = world_for(config, days=2, requests_per_hour=150, future_minutes=0)
     cfg = config
@@ -390,7 +372,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(db_url: str, conf
             "3d",
             "--max-concurrency",
             "2",
-            *functools.reduce(operator.iadd, (["-e", t] for t in TARGETS), []),
+            *EP_ARGS,
         ]
         kills = 0
         for _ in range(6):
@@ -409,7 +391,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(db_url: str, conf
         t = world.now()
         final = mirror(args, env)
         assert final.code == 0, final.stderr
-    compare(db, expected_finished(world, t), allow_extra=set(world.server_view()))
+    assert_mirror_equals(db, expected_finished(world, t), allow_extra=set(world.server_view()))
     integrity_ok(db)
 
 
@@ -525,7 +507,7 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path, stop: i
         assert code == 0, f"fake-api did not stop on {stop!r}: {code}"
 
 
-@pytest.mark.parametrize("config", [READINGS[0], READINGS[1]])
+@pytest.mark.parametrize("config", [READING_PARAMS[0], READING_PARAMS[1]])
 def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
     db_url: str, config
 ) -> None:
@@ -571,7 +553,7 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         assert len(old_walks) <= 2, (
             f"re-walked more hours than the backfill touched: {sorted(old_walks)}"
         )
-        compare(db, expected_finished(world, t), allow_extra=set(world.server_view()))
+        assert_mirror_equals(db, expected_finished(world, t), allow_extra=set(world.server_view()))
         tiers = {
             tier: bool(recent)
             for tier, recent in db_query(

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability.rel_helpers import assert_one_line
+from support.cli import assert_one_line
+from support.compare import db_query
 
 from mirror import lock
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
 from mirror.store import Store
-
-from .pg_helpers import pg_query
 
 TABLES = {
     "requests": "request_id",
@@ -76,9 +75,9 @@ def pg_dump_as_sqlite(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """The PostgreSQL copy in the SQLite file's terms: instants as canonical UTC text."""
     out = {}
     for table, order in TABLES.items():
-        cols = [r[0] for r in pg_query(url, f"SELECT column_name FROM information_schema.columns "
+        cols = [r[0] for r in db_query(url, f"SELECT column_name FROM information_schema.columns "
                                             f"WHERE table_name = '{table}' ORDER BY ordinal_position")]  # fmt: skip
-        rows = pg_query(url, f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}")
+        rows = db_query(url, f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}")
         out[table] = [
             tuple(
                 _canonical(v) if c in INSTANTS else _hour(v) if c == "hour" else v

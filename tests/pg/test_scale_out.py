@@ -13,12 +13,12 @@ import itertools
 import re
 from collections import defaultdict
 
-from e2e.harness import mirror as mirror_subprocess
-from reliability.rel_helpers import env_for, gated_syncs, listable, static_world
+from support.cli import gated_syncs
+from support.cli import mirror as mirror_subprocess
+from support.compare import assert_mirror_equals, db_query
+from support.sim import Call, IdentifyingAPI, env_for, listable, static_world
 
 from mirror.simulator import FaultConfig
-
-from .pg_helpers import Call, IdentifyingAPI, assert_rows_equal, pg_query, pg_rows
 
 TARGETS = tuple(f"acme/app-{c}" for c in "abcdef")
 KEYS = tuple(f"proc-{i}:secret-{i}" for i in range(3))
@@ -68,7 +68,7 @@ def test_three_processes_share_six_targets_once(tmp_path, pg_url) -> None:
     assert single.code == 0, f"the single-process sync failed: {single.stderr[-2000:]}"
 
     # every listed request stored once, equal to the server's
-    assert_rows_equal(pg_rows(pg_url), expected)
+    assert_mirror_equals(pg_url, expected)
 
     # no target walked by two processes at the same time (the server's own record)
     spans = _walk_spans(calls)
@@ -105,9 +105,9 @@ def test_three_processes_share_six_targets_once(tmp_path, pg_url) -> None:
     print("\n".join(f"{t}: {sorted(by_key)}" for t, by_key in sorted(spans.items())))
     print("".join(out for out, _ in outs))
 
-    runs = pg_query(pg_url, "SELECT outcome FROM sync_runs ORDER BY id")
+    runs = db_query(pg_url, "SELECT outcome FROM sync_runs ORDER BY id")
     assert runs == [("ok",)] * 3, f"run log: {runs}"
-    lost_locks = pg_query(
+    lost_locks = db_query(
         pg_url,
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database())",

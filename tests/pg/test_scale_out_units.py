@@ -10,14 +10,14 @@ import time
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from e2e.harness import mirror as mirror_subprocess
-from reliability.rel_helpers import env_for, listable, static_world
+from support.cli import mirror as mirror_subprocess
+from support.compare import assert_mirror_equals, db_query
+from support.pg import pg_engine
+from support.sim import IdentifyingAPI, env_for, listable, static_world
 
 from mirror.simulator import FaultConfig
 from mirror.store import Store
 from mirror.sync import Rows, Syncer, SyncOptions, SyncReport, TargetLocks, target_lock_key
-
-from .pg_helpers import IdentifyingAPI, assert_rows_equal, pg_engine, pg_query, pg_rows
 
 LIST = "/v1/serverless/requests/by-endpoint"
 PINNED = -3191431495286835754  # blake2b-64 of the salted name, signed
@@ -72,8 +72,8 @@ def test_a_held_target_is_left_to_its_holder_and_the_rest_synced(tmp_path, pg_ur
         "1 target left to other mirror sync processes that were syncing it (acme/held)"
         in run.stdout
     ), f"the summary does not say what was left: {run.stdout!r}"
-    assert_rows_equal(pg_rows(pg_url), expected)
-    windows = pg_query(pg_url, "SELECT DISTINCT target FROM sync_windows")
+    assert_mirror_equals(pg_url, expected)
+    windows = db_query(pg_url, "SELECT DISTINCT target FROM sync_windows")
     assert windows == [("acme/free",)], f"window state of a target never walked: {windows}"
 
 
@@ -149,7 +149,7 @@ def test_a_write_aborted_by_a_deadlock_is_run_again(pg_url) -> None:
     assert (report.inserted, report.updated) == (0, 2), (
         f"rows counted {report.inserted} new / {report.updated} updated, expected 0 / 2 once"
     )
-    got = pg_query(
+    got = db_query(
         pg_url,
         "SELECT request_id, status_code, to_char(first_seen_at AT TIME ZONE 'UTC', 'YYYY') "
         "FROM requests ORDER BY 1",

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-
-from .helpers import fill, make_rows
+from support.cli import sync_from_simulator
+from support.rows import fill, make_rows
 
 
 @pytest.fixture
@@ -37,8 +37,6 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database filled by a real `mirror sync` from the simulated API over loopback HTTP."""
-    from .helpers import sync_from_simulator
-
     path = tmp_path_factory.mktemp("synced") / "fal history.db"  # a space, on purpose
     sync_from_simulator(path, seed=4, days=2, requests_per_hour=150)
     return path

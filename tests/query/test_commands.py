@@ -7,13 +7,13 @@ import io
 import json
 
 import pytest
+from support.rows import fill, make_rows, read_all
+from support.sim import NOW
 
 from mirror import query
 from mirror.output import display_width
 from mirror.store import Store
 from mirror.timeparse import to_text
-
-from .helpers import NOW, fill, make_rows, read_all
 
 COLS = ["request_id", "endpoint_id", "status", "status_code", "duration", "ended_at"]
 NEWEST_SQL = (

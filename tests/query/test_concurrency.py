@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
 import pytest
+from support.cli import spawn
+from support.compare import derived_tables_exact
+from support.rows import read_all
+from support.sim import ENDPOINTS, fast_env, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI, generate_world
-
-from .helpers import SIM_ENDPOINTS, read_all, sim_env, sync_args
-from .test_maintenance import check_exact
 
 SHELL_SQL = (
     "SELECT count(*) FROM requests; "
@@ -31,14 +31,11 @@ SHELL_SQL = (
 @pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 shell is not installed")
 def test_the_shell_and_mirror_read_while_a_sync_writes(tmp_path, run_cli):
     db = tmp_path / "live.db"
-    world = generate_world(seed=8, now=datetime.now(UTC), days=4.5, endpoints=SIM_ENDPOINTS,
+    world = generate_world(seed=8, now=datetime.now(UTC), days=4.5, endpoints=list(ENDPOINTS),
                            requests_per_hour=500)  # fmt: skip
     # 20 ms per page keeps the (fast) sync going long enough for several rounds of reads
     with SimulatedAPI(world, faults=FaultConfig(latency=0.02)) as api:
-        sync = subprocess.Popen(
-            [sys.executable, "-m", "mirror", *sync_args(db, days=4)],
-            env=sim_env(api.base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        sync = spawn(sync_args(db, "--since", "4d", "-q"), fast_env(api.base_url))
         shell_runs, mirror_runs, during, counts = 0, 0, 0, []
         try:
             while not db.exists() or not _has_schema(db):
@@ -75,7 +72,7 @@ def test_the_shell_and_mirror_read_while_a_sync_writes(tmp_path, run_cli):
     assert counts == sorted(counts), f"a reader saw rows disappear: {counts}"
     (final,) = read_all(db, "SELECT count(*) FROM requests")
     assert counts[-1] == final[0]
-    check_exact(db)
+    derived_tables_exact(db)
 
 
 def _has_schema(db) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from support.cli import serve_browse, terminate
+from support.rows import read_all
 
 from mirror import query
 from mirror.db import reader_engine
-
-from .helpers import cli_main, free_port, read_all, terminate
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("datasette") is None, reason="datasette is not installed"
@@ -31,24 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(synced_db: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_main(["browse", "--db", str(synced_db), "--port", str(port)]),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/-/versions.json", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read() if proc.stdout else ""
-            terminate(proc)
-            pytest.fail(f"datasette did not start: {out}")
-        time.sleep(0.2)
+    proc, base = serve_browse(synced_db)
     from datasette.utils import tilde_encode  # names with a space are tilde-encoded in URLs
 
     client = httpx.Client(base_url=base, timeout=30)

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.rows import ENDPOINTS, NON_ASCII, WORDS
+from support.sim import NOW
 
 from mirror import query
 from mirror.db import reader_engine
 from mirror.schema import STATUSES
 from mirror.timeparse import to_text
-
-from .helpers import ENDPOINTS, NON_ASCII, NOW, WORDS
 
 COLS = query.COLUMNS
 APP_IDS = ("acme/flux-lora", "beta/sd", "beta/sd_xl", "acme", "nobody/else")

@@ -17,37 +17,15 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.compare import derived_tables_exact
+from support.rows import fill, make_rows, read_all
+from support.sim import NOW
 
 from mirror import query
 from mirror.db import reader_engine
 from mirror.schema import ROW_COLUMNS, derive_status
 from mirror.store import Store
 from mirror.timeparse import to_text
-
-from .helpers import NOW, fill, make_rows, read_all
-
-SUMMARY_SQL = """
-    SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, endpoint_id, status, count(*),
-           count(duration), COALESCE(sum(CAST(round(duration * 1000000) AS INTEGER)), 0),
-           count(billable_units), COALESCE(sum(CAST(round(billable_units * 1000000) AS INTEGER)), 0)
-    FROM requests WHERE ended_at IS NOT NULL GROUP BY h, endpoint_id, status ORDER BY 1, 2, 3
-"""
-
-
-def check_exact(path: Path) -> None:
-    con = sqlite3.connect(path)
-    try:
-        kept = con.execute("SELECT * FROM summary_hourly ORDER BY 1, 2, 3").fetchall()
-        recomputed = con.execute(SUMMARY_SQL).fetchall()
-        assert kept == recomputed, "summary_hourly drifted from a recomputation over requests"
-        try:  # compares every indexed entry with the content table: a row indexed twice fails
-            con.execute(
-                "INSERT INTO requests_fts (requests_fts, rank) VALUES ('integrity-check', 1)"
-            )
-        except sqlite3.DatabaseError as e:
-            pytest.fail(f"requests_fts does not match requests: {e}")
-    finally:
-        con.close()
 
 
 def search(path: Path, words: str, **kw: Any) -> list[str]:
@@ -95,7 +73,7 @@ def test_a_non_ascii_prompt_is_found(tmp_path):
     assert search(db, "МАЯК") == ["b"], "case is folded beyond ASCII"
     assert search(db, "Saint-Malo phare") == ["c"]
     assert search(db, "a") == ["c"]  # 'à' is the word 'a' once folded; 'at' is not
-    check_exact(db)
+    derived_tables_exact(db)
 
 
 def test_an_updated_row_is_found_once_and_by_its_new_text_only(tmp_path):
@@ -105,13 +83,13 @@ def test_an_updated_row_is_found_once_and_by_its_new_text_only(tmp_path):
     assert search(db, "alpha") == []
     assert search(db, "omega") == ["a"]
     assert search(db, "lighthouse") == ["a"]
-    check_exact(db)
+    derived_tables_exact(db)
     upsert(db, [row("a", "omega lighthouse", code=500)])  # a non-payload change
     assert search(db, "lighthouse") == ["a"]
     upsert(db, [row("a", None, code=500)])  # payload expired at fal: the mirror keeps its copy
     assert search(db, "omega", statuses=("error",)) == ["a"]
     upsert(db, [row("a", "omega lighthouse", code=500)] * 3)  # the same row thrice in a batch
-    check_exact(db)
+    derived_tables_exact(db)
     con = sqlite3.connect(db)
     assert con.execute(
         "SELECT count(*) FROM requests_fts WHERE requests_fts MATCH 'omega'"
@@ -158,7 +136,7 @@ def test_random_histories_keep_index_and_summary_exact(tmp_path_factory, history
                 store.upsert(conn, rows, payloads=True, billing=True, now=to_text(NOW))
     finally:
         store.close()
-    check_exact(db)
+    derived_tables_exact(db)
 
 
 def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
@@ -177,7 +155,7 @@ def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
         store.upsert(conn, make_rows(300, seed=9), payloads=True, billing=True, now=to_text(NOW))
     store.close()
     fill(db, [])  # Store.open upgrades to head
-    check_exact(db)
+    derived_tables_exact(db)
     assert search(db, "lighthouse"), "the existing rows were not indexed"
     engine = make_engine(str(db))
     with engine.begin() as conn:
@@ -189,7 +167,7 @@ def test_the_migration_backfills_an_existing_database_and_downgrades(tmp_path):
     assert not names & {"requests_fts", "summary_hourly", "request_log", "ix_requests_sent_at"}
     assert cols == ["endpoint_id", "ended_at", "status_code", "duration"]
     fill(db, make_rows(50, seed=10))
-    check_exact(db)
+    derived_tables_exact(db)
 
 
 def fts_config(path: Path) -> dict[str, Any]:
@@ -217,13 +195,13 @@ def test_0004_tunes_the_index_and_it_stays_exact_both_ways(tmp_path):
     fill(db, [])  # Store.open upgrades to head: the index is rebuilt from the rows
     assert fts_config(db) == {"automerge": 16, "pgsz": 16000}, "0004 did not tune the index"
     assert "requests_fts_docsize" not in tables(), "0004 keeps no per-row sizes"
-    check_exact(db)
+    derived_tables_exact(db)
     assert search(db, "lighthouse") == before and before, "the rebuilt index lost rows"
     # separate transactions: segments pile up and are merged under the new settings
     rows = make_rows(600, seed=12)
     for i in range(0, len(rows), 20):
         fill(db, rows[i : i + 20])
-    check_exact(db)
+    derived_tables_exact(db)
     engine = make_engine(str(db))
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0003")
@@ -235,15 +213,15 @@ def test_0004_tunes_the_index_and_it_stays_exact_both_ways(tmp_path):
     with engine.begin() as conn:
         store.upsert(conn, make_rows(50, seed=13), payloads=True, billing=True, now=to_text(NOW))
     store.close()
-    check_exact(db)
+    derived_tables_exact(db)
 
 
 def test_integrity_check_catches_a_row_indexed_twice(tmp_path):
-    """What check_exact relies on to prove every row is indexed once (there is no
+    """What derived_tables_exact relies on to prove every row is indexed once (there is no
     ``requests_fts_docsize`` to count since 0004)."""
     db = tmp_path / "m.db"
     fill(db, make_rows(30, seed=14))
-    check_exact(db)
+    derived_tables_exact(db)
     con = sqlite3.connect(db)
     con.execute(
         "INSERT INTO requests_fts (rowid, json_input, json_output) "
@@ -252,7 +230,7 @@ def test_integrity_check_catches_a_row_indexed_twice(tmp_path):
     con.commit()
     con.close()
     with pytest.raises(pytest.fail.Exception, match="requests_fts does not match requests"):
-        check_exact(db)
+        derived_tables_exact(db)
 
 
 # ----------------------------------------------------------------- batch indexing (0005)
@@ -314,7 +292,7 @@ def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(t
     assert _gate(db) == ([], []), "0004 has no gate"
     fill(db, [])  # Store.open upgrades to head
     assert _gate(db) == ([], ["requests_fts_ai", "requests_summary_ai"])
-    check_exact(db)
+    derived_tables_exact(db)
     # new rows, and rows already stored coming back changed (payload, status, billing)
     changed = [
         (*r[:6], 500, r[7], 9.5, orjson.dumps({"prompt": f"changed {i}"}).decode(), r[10],
@@ -323,23 +301,23 @@ def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(t
     ]  # fmt: skip
     fill(db, rows[300:600] + changed)
     assert _gate(db)[0] == [], "the gate was committed"
-    check_exact(db)
+    derived_tables_exact(db)
     assert set(search(db, "changed")) == {r[0] for r in changed}, "changed payloads not found"
     _other_writer(db, make_rows(40, seed=22, start=NOW - timedelta(days=9)))
-    check_exact(db)
+    derived_tables_exact(db)
     assert search(db, "rewritten by hand"), "a plain-SQL insert and update were indexed"
     engine = make_engine(str(db))
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0004")
     engine.dispose()
     assert _gate(db) == ([], []), "0004's triggers are back, ungated"
-    check_exact(db)
+    derived_tables_exact(db)
     store = Store(make_engine(str(db)), str(db))  # rows written at 0004, row by row
     with store.engine.begin() as conn:
         store.upsert(conn, rows[600:], payloads=True, billing=True, now=to_text(NOW))
     store.close()
     _other_writer(db, make_rows(40, seed=23, start=NOW - timedelta(days=12)))
-    check_exact(db)
+    derived_tables_exact(db)
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM requests").fetchone() == (900 + 80 - 2,)
     con.close()
@@ -365,7 +343,7 @@ def test_a_failed_batch_is_rolled_back_whole_and_never_commits_the_gate(tmp_path
             store.upsert(conn, bad, payloads=True, billing=True, now=to_text(NOW))
         assert read_all(db, "SELECT * FROM requests ORDER BY rowid") == before
         assert read_all(db, "SELECT * FROM summary_hourly ORDER BY 1, 2, 3") == summary
-        check_exact(db)
+        derived_tables_exact(db)
         assert _gate(db)[0] == []
         # a careless caller: swallows the error inside the transaction, which then commits
         with store.engine.begin() as conn, contextlib.suppress(sa.exc.IntegrityError):

@@ -7,11 +7,10 @@ import json
 
 import pytest
 import sqlalchemy as sa
+from support.rows import fill, make_rows
 
 from mirror import query
 from mirror.db import reader_engine
-
-from .helpers import fill, make_rows
 
 
 def one_line(result) -> str:

@@ -10,11 +10,10 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
+from support.sim import NOW
 
 from mirror import query
 from mirror.db import reader_engine
-
-from .helpers import NOW
 
 DAY = NOW.replace(hour=0) - timedelta(days=1)
 

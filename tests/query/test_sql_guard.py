@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from .helpers import fill, folder_state, make_rows, read_all
+from support.rows import fill, folder_state, make_rows, read_all
 
 
 @pytest.fixture

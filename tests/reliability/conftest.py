@@ -5,7 +5,7 @@ The figures are printed at the end of the session (they feed the README's "Guara
 
 from __future__ import annotations
 
-from .rel_helpers import FIGURES
+from support.figures import FIGURES
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Seeded kill trials, shared by the CI test (`test_kill_random.py`) and `bench/kill_bench.py`.
 
 A *chain* is one mirror file and one static simulated world with light faults and latency.
-Each trial starts the real CLI (forked, see `rel_helpers.run_cli`) on that file and kills
+Each trial starts the real CLI (forked, see `support.cli.run_cli`) on that file and kills
 it at a seeded random moment within the time a full sync takes there; after every trial
 the file must pass the consistency checks (integrity, no duplicate, every row equal to the
 server's, no window marked complete without its rows). A chain runs trials until ``kills``
@@ -20,20 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror.simulator import FaultConfig, SimulatedAPI
+from support.cli import run_cli
+from support.compare import assert_mirror_equals, check_consistent, has_schema, query
+from support.sim import READINGS, env_for, listable, static_world, sync_args
 
-from .rel_helpers import (
-    READINGS,
-    assert_mirror_equals,
-    check_consistent,
-    env_for,
-    has_schema,
-    listable,
-    query,
-    run_cli,
-    static_world,
-    sync_args,
-)
+from mirror.simulator import FaultConfig, SimulatedAPI
 
 READING_NAMES = list(READINGS)
 INTERRUPTED = "mirror: interrupted; everything committed so far is kept"

@@ -13,24 +13,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.cli import assert_one_line, run_cli
+from support.compare import assert_mirror_equals, check_consistent, runs, stored_ids
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.api import FalClient, RetryPolicy, make_http_client
 from mirror.errors import ApiUnavailable
 from mirror.simulator import DEFAULT_KEY, FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_mirror_equals,
-    assert_one_line,
-    check_consistent,
-    count,
-    env_for,
-    listable,
-    run_cli,
-    runs,
-    static_world,
-    stored_ids,
-    sync_args,
-)
 
 LIST = "/v1/serverless/requests/by-endpoint"
 

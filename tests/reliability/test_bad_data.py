@@ -16,25 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import assert_one_line, run_cli
+from support.compare import (
+    assert_mirror_equals,
+    check_consistent,
+    intervals,
+    overlaps,
+    runs,
+    stored_ids,
+)
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.simulator import DEFAULT_KEY, FaultConfig, LoggedRequest, SimulatedAPI
 from mirror.timeparse import from_text
-
-from .rel_helpers import (
-    assert_mirror_equals,
-    assert_one_line,
-    check_consistent,
-    count,
-    env_for,
-    intervals,
-    listable,
-    overlaps,
-    run_cli,
-    runs,
-    static_world,
-    stored_ids,
-    sync_args,
-)
 
 LIST = "/v1/serverless/requests/by-endpoint"
 #: the class each hostile page must be reported as; a 200 that is not JSON at all (a proxy's

@@ -19,18 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mirror.simulator import FaultConfig, SimulatedAPI
+from support.cli import assert_one_line, run_cli, wait_for
+from support.compare import runs
+from support.figures import count
+from support.sim import env_for, static_world, sync_args
 
-from .rel_helpers import (
-    assert_one_line,
-    count,
-    env_for,
-    run_cli,
-    runs,
-    static_world,
-    sync_args,
-    wait_for,
-)
+from mirror.simulator import FaultConfig, SimulatedAPI
 
 SECRET = "cAnArY-s3cr3t-7Qz9Xw"
 CANARY = f"canary-key-id-41:{SECRET}"

@@ -19,25 +19,13 @@ import threading
 import time
 
 import pytest
-from e2e.harness import mirror as mirror_subprocess
+from support.cli import assert_one_line, gated_syncs, run_cli, wait_for
+from support.cli import mirror as mirror_subprocess
+from support.compare import assert_mirror_equals, check_consistent, query, runs
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_mirror_equals,
-    assert_one_line,
-    check_consistent,
-    count,
-    env_for,
-    gated_syncs,
-    listable,
-    query,
-    run_cli,
-    runs,
-    static_world,
-    sync_args,
-    wait_for,
-)
 
 LIST = "/v1/serverless/requests/by-endpoint"
 

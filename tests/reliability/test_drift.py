@@ -17,22 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from support.cli import run_cli
+from support.compare import assert_mirror_equals, check_consistent, stored_ids
+from support.figures import count
+from support.sim import READINGS, env_for, listable, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
 from mirror.timeparse import from_text
-
-from .rel_helpers import (
-    READINGS,
-    assert_mirror_equals,
-    check_consistent,
-    count,
-    env_for,
-    listable,
-    run_cli,
-    static_world,
-    stored_ids,
-    sync_args,
-)
 
 LIST = "/v1/serverless/requests/by-endpoint"
 

@@ -24,20 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.cli import assert_one_line, run_cli, wait_for
+from support.compare import check_consistent, query
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_one_line,
-    check_consistent,
-    count,
-    env_for,
-    listable,
-    query,
-    run_cli,
-    static_world,
-    sync_args,
-)
 
 
 @dataclass(frozen=True)
@@ -145,8 +137,6 @@ def test_another_sync_running_is_exit_75_in_one_line(tmp_path, fc_world) -> None
         holder = threading.Thread(target=run_cli, args=(
             sync_args(db, "--since", "7h", "--max-concurrency", "1"), env, tmp_path / "o1"))  # fmt: skip
         holder.start()
-        from .rel_helpers import wait_for
-
         wait_for(lambda: len(api.log) > 0, 60, "the first sync's first call")
         o = run_cli(sync_args(db), env, tmp_path / "o2")
         holder.join(120)

@@ -11,19 +11,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.cli import assert_one_line, run_cli
+from support.compare import digest, mirror_rows
+from support.figures import count
+from support.sim import env_for, static_world, sync_args
 
 from mirror.simulator import SimulatedAPI
-
-from .rel_helpers import (
-    assert_one_line,
-    count,
-    digest,
-    env_for,
-    mirror_rows,
-    run_cli,
-    static_world,
-    sync_args,
-)
 
 HOSTILE = [
     "x' OR '1'='1",

@@ -17,19 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+from support.cli import assert_one_line, run_cli
+from support.compare import query, runs
+from support.figures import count
+from support.sim import env_for, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_one_line,
-    count,
-    env_for,
-    query,
-    run_cli,
-    runs,
-    static_world,
-    sync_args,
-)
 
 #: what a terminal would act on: every C0 control but the line feed, DEL, the C1 controls
 #: (0x9b is a one-byte CSI) and the bidi overrides

@@ -20,25 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e.harness import mirror
+from support.cli import die, mirror, note, run_cli
+from support.compare import assert_mirror_equals, query
+from support.sim import TARGETS, env_for, listable, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
 from mirror.store import Store
 from mirror.sync import Syncer
 from mirror.timeparse import from_text, to_text
-
-from .rel_helpers import (
-    TARGETS,
-    assert_mirror_equals,
-    die,
-    env_for,
-    listable,
-    note,
-    query,
-    run_cli,
-    static_world,
-    sync_args,
-)
 
 #: the world holds 30 h of history; the first run asks for all of it, more than the 24 h a
 #: bare first sync would take, so a run that forgets the request cannot pass by accident

@@ -20,6 +20,10 @@ import httpx
 import pytest
 import sqlalchemy.engine.default as sa_default
 from alembic import command
+from support.cli import die, note, run_cli
+from support.compare import assert_mirror_equals, check_consistent, query, revision
+from support.figures import count
+from support.sim import TARGETS, env_for, listable, static_world, sync_args
 
 import mirror.db
 from mirror.api import FalClient, RetryPolicy
@@ -28,22 +32,6 @@ from mirror.simulator import DEFAULT_KEY, SimulatedAPI
 from mirror.store import Store
 from mirror.timeparse import api_param, to_text
 from mirror.windows import floor_s
-
-from .rel_helpers import (
-    TARGETS,
-    assert_mirror_equals,
-    check_consistent,
-    count,
-    die,
-    env_for,
-    listable,
-    note,
-    query,
-    revision,
-    run_cli,
-    static_world,
-    sync_args,
-)
 
 OLD = "0001"
 INTERRUPTED = "mirror: interrupted; everything committed so far is kept"

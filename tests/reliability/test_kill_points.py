@@ -22,31 +22,24 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.engine.default as sa_default
+from support.cli import die, note, run_cli
+from support.compare import (
+    assert_mirror_equals,
+    check_consistent,
+    intervals,
+    overlaps,
+    query,
+    runs,
+    stored_ids,
+)
+from support.figures import count
+from support.sim import READINGS, env_for, listable, static_world, sync_args
 
 from mirror.api import FalClient
 from mirror.schema import requests
 from mirror.simulator import SimulatedAPI
 from mirror.store import STALE_RUN_ERROR, Store
 from mirror.sync import Syncer
-
-from .rel_helpers import (
-    READINGS,
-    assert_mirror_equals,
-    check_consistent,
-    count,
-    die,
-    env_for,
-    intervals,
-    listable,
-    note,
-    overlaps,
-    query,
-    run_cli,
-    runs,
-    static_world,
-    stored_ids,
-    sync_args,
-)
 
 INTERRUPTED = "mirror: interrupted; everything committed so far is kept"
 Patch = Callable[[Path], None]

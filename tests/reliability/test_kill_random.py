@@ -9,9 +9,9 @@ the mirror equal to the server. `bench/kill_bench.py` runs the same trials by th
 from __future__ import annotations
 
 import pytest
+from support.figures import count
 
 from .kill_trials import ChainResult, kill_chain
-from .rel_helpers import count
 
 CHAINS = 8
 KILLS_PER_CHAIN = 7

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,22 +24,14 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e.harness import mirror as mirror_subprocess
-from query.helpers import free_port, terminate
+from support.cli import mirror as mirror_subprocess
+from support.cli import serve_browse, terminate, wait_for
+from support.compare import assert_mirror_equals, check_consistent
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 import mirror.db
 from mirror.simulator import FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_mirror_equals,
-    check_consistent,
-    count,
-    env_for,
-    listable,
-    static_world,
-    sync_args,
-    wait_for,
-)
 
 # --------------------------------------------------------------------------- Datasette
 
@@ -49,28 +39,6 @@ from .rel_helpers import (
 @pytest.fixture(scope="module")
 def rd_world():
     return static_world(seed=131, hours=14, per_hour=60)
-
-
-def _start_browse(db: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """`mirror browse` on a free loopback port; returns it and its base URL once it answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mirror", "browse", "--db", str(db), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/-/versions.json", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            terminate(proc)
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"`mirror browse` did not start serving {db}: {out[-2000:]}")
-        time.sleep(0.1)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasette") is None, reason="needs datasette")
@@ -85,7 +53,7 @@ def test_datasette_serving_the_file_answers_consistently_all_through_a_sync(
         # the first two hours, so that the file has its schema and Datasette something to show
         first = mirror_subprocess(sync_args(db, "--since", "2h"), env)
         assert first.code == 0, f"the first sync failed: {first.stderr[-1500:]}"
-        proc, base = _start_browse(db, env)
+        proc, base = serve_browse(db, env=env)
         # (time, what was asked, status, count, request ids); appended by the poller only
         answers: list[tuple[float, str, int, int | None, list[str]]] = []
         problems: list[str] = []

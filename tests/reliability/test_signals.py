@@ -15,22 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import die, note, run_cli
+from support.compare import assert_mirror_equals, check_consistent, runs
+from support.figures import count
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.simulator import FaultConfig, SimulatedAPI
-
-from .rel_helpers import (
-    assert_mirror_equals,
-    check_consistent,
-    count,
-    die,
-    env_for,
-    listable,
-    note,
-    run_cli,
-    runs,
-    static_world,
-    sync_args,
-)
 
 INTERRUPTED = "mirror: interrupted; everything committed so far is kept"
 

@@ -39,7 +39,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from e2e.harness import FIELDS, integrity_ok, mirror_rows, server_record
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -50,6 +49,19 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from support.cli import no_open_sqlite_files
+from support.compare import (
+    FIELDS,
+    assert_mirror_equals,
+    covers,
+    fts_ok,
+    integrity_ok,
+    mirror_rows,
+    query,
+    server_record,
+)
+from support.figures import count
+from support.sim import READINGS, listable
 
 from mirror.api import FalClient, RetryPolicy
 from mirror.db import make_engine
@@ -59,8 +71,6 @@ from mirror.simulator import DEFAULT_KEY, FaultConfig, ManualClock, SimulatedAPI
 from mirror.store import Store
 from mirror.sync import Syncer, SyncOptions
 from mirror.timeparse import from_text
-
-from .rel_helpers import READINGS, _no_open_sqlite_files, count, fts_ok, query
 
 LIST = "/v1/serverless/requests/by-endpoint"
 ENDPOINTS = ["acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler"]
@@ -117,10 +127,6 @@ def _key(rec: dict[str, Any]) -> tuple[Any, ...]:
 
 def _version(item: dict[str, Any]) -> tuple[Any, ...]:
     return _key(server_record(item))
-
-
-def _covers(target: str, endpoint_id: str) -> bool:
-    return endpoint_id == target or endpoint_id.startswith(target + "/")
 
 
 def _subtract(pieces: list[tuple[datetime, datetime]], cut: list[tuple[datetime, datetime]]):  # type: ignore[no-untyped-def]
@@ -201,17 +207,8 @@ class MirrorMachine(RuleBasedStateMachine):
             )
             assert outcome == "ok", f"the clean final run failed: {err!r}"
             self._check_versions()
-            want = {rid: server_record(it) for rid, it in self.world.server_view().items()
-                    if not (self.ff == "ended_at" and it.get("ended_at") is None)}  # fmt: skip
-            have = mirror_rows(self.db)
-            missing = sorted(set(want) - set(have))
-            assert not missing, (
-                f"after a clean run {len(missing)} requests are missing: {missing[:3]}"
-            )
-            extra = sorted(set(have) - set(want))
-            assert not extra, f"after a clean run the mirror has {len(extra)} unknown requests"
-            wrong = [(have[rid], want[rid]) for rid in want if have[rid] != want[rid]]
-            assert not wrong, f"after a clean run {len(wrong)} rows differ, e.g. {wrong[:1]}"
+            want = listable(self.world)
+            assert_mirror_equals(self.db, want, context="after a clean run")
             _stat("rows compared at the end", len(want))
             _stat("sequences ended by a clean run equal to the server")
         finally:
@@ -229,7 +226,7 @@ class MirrorMachine(RuleBasedStateMachine):
         assert self.requested is not None
         left = []
         for rid, it in self.world.server_view().items():
-            target = next((t for t in TARGETS if _covers(t, it["endpoint_id"])), None)
+            target = next((t for t in TARGETS if covers(t, it["endpoint_id"])), None)
             v = it.get(self.ff)
             if target is None or v is None or rid in rows:
                 continue
@@ -443,7 +440,7 @@ class MirrorMachine(RuleBasedStateMachine):
             except (ApiUnavailable, BadDataError) as e:
                 err = e
         else:
-            _no_open_sqlite_files()
+            no_open_sqlite_files()
             pid = os.fork()
             if pid == 0:
                 code = 1
@@ -524,7 +521,7 @@ class MirrorMachine(RuleBasedStateMachine):
             else:  # only what this run newly recorded complete is its claim
                 pieces = _subtract(done_now, before.get(target, []))
             for rid, it in start_view.items():
-                if not _covers(target, it["endpoint_id"]):
+                if not covers(target, it["endpoint_id"]):
                     continue
                 v = it.get(self.ff)
                 if v is None:

@@ -17,21 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli_parallel
+from support.compare import assert_mirror_equals, content_dump, query
+from support.figures import count, record
+from support.sim import env_for, listable, static_world, sync_args
 
 from mirror.simulator import SimulatedAPI
-
-from .rel_helpers import assert_mirror_equals as _equal
-from .rel_helpers import (
-    content_dump,
-    count,
-    env_for,
-    listable,
-    query,
-    record,
-    run_cli_parallel,
-    static_world,
-    sync_args,
-)
 
 RANGES = {
     # New York springs forward at 2026-03-08T07:00Z; the local hour 02:xx does not exist there
@@ -107,7 +98,9 @@ def test_every_local_time_zone_gives_the_same_mirror(tmp_path, range_name: str) 
         assert not bad, f"TZ={zone}: {bad[:3]}"
         dump = content_dump(db)
         if reference is None:
-            _equal(db, expected, context=f"TZ={zone}")  # the reference itself is right
+            assert_mirror_equals(
+                db, expected, context=f"TZ={zone}"
+            )  # the reference itself is right
             reference = dump
             continue
         assert dump[1] == reference[1], (

@@ -27,7 +27,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from e2e.harness import Run, compare, fast_env, server_record  # tests/ is on sys.path
+from support.cli import Run
+from support.compare import assert_mirror_equals as compare
+from support.compare import server_record
+from support.sim import fast_env
 
 from mirror import lock
 from mirror.api import FalClient, make_http_client

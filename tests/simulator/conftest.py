@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sim_helpers import NOW, SpecChecker
+from support.sim import NOW
+from support.spec import SpecChecker
 
 from mirror.simulator import ManualClock, SimulatedAPI, World
 

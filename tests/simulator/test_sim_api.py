@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sim_helpers import ANALYTICS, LIST, MODELS, NOW, client, req, rid, walk
+from support.sim import ANALYTICS, LIST, MODELS, NOW, client, req, rid, walk
 
 from mirror.simulator import (
     DEFAULT_KEY,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sim_helpers import ANALYTICS, LIST, MODELS, client, req
+from support.sim import ANALYTICS, LIST, MODELS, client, req
 
 from mirror.simulator import FaultConfig, ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.simulator.faults import OVERSIZE_BYTES

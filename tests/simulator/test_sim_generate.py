@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sim_helpers import NOW
+from support.sim import NOW
 
 from mirror.simulator import ManualClock, SimRequest, World, WorldConfig, demo_world, generate_world
 from mirror.simulator.world import EPOCH

@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sim_helpers import ANALYTICS, LIST, MODELS, NOW, SpecChecker, client
+from support.sim import ANALYTICS, LIST, MODELS, NOW, client
+from support.spec import SpecChecker
 
 from mirror.simulator import DEFAULT_KEY, FaultConfig, ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.simulator import generate_world as gen

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sim_helpers import NOW, at, reference_ids, req, rid
+from support.sim import NOW, at, reference_ids, req, rid
 
 from mirror.simulator import ManualClock, Query, SimRequest, World, WorldConfig, generate_world
 from mirror.simulator.world import FULL_VIEW, ItemView

@@ -9,12 +9,14 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import httpx
 import sqlalchemy as sa
 from support.cli import mirror as mirror_subprocess
 from support.compare import assert_mirror_equals, db_query
 from support.pg import pg_engine
 from support.sim import IdentifyingAPI, env_for, listable, static_world
 
+from mirror.api import FalClient
 from mirror.simulator import FaultConfig
 from mirror.store import Store
 from mirror.sync import Rows, Syncer, SyncOptions, SyncReport, TargetLocks, target_lock_key
@@ -93,7 +95,10 @@ def test_a_write_aborted_by_a_deadlock_is_run_again(pg_url) -> None:
         store.upsert(conn, [_row("A", a_ended, 200), _row("B", b_ended, 200)],
                      payloads=True, billing=True, now="2026-01-01T00:00:04.000000Z")  # fmt: skip
     now = datetime(2026, 1, 2, tzinfo=UTC)
-    syncer = Syncer(store, client=None, opts=SyncOptions(targets=["acme/app"]))  # type: ignore[arg-type]
+    # a client that is never called: this writer only writes what it is handed
+    http = httpx.Client()
+    client = FalClient(http, "unused-id:unused-secret", base_url="http://127.0.0.1:9/v1")
+    syncer = Syncer(store, client, SyncOptions(targets=["acme/app"]))
     attempts: list[str] = []
     real_once = syncer._write_once
 
@@ -157,3 +162,4 @@ def test_a_write_aborted_by_a_deadlock_is_run_again(pg_url) -> None:
     # the other session's change to A committed, then ours was applied over it
     assert got == [("A", 500, "2000"), ("B", 500, "2026")], f"after the retry: {got}"
     store.close()
+    http.close()

@@ -71,10 +71,13 @@ WORDS = [
 BATCH = 10_000
 
 
-def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[tuple[Any, ...]]:
-    """Rows as the sync hands them to the upsert: API_FIELDS order plus status."""
+def make_rows(
+    n: int, *, seed: int = 7, start: int = 0, days: float = DAYS
+) -> Iterator[tuple[Any, ...]]:
+    """Rows as the sync hands them to the upsert: API_FIELDS order plus status, ending
+    within ``days`` before END."""
     rnd = random.Random(seed * 1_000_003 + start)
-    span = DAYS * 86400
+    span = days * 86400
     for _i in range(start, start + n):
         ep = ENDPOINTS[rnd.randrange(len(ENDPOINTS))]
         sent = END - timedelta(seconds=rnd.random() * span)
@@ -115,14 +118,14 @@ def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[tuple[Any, .
         yield (*row, derive_status(row[5], row[6]))
 
 
-def build(path: Path, rows: int, *, seed: int = 7) -> float:
+def build(path: Path, rows: int, *, seed: int = 7, days: float = DAYS) -> float:
     """Fill a fresh database through Store.upsert; returns rows/s."""
     store = Store.open(str(path))
     t0 = time.perf_counter()
     try:
         batch: list[tuple[Any, ...]] = []
         now = to_text(END)
-        for n, row in enumerate(make_rows(rows, seed=seed), 1):
+        for n, row in enumerate(make_rows(rows, seed=seed, days=days), 1):
             batch.append(row)
             if len(batch) == BATCH:
                 with store.engine.begin() as conn:

@@ -40,17 +40,8 @@ from sqlalchemy.engine import Connection
 
 from mirror.db import ensure_schema, reader_engine, sqlite_path, tidy_wal, translate_errors
 from mirror.errors import ConfigError, StoreError
-from mirror.schema import (
-    ROW_COLUMNS,
-    STATUSES,
-    day_of,
-    hour_of,
-    requests,
-    summary_hourly,
-    sync_runs,
-    sync_targets,
-    sync_windows,
-)
+from mirror.rollups import PERCENTILES, key_exprs, summary_statement
+from mirror.schema import ROW_COLUMNS, STATUSES, requests, sync_runs, sync_targets, sync_windows
 from mirror.timeparse import to_text, utcnow
 
 #: every column a listing may show, in table order; nothing else is ever put in SQL
@@ -60,7 +51,6 @@ PAYLOAD_COLUMNS = ("json_input", "json_output")
 SORTS = ("ended_at", "sent_at", "duration")
 TIME_FIELDS = ("ended_at", "sent_at")
 GROUPS = ("endpoint", "status", "hour", "day")
-PERCENTILES = (50, 90, 95, 99)
 #: the fields of one stats row after its group keys, in output order
 STATS_FIELDS = (
     "requests", "success", "user_error", "error", "unfinished", "error_rate",
@@ -304,21 +294,6 @@ def check_groups(by: Iterable[str]) -> tuple[str, ...]:
     return groups
 
 
-def _key_exprs(by: Sequence[str], endpoint: Any, status: Any, t: Any) -> list[Any]:
-    """The group keys over some columns; hours are the text of the hour's first instant."""
-    exprs: list[Any] = []
-    for g in by:
-        if g == "endpoint":
-            exprs.append(endpoint)
-        elif g == "status":
-            exprs.append(status)
-        elif g == "hour":
-            exprs.append(hour_of(t).concat(":00:00Z"))
-        else:
-            exprs.append(day_of(t))
-    return exprs
-
-
 def _stream_order(by: Sequence[str], exprs: list[Any], t: Any) -> list[Any]:
     """Row order that keeps groups contiguous, in ascending key order.
 
@@ -338,7 +313,7 @@ def stats_statement(
     """Every matching row's group keys, status, duration and units, in group order."""
     r = requests.c
     t = r[filters.time_field]
-    exprs = _key_exprs(by, r.endpoint_id, r.status, t)
+    exprs = key_exprs(by, r.endpoint_id, r.status, t)
     return (
         sa.select(*(e.label(g) for e, g in zip(exprs, by, strict=True)), r.status, r.duration,
                   r.billable_units)
@@ -481,23 +456,9 @@ def _from_summary(
     acc: dict[tuple[Any, ...], _Group],
     ids: Sequence[str] | None,
 ) -> None:
-    s = summary_hourly.c
-    where: list[Any] = []
-    if ids is not None:
-        where.append(s.endpoint_id.in_(ids))
-    if f.statuses:
-        where.append(s.status.in_(f.statuses))
-    if f.since is not None:
-        where.append(s.hour >= to_text(f.since)[:13] + ":00:00Z")
-    if f.until is not None:
-        where.append(s.hour < to_text(f.until)[:13] + ":00:00Z")
-    exprs = _key_exprs(groups, s.endpoint_id, s.status, s.hour)
-    stmt = (
-        sa.select(*exprs, s.status, sa.func.sum(s.requests), sa.func.sum(s.durations),
-                  sa.func.sum(s.billable_micro))
-        .where(*where)
-        .group_by(*exprs, s.status)
-    )  # fmt: skip
+    stmt = summary_statement(
+        groups, endpoint_ids=ids, statuses=f.statuses, since=f.since, until=f.until
+    )
     k = len(groups)
     sizes: dict[tuple[Any, ...], int] = {}
     for row in conn.execute(stmt):
@@ -521,7 +482,7 @@ def durations_statement(
     """The durations behind the summary's rows, in group order (read from the covering index)."""
     r = requests.c
     t = r.ended_at
-    exprs = _key_exprs(groups, r.endpoint_id, r.status, t)
+    exprs = key_exprs(groups, r.endpoint_id, r.status, t)
     return (
         sa.select(r.duration)
         .where(
@@ -762,7 +723,7 @@ def pg_stats_statement(
     from sqlalchemy.dialects import postgresql
 
     r = requests.c
-    exprs = _key_exprs(by, r.endpoint_id, r.status, r[filters.time_field])
+    exprs = key_exprs(by, r.endpoint_id, r.status, r[filters.time_field])
     fractions = postgresql.array(
         [sa.literal(p / 100, sa.Float) for p in PERCENTILES], type_=sa.Float
     )

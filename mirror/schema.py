@@ -210,6 +210,29 @@ summary_hourly = sa.Table(
     sa.Column("billable_micro", sa.Integer, nullable=False),
 )
 
+#: the fixed log scale of ``duration_histogram`` (migration 0007): bucket 0 holds durations
+#: below 1 µs (value 0); bucket k >= 1 holds [lower, next lower), and its ``value`` is within
+#: 2% of every duration in it (``mirror.rollups`` reads it)
+duration_buckets = sa.Table(
+    "duration_buckets",
+    metadata,
+    sa.Column("lower", sa.Float, primary_key=True),
+    sa.Column("bucket", sa.Integer, nullable=False, unique=True),
+    sa.Column("value", sa.Float, nullable=False),
+)
+
+#: per hour of ``ended_at``, bucket, endpoint and status, how many requests with a duration
+#: fell in the bucket; kept by triggers like ``summary_hourly`` (migration 0007)
+duration_histogram = sa.Table(
+    "duration_histogram",
+    metadata,
+    sa.Column("hour", Instant, primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True),
+    sa.Column("endpoint_id", Key, primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+)
+
 #: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
 API_FIELDS = (
     "request_id",

@@ -36,6 +36,7 @@ from mirror.db import (
 )
 from mirror.errors import StoreError
 from mirror.redact import redact
+from mirror.rollups import batch_statements
 from mirror.schema import (
     ROW_COLUMNS,
     Instant,
@@ -51,30 +52,15 @@ from mirror.timeparse import from_text, to_text
 
 _MAX_ROWID = "SELECT max(rowid) FROM requests"
 # A batch's own indexing (migration 0005): while sync_batch has its row, inside the upsert's
-# transaction only, the insert triggers stand aside and these two statements do their work
-# for all the rows the batch inserted (rowid > ?): the same index entries, and the same
-# integer sums per hour as the row-by-row trigger of migration 0002, added group by group.
+# transaction only, the insert triggers stand aside and the upsert does their work for all
+# the rows the batch inserted (rowid > ?): the same index entries (this statement), and the
+# same rollups (``mirror.rollups.batch_statements``).
 _BATCH_BEGIN = "INSERT OR REPLACE INTO sync_batch (batch) VALUES (1)"
 _BATCH_END = "DELETE FROM sync_batch"
 _INDEX_NEW = (
     "INSERT INTO requests_fts (rowid, json_input, json_output) "
     "SELECT rowid, json_input, json_output FROM requests WHERE rowid > ?"
 )
-_SUMMARIZE_NEW = """
-INSERT INTO summary_hourly (hour, endpoint_id, status, requests, durations, duration_us,
-                            billed, billable_micro)
-SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, endpoint_id, status, count(*),
-       count(duration), COALESCE(sum(CAST(round(duration * 1000000) AS INTEGER)), 0),
-       count(billable_units), COALESCE(sum(CAST(round(billable_units * 1000000) AS INTEGER)), 0)
-FROM requests WHERE rowid > ? AND ended_at IS NOT NULL
-GROUP BY h, endpoint_id, status
-ON CONFLICT (hour, endpoint_id, status) DO UPDATE SET
-    requests = requests + excluded.requests,
-    durations = durations + excluded.durations,
-    duration_us = duration_us + excluded.duration_us,
-    billed = billed + excluded.billed,
-    billable_micro = billable_micro + excluded.billable_micro
-"""
 #: the error logged for a run found ``running`` by the next sync holding the lock
 STALE_RUN_ERROR = (
     "the process died without recording the outcome (killed, crashed, or the machine "
@@ -126,8 +112,9 @@ class Store:
         self.db = db
         self.dialect = engine.dialect.name
         self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
-        #: whether the schema has migration 0005's sync_batch (SQLite, at 0005 or later)
-        self._batch_indexing: bool | None = None
+        #: what a batch runs after its rows, on a schema with migration 0005's sync_batch
+        #: (SQLite, at 0005 or later): the full-text index, then the rollups; None: not known
+        self._batch_work: tuple[str, ...] | None = None
         #: opened by `open_reader`
         self._reader = False
 
@@ -231,7 +218,7 @@ class Store:
 
         Returns how many rows were new and how many existing rows actually changed. On
         SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
-        end (``_INDEX_NEW``, ``_SUMMARIZE_NEW``); if it raises, the caller's transaction must
+        end (``_INDEX_NEW``, ``mirror.rollups.batch_statements``); if it raises, the caller's transaction must
         be rolled back (``engine.begin()`` does), as with any failed write.
         """
         if not rows:
@@ -255,7 +242,8 @@ class Store:
         # the number inserted; max(rowid) is one seek.
         most = self._rows_per_statement(conn)
         before = conn.exec_driver_sql(_MAX_ROWID).scalar() or 0
-        batch = self._has_batch_indexing(conn)
+        work = self._batch_statements(conn)
+        batch = bool(work)
         changed = 0
         if batch:
             conn.exec_driver_sql(_BATCH_BEGIN)
@@ -267,9 +255,9 @@ class Store:
                 flat = (now, *chain.from_iterable(ordered[chunk]))
                 changed += conn.exec_driver_sql(sql, flat).rowcount
             inserted = (conn.exec_driver_sql(_MAX_ROWID).scalar() or 0) - before
-            if batch and inserted:
-                conn.exec_driver_sql(_INDEX_NEW, (before,))
-                conn.exec_driver_sql(_SUMMARIZE_NEW, (before,))
+            if inserted:
+                for statement in work:
+                    conn.exec_driver_sql(statement, (before,))
         except BaseException:
             # the caller rolls the transaction back; the gate goes first all the same, so
             # that no commit can ever keep it
@@ -281,17 +269,15 @@ class Store:
             conn.exec_driver_sql(_BATCH_END)
         return UpsertResult(inserted, changed - inserted)
 
-    def _has_batch_indexing(self, conn: Connection) -> bool:
-        """Migration 0005 applied: Store.open makes sure of it, but benchmarks and tests also
-        drive the upsert on older revisions."""
-        if self._batch_indexing is None:
-            self._batch_indexing = (
-                conn.exec_driver_sql(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_batch'"
-                ).first()
-                is not None
-            )
-        return self._batch_indexing
+    def _batch_statements(self, conn: Connection) -> tuple[str, ...]:
+        """What a batch does itself: nothing before migration 0005 (Store.open migrates to
+        head, but benchmarks and tests also drive the upsert on older revisions)."""
+        if self._batch_work is None:
+            gate = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_batch'"
+            ).first()
+            self._batch_work = (_INDEX_NEW, *batch_statements(conn)) if gate else ()
+        return self._batch_work
 
     def _rows_per_statement(self, conn: Connection) -> int:
         if self.dialect != "sqlite":

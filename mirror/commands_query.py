@@ -342,14 +342,20 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
 
 
 def _datasette_cli() -> Any:
-    """Datasette's own click command; ConfigError when Datasette is not installed."""
+    """Datasette's own click command, with mirror's plugin (rollup facets, bounded searches)
+    registered in this process; ConfigError when Datasette is not installed."""
     try:
         import datasette  # noqa: F401
         from datasette.cli import cli as datasette_cli
+        from datasette.plugins import pm
     except ImportError:
         raise ConfigError(
             "Datasette is not installed: pip install 'fal-mirror[datasette]' (or pip install datasette)"
         ) from None
+    from mirror import datasette_plugin
+
+    if not pm.is_registered(datasette_plugin):
+        pm.register(datasette_plugin, name="mirror")
     return datasette_cli
 
 

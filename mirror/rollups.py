@@ -163,7 +163,7 @@ def histogram_statement(
     h = duration_histogram.c
     b = duration_buckets.c
     exprs = [e.label(f"k{i}") for i, e in enumerate(key_exprs(by, h.endpoint_id, h.status, h.hour))]
-    keys = [sa.literal_column(e.name) for e in exprs]
+    keys: list[Any] = [sa.literal_column(e.name) for e in exprs]
     return (
         sa.select(*exprs, b.value, sa.func.sum(h.requests))
         .select_from(duration_histogram.join(duration_buckets, b.bucket == h.bucket))

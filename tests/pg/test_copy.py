@@ -35,6 +35,8 @@ TABLES = {
     "sync_runs": "id",
     "sync_rechecks": "target, tier",
     "summary_hourly": "hour, endpoint_id, status",  # derived: rebuilt by the triggers
+    "duration_histogram": "hour, bucket, endpoint_id, status",  # derived, too
+    "duration_buckets": "bucket",  # made by the migration, the same on both
 }
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",

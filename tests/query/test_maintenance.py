@@ -117,7 +117,7 @@ changes = st.tuples(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(history=st.lists(st.lists(changes, min_size=1, max_size=6), min_size=1, max_size=6))
-def test_random_histories_keep_index_and_summary_exact(tmp_path_factory, history):
+def test_random_histories_keep_index_and_rollups_exact(tmp_path_factory, history):
     db = tmp_path_factory.mktemp("h") / "m.db"
     store = Store.open(str(db))
     try:

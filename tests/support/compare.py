@@ -12,6 +12,7 @@ are what must hold after any run, finished or killed.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import sqlite3
@@ -262,7 +263,8 @@ def _micro(x: float | None) -> int:
 
 def integrity_ok(db: Path | str) -> None:
     """The file passes SQLite's integrity check, and on both backends the trigger-kept
-    ``summary_hourly`` equals the same sums worked out here from the rows themselves."""
+    ``summary_hourly`` and ``duration_histogram`` equal the same sums worked out here from
+    the rows themselves."""
     if not is_server(db):
         con = sqlite3.connect(db)
         try:
@@ -278,6 +280,7 @@ def integrity_ok(db: Path | str) -> None:
     )
     if not has_schema(db) or not db_query(db, summary)[0][0]:
         return  # no schema yet, or one from before migration 0002
+    histogram_ok(db)
     want: dict[tuple[Any, ...], list[int]] = {}
     for ended, ep, status, duration, units in db_query(
         db,
@@ -311,6 +314,49 @@ def integrity_ok(db: Path | str) -> None:
         )
 
 
+def histogram_ok(db: Path | str) -> None:
+    """If the mirror has ``duration_histogram`` (migration 0007), it counts every finished
+    request with a duration in its hour, endpoint, status and bucket: the bucket with the
+    largest lower bound not above the duration (``duration_buckets``), worked out here."""
+    exists = (
+        "SELECT to_regclass('duration_histogram') IS NOT NULL"
+        if is_server(db)
+        else "SELECT count(*) = 1 FROM sqlite_master WHERE name = 'duration_histogram'"
+    )
+    if not has_schema(db) or not db_query(db, exists)[0][0]:
+        return
+    lowers = [lo for (lo,) in db_query(db, "SELECT lower FROM duration_buckets ORDER BY lower")]
+    buckets = [b for (b,) in db_query(db, "SELECT bucket FROM duration_buckets ORDER BY lower")]
+    want: dict[tuple[Any, ...], int] = {}
+    for ended, ep, status, duration in db_query(
+        db,
+        "SELECT ended_at, endpoint_id, status, duration FROM requests "
+        "WHERE ended_at IS NOT NULL AND duration IS NOT NULL",
+    ):
+        hour = _ts(ended).replace(minute=0, second=0, microsecond=0)
+        i = bisect.bisect_right(lowers, duration) - 1
+        key = (hour, buckets[i] if i >= 0 else 0, ep, status)
+        want[key] = want.get(key, 0) + 1
+    have = {
+        (_ts(h), b, ep, st): int(n)
+        for h, b, ep, st, n in db_query(
+            db, "SELECT hour, bucket, endpoint_id, status, requests FROM duration_histogram"
+        )
+    }
+    if have != want:
+        diff = sorted(
+            (
+                (k, have.get(k), want.get(k))
+                for k in set(have) | set(want)
+                if have.get(k) != want.get(k)
+            ),
+            key=str,
+        )
+        raise AssertionError(
+            f"duration_histogram disagrees with the rows in {len(diff)} cells, e.g. {diff[:2]}"
+        )
+
+
 def fts_ok(db: Path) -> None:
     """If the file has the full-text index (migration 0002), it agrees with its table."""
     con = sqlite3.connect(db)
@@ -333,16 +379,34 @@ SUMMARY_SQL = """
 """
 
 
+#: ``duration_histogram`` recomputed from ``requests`` by SQLite itself
+HISTOGRAM_SQL = """
+    SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h,
+           coalesce((SELECT b.bucket FROM duration_buckets b WHERE b.lower <= duration
+                     ORDER BY b.lower DESC LIMIT 1), 0) AS k,
+           endpoint_id, status, count(*)
+    FROM requests WHERE ended_at IS NOT NULL AND duration IS NOT NULL
+    GROUP BY h, k, endpoint_id, status ORDER BY 1, 2, 3, 4
+"""
+
+
 def derived_tables_exact(path: Path) -> None:
-    """On a SQLite mirror, what the triggers keep is exact: ``summary_hourly`` equals a
-    recomputation over ``requests`` row for row, and the search index matches the table
-    entry for entry (with a rank, FTS5's integrity check compares every indexed entry with
-    the content table: a row indexed twice, or not at all, fails)."""
+    """On a SQLite mirror, what the triggers keep is exact: ``summary_hourly`` and
+    ``duration_histogram`` equal a recomputation over ``requests`` row for row, and the
+    search index matches the table entry for entry (with a rank, FTS5's integrity check
+    compares every indexed entry with the content table: a row indexed twice, or not at all,
+    fails)."""
     con = sqlite3.connect(path)
     try:
         kept = con.execute("SELECT * FROM summary_hourly ORDER BY 1, 2, 3").fetchall()
         recomputed = con.execute(SUMMARY_SQL).fetchall()
         assert kept == recomputed, "summary_hourly drifted from a recomputation over requests"
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'duration_histogram'").fetchone():
+            kept = con.execute("SELECT * FROM duration_histogram ORDER BY 1, 2, 3, 4").fetchall()
+            recomputed = con.execute(HISTOGRAM_SQL).fetchall()
+            assert kept == recomputed, (
+                "duration_histogram drifted from a recomputation over requests"
+            )
         try:
             con.execute(
                 "INSERT INTO requests_fts (requests_fts, rank) VALUES ('integrity-check', 1)"

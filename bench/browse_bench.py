@@ -26,6 +26,7 @@ built at that size: its pages already fail at 1M).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import statistics
@@ -49,25 +50,28 @@ BEFORE = "3a9d9da"
 SETTINGS = ["--setting", "sql_time_limit_ms", "5000", "--setting", "facet_time_limit_ms", "1000"]
 WORD = "lighthouse"  # in ~57% of the generated prompts
 COPY_SHIFT_DAYS = 14
+#: (label, path, whether the issue's target applies: the pages browse links to as they open)
 PAGES = [
-    ("instance", "/"),
-    ("database", "/{db}"),
-    ("requests (facets endpoint, status)", "/{db}/requests"),
-    ("request_log", "/{db}/request_log"),
-    (f"requests, search '{WORD}'", f"/{{db}}/requests?_search={WORD}"),
-    (f"request_log, search '{WORD}'", f"/{{db}}/request_log?_search={WORD}"),
+    ("instance", "/", True),
+    ("database", "/{db}", True),
+    ("requests (facets endpoint, status)", "/{db}/requests", True),
+    ("request_log", "/{db}/request_log", True),
+    (f"requests, search '{WORD}'", f"/{{db}}/requests?_search={WORD}", True),
+    (f"request_log, search '{WORD}'", f"/{{db}}/request_log?_search={WORD}", True),
     ("requests, + date facet ended_at",
-     "/{db}/requests?_facet=endpoint_id&_facet=status&_facet_date=ended_at"),
-    ("canned: failed requests", "/{db}/failed_requests"),
-    ("canned: slowest requests", "/{db}/slowest_requests"),
-    ("canned: latency percentiles per hour", "/{db}/latency_percentiles_per_hour"),
-    ("canned: billable units per day", "/{db}/billable_units_per_day"),
-    ("canned: prompt failures (form)", "/{db}/prompt_failures"),
-    (f"canned: prompt failures '{WORD}'", f"/{{db}}/prompt_failures?words={WORD}"),
-    ("hourly_summary", "/{db}/hourly_summary"),
-    ("daily_summary", "/{db}/daily_summary"),
-    ("daily_usage", "/{db}/daily_usage"),
-    ("sync_runs", "/{db}/sync_runs"),
+     "/{db}/requests?_facet=endpoint_id&_facet=status&_facet_date=ended_at", True),
+    ("canned: failed requests", "/{db}/failed_requests", True),
+    ("canned: slowest requests", "/{db}/slowest_requests", True),
+    ("canned: latency percentiles per hour", "/{db}/latency_percentiles_per_hour", True),
+    ("canned: billable units per day", "/{db}/billable_units_per_day", True),
+    ("canned: prompt failures (form)", "/{db}/prompt_failures", True),
+    ("hourly_summary", "/{db}/hourly_summary", True),
+    ("daily_summary", "/{db}/daily_summary", True),
+    ("daily_usage", "/{db}/daily_usage", True),
+    ("sync_runs", "/{db}/sync_runs", True),
+    (f"(filled in) prompt failures '{WORD}'", f"/{{db}}/prompt_failures?words={WORD}", False),
+    ("(filled in) failed requests, all of history",
+     "/{db}/failed_requests?since=2000-01-01&until=2100-01-01", False),
 ]  # fmt: skip
 
 
@@ -116,7 +120,8 @@ class Server:
         late = 'class="facets-timed-out"' in html
         r = self.client.get(f"{base}.json" + (f"?{query}" if query else ""))
         if r.status_code != 200:
-            return f"HTTP {r.status_code}: {r.json().get('error', '')[:70]}", ""
+            error = re.sub(r"<[^>]+>", "", str(r.json().get("error", "")))
+            return f"HTTP {r.status_code}: {' '.join(error.split())[:70]}", ""
         data = r.json()
         out, notes = [], []
         if data.get("error"):
@@ -215,7 +220,7 @@ def grow(db: Path, target: int) -> None:
 def time_pages(servers: list[Server], db_name: str, runs: int) -> dict[str, list[Any]]:
     """Per page: (median seconds, status, problems) from each server, loads interleaved."""
     out: dict[str, list[Any]] = {}
-    for label, template in PAGES:
+    for label, template, _ in PAGES:
         path = template.format(db=db_name)
         times: list[list[float]] = [[] for _ in servers]
         status = [0] * len(servers)
@@ -250,11 +255,13 @@ def report(title: str, results: dict[str, list[Any]], names: list[str]) -> None:
         rows.append(row)
     print(f"### {title}\n")
     print(c.table(headers, rows))
-    now = [cells[-1] for cells in results.values()]
+    target = {label for label, _, applies in PAGES if applies}
+    now = [cells[-1] for label, cells in results.items() if label in target]
     slowest = max(m for m, *_ in now)
     clean = all(st == 200 and not p for _, st, p, _ in now)
-    print(f"\nnow: slowest page {slowest * 1000:,.0f} ms (target < 1,000 ms at 1M); every page "
-          f"200 with no error or interrupted query: {'yes' if clean else 'NO'}\n")  # fmt: skip
+    print(f"\nnow, pages as they open: slowest {slowest * 1000:,.0f} ms (target: < 1,000 ms at "
+          f"1M, < 5,000 ms, Datasette's limit, at 10M); every one 200 with no error and no "
+          f"query cut short: {'yes' if clean else 'NO'}\n")  # fmt: skip
 
 
 def main() -> None:

@@ -78,15 +78,16 @@ PAGES = [
 class Server:
     """A Datasette process on a free loopback port, stopped on exit."""
 
-    def __init__(self, cmd: list[str], name: str) -> None:
+    def __init__(self, cmd: list[str], name: str, log: Path) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.name = name
-        self.proc = subprocess.Popen(
-            [*cmd, "--port", str(self.port)], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*cmd, "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT
+            )
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=120)
         deadline = time.monotonic() + 120
         while True:
@@ -107,7 +108,11 @@ class Server:
 
     def load(self, path: str) -> tuple[float, int]:
         t0 = time.perf_counter()
-        r = self.client.get(path)
+        try:
+            r = self.client.get(path)
+        except httpx.TransportError as e:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            sys.exit(f"{self.name}: {path}: {e} (exit code {self.proc.poll()}); its log:\n{tail}")
         return time.perf_counter() - t0, r.status_code
 
     def problems(self, path: str) -> tuple[str, str]:
@@ -293,7 +298,8 @@ def main() -> None:
         now_cmd = [sys.executable, "-m", "mirror", "browse", "--db", str(db)]
         old_cmd = [sys.executable, "-m", "datasette", "serve", str(old), "--metadata",
                    str(old_metadata(db.stem, tmp)), "--host", "127.0.0.1", *SETTINGS]  # fmt: skip
-        servers = [Server(old_cmd, "before"), Server(now_cmd, "now")]
+        servers = [Server(old_cmd, "before", tmp / "before.log"),
+                   Server(now_cmd, "now", tmp / "now.log")]  # fmt: skip
         try:
             results = time_pages(servers, db.stem, a.runs)
         finally:
@@ -306,7 +312,8 @@ def main() -> None:
                 print(f"growing a copy of {db} to {a.grow_to:,} requests …", file=sys.stderr)
                 shutil.copyfile(db, big)
                 grow(big, a.grow_to)
-            server = Server([sys.executable, "-m", "mirror", "browse", "--db", str(big)], "now")
+            server = Server([sys.executable, "-m", "mirror", "browse", "--db", str(big)], "now",
+                            tmp / "grown.log")  # fmt: skip
             try:
                 results = time_pages([server], big.stem, a.runs)
             finally:

@@ -35,6 +35,7 @@ from datasette.database import QueryInterrupted
 from datasette.facets import ArrayFacet, ColumnFacet, DateFacet
 from datasette.utils import (
     await_me_maybe,
+    escape_fts,
     path_with_added_args,
     path_with_removed_args,
     tilde_decode,
@@ -334,7 +335,8 @@ def _plain_search(args: Any) -> str | None:
 def filters_from_request(
     request: Any, database: str, table: str, datasette: Any
 ) -> Generator[None, Any, None]:
-    """A big search's clause steered off the rowid lookups, its description amended."""
+    """A big search's clause steered off the rowid lookups, its description amended; an
+    empty one dropped."""
     outcome = yield
     search = _plain_search(request.args)
     if table not in REQUEST_TABLES or search is None:
@@ -344,6 +346,11 @@ def filters_from_request(
         async def inner() -> Any:
             found = await await_me_maybe(hook)
             if found is None or found.params.get("search") != search:
+                return found
+            if not escape_fts(search):
+                # an empty search box: FTS5 refuses a query with no words; show every row
+                found.where_clauses = [c for c in found.where_clauses if ":search)" not in c]
+                found.human_descriptions = []
                 return found
             if not await big_search(datasette, database, search):
                 return found

@@ -260,6 +260,18 @@ def test_every_page_answers_200_with_no_error_and_no_query_cut_short(server):
     assert not failing, f"pages with problems: {failing}"
 
 
+@pytest.mark.parametrize("blank", ["", " ", '""'])
+def test_an_empty_search_box_shows_every_request(server, synced_db, blank):
+    """Submitting the search form empty: Datasette would hand FTS5 a query with no words
+    (`fts5: syntax error`); the page lists every request instead."""
+    (n,) = read_all(synced_db, "SELECT count(*) FROM requests")[0]
+    for table in ("requests", "request_log"):
+        r = server.client.get(f"{server.db}/{table}", params={"_search": blank})
+        assert r.status_code == 200 and "message-error" not in r.text, f"{table}: {r.text[:300]}"
+        data = get(server, f"/{table}.json", _search=blank)
+        assert data["filtered_table_rows_count"] == n, f"{table} ?_search={blank!r}"
+
+
 def test_a_canned_query_opened_before_its_parameters_are_filled_shows_its_form(server):
     for name, params in {
         "failed_requests": ("since", "until", "endpoint"),

@@ -60,6 +60,7 @@ PAGES = [
     (f"request_log, search '{WORD}'", f"/{{db}}/request_log?_search={WORD}", True),
     ("requests, + date facet ended_at",
      "/{db}/requests?_facet=endpoint_id&_facet=status&_facet_date=ended_at", True),
+    ("requests, next page", "{next}", True),
     ("canned: failed requests", "/{db}/failed_requests", True),
     ("canned: slowest requests", "/{db}/slowest_requests", True),
     ("canned: latency percentiles per hour", "/{db}/latency_percentiles_per_hour", True),
@@ -225,8 +226,11 @@ def grow(db: Path, target: int) -> None:
 def time_pages(servers: list[Server], db_name: str, runs: int) -> dict[str, list[Any]]:
     """Per page: (median seconds, status, problems) from each server, loads interleaved."""
     out: dict[str, list[Any]] = {}
+    # the second page's link, as the first page gives it (the same rows on both sides)
+    first = servers[-1].client.get(f"/{db_name}/requests.json").json()
+    second = "/" + first["next_url"].split("/", 3)[3].replace(".json", "", 1)
     for label, template, _ in PAGES:
-        path = template.format(db=db_name)
+        path = template.format(db=db_name, next=second)
         times: list[list[float]] = [[] for _ in servers]
         status = [0] * len(servers)
         for s in servers:

@@ -10,8 +10,9 @@ same counts per hour, endpoint and status, so:
   ``endpoint_id`` and ``status`` and the date facet on ``ended_at`` are summed from
   ``summary_hourly`` (plus the few unfinished rows, through their partial index) whenever
   the page's filters are ones the rollup has: none, an endpoint, a status, a day of
-  ``ended_at``. Otherwise (a search, any other filter, a later page) Datasette's own SQL runs.
-  The answers are the same either way.
+  ``ended_at``; on a later page too, where they count the whole table as on the first
+  (Datasette alone counts the rows after the page). Otherwise (a search, any other filter)
+  Datasette's own SQL runs; the answers are the same either way.
 - **Suggestions without queries.** Datasette tries every column of a table as a facet
   (a grouping query each) to suggest some: on the big tables and views, only the facets the
   rollups answer are suggested, and nothing is run to find them.
@@ -48,10 +49,12 @@ BIG_TABLES = (*REQUEST_TABLES, "summary_hourly", "hourly_summary", "daily_summar
               "daily_usage", "duration_histogram")  # fmt: skip
 #: more full-text matches than this: the page is neither counted nor faceted
 BIG_SEARCH = 10_000
-#: request arguments that do not change which rows a page is about
-_NEUTRAL = {"_size", "_sort", "_sort_desc", "_nocount", "_nosuggest", "_nofacet", "_labels",
-            "_label", "_col", "_nocol", "_shape", "_json", "_trace", "_timelimit", "_hash",
-            "_context", "_dl", "_stream", "_nl", "_extra"}  # fmt: skip
+#: request arguments that do not change which rows a page's facets are about; ``_next``
+#: included: a later page is faceted like the first, the whole table (Datasette alone would
+#: count only the rows after the page, reading them all)
+_NEUTRAL = {"_size", "_sort", "_sort_desc", "_next", "_nocount", "_nosuggest", "_nofacet",
+            "_labels", "_label", "_col", "_nocol", "_shape", "_json", "_trace", "_timelimit",
+            "_hash", "_context", "_dl", "_stream", "_nl", "_extra"}  # fmt: skip
 #: filters the rollups can answer, and the rollup column each one narrows
 _ROLLUP_FILTERS = {
     "endpoint_id": "endpoint_id",
@@ -103,31 +106,26 @@ def column_facet_sql(
 ) -> tuple[str, dict[str, str]]:
     """Each value of ``endpoint_id`` or ``status`` with its number of requests, as
     Datasette's column facet orders them: finished ones from ``summary_hourly``; unfinished
-    ones (no ``ended_at``, so not in it) from their own rows, through an index: per endpoint
-    the partial index of unfinished rows, per status the ``(status, ended_at)`` index, one
-    status after another."""
+    ones (no ``ended_at``, so not in it) counted value by value (an index seek for each of
+    the column's few distinct values, found by skipping through its index), each count a
+    range of the index ``(endpoint_id, ended_at, …, status, …)`` or ``(status, ended_at)``."""
     done, params = _conditions(filters, unfinished=False)
     running, _ = _conditions(filters, unfinished=True)
-    if column == "endpoint_id":
-        unfinished = f"""
-            SELECT endpoint_id, count(*) FROM requests INDEXED BY ix_requests_unfinished
-            WHERE {" AND ".join(["ended_at IS NULL", *running])} GROUP BY endpoint_id"""
-    else:
-        unfinished = f"""
-            SELECT v, (SELECT count(*) FROM requests
-                       WHERE {" AND ".join(["status = s.v", "ended_at IS NULL", *running])})
-            FROM statuses s WHERE v IS NOT NULL"""
     sql = f"""
-        WITH RECURSIVE statuses(v) AS (
-            SELECT (SELECT min(status) FROM requests)
+        WITH RECURSIVE present(v) AS (
+            SELECT (SELECT min({column}) FROM requests)
             UNION ALL
-            SELECT (SELECT min(status) FROM requests WHERE status > s.v)
-            FROM statuses s WHERE s.v IS NOT NULL
+            SELECT (SELECT min({column}) FROM requests WHERE {column} > p.v)
+            FROM present p WHERE p.v IS NOT NULL
         )
         SELECT value, sum(n) AS count FROM (
             SELECT {column} AS value, sum(requests) AS n FROM summary_hourly
             {"WHERE " + " AND ".join(done) if done else ""} GROUP BY {column}
-            UNION ALL{unfinished}
+            UNION ALL
+            SELECT v, (SELECT count(*) FROM requests WHERE {
+        " AND ".join([f"{column} = p.v", "ended_at IS NULL", *running])
+    })
+            FROM present p WHERE v IS NOT NULL
         ) GROUP BY value HAVING count > 0 ORDER BY count DESC, value LIMIT {int(limit)}
     """
     return sql, params

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from mirror.cliutil import (
     db_option,
     endpoints_callback,
     format_option,
+    print_notes,
     sigterm_as_interrupt,
     when_callback,
 )
@@ -172,8 +174,17 @@ def query_cmd(
 @filter_options
 @click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
               help="Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")  # fmt: skip
+@click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
+              help=f"Figures to show, in this order, after the groups: "
+              f"{', '.join(query.STATS_FIELDS)}. Default: all of them, except in a table too "
+              "narrow for all, which keeps the most telling that fit.")  # fmt: skip
+@click.option("--wide", is_flag=True,
+              help="A table with every figure, however narrow the terminal (shortened, or "
+              "one block per row when even that cannot fit).")  # fmt: skip
 @format_option
-def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
+def stats_cmd(
+    db: str, by: tuple[str, ...], columns: tuple[str, ...], wide: bool, fmt: str, **kw: Any
+) -> None:
     """Counts, error rates, duration percentiles and billable units.
 
     \b
@@ -189,10 +200,30 @@ def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
         groups = list(query.check_groups(groups))
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--by") from None
+    figures = list(dict.fromkeys(c for c in _split(columns) if c not in groups))
+    unknown = [c for c in figures if c not in query.STATS_FIELDS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown column {unknown[0]!r}; choose from {', '.join(query.STATS_FIELDS)}",
+            param_hint="--columns",
+        )
+    if wide and figures:
+        raise click.UsageError("--wide shows every column and --columns picks some: give one")
     with query.open_reader(db) as conn:
         result = query.stats(conn, filters, by=groups)
-    cols = [*groups, *query.STATS_FIELDS]
-    _print(cols, ([r[c] for c in cols] for r in result), fmt)
+    cols = [*groups, *(figures or query.STATS_FIELDS)]
+    rows = [[r[c] for c in cols] for r in result]
+    width = shutil.get_terminal_size().columns
+    if fmt == "table" and not wide and not figures:
+        cols, rows, hidden = output.narrow(cols, rows, query.STATS_RANKED, width)
+        if hidden:
+            print_notes(
+                [
+                    f"{len(hidden)} columns left out to fit {width}: "
+                    f"{', '.join(hidden)}; --wide shows them all, --columns picks"
+                ]
+            )
+    _print(cols, rows, fmt, width=width)
 
 
 # --------------------------------------------------------------------------- sql

@@ -2,12 +2,13 @@
 `main`. Click only: parse, call one library function, print.
 
 The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
-what all commands share (the error handling of the group, options, signals, the progress
-line, exit codes) in ``mirror.cliutil``.
+what all commands share (the error handling of the group, options, signals, exit codes) in
+``mirror.cliutil``; sync's live progress line in ``mirror.progress``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,7 +20,6 @@ import click
 from mirror import __version__, commands_query, commands_verify, interrupts
 from mirror.cliutil import (
     MirrorGroup,
-    Progress,
     base_url_option,
     check_since_until,
     db_option,
@@ -101,7 +101,8 @@ def sync(
     Exit codes: 0 ok, 1 failed (API, key, data, storage), 2 usage,
     75 another sync is running (try later).
     """
-    from mirror.runs import sync_mirror  # the API client and the syncer: for sync alone
+    from mirror.progress import LiveLine  # the API client, the syncer, tqdm: for sync alone
+    from mirror.runs import sync_mirror
     from mirror.sync import SyncOptions
 
     setup_logging(verbose)
@@ -115,12 +116,10 @@ def sync(
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
         recheck=recheck,
     )  # fmt: skip
-    progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
-    with sigterm_as_interrupt(), usage_errors():
-        try:
-            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)
-        finally:
-            progress.close()
+    # the live line only on a terminal (never under cron), and -v's log lines above it
+    line = LiveLine(sys.stderr) if sys.stderr.isatty() and not quiet else None
+    with sigterm_as_interrupt(), usage_errors(), line or contextlib.nullcontext():
+        report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=line)
     print_notes(report.notes)
     if not quiet:
         click.echo(report.summary())

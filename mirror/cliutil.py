@@ -1,5 +1,5 @@
 """What every command of the ``mirror`` CLI shares: the group that turns errors into one line
-and an exit code, the shared options and their callbacks, logging, signals, the progress line.
+and an exit code, the shared options and their callbacks, logging, signals.
 
 The command modules (``mirror.cli``, ``mirror.commands_query``, ``mirror.commands_verify``)
 import from here, and ``mirror.cli`` imports them: nothing here imports a command module.
@@ -333,29 +333,3 @@ class SignalWatcher:
         self._thread.join()
         os.close(self._r)
         os.close(self._w)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """A one-line progress display on a terminal; nothing at all under cron."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.shown = False
-
-    def __call__(self, report: Any) -> None:
-        if not self.enabled:
-            return
-        self.shown = True
-        click.echo(
-            f"\rsyncing: {report.windows_done}/{report.windows_planned} windows, "
-            f"{report.inserted + report.updated} rows written ",
-            err=True,
-            nl=False,
-        )
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo("\r\033[K", err=True, nl=False)

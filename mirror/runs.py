@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from mirror.db import display_db, sqlite_path
 from mirror.errors import ConfigError, UsageError
 from mirror.pacing import Pacer
 from mirror.store import Store
-from mirror.sync import SyncOptions, SyncReport, sync
+from mirror.sync import ProgressListener, SyncOptions, SyncReport, sync
 from mirror.verify import VerifyReport, verify
 
 
@@ -75,7 +75,7 @@ def sync_mirror(
     base_url: str = DEFAULT_BASE_URL,
     wait: bool = False,
     env: Mapping[str, str] = os.environ,
-    progress: Callable[[SyncReport], None] | None = None,
+    progress: ProgressListener | None = None,
 ) -> SyncReport:
     """Sync ``opts.targets`` into the mirror ``db`` (a SQLite file or a database URL).
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -149,6 +149,13 @@ class SyncReport:
                 f"that were syncing {'them' if k != 1 else 'it'} ({', '.join(self.left_to_others)})"
             )
         return line
+
+
+class ProgressListener(Protocol):
+    """Told the run's counts so far after each batch of pages is written (the CLI's live
+    line, ``mirror.progress``). Called from the writer's thread: it must return at once."""
+
+    def __call__(self, report: SyncReport) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -453,7 +460,7 @@ class Syncer:
         opts: SyncOptions,
         *,
         clock: Callable[[], datetime] = utcnow,
-        progress: Callable[[SyncReport], None] | None = None,
+        progress: ProgressListener | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
         self._wait = wait
@@ -702,6 +709,8 @@ class Syncer:
                 if error is None and not self._stop.is_set():
                     outstanding += self._claim(pool, report, now, tails, outstanding)
                 if self.progress:
+                    report.pages = self.client.stats.pages
+                    report.api_calls = self.client.stats.attempts
                     self.progress(report)
             if error is None and self._errors:
                 error = self._errors[0]
@@ -1009,9 +1018,17 @@ def sync(
     opts: SyncOptions,
     *,
     clock: Callable[[], datetime] = utcnow,
-    progress: Callable[[SyncReport], None] | None = None,
+    progress: ProgressListener | None = None,
 ) -> SyncReport:
     return Syncer(store, client, opts, clock=clock, progress=progress).run()
 
 
-__all__ = ["MirrorError", "SyncOptions", "SyncReport", "Syncer", "UpsertResult", "sync"]
+__all__ = [
+    "MirrorError",
+    "ProgressListener",
+    "SyncOptions",
+    "SyncReport",
+    "Syncer",
+    "UpsertResult",
+    "sync",
+]

@@ -34,7 +34,9 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,8 +51,16 @@ import httpcore
 import httpx
 import orjson
 
-from mirror import __version__
-from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror import __version__, netenv
+from mirror.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    BadDataError,
+    ConfigError,
+    ProxyRefused,
+    UntrustedCertificate,
+)
 from mirror.pacing import Pacer
 from mirror.redact import redact, register_key
 from mirror.schema import derive_status
@@ -133,17 +143,87 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def make_http_client() -> httpx.Client:
+def make_http_client(env: Mapping[str, str] = os.environ) -> httpx.Client:
     """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive, and
-    every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``)."""
+    every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``).
+
+    From ``env``, the proxies and CA certificates of ``mirror.netenv`` and nothing else
+    (httpx's ``trust_env`` would also send ``.netrc`` credentials in place of the key).
+    """
+    net = netenv.from_env(env)
+    verify: ssl.SSLContext | bool = net.ssl_context() or True
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    transport: httpx.BaseTransport = _deadline_transport(limits, verify)
+    if net.proxies:
+        via = {p.url: _deadline_transport(limits, verify, p) for p in net.proxies.values()}
+        transport = _ProxyRoutes(net, transport, via)
+    for line in net.describe():
+        log.info("%s", line)
     return httpx.Client(
-        transport=_deadline_transport(
-            httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        ),
+        transport=transport,
         follow_redirects=False,
         headers={"User-Agent": f"fal-mirror/{__version__}"},
         trust_env=False,
     )
+
+
+class _ProxyRefusal(httpx.ProxyError):
+    """The proxy answered the tunnel's CONNECT with an error ``status``."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _ProxyRoutes(httpx.BaseTransport):
+    """Each request through the proxy the environment names for its scheme and host
+    (``NetworkEnv.proxy_for``), or directly; the first request to each host logs which."""
+
+    def __init__(
+        self,
+        net: netenv.NetworkEnv,
+        direct: httpx.BaseTransport,
+        via: Mapping[str, httpx.BaseTransport],
+    ) -> None:
+        self._net = net
+        self._direct = direct
+        self._via = via
+        self._told: set[tuple[str, str, int | None]] = set()
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        proxy = self._net.proxy_for(url.scheme, url.host, url.port)
+        self._tell(url, proxy)
+        if proxy is None:
+            return self._direct.handle_request(request)
+        try:
+            return self._via[proxy.url].handle_request(request)
+        except httpx.ProxyError as e:  # the proxy's own answer to CONNECT: "407 Proxy ..."
+            code = str(e)[:3]
+            raise _ProxyRefusal(
+                f"the proxy {proxy} answered {e} to a tunnel to {url.netloc.decode('ascii', 'replace')}",
+                int(code) if code.isdigit() else None,
+            ) from None
+        except httpx.ConnectError as e:
+            raise httpx.ConnectError(f"through the proxy {proxy}: {e}", request=request) from None
+
+    def _tell(self, url: httpx.URL, proxy: netenv.Proxy | None) -> None:
+        key = (url.scheme, url.host, url.port)
+        with self._lock:
+            if key in self._told:
+                return
+            self._told.add(key)
+        where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        if proxy is not None:
+            log.info("%s: through the proxy %s", where, proxy)
+        else:
+            log.info("%s: directly (%s)", where, self._net.no_proxy_variable)
+
+    def close(self) -> None:
+        self._direct.close()
+        for t in self._via.values():
+            t.close()
 
 
 # --------------------------------------------------------------------------- the deadline
@@ -234,14 +314,31 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport, its connection pool given the deadline-bounded backend.
+def _deadline_transport(
+    limits: httpx.Limits, verify: ssl.SSLContext | bool, proxy: netenv.Proxy | None = None
+) -> httpx.HTTPTransport:
+    """httpx's own transport (through ``proxy``, if given), its connection pool given the
+    deadline-bounded backend.
 
     httpx does not take a network backend as an argument, so it is set on the pool it
-    made (still empty: each connection takes the backend when it is opened).
-    tests/reliability/test_api_faults.py's dripped-headers test fails if this stops working.
+    made (still empty: each connection takes the backend when it is opened; a proxy's pool
+    opens its connections to the proxy, and tunnels through them, with it too).
+    tests/reliability/test_api_faults.py's dripped-headers test fails if this stops working,
+    tests/test_proxies.py's for a tunnel through a proxy.
     """
-    transport = httpx.HTTPTransport(verify=True, limits=limits, trust_env=False)
+    via = None
+    if proxy is not None:
+        # TLS to the proxy itself (an https:// proxy) trusts what the API's TLS trusts
+        https = proxy.url.lower().startswith("https:")
+        ctx = verify if isinstance(verify, ssl.SSLContext) and https else None
+        via = httpx.Proxy(proxy.url, ssl_context=ctx)
+    try:
+        transport = httpx.HTTPTransport(verify=verify, limits=limits, trust_env=False, proxy=via)
+    except ImportError:  # socks5:// without httpx's socks extra
+        raise ConfigError(
+            f"{proxy.variable if proxy else 'the proxy'} names a SOCKS proxy, which needs "
+            "httpx's socks extra: pip install 'httpx[socks]'"
+        ) from None
     pool = transport._pool
     pool._network_backend = _DeadlineBackend(pool._network_backend)
     return transport
@@ -884,7 +981,17 @@ class FalClient:
                 what = "answer" if headers_in else "response headers"
                 raise _Retry(f"{what} still incomplete after {policy.deadline:g}s") from None
             raise _Retry(f"timeout ({type(e).__name__})") from None
+        except _ProxyRefusal as e:
+            if e.status is not None and e.status >= 500:  # the proxy could not reach the API
+                raise _Retry(str(e)) from None
+            raise ProxyRefused(str(e)) from None
         except httpx.TransportError as e:
+            untrusted = _certificate_failure(e)
+            if untrusted is not None:
+                host = urlsplit(url).hostname
+                raise UntrustedCertificate(
+                    f"the certificate of {host} does not verify ({untrusted})"
+                ) from None
             raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
         finally:
             _attempt_deadline.at = None
@@ -920,6 +1027,18 @@ class FalClient:
             wait=ra,
             throttled=True,
         )
+
+
+def _certificate_failure(e: BaseException) -> str | None:
+    """OpenSSL's reason when ``e`` comes of a certificate that did not verify; else None."""
+    seen: BaseException | None = e
+    for _ in range(10):  # httpx's error wraps httpcore's, which wraps ssl's
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate verify failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _path(url: str) -> str:

@@ -70,7 +70,8 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
         echo(f"  serving on {api.base_url} (loopback only)")
         store = Store.open(str(path))
         try:
-            with make_http_client() as http:
+            # its own server on loopback: no proxy of the environment stands in between
+            with make_http_client(env={}) as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, pacer=Pacer(4))
                 opts = SyncOptions(targets=TARGETS, since=now - timedelta(days=days))
                 report = sync(store, client, opts)

@@ -7,6 +7,8 @@
     ├── ApiError                 the API answered with an error we do not retry
     │   └── AuthError            401/403: the key is missing, wrong or lacks access
     ├── ApiUnavailable           retries exhausted: 429s, 5xx, resets, timeouts
+    ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
+    ├── UntrustedCertificate     the API's TLS certificate does not verify
     ├── BadDataError             the API's answer is malformed; nothing of it was committed
     └── StoreError               local storage: disk full, read-only, corrupt, foreign file
         └── SchemaTooNewError    the database was written by a newer mirror
@@ -88,6 +90,25 @@ class AuthError(ApiError):
 
 class ApiUnavailable(MirrorError):
     kind = "api unavailable"
+
+
+class ProxyRefused(MirrorError):
+    kind = "proxy refused"
+
+    @property
+    def hint(self) -> str:
+        return "check the proxy settings (HTTPS_PROXY, NO_PROXY) and the proxy's credentials"
+
+
+class UntrustedCertificate(MirrorError):
+    kind = "certificate not trusted"
+
+    @property
+    def hint(self) -> str:
+        return (
+            "behind a TLS-inspecting proxy or gateway, point SSL_CERT_FILE at your "
+            "organisation's CA bundle"
+        )
 
 
 class BadDataError(MirrorError):

@@ -1,8 +1,8 @@
 """A sync or a verify run from start to end, as `mirror sync` and `mirror verify` start one.
 
 Each takes the database's name, the run's options and the environment, and does what the
-command needs around the library call: checks the base URL, loads the key and the retry
-knobs from the environment, takes the writer lock where the run writes, opens the store and
+command needs around the library call: checks the base URL, loads the key, the retry
+knobs and the proxy and CA settings from the environment, takes the writer lock where the run writes, opens the store and
 an HTTP client with its pacer, finds the targets, then calls ``mirror.sync.sync`` or
 ``mirror.verify.verify`` and returns its report. Nothing here prints or knows click: flags
 that do not fit the database raise `mirror.errors.UsageError`.
@@ -63,8 +63,10 @@ def _writer_lock(path: Path | None, *, wait: bool) -> contextlib.AbstractContext
 
 
 @contextlib.contextmanager
-def _client(key: str, base_url: str, retry: RetryPolicy, pacer: Pacer) -> Iterator[FalClient]:
-    with make_http_client() as http:
+def _client(
+    key: str, base_url: str, retry: RetryPolicy, pacer: Pacer, env: Mapping[str, str]
+) -> Iterator[FalClient]:
+    with make_http_client(env) as http:
         yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer)
 
 
@@ -81,7 +83,8 @@ def sync_mirror(
 
     No targets: every target the database already has. ``wait``: if another sync holds
     the database, wait for it instead of raising `mirror.errors.LockedError`. ``env``: where
-    the key (``mirror.auth``) and the retry knobs come from.
+    the key (``mirror.auth``), the retry knobs and the proxies and CA certificates
+    (``mirror.netenv``) come from.
     """
     base_url = check_base_url(base_url)
     path = sqlite_path(db)
@@ -99,7 +102,7 @@ def sync_mirror(
                 )
             n = opts.max_concurrency
             pacer = Pacer(n, initial=min(4, n), learn_rate=True)
-            with _client(key, base_url, retry, pacer) as client:
+            with _client(key, base_url, retry, pacer, env) as client:
                 return sync(
                     store, client, dataclasses.replace(opts, targets=targets), progress=progress
                 )
@@ -143,7 +146,7 @@ def verify_mirror(
             targets = list(dict.fromkeys(endpoints)) or known
             if not targets:
                 raise UsageError(f"{display_db(db)} has no sync targets: nothing to verify")
-            with _client(key, base_url, retry, Pacer(4)) as client:
+            with _client(key, base_url, retry, Pacer(4), env) as client:
                 return verify(store, client, targets=targets, repair=repair, **options)
         finally:
             store.close()

@@ -1,4 +1,5 @@
-"""Every test runs in its own folder with no fal key and no mirror settings from outside."""
+"""Every test runs in its own folder with no fal key, no mirror settings and no proxy or CA
+settings from outside."""
 
 from __future__ import annotations
 
@@ -20,11 +21,22 @@ MIRROR_ENV = (
     "MIRROR_RETRY_CAP",
     "MIRROR_REQUEST_DEADLINE",
 )
+#: what mirror reads of the network settings (mirror.netenv), in both cases, and curl's and
+#: requests' CA variables: a machine's proxy or CA bundle must not reach the simulated API
+NETWORK_ENV = (
+    *(f"{name}_PROXY" for name in ("HTTP", "HTTPS", "ALL", "NO")),
+    *(f"{name}_proxy" for name in ("http", "https", "all", "no")),
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "NETRC",
+)
 
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path, monkeypatch):
-    for var in MIRROR_ENV:
+    for var in (*MIRROR_ENV, *NETWORK_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)

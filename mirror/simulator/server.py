@@ -26,6 +26,7 @@ import ipaddress
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -308,7 +309,8 @@ class SimulatedAPI:
     Use as a context manager (or `start()`/`stop()`); `base_url` is the `/v1` root to give
     the client. `faults` may be replaced while running; `world` is shared, so a test can
     move the clock or add requests between calls. Binds only to loopback addresses: it
-    accepts any caller and serves fixed keys, so it must never face a network.
+    accepts any caller and serves fixed keys, so it must never face a network. With `tls`
+    (a server-side context holding a certificate) it serves https, as fal does.
     """
 
     def __init__(
@@ -318,6 +320,7 @@ class SimulatedAPI:
         keys: frozenset[str] = frozenset({DEFAULT_KEY}),
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if host != "localhost":
             try:
@@ -330,6 +333,7 @@ class SimulatedAPI:
         self.keys = frozenset(keys)
         self._host = host
         self._port = port
+        self._tls = tls
         self._injector = FaultInjector(faults or FaultConfig())
         self._lock = threading.Lock()
         self._log: list[LoggedRequest] = []
@@ -347,6 +351,12 @@ class SimulatedAPI:
         server_cls = _Server6 if ":" in self._host else _Server
         httpd = server_cls((self._host, self._port), _Handler)
         httpd.api = self
+        if self._tls is not None:
+            # the handshake happens in each connection's own thread, at its first read,
+            # so a client that stalls in it holds up no other
+            httpd.socket = self._tls.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -413,7 +423,7 @@ class SimulatedAPI:
     def base_url(self) -> str:
         """The API root to configure a client with, e.g. `http://127.0.0.1:PORT/v1`."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}/v1"
 
     # -- faults, log, errors --------------------------------------------------------------
 

@@ -193,12 +193,13 @@ class _ProxyRoutes(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        proxy = self._net.proxy_for(url.scheme, url.host, url.port)
+        port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+        proxy = self._net.proxy_for(url.scheme, url.host, port)
         self._tell(url, proxy)
         if proxy is None:
             return self._direct.handle_request(request)
         try:
-            return self._via[proxy.url].handle_request(request)
+            response = self._via[proxy.url].handle_request(request)
         except httpx.ProxyError as e:  # the proxy's own answer to CONNECT: "407 Proxy ..."
             code = str(e)[:3]
             raise _ProxyRefusal(
@@ -207,6 +208,14 @@ class _ProxyRoutes(httpx.BaseTransport):
             ) from None
         except httpx.ConnectError as e:
             raise httpx.ConnectError(f"through the proxy {proxy}: {e}", request=request) from None
+        if response.status_code == 407:  # a plain http:// request the proxy would not forward
+            response.close()
+            raise _ProxyRefusal(
+                f"the proxy {proxy} answered 407 Proxy Authentication Required to a request "
+                f"for {url.netloc.decode('ascii', 'replace')}",
+                407,
+            )
+        return response
 
     def _tell(self, url: httpx.URL, proxy: netenv.Proxy | None) -> None:
         key = (url.scheme, url.host, url.port)
@@ -1011,6 +1020,8 @@ class FalClient:
             return self._raise_throttled(headers)
         if status >= 500:
             raise _Retry(f"HTTP {status} ({_describe_body(body, headers)})")
+        if status == 407:  # only a proxy asks this: a plain http:// request it forwarded
+            raise ProxyRefused("a proxy answered 407 Proxy Authentication Required")
         if 300 <= status < 400:
             where = urlsplit(headers.get("location", "")).netloc or "elsewhere"
             raise ApiError(status, None, f"the API redirected to {where}; not followed", _path(url))

@@ -103,16 +103,16 @@ class NetworkEnv:
 
 
 def _lookup(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    """``name`` (lower case) or its upper case: (variable, value); lower case wins, even
-    empty (it then says: none)."""
-    if name in env:
-        return name, env[name].strip()
+    """``name`` (lower case) or its upper case: (variable, value), or None if unset or
+    empty. Lower case wins, even empty: it then hides the upper case (as in urllib)."""
     upper = name.upper()
-    if upper == "HTTP_PROXY" and "REQUEST_METHOD" in env:
+    if name in env:
+        found = (name, env[name].strip())
+    elif upper in env and not (upper == "HTTP_PROXY" and "REQUEST_METHOD" in env):
+        found = (upper, env[upper].strip())
+    else:
         return None
-    if upper in env:
-        return upper, env[upper].strip()
-    return None
+    return found if found[1] else None
 
 
 def _proxy(variable: str, value: str) -> Proxy:
@@ -144,7 +144,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> NetworkEnv:
         found = _lookup(env, f"{scheme}_proxy")
         if found is None:
             found = _lookup(env, "all_proxy")
-        if found is not None and found[1]:
+        if found is not None:
             proxies[scheme] = _proxy(*found)
     no = _lookup(env, "no_proxy")
     cafile = env.get("SSL_CERT_FILE") or None

@@ -183,6 +183,21 @@ def port_that_refuses() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@tinyproxy_missing
+def test_a_forwarding_proxy_that_wants_credentials_is_one_line_at_once(tmp_path, world):
+    with (
+        IdentifyingAPI(world) as api,
+        forward_proxy(tmp_path, credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy,
+    ):
+        env = env_for(api.base_url, HTTP_PROXY=f"http://{proxy.address}")
+        run = sync(tmp_path / "m.db", env, concurrency=1)
+        carried = proxy.requests()
+    assert run.code == 1, run.stderr
+    line = assert_one_line(run.stderr, "proxy refused")
+    assert f"the proxy {proxy.address} (HTTP_PROXY) answered 407" in line, line
+    assert len(carried) == 1 and api.calls == [], f"the proxy carried {carried}"
+
+
 def test_a_proxy_that_is_not_there_is_one_line_without_its_credentials(tmp_path, world):
     with port_that_refuses() as port, IdentifyingAPI(world) as api:
         url = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{port}"
@@ -293,9 +308,12 @@ def test_lower_case_wins_and_all_proxy_fills_in():
         "http": "all.example:1080 (ALL_PROXY)",
     }
     assert net.proxies["https"].url == "http://lower:3128"
-    # an empty lower-case variable says: no proxy; HTTP_PROXY is ignored under CGI
+    # an empty lower-case variable hides the upper case; HTTP_PROXY is ignored under CGI
     assert from_env({"http_proxy": "", "HTTP_PROXY": "http://p:1"}).proxies == {}
     assert from_env({"HTTP_PROXY": "http://p:1", "REQUEST_METHOD": "GET"}).proxies == {}
+    assert str(from_env({"http_proxy": "p:1", "REQUEST_METHOD": "GET"}).proxies["http"]) == (
+        "p:1 (http_proxy)"
+    )
 
 
 def test_what_a_verbose_run_says_of_them_holds_no_credential():
@@ -315,6 +333,7 @@ def test_what_a_verbose_run_says_of_them_holds_no_credential():
         (".example.com", "example.com", 443, True),
         ("example.com", "notexample.com", 443, False),
         ("EXAMPLE.com:8443", "example.com", 443, False),
+        ("example.com:443", "EXAMPLE.COM", 443, True),
         ("example.com:8443", "example.com", 8443, True),
         ("*", "anything.at.all", 80, True),
         ("10.0.0.0/8, 127.0.0.1", "10.1.2.3", 443, True),

@@ -168,7 +168,8 @@ def make_http_client(env: Mapping[str, str] = os.environ) -> httpx.Client:
 
 
 class _ProxyRefusal(httpx.ProxyError):
-    """The proxy answered the tunnel's CONNECT with an error ``status``."""
+    """The proxy refused with ``status``: to a tunnel's CONNECT, or (407) to a plain
+    http:// request it was to forward."""
 
     def __init__(self, message: str, status: int | None) -> None:
         super().__init__(message)

@@ -1003,7 +1003,6 @@ class FalClient:
         raise cls(status, etype, message, _path(url))
 
 
-
 def _path(url: str) -> str:
     return urlsplit(url).path
 

@@ -1,7 +1,8 @@
 """The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
 `main`. Click only: parse, call one library function, print.
 
-The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
+The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``,
+`media` in ``mirror.commands_media``;
 what all commands share (the error handling of the group, options, signals, the progress
 line, exit codes) in ``mirror.cliutil``.
 """
@@ -13,10 +14,11 @@ import signal
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror import __version__, commands_media, commands_query, commands_verify, interrupts
 from mirror.cliutil import (
     MirrorGroup,
     Progress,
@@ -77,6 +79,10 @@ def cli() -> None:
     is_flag=True,
     help="If another sync holds the database, wait for it instead of exiting 75.",
 )
+@click.option("--media", is_flag=True,
+              help="Then archive the files the synced requests' outputs refer to "
+              "(as `mirror media` does; no API call, and the key is never sent to a media host).")  # fmt: skip
+@commands_media.media_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -92,8 +98,10 @@ def sync(
     max_concurrency: int,
     recheck: bool,
     wait: bool,
+    media: bool,
     quiet: bool,
     verbose: int,
+    **media_kw: Any,
 ) -> None:
     """Fetch new and changed requests into the mirror.
 
@@ -116,14 +124,26 @@ def sync(
         recheck=recheck,
     )  # fmt: skip
     progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
+    archive = None
+    if media:
+        from mirror.media_db import MediaFilters
+
+        archive = commands_media.archive_options(media_kw, MediaFilters(endpoints=endpoints))
     with sigterm_as_interrupt(), usage_errors():
         try:
             report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)
         finally:
             progress.close()
-    print_notes(report.notes)
-    if not quiet:
-        click.echo(report.summary())
+        print_notes(report.notes)
+        if not quiet:
+            click.echo(report.summary())
+        if archive is not None:
+            from mirror.runs import media_mirror
+
+            media_report = media_mirror(db, archive, base_url=base_url)
+            print_notes(media_report.notes)
+            if not quiet:
+                click.echo(media_report.summary())
 
 
 # --------------------------------------------------------------------------- db
@@ -212,6 +232,7 @@ def demo(db: str) -> None:
 
 commands_query.register(cli)
 commands_verify.register(cli)
+commands_media.register(cli)
 
 
 def main() -> None:

@@ -204,6 +204,7 @@ class SimulatedCDN:
         self._gets: dict[str, int] = {}
         self._lock = threading.Lock()
         self._log: list[CdnHit] = []
+        self._arrivals: list[str] = []
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -291,10 +292,18 @@ class SimulatedCDN:
 
     # -- HTTP -----------------------------------------------------------------------------
 
+    @property
+    def arrivals(self) -> list[str]:
+        """The path of every request, logged as it arrives (`log` has it once answered)."""
+        with self._lock:
+            return list(self._arrivals)
+
     def serve(self, handler: _Handler, method: str) -> None:
         raw = handler.requestline + "\n" + str(handler.headers)
         seen = any(c in raw for c in self.canaries)
         split = urlsplit(handler.path)
+        with self._lock:
+            self._arrivals.append(split.path)
         status: int | None = None
         try:
             if self.latency:

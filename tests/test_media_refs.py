@@ -143,5 +143,5 @@ class _NeverConnects(httpcore.NetworkBackend):
 
 def test_a_name_resolving_to_loopback_is_refused_before_any_connection():
     backend = GuardedBackend(_NeverConnects(), allow_loopback=False)
-    with pytest.raises(Refused, match="localhost resolves to .*loopback"):
+    with pytest.raises(Refused, match=r"localhost resolves to .*loopback"):
         backend.connect_tcp("localhost", 443)

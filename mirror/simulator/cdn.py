@@ -160,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     disable_nagle_algorithm = True
     server: _Server
+    #: whether this request is in the log yet, and how it is put there (`SimulatedCDN.serve`)
+    logged = False
+    log_hit: Callable[[int | None], None]
 
     def do_GET(self) -> None:
         self.server.cdn.serve(self, "GET")
@@ -300,43 +303,52 @@ class SimulatedCDN:
 
     def serve(self, handler: _Handler, method: str) -> None:
         raw = handler.requestline + "\n" + str(handler.headers)
-        seen = any(c in raw for c in self.canaries)
         split = urlsplit(handler.path)
+        names = tuple(k.lower() for k in handler.headers)
         with self._lock:
             self._arrivals.append(split.path)
-        status: int | None = None
+
+        def log(status: int | None) -> None:
+            """Logged before any byte of the answer goes out: a client that has its answer
+            finds its request in the log."""
+            if handler.logged:
+                return
+            handler.logged = True
+            hit = CdnHit(
+                path=split.path,
+                status=status,
+                authorization_present="authorization" in names,
+                canary_seen=any(c in raw for c in self.canaries),
+                header_names=names,
+            )
+            with self._lock:
+                self._log.append(hit)
+
+        handler.logged = False
+        handler.log_hit = log
         try:
             if self.latency:
                 time.sleep(self.latency)
             with self._lock:
                 roll = self._rng.random()
             if roll < self.p_reset:
+                log(None)
                 handler.close_connection = True
                 handler.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
                 return
             if roll < self.p_reset + self.p_5xx:
-                status = 503
                 self._text(handler, method, 503, "upstream unavailable")
                 return
             if roll < self.p_reset + self.p_5xx + self.p_429:
-                status = 429
                 self._text(handler, method, 429, "slow down")
                 return
-            status = self._answer(handler, method, split.path, parse_qs(split.query))
+            self._answer(handler, method, split.path, parse_qs(split.query))
         except OSError:
             handler.close_connection = True
         finally:
-            hit = CdnHit(
-                path=split.path,
-                status=status,
-                authorization_present="authorization" in (k.lower() for k in handler.headers),
-                canary_seen=seen,
-                header_names=tuple(k.lower() for k in handler.headers),
-            )
-            with self._lock:
-                self._log.append(hit)
+            log(None)
 
     def _answer(
         self, handler: _Handler, method: str, path: str, query: dict[str, list[str]]
@@ -390,6 +402,7 @@ class SimulatedCDN:
         return 200
 
     def _head(self, handler: _Handler, status: int, headers: list[tuple[str, str]]) -> None:
+        handler.log_hit(status)
         handler.send_response_only(status)
         handler.send_header("Server", handler.server_version)
         handler.send_header("Date", format_datetime(self.clock().astimezone(UTC), usegmt=True))

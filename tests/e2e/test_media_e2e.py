@@ -16,7 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from support.cli import assert_one_line, run_cli
 from support.media import APP, files_on_disk, media_site, refs
 
@@ -226,7 +225,7 @@ def test_a_file_that_never_finishes_is_abandoned_at_its_deadline_and_tried_next_
         line = assert_one_line(r.stderr, "note")
         assert "not finished within 1s" in line, line
         assert took < 30, f"the run took {took:.0f}s despite the deadline"
-        (state, *_rest), = refs(db).values()
+        ((state, *_rest),) = refs(db).values()
         assert state == "failed"
         assert os.listdir(tmp_path / "m.db.media" / "tmp") == []
         site.cdn.add(dataclasses.replace(site.cdn.file("tiger/drip.mp4"), drip=0.0))

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from support.sim import NOW, static_world
 
 from mirror.simulator import CdnFile, ManualClock, MediaMix, SimulatedCDN, attach_media
-from support.sim import NOW, static_world
 
 
 @pytest.fixture
@@ -85,7 +85,9 @@ def test_attach_media_gives_recent_successes_files_and_leaves_the_rest():
     world = static_world(hours=2, per_hour=30)
     before = {r.request_id: r.json_output for r in world}
     with SimulatedCDN(clock=world.config.clock) as cdn:
-        done = attach_media(world, cdn, seed=2, count=10, mix=MediaMix(p_expired=0, p_expiring=0, p_signed=1.0))
+        done = attach_media(
+            world, cdn, seed=2, count=10, mix=MediaMix(p_expired=0, p_expiring=0, p_signed=1.0)
+        )
         assert len(done.request_ids) == 10 and len(done.names) >= 10
         for r in world:
             if r.request_id in done.request_ids:

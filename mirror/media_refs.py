@@ -39,6 +39,7 @@ MAX_DEPTH = 64
 MAX_DECLARED = 2**53
 SIDES = ("output", "input")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEMES = ("https://", "http://")
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,17 @@ class FileRef:
     declared_size: int | None = None
 
 
-def _child(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if _IDENT.match(key):
-        return f"{path}.{key}"
-    escaped = key.replace("\\", "\\\\").replace('"', '\\"')
-    return f'{path}["{escaped}"]'
+def _path(keys: list[str | int]) -> str:
+    out = "$"
+    for key in keys:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif _IDENT.match(key):
+            out += f".{key}"
+        else:
+            escaped = key.replace("\\", "\\\\").replace('"', '\\"')
+            out += f'["{escaped}"]'
+    return out
 
 
 def _web_url(value: Any) -> str | None:
@@ -105,26 +110,46 @@ def file_ref(side: str, path: str, obj: dict[str, Any]) -> FileRef | None:
 
 
 def extract(payload: Any, side: str, bare_host: Callable[[str], bool]) -> list[FileRef]:
-    """Every file ``payload`` refers to, in document order; see the module's docstring."""
+    """Every file ``payload`` refers to, in document order; see the module's docstring.
+
+    Runs over every payload of a mirror once: scalars are skipped without building their
+    path, which is made only for a reference found."""
     refs: list[FileRef] = []
-    stack: list[tuple[str, Any, int]] = [("$", payload, 0)]
-    while stack and len(refs) < MAX_REFS:
-        path, value, depth = stack.pop()
-        if isinstance(value, dict):
-            ref = file_ref(side, path, value)
-            if ref is not None:
-                refs.append(ref)
-                continue
-            if depth < MAX_DEPTH:
-                items = [(_child(path, str(k)), v, depth + 1) for k, v in value.items()]
-                stack.extend(reversed(items))
-        elif isinstance(value, list):
-            if depth < MAX_DEPTH:
-                stack.extend(
-                    reversed([(_child(path, i), v, depth + 1) for i, v in enumerate(value)])
-                )
-        elif isinstance(value, str):
-            url = _web_url(value)
-            if url is not None and bare_host((urlsplit(url).hostname or "").lower()):
-                refs.append(FileRef(side=side, path=path, url=url))
+    keys: list[str | int] = []
+
+    def bare(value: str) -> None:
+        url = _web_url(value)
+        if url is not None and bare_host((urlsplit(url).hostname or "").lower()):
+            refs.append(FileRef(side=side, path=_path(keys), url=url))
+
+    def walk(value: Any, depth: int) -> None:
+        if type(value) is dict:
+            if "url" in value:
+                ref = file_ref(side, _path(keys), value)
+                if ref is not None:
+                    refs.append(ref)
+                    return
+            items: Any = value.items()
+        else:
+            items = enumerate(value)
+        if depth >= MAX_DEPTH:
+            return
+        for key, child in items:
+            if len(refs) >= MAX_REFS:
+                return
+            kind = type(child)
+            if kind is dict or kind is list:
+                keys.append(key)
+                walk(child, depth + 1)
+                keys.pop()
+            elif kind is str and child.startswith(_SCHEMES):
+                keys.append(key)
+                bare(child)
+                keys.pop()
+
+    kind = type(payload)
+    if kind is dict or kind is list:
+        walk(payload, 0)
+    elif kind is str and payload.startswith(_SCHEMES):
+        bare(payload)
     return refs

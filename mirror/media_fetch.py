@@ -336,8 +336,6 @@ class Fetcher:
                     raise _Failed(self._late())
                 h.update(chunk)
                 f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
         return h.hexdigest(), size
 
 

@@ -8,9 +8,12 @@ Layout under the root (``<db>.media/`` beside a SQLite mirror, or ``--media-dir`
 
 No name on disk comes from a server or a payload (the original name is kept in the
 database), so nothing a server says can make a path leave the root. A download is written
-into ``tmp/``, flushed to disk, checked by the caller, then renamed to its hash's name: a
-run killed at any point leaves at most a file in ``tmp/`` (cleared by the next run, which
-holds the lock), never a half file under a hash's name. Folders are created 0700 and files
+into ``tmp/``, checked by the caller, then renamed to its hash's name: a run killed at any
+point leaves at most a file in ``tmp/`` (cleared by the next run, which holds the lock),
+never a half file under a hash's name. Files are not fsynced one by one (that alone made
+archiving small files three times slower, ``bench/media_bench.py``): after a power cut, as
+for the database's last transactions, the last files may be short; ``mirror verify
+--media`` finds them and ``--repair`` fetches them again. Folders are created 0700 and files
 0600, like the database; an existing root that is not a folder, or is a symlink, is refused.
 """
 

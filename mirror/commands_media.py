@@ -47,7 +47,7 @@ def media_options(fn: F) -> F:
                      default=f"{DEFAULT_DEADLINE:.0f}s", show_default="15m",
                      help="Abandon a file not downloaded within this (retries included); "
                      "the next run tries again."),
-        click.option("--media-concurrency", type=click.IntRange(1, 64), default=8,
+        click.option("--media-concurrency", type=click.IntRange(1, 64), default=16,
                      show_default=True, help="Downloads at once."),
     ]  # fmt: skip
     for opt in reversed(opts):

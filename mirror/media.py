@@ -56,7 +56,7 @@ class ArchiveOptions:
     #: seconds one file's download may take, retries included
     deadline: float = DEFAULT_DEADLINE
     #: downloads at once
-    max_concurrency: int = 8
+    max_concurrency: int = 16
     #: media hosts besides fal's (``mirror.media_net``)
     hosts: tuple[str, ...] = ()
     #: the store's folder (default: beside a SQLite mirror)

@@ -293,6 +293,17 @@ def state_counts(conn: Connection) -> dict[str, int]:
     return counts
 
 
+def totals(conn: Connection) -> dict[str, Any]:
+    """The whole archive in figures: files and bytes archived, references per state, and
+    when a file was last found gone (``mirror status``)."""
+    f = media_files.c
+    files, size = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0))
+    ).one()
+    last_gone = conn.execute(sa.select(sa.func.max(media_refs.c.gone_at))).scalar()
+    return {"files": files, "bytes": int(size), "last_gone_at": last_gone, **state_counts(conn)}
+
+
 #: the columns of `endpoint_figures`' rows
 FIGURE_COLUMNS = (
     "endpoint_id", "files", "bytes", "pending", "gone", "failed", "refused", "last_gone_at",

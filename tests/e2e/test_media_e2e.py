@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sqlite3
 import stat
 import time
 from datetime import timedelta
@@ -29,6 +30,15 @@ def _sync(db: Path, env: dict[str, str], out: Path, *extra: str) -> None:
 
 def _media(db: Path, env: dict[str, str], out: Path, *extra: str, **kw):
     return run_cli(["media", "--db", str(db), *extra], env, out, **kw)
+
+
+def gone_minute(db: Path) -> str:
+    """When the tombstones were written, to the minute, as `mirror status` shows it."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT max(gone_at) FROM media_refs").fetchone()[0][:16] + "Z"
+    finally:
+        con.close()
 
 
 def _stored(root: Path) -> dict[str, str]:
@@ -100,6 +110,12 @@ def test_gone_files_are_tombstones_and_transient_faults_are_retried(tmp_path):
     state, _sha, error, gone = got[urls["lion/signed-old.png"]]
     assert (state, gone) == ("gone", True) and "signed URL expired" in error, error
     assert "2 gone" in r.stdout and "0 failed" in r.stdout, r.stdout
+    status = run_cli(["status", "--db", str(db)], env, tmp_path / "out")
+    last = status.stdout.splitlines()[-1]
+    assert last.startswith("media: 3 files archived ("), status.stdout
+    assert last.endswith(
+        "references: 0 pending, 2 gone (last " + f"{gone_minute(db)}), 0 failed, 0 refused"
+    ), last
 
 
 def test_the_api_key_never_reaches_a_media_host(tmp_path):

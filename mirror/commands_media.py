@@ -1,7 +1,8 @@
 """`mirror media`: archive the files the mirrored requests produced, or show the figures.
 
-Click only: parse the flags, call ``mirror.runs.media_mirror`` (or, with ``--stats``,
-``mirror.media_db.endpoint_figures`` through a read-only connection) and print. The
+Click only: parse the flags, call ``mirror.runs.media_mirror`` (or, with ``--stats`` or
+``--paths``, ``mirror.media_db.endpoint_figures`` or ``archived_paths`` through a read-only
+connection) and print. The
 options every media run shares (`media_options`) are also `mirror sync --media`'s and
 `mirror verify --media`'s. `register` adds the command to the `mirror` group.
 
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import click
 
 from mirror import cliutil, output
-from mirror.media_db import FIGURE_COLUMNS, MediaFilters
+from mirror.media_db import FIGURE_COLUMNS, PATH_COLUMNS, MediaFilters
 from mirror.media_fetch import DEFAULT_DEADLINE, DEFAULT_MAX_FILE
 from mirror.media_net import HOSTS_ENV
 from mirror.schema import STATUSES
@@ -91,6 +92,9 @@ def archive_options(kw: dict[str, Any], filters: MediaFilters, **extra: Any) -> 
               help="Fetch at most N files this run.")  # fmt: skip
 @click.option("--dry-run", is_flag=True,
               help="Say how many files and bytes a run would fetch; fetch and write nothing.")  # fmt: skip
+@click.option("--paths", is_flag=True,
+              help="Print the archived files of the requests selected (request, where in "
+              "its payload, the file in the store); archive nothing.")  # fmt: skip
 @click.option("--stats", is_flag=True,
               help="Print files and bytes archived per endpoint, and how many are gone, "
               "pending, failed or refused; archive nothing.")  # fmt: skip
@@ -109,6 +113,7 @@ def media_cmd(
     max_bytes: int | None,
     max_files: int | None,
     dry_run: bool,
+    paths: bool,
     stats: bool,
     fmt: str,
     base_url: str,
@@ -133,11 +138,11 @@ def media_cmd(
 
     cliutil.setup_logging(verbose)
     cliutil.check_since_until(since, until)
-    if stats:
-        _print_stats(db, fmt)
-        return
     filters = MediaFilters(endpoints=endpoints, statuses=statuses, since=since, until=until,
                            sides=("output", "input") if inputs else ("output",))  # fmt: skip
+    if stats or paths:
+        _print_figures(db, fmt, filters if paths else None, kw["media_dir"])
+        return
     opts = archive_options(kw, filters, dry_run=dry_run, max_files=max_files, max_bytes=max_bytes)
     with cliutil.sigterm_as_interrupt(), cliutil.usage_errors():
         report = media_mirror(db, opts, base_url=base_url)
@@ -146,21 +151,34 @@ def media_cmd(
         click.echo(report.summary())
 
 
-def _print_stats(db: str, fmt: str) -> None:
+def _print_figures(
+    db: str, fmt: str, paths_of: MediaFilters | None, media_dir: Path | None
+) -> None:
+    """Per-endpoint figures, or (``paths_of``) the archived files of those requests."""
     from mirror import media_db
     from mirror.db import ensure_schema, reader_engine
+    from mirror.media_files import MediaDir
+    from mirror.runs import media_dir_for
 
+    with cliutil.usage_errors():
+        store = MediaDir(media_dir_for(db, media_dir)) if paths_of is not None else None
     engine = reader_engine(db)
     try:
         ensure_schema(db, engine)
         with engine.connect() as conn:
-            rows = media_db.endpoint_figures(conn)
+            if paths_of is None:
+                rows = media_db.endpoint_figures(conn)
+            else:
+                rows = media_db.archived_paths(conn, paths_of)
     finally:
         engine.dispose()
-    output.write(
-        sys.stdout, FIGURE_COLUMNS,
-        ([r[c] for c in FIGURE_COLUMNS] for r in rows), fmt,
-    )  # fmt: skip
+    if store is None:
+        cols: tuple[str, ...] = FIGURE_COLUMNS
+    else:
+        cols = (*PATH_COLUMNS[:3], "file", *PATH_COLUMNS[4:])
+        for r in rows:
+            r["file"] = str(store.path_of(r["sha256"]))
+    output.write(sys.stdout, cols, ([r[c] for c in cols] for r in rows), fmt)
 
 
 COMMANDS = (media_cmd,)

@@ -16,12 +16,13 @@ on SQLite and PostgreSQL alike; it does no HTTP and touches no file.
   checked again, since the user may have added a host), oldest request first (fal deletes
   the oldest first).
 - `record` writes what became of one URL into all of its references.
-- `endpoint_figures`, `state_counts`, `archived_files`, `paths_of` answer the questions.
+- `endpoint_figures`, `totals`, `state_counts`, `archived_files`, `archived_paths` answer
+  the questions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -363,26 +364,18 @@ def endpoint_figures(conn: Connection) -> list[dict[str, Any]]:
     return out
 
 
-def paths_of(conn: Connection, request_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The archived files of some requests: request, side, path, hash, declared name and
-    type, in request and path order."""
-    m = media_refs.c
-    rows = conn.execute(
-        sa.select(m.request_id, m.side, m.path, m.sha256, m.file_name, m.content_type)
-        .where(m.request_id.in_(list(request_ids)), m.state == "archived")
-        .order_by(m.request_id, m.side, m.path)
-    )
-    return [dict(r._mapping) for r in rows]
+#: the columns of `archived_paths`' rows
+PATH_COLUMNS = ("request_id", "side", "path", "sha256", "file_name", "content_type")
 
 
-def request_ids_matching(conn: Connection, filters: MediaFilters) -> Iterable[str]:
-    """The requests with archived files among those ``filters`` select."""
+def archived_paths(conn: Connection, filters: MediaFilters) -> list[dict[str, Any]]:
+    """The archived files of the requests ``filters`` select (both sides unless narrowed):
+    request, side, path in the payload, hash, declared name and type; by request and path."""
     m = media_refs.c
     q = (
-        sa.select(m.request_id)
+        sa.select(m.request_id, m.side, m.path, m.sha256, m.file_name, m.content_type)
         .select_from(media_refs.join(requests, requests.c.request_id == m.request_id))
         .where(m.state == "archived", *_filter_clauses(filters))
-        .distinct()
-        .order_by(m.request_id)
+        .order_by(m.request_id, m.side, m.path)
     )
-    return [rid for (rid,) in conn.execute(q)]
+    return [dict(r._mapping) for r in conn.execute(q)]

@@ -8,6 +8,8 @@ database without mirror's code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -72,6 +74,13 @@ def test_archive_stores_each_file_once_by_hash_and_a_second_run_fetches_nothing(
         assert len(site.cdn.log) == hits, "a second run asked the CDN again"
         want = {site.cdn.sha256("panda/a.png"), site.cdn.sha256("panda/b.png")}
     root = tmp_path / "m.db.media"
+    listed = run_cli(["media", "--db", str(db), "--paths", "-f", "jsonl"], env, tmp_path / "out")
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["path"], Path(r["file"]).parent.parent) for r in rows] == [
+        ("$.images[0]", root), ("$.images[1]", root), ("$.nested.deeper[0].video", root)
+    ], rows  # fmt: skip
+    for r in rows:
+        assert hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest() == Path(r["file"]).name
     assert set(_stored(root).values()) == want
     states = refs(db)
     assert {s for s, *_ in states.values()} == {"archived"}, states

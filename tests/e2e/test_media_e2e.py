@@ -77,7 +77,8 @@ def test_archive_stores_each_file_once_by_hash_and_a_second_run_fetches_nothing(
     listed = run_cli(["media", "--db", str(db), "--paths", "-f", "jsonl"], env, tmp_path / "out")
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["path"], Path(r["file"]).parent.parent) for r in rows] == [
-        ("$.images[0]", root), ("$.images[1]", root), ("$.nested.deeper[0].video", root)
+        ("$.images[0]", root), ("$.images[1]", root), ("$.nested.deeper[0].video", root),
+        ("$.image_url", root),
     ], rows  # fmt: skip
     for r in rows:
         assert hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest() == Path(r["file"]).name

@@ -117,7 +117,7 @@ def loop_run(tmp: Path, urls: list[str]) -> tuple[c.ProcResult, float]:
 
 def throughput(tmp: Path, n: int, size: int, latency: float, runs: int) -> bool:
     files = [CdnFile(name=f"t/{k}.png", size=size, seed=k + 1) for k in range(n)]
-    world, cdn, api = site(files, latency)
+    _world, cdn, api = site(files, latency)
     try:
         pristine = synced(tmp, api, "throughput")
         urls = [cdn.url(f.name) for f in files]

@@ -14,7 +14,6 @@ import signal
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -80,9 +79,8 @@ def cli() -> None:
     help="If another sync holds the database, wait for it instead of exiting 75.",
 )
 @click.option("--media", is_flag=True,
-              help="Then archive the files the synced requests' outputs refer to "
-              "(as `mirror media` does; no API call, and the key is never sent to a media host).")  # fmt: skip
-@commands_media.media_options
+              help="Then archive the files the synced requests' outputs refer to, as `mirror "
+              "media` does with its defaults (MIRROR_MEDIA_DIR, MIRROR_MEDIA_HOSTS apply).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -101,7 +99,6 @@ def sync(
     media: bool,
     quiet: bool,
     verbose: int,
-    **media_kw: Any,
 ) -> None:
     """Fetch new and changed requests into the mirror.
 
@@ -126,9 +123,12 @@ def sync(
     progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
     archive = None
     if media:
+        from mirror.media import ArchiveOptions
         from mirror.media_db import MediaFilters
 
-        archive = commands_media.archive_options(media_kw, MediaFilters(endpoints=endpoints))
+        media_dir = os.environ.get("MIRROR_MEDIA_DIR")
+        archive = ArchiveOptions(filters=MediaFilters(endpoints=endpoints),
+                                 media_dir=Path(media_dir) if media_dir else None)  # fmt: skip
     with sigterm_as_interrupt(), usage_errors():
         try:
             report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)

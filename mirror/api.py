@@ -28,6 +28,7 @@ the key cannot be carried to another host.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import ipaddress
@@ -44,7 +45,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpcore
@@ -68,6 +69,7 @@ from mirror.timeparse import EARLIEST, LATEST, api_param, from_text, normalize, 
 from mirror.windows import align_down
 
 log = logging.getLogger("mirror.api")
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
@@ -124,7 +126,7 @@ def check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"base URL {url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError(
             f"base URL {url!r} uses plain http to a non-loopback host; the key would travel "
             "unencrypted. Use https (plain http is allowed only for 127.0.0.1/localhost)"
@@ -134,7 +136,7 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -143,19 +145,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def make_http_client(env: Mapping[str, str] = os.environ) -> httpx.Client:
+def make_http_client(
+    env: Mapping[str, str] = os.environ,
+    *,
+    connect: Callable[[httpcore.NetworkBackend], httpcore.NetworkBackend] | None = None,
+) -> httpx.Client:
     """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive, and
     every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``).
 
     From ``env``, the proxies and CA certificates of ``mirror.netenv`` and nothing else
     (httpx's ``trust_env`` would also send ``.netrc`` credentials in place of the key).
+    It carries no credentials: `FalClient` adds the key to each of its own requests.
+    ``connect``: wraps the network backend that opens its connections (the media
+    downloads' checks of where a connection goes, ``mirror.media_net``).
     """
     net = netenv.from_env(env)
     verify: ssl.SSLContext | bool = net.ssl_context() or True
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-    transport: httpx.BaseTransport = _deadline_transport(limits, verify)
+    transport: httpx.BaseTransport = _deadline_transport(limits, verify, connect=connect)
     if net.proxies:
-        via = {p.url: _deadline_transport(limits, verify, p) for p in net.proxies.values()}
+        via = {
+            p.url: _deadline_transport(limits, verify, p, connect=connect)
+            for p in net.proxies.values()
+        }
         transport = _ProxyRoutes(net, transport, via)
     for line in net.describe():
         log.info("%s", line)
@@ -260,6 +272,17 @@ class _AttemptDeadline(threading.local):
 _attempt_deadline = _AttemptDeadline()
 
 
+@contextlib.contextmanager
+def attempt_deadline(at: float) -> Iterator[None]:
+    """Every socket operation of this thread's calls through a `make_http_client` client
+    ends by ``at`` (``time.monotonic()``), or raises httpx's timeout."""
+    _attempt_deadline.at = at
+    try:
+        yield
+    finally:
+        _attempt_deadline.at = None
+
+
 def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
     """``timeout`` capped at what is left of this thread's attempt; ``expired`` if nothing."""
     at = _attempt_deadline.at
@@ -325,10 +348,14 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
 
 def _deadline_transport(
-    limits: httpx.Limits, verify: ssl.SSLContext | bool, proxy: netenv.Proxy | None = None
+    limits: httpx.Limits,
+    verify: ssl.SSLContext | bool,
+    proxy: netenv.Proxy | None = None,
+    *,
+    connect: Callable[[httpcore.NetworkBackend], httpcore.NetworkBackend] | None = None,
 ) -> httpx.HTTPTransport:
     """httpx's own transport (through ``proxy``, if given), its connection pool given the
-    deadline-bounded backend.
+    deadline-bounded backend (wrapped by ``connect``, if given).
 
     httpx does not take a network backend as an argument, so it is set on the pool it
     made (still empty: each connection takes the backend when it is opened; a proxy's pool
@@ -350,7 +377,8 @@ def _deadline_transport(
             "httpx's socks extra: pip install 'httpx[socks]'"
         ) from None
     pool = transport._pool
-    pool._network_backend = _DeadlineBackend(pool._network_backend)
+    backend = pool._network_backend
+    pool._network_backend = _DeadlineBackend(connect(backend) if connect else backend)
     return transport
 
 
@@ -758,11 +786,98 @@ class CallStats:
     retries: int = 0
 
 
-class _Retry(Exception):
+class Retryable(Exception):
+    """An attempt that failed in a way worth trying again (429, 5xx, a reset, a timeout):
+    ``wait`` seconds first if the server said (``Retry-After``), else the policy's backoff;
+    ``throttled``: a 429, which the pacer is told of."""
+
     def __init__(self, reason: str, wait: float | None = None, throttled: bool = False) -> None:
         self.reason = redact(reason)  # it may quote an exception's text, which may quote the key
         self.wait = wait
         self.throttled = throttled
+
+
+class RetriesExhausted(Exception):
+    """Every attempt `with_retries` was allowed failed with `Retryable`; ``last``: why the
+    last one did."""
+
+    def __init__(self, attempts: int, last: str) -> None:
+        super().__init__(f"{attempts} attempts (last: {last})")
+        self.attempts = attempts
+        self.last = last
+
+
+def throttled(headers: httpx.Headers, policy: RetryPolicy) -> Retryable:
+    """A 429 as `Retryable`: its ``Retry-After`` (capped by the policy) is the wait."""
+    ra = _retry_after(headers.get("retry-after"))
+    if ra is not None:
+        ra = min(ra, policy.max_retry_after)
+    return Retryable(
+        f"429 rate limited{f' (Retry-After {ra:.0f}s)' if ra is not None else ''}",
+        wait=ra,
+        throttled=True,
+    )
+
+
+def with_retries(
+    attempt: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    pacer: Pacer,
+    rng: random.Random,
+    sleep: Callable[[float], None],
+    shown: str,
+    attempts: int | None = None,
+    on_retry: Callable[[], None] | None = None,
+    latency: Callable[[float], float] | None = None,
+) -> T:
+    """``attempt()`` until it returns, under the pacer, as long as it raises `Retryable`.
+
+    Each attempt waits for the pacer's room and reports its outcome to it; between attempts
+    the wait is the server's (``Retry-After``), or the policy's backoff (equal jitter after
+    a 429, full jitter otherwise). Any other exception ends it at once. ``attempts``: fewer
+    than the policy's; ``on_retry``: called before each wait; ``latency(seconds)``: what
+    of an attempt's time the pacer is told (default all of it: a download reports its wait
+    for the first byte, not the time its size took). After the last attempt:
+    `RetriesExhausted`. ``shown`` names the call in log lines.
+    """
+    n_attempts = min(attempts, policy.attempts) if attempts else policy.attempts
+    last = "no attempt"
+    throttle = False
+    for n in range(n_attempts):
+        pacer.acquire(retry=throttle)
+        throttle = False
+        t0 = time.monotonic()
+        outcome, pause = "error", 0.0
+        try:
+            answer = attempt()
+            outcome = "ok"
+            log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
+            return answer
+        except Retryable as r:
+            last = r.reason
+            if r.wait is not None:
+                wait = r.wait
+            elif r.throttled:
+                wait = policy.throttle_backoff(n, rng)
+            else:
+                wait = policy.backoff(n, rng)
+            if r.throttled:
+                outcome, pause, throttle = "throttled", wait, True
+            log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, n + 1, wait)
+        finally:
+            took = time.monotonic() - t0
+            pacer.release(
+                outcome,
+                latency=latency(took) if latency is not None else took,
+                pause=pause,
+                retry=throttle and n + 1 < n_attempts,
+            )
+        if n + 1 < n_attempts:
+            if on_retry is not None:
+                on_retry()
+            sleep(wait)
+    raise RetriesExhausted(n_attempts, last)
 
 
 class FalClient:
@@ -907,46 +1022,26 @@ class FalClient:
         """The decoded answer, and the API's clock when it gave it (``Date``), if it said."""
         url = self.base_url + path
         shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
-        policy = self.retry
-        n_attempts = min(attempts, policy.attempts) if attempts else policy.attempts
-        last = "no attempt"
-        throttled = False
-        for attempt in range(n_attempts):
-            self.pacer.acquire(retry=throttled)
-            throttled = False
-            t0 = time.monotonic()
-            outcome, pause = "error", 0.0
-            try:
-                answer = self._attempt(url, params, shown)
-                outcome = "ok"
-                log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
-                return answer
-            except _Retry as r:
-                last = r.reason
-                if r.wait is not None:
-                    wait = r.wait
-                elif r.throttled:
-                    wait = policy.throttle_backoff(attempt, self._rng)
-                else:
-                    wait = policy.backoff(attempt, self._rng)
-                if r.throttled:
-                    outcome, pause, throttled = "throttled", wait, True
-                log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, attempt + 1, wait)
-            finally:
-                self.pacer.release(
-                    outcome,
-                    latency=time.monotonic() - t0,
-                    pause=pause,
-                    retry=throttled and attempt + 1 < n_attempts,
-                )
-            if attempt + 1 < n_attempts:
-                with self._stats_lock:
-                    self.stats.retries += 1
-                self.sleep(wait)
-        raise ApiUnavailable(
-            f"the API did not answer {path} after {n_attempts} attempts (last: {last}); "
-            "mirror will pick up where it stopped on the next run"
-        )
+        try:
+            return with_retries(
+                lambda: self._attempt(url, params, shown),
+                policy=self.retry,
+                pacer=self.pacer,
+                rng=self._rng,
+                sleep=self.sleep,
+                shown=shown,
+                attempts=attempts,
+                on_retry=self._count_retry,
+            )
+        except RetriesExhausted as e:
+            raise ApiUnavailable(
+                f"the API did not answer {path} after {e.attempts} attempts (last: {e.last}); "
+                "mirror will pick up where it stopped on the next run"
+            ) from None
+
+    def _count_retry(self) -> None:
+        with self._stats_lock:
+            self.stats.retries += 1
 
     def _attempt(
         self, url: str, params: Sequence[tuple[str, str]], shown: str
@@ -981,7 +1076,7 @@ class FalClient:
                             f"the API sent a page over the {policy.max_body}-byte cap"
                         )
                     if time.monotonic() > deadline:
-                        raise _Retry(f"answer still incomplete after {policy.deadline:g}s")
+                        raise Retryable(f"answer still incomplete after {policy.deadline:g}s")
                     chunks.append(chunk)
                 body = b"".join(chunks)
                 status = resp.status_code
@@ -989,11 +1084,11 @@ class FalClient:
         except httpx.TimeoutException as e:
             if time.monotonic() >= deadline - 0.05:  # the deadline, not one slow read
                 what = "answer" if headers_in else "response headers"
-                raise _Retry(f"{what} still incomplete after {policy.deadline:g}s") from None
-            raise _Retry(f"timeout ({type(e).__name__})") from None
+                raise Retryable(f"{what} still incomplete after {policy.deadline:g}s") from None
+            raise Retryable(f"timeout ({type(e).__name__})") from None
         except _ProxyRefusal as e:
             if e.status is not None and e.status >= 500:  # the proxy could not reach the API
-                raise _Retry(str(e)) from None
+                raise Retryable(str(e)) from None
             raise ProxyRefused(str(e)) from None
         except httpx.TransportError as e:
             untrusted = _certificate_failure(e)
@@ -1002,7 +1097,7 @@ class FalClient:
                 raise UntrustedCertificate(
                     f"the certificate of {host} does not verify ({untrusted})"
                 ) from None
-            raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
+            raise Retryable(f"connection failed ({type(e).__name__}: {e})") from None
         finally:
             _attempt_deadline.at = None
 
@@ -1014,13 +1109,13 @@ class FalClient:
                     raise BadDataError(
                         f"the API's page nests deeper than JSON allows: {e}"
                     ) from None
-                raise _Retry(
+                raise Retryable(
                     f"200 with a body that is not JSON ({_describe_body(body, headers)})"
                 ) from None
         if status == 429:
-            return self._raise_throttled(headers)
+            raise throttled(headers, self.retry)
         if status >= 500:
-            raise _Retry(f"HTTP {status} ({_describe_body(body, headers)})")
+            raise Retryable(f"HTTP {status} ({_describe_body(body, headers)})")
         if status == 407:  # only a proxy asks this: a plain http:// request it forwarded
             raise ProxyRefused("a proxy answered 407 Proxy Authentication Required")
         if 300 <= status < 400:
@@ -1029,16 +1124,6 @@ class FalClient:
         etype, message = _error_fields(body, headers)
         cls = AuthError if status in (401, 403) else ApiError
         raise cls(status, etype, message, _path(url))
-
-    def _raise_throttled(self, headers: httpx.Headers) -> Any:
-        ra = _retry_after(headers.get("retry-after"))
-        if ra is not None:
-            ra = min(ra, self.retry.max_retry_after)
-        raise _Retry(
-            f"429 rate limited{f' (Retry-After {ra:.0f}s)' if ra is not None else ''}",
-            wait=ra,
-            throttled=True,
-        )
 
 
 def _certificate_failure(e: BaseException) -> str | None:

@@ -1,9 +1,10 @@
 """The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
 `main`. Click only: parse, call one library function, print.
 
-The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
-what all commands share (the error handling of the group, options, signals, exit codes) in
-``mirror.cliutil``; sync's live progress line in ``mirror.progress``.
+The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``,
+`media` in ``mirror.commands_media``; what all commands share (the error handling of the
+group, options, signals, exit codes) in ``mirror.cliutil``; sync's live progress line in
+``mirror.progress``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror import __version__, commands_media, commands_query, commands_verify, interrupts
 from mirror.cliutil import (
     MirrorGroup,
     base_url_option,
@@ -77,6 +78,9 @@ def cli() -> None:
     is_flag=True,
     help="If another sync holds the database, wait for it instead of exiting 75.",
 )
+@click.option("--media", is_flag=True,
+              help="Then archive the files the synced requests' outputs refer to, as `mirror "
+              "media` does with its defaults (MIRROR_MEDIA_DIR, MIRROR_MEDIA_HOSTS apply).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -92,6 +96,7 @@ def sync(
     max_concurrency: int,
     recheck: bool,
     wait: bool,
+    media: bool,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -116,13 +121,29 @@ def sync(
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
         recheck=recheck,
     )  # fmt: skip
+    archive = None
+    if media:
+        from mirror.media import ArchiveOptions
+        from mirror.media_db import MediaFilters
+
+        media_dir = os.environ.get("MIRROR_MEDIA_DIR")
+        archive = ArchiveOptions(filters=MediaFilters(endpoints=endpoints),
+                                 media_dir=Path(media_dir) if media_dir else None)  # fmt: skip
     # the live line only on a terminal (never under cron), and -v's log lines above it
     line = LiveLine(sys.stderr) if sys.stderr.isatty() and not quiet else None
-    with sigterm_as_interrupt(), usage_errors(), line or contextlib.nullcontext():
-        report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=line)
-    print_notes(report.notes)
-    if not quiet:
-        click.echo(report.summary())
+    with sigterm_as_interrupt(), usage_errors():
+        with line or contextlib.nullcontext():
+            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=line)
+        print_notes(report.notes)
+        if not quiet:
+            click.echo(report.summary())
+        if archive is not None:
+            from mirror.runs import media_mirror
+
+            media_report = media_mirror(db, archive, base_url=base_url)
+            print_notes(media_report.notes)
+            if not quiet:
+                click.echo(media_report.summary())
 
 
 # --------------------------------------------------------------------------- db
@@ -211,6 +232,7 @@ def demo(db: str) -> None:
 
 commands_query.register(cli)
 commands_verify.register(cli)
+commands_media.register(cli)
 
 
 def main() -> None:

@@ -195,6 +195,35 @@ def duration_callback(
         raise click.BadParameter(str(e)) from None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``100k``, ``1.5g``, ``123`` (bytes); binary units (``M`` is MiB),
+    an optional ``iB``/``B`` after the letter. Negative or malformed: ``ValueError``."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text.strip() else ""
+    number, unit = t, ""
+    if t and t[-1] in _SIZE_UNITS:
+        number, unit = t[:-1], t[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 100k, 4096)") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 100k, 4096)")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A size flag (`parse_size`)."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def validate_endpoint_id(value: str) -> str:
     """``value`` if it can be an endpoint (or app) id: not blank, no whitespace, at most
     `MAX_ENDPOINT_ID` characters; else ``BadParameter`` for ``--endpoint``."""

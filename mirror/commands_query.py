@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mirror import output, query
+from mirror import media_db, output, query
 from mirror.cliutil import (
     db_option,
     endpoints_callback,
@@ -286,9 +286,11 @@ def status_cmd(db: str, fmt: str) -> None:
     reach; gaps: every stretch of the requested range that no sync has completed yet
     (a backfill that stopped short of its start shows here until a sync finishes it);
     clock_skew: this machine's clock minus the API's, in seconds, as the last sync saw it.
+    A last line sums up the media archive (mirror media), if there is one.
     """
     with query.open_reader(db) as conn:
         result = [t.as_dict() for t in query.sync_status(conn)]
+        media = media_db.totals(conn) if fmt == "table" else None
     if not result:
         click.echo(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
@@ -310,6 +312,20 @@ def status_cmd(db: str, fmt: str) -> None:
         for r in result:
             r["gaps"] = json.dumps(r["gaps"])
     _print(cols, ([r[c] for c in cols] for r in result), fmt)
+    if fmt == "table" and media is not None and any(media.values()):
+        click.echo(_media_text(media))
+
+
+def _media_text(m: dict[str, Any]) -> str:
+    """The media archive in one line (``mirror.media_db.totals``)."""
+    from mirror.media import human_bytes
+
+    gone = f" (last {_minute(m['last_gone_at'])})" if m["last_gone_at"] else ""
+    return (
+        f"media: {m['files']} files archived ({human_bytes(m['bytes'])}); references: "
+        f"{m['pending']} pending, {m['gone']} gone{gone}, {m['failed']} failed, "
+        f"{m['refused']} refused"
+    )
 
 
 def _minute(ts: str) -> str:

@@ -1,4 +1,5 @@
-"""A sync or a verify run from start to end, as `mirror sync` and `mirror verify` start one.
+"""A sync, verify or media run from start to end, as `mirror sync`, `mirror verify` and
+`mirror media` start one.
 
 Each takes the database's name, the run's options and the environment, and does what the
 command needs around the library call: checks the base URL, loads the key, the retry
@@ -20,8 +21,13 @@ from typing import Any
 from mirror import lock
 from mirror.api import DEFAULT_BASE_URL, FalClient, RetryPolicy, check_base_url, make_http_client
 from mirror.auth import load_key
-from mirror.db import display_db, sqlite_path
+from mirror.db import display_db, reader_engine, sqlite_path
 from mirror.errors import ConfigError, UsageError
+from mirror.media import ArchiveOptions, MediaReport, MediaVerifyReport, archive, dry_run
+from mirror.media import verify as verify_media
+from mirror.media_fetch import Budget, Fetcher, FetchLimits
+from mirror.media_files import MediaDir, default_media_dir
+from mirror.media_net import UrlPolicy, media_client
 from mirror.pacing import Pacer
 from mirror.store import Store
 from mirror.sync import ProgressListener, SyncOptions, SyncReport, sync
@@ -150,3 +156,96 @@ def verify_mirror(
                 return verify(store, client, targets=targets, repair=repair, **options)
         finally:
             store.close()
+
+
+def media_dir_for(db: str, media_dir: Path | None) -> Path:
+    """The media store of the mirror ``db``: ``media_dir``, or ``<db>.media`` beside a
+    SQLite file (a server database has no "beside": `UsageError`)."""
+    if media_dir is not None:
+        return media_dir
+    path = sqlite_path(db)
+    if path is None:
+        raise UsageError(
+            f"{display_db(db)} is a database server: say where its files go with --media-dir"
+        )
+    return default_media_dir(path)
+
+
+def _existing(db: str, what: str) -> None:
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        raise UsageError(f"{db} does not exist: {what}")
+
+
+@contextlib.contextmanager
+def _fetcher(
+    files: MediaDir, opts: ArchiveOptions, policy: UrlPolicy, env: Mapping[str, str]
+) -> Iterator[Fetcher]:
+    """A key-less downloader into ``files``: the API's retry knobs, the run's limits."""
+    with media_client(policy) as http:
+        yield Fetcher(
+            http,
+            files,
+            policy,
+            retry=retry_policy_from_env(env),
+            pacer=Pacer(opts.max_concurrency),
+            limits=FetchLimits(max_file=opts.max_file, deadline=opts.deadline),
+            budget=Budget(opts.max_bytes),
+        )
+
+
+def media_mirror(
+    db: str,
+    opts: ArchiveOptions,
+    *,
+    base_url: str = DEFAULT_BASE_URL,
+    env: Mapping[str, str] = os.environ,
+) -> MediaReport:
+    """Archive the files of the mirror ``db``'s requests (``mirror.media.archive``).
+
+    Needs no key: nothing is asked of the API. ``base_url`` only says whether the API is
+    the simulator on loopback (then so may the media hosts be). Holds the media store's
+    lock, not the database's writer lock: a sync may run meanwhile.
+    """
+    base_url = check_base_url(base_url)
+    _existing(db, "mirror media archives the files of an existing mirror; sync first")
+    root = media_dir_for(db, opts.media_dir)
+    policy = UrlPolicy.build(opts.hosts, env, base_url=base_url)
+    store = Store.open(db)
+    if opts.dry_run:
+        try:
+            return dry_run(store.engine, policy, opts)
+        finally:
+            store.close()
+    files = MediaDir.open(root)
+    reader = reader_engine(db)
+    try:
+        with files.lock(), _fetcher(files, opts, policy, env) as fetcher:
+            return archive(store.engine, reader, files, fetcher, policy, opts)
+    finally:
+        reader.dispose()
+        store.close()
+
+
+def verify_media_mirror(
+    db: str,
+    opts: ArchiveOptions,
+    *,
+    repair: bool = False,
+    base_url: str = DEFAULT_BASE_URL,
+    env: Mapping[str, str] = os.environ,
+) -> MediaVerifyReport:
+    """Re-hash the media store of the mirror ``db``; ``repair``: fetch what is missing or
+    corrupt again (``mirror.media.verify``)."""
+    base_url = check_base_url(base_url)
+    _existing(db, "verify --media checks an existing mirror's files")
+    files = MediaDir.open(media_dir_for(db, opts.media_dir), create=repair)
+    policy = UrlPolicy.build(opts.hosts, env, base_url=base_url)
+    store = Store.open(db)
+    try:
+        if not repair:
+            return verify_media(store.engine, files, None, repair=False)
+        with files.lock(), _fetcher(files, opts, policy, env) as fetcher:
+            return verify_media(store.engine, files, fetcher, repair=True)
+    finally:
+        store.close()

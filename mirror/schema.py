@@ -193,6 +193,47 @@ sync_rechecks = sa.Table(
     sa.Column("checked_at", Instant, nullable=False),
 )
 
+#: one row per file a request's payload refers to (migration 0008, ``mirror.media_refs``):
+#: where it is, what the payload declares, and what became of it (``state``: pending,
+#: archived, gone, failed, refused)
+media_refs = sa.Table(
+    "media_refs",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("side", sa.Text, primary_key=True),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text),
+    sa.Column("file_name", sa.Text),
+    sa.Column("declared_size", sa.BigInteger),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("seen_at", Instant, nullable=False),
+    sa.Column("tried_at", Instant),
+    #: when the file was found gone (the tombstone)
+    sa.Column("gone_at", Instant),
+)
+
+#: one row per archived file, by the SHA-256 of its bytes (its name in the media store)
+media_files = sa.Table(
+    "media_files",
+    metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.Text),
+    sa.Column("fetched_at", Instant, nullable=False),
+)
+
+#: how far the payloads have been searched for files: up to this ``last_changed_at``
+media_scan = sa.Table(
+    "media_scan",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("changed_until", Instant),
+)
+
 #: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
 #: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
 #: stay exact under the subtractions of updates and deletes. Read only on SQLite (on

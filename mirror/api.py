@@ -164,10 +164,10 @@ def make_http_client(
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
     transport: httpx.BaseTransport = _deadline_transport(limits, verify, connect=connect)
     if net.proxies:
-        via = {
-            p.url: _deadline_transport(limits, verify, p, connect=connect)
-            for p in net.proxies.values()
-        }
+        # ``connect`` guards the connections this machine opens to the hosts themselves; a
+        # proxy the user named is reached whatever its address (a company proxy is usually
+        # on a private one), and it is the proxy that connects on to the host
+        via = {p.url: _deadline_transport(limits, verify, p) for p in net.proxies.values()}
         transport = _ProxyRoutes(net, transport, via)
     for line in net.describe():
         log.info("%s", line)

@@ -22,7 +22,9 @@ up); private and link-local addresses are refused there as everywhere.
 
 The client (`media_client`) is built from ``mirror.api.make_http_client``, which carries
 no credentials: the API key is added by ``mirror.api.FalClient`` to its own requests only,
-so it can never be sent to a media host.
+so it can never be sent to a media host. It goes through the proxy the environment names
+(``HTTPS_PROXY``…, as the API's client does): the proxy itself may be on a private
+address, and it resolves the host; the URL still passes `UrlPolicy.check` first.
 """
 
 from __future__ import annotations

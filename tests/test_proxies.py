@@ -354,3 +354,36 @@ def test_no_proxy_matches_as_curl_and_requests_do(no_proxy, host, port, bypass):
 def test_a_socks_proxy_without_the_socks_extra_is_a_usage_error():
     with pytest.raises(ConfigError, match=r"ALL_PROXY names a SOCKS proxy.*httpx\[socks\]"):
         make_http_client({"ALL_PROXY": "socks5://127.0.0.1:1080"})
+
+
+@tinyproxy_missing
+def test_a_connection_guard_sees_the_hosts_this_machine_connects_to_not_the_proxy(tmp_path, world):
+    """The media downloads' address guard (``connect``) wraps the connections made to hosts
+    directly; through a proxy the user named (on a private address, in a company) the
+    proxy connects on, so the guard must not refuse the proxy itself."""
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, inner):  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        def connect_tcp(self, host, port, *a, **kw):  # type: ignore[no-untyped-def]
+            seen.append(f"{host}:{port}")
+            return self.inner.connect_tcp(host, port, *a, **kw)
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(self.inner, name)
+
+    with IdentifyingAPI(world) as api, forward_proxy(tmp_path) as proxy:
+        url = api.base_url + "/serverless/requests/by-endpoint"
+        with make_http_client({}, connect=Recording) as http:
+            http.get(url)
+        direct = list(seen)
+        seen.clear()
+        with make_http_client({"HTTP_PROXY": proxy.url}, connect=Recording) as http:
+            answer = http.get(url)
+        carried = proxy.requests()
+        host = api.base_url.split("//")[1].split("/")[0]
+    assert direct == [host], direct
+    assert seen == [], f"the guard was asked about the proxy's connections: {seen}"
+    assert answer.status_code == 401 and len(carried) == 1, (answer.status_code, carried)

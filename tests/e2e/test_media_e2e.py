@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from support.cli import assert_one_line, run_cli
 from support.media import APP, files_on_disk, media_site, refs
+from support.proxy import forward_proxy, tinyproxy_missing
 
 SYNC = ["sync", "--since", "1h", "-e", APP, "-q"]
 
@@ -318,3 +319,22 @@ def test_bad_media_flags_are_one_line_and_exit_2(tmp_path, args, needle):
     assert r.code == 2, (r.code, r.stderr)
     line = assert_one_line(r.stderr, "usage")
     assert needle in line, line
+
+
+@tinyproxy_missing
+def test_downloads_go_through_the_proxy_the_environment_names(tmp_path):
+    """A company network reaches the CDN only through its proxy: the downloads take the
+    same HTTP_PROXY as the API's calls (the key still never reaches the CDN)."""
+    with media_site() as site, forward_proxy(tmp_path / "proxy") as proxy:
+        site.request({"images": [site.file("proxied/a.png", 3000)]})
+        env = site.env(HTTP_PROXY=proxy.url)
+        db = tmp_path / "m.db"
+        _sync(db, env, tmp_path / "out")
+        done = _media(db, env, tmp_path / "out")
+        carried = proxy.requests()
+        want = site.cdn.sha256("proxied/a.png")
+        file_url = f"GET {site.cdn.url('proxied/a.png')}"
+    assert done.code == 0, done.stderr
+    assert "1 files archived" in done.stdout, done.stdout
+    assert file_url in carried, f"the download did not go through the proxy: {carried}"
+    assert set(_stored(tmp_path / "m.db.media").values()) == {want}

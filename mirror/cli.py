@@ -25,6 +25,7 @@ from mirror.cliutil import (
     db_option,
     duration_callback,
     endpoints_callback,
+    metrics_file_option,
     print_notes,
     setup_logging,
     sigterm_as_interrupt,
@@ -77,6 +78,7 @@ def cli() -> None:
     is_flag=True,
     help="If another sync holds the database, wait for it instead of exiting 75.",
 )
+@metrics_file_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -92,6 +94,7 @@ def sync(
     max_concurrency: int,
     recheck: bool,
     wait: bool,
+    metrics_file: Path | None,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -118,7 +121,10 @@ def sync(
     progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
     with sigterm_as_interrupt(), usage_errors():
         try:
-            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)
+            report = sync_mirror(
+                db, opts, base_url=base_url, wait=wait, progress=progress,
+                metrics_file=metrics_file,
+            )  # fmt: skip
         finally:
             progress.close()
     print_notes(report.notes)

@@ -1,7 +1,8 @@
 """The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
 `main`. Click only: parse, call one library function, print.
 
-The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
+The query commands live in ``mirror.commands_query``, `report` in ``mirror.commands_report``,
+`verify` in ``mirror.commands_verify``;
 what all commands share (the error handling of the group, options, signals, the progress
 line, exit codes) in ``mirror.cliutil``.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror import __version__, commands_query, commands_report, commands_verify, interrupts
 from mirror.cliutil import (
     MirrorGroup,
     Progress,
@@ -217,6 +218,7 @@ def demo(db: str) -> None:
 
 
 commands_query.register(cli)
+commands_report.register(cli)
 commands_verify.register(cli)
 
 

@@ -222,7 +222,7 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
         if age > max_age:
             out.append(
                 f"last successful sync ended {describe_age(age)} ago "
-                f"({ok.ended_at}), over {how} ({describe_age(max_age)})"
+                f"({minute(ok.ended_at)}), over {how} ({describe_age(max_age)})"
             )
     streak = health.failing_streak
     if streak >= thresholds.max_failures:
@@ -233,18 +233,20 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
         lag = health.lag(t)
         if lag is not None and lag > max_age and ok is not None:
             out.append(
-                f"{t.target}: covered only up to {t.covered_to}, {describe_age(lag)} behind, "
+                f"{t.target}: covered only up to {minute(t.covered_to)}, {describe_age(lag)} behind, "
                 f"over {how} ({describe_age(max_age)})"
             )
         if t.gaps:
             first = t.gaps[0]
             more = f" (and {len(t.gaps) - 1} more)" if len(t.gaps) > 1 else ""
-            out.append(f"{t.target}: gap in coverage {first[0]} … {first[1]}{more}")
+            out.append(
+                f"{t.target}: gap in coverage {minute(first[0])} … {minute(first[1])}{more}"
+            )
         if t.target in health.stuck:
             n, oldest = health.stuck[t.target]
             out.append(
                 f"{t.target}: {n} request{'s' if n != 1 else ''} unfinished for over "
-                f"{describe_age(health.unfinished_age)} (the oldest sent {oldest})"
+                f"{describe_age(health.unfinished_age)} (the oldest sent {minute(oldest)})"
             )
     return out
 
@@ -259,6 +261,11 @@ def healthy_line(health: Health) -> str:
         else ""
     )
     return f"ok: {n} target{'s' if n != 1 else ''}{when}"
+
+
+def minute(ts: str | None) -> str:
+    """A stored timestamp to the minute, as `mirror status` shows it."""
+    return f"{ts[:16]}Z" if ts else "?"
 
 
 def describe_age(d: timedelta) -> str:

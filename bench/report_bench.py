@@ -51,7 +51,9 @@ def main() -> None:
     ):
         since = END - span
         opts = report.ReportOptions(since=since, until=END, by=by)
-        ms, done = median_ms(lambda o=opts: report.write_report(str(db), out, o, now=END), args.runs)
+        ms, done = median_ms(
+            lambda o=opts: report.write_report(str(db), out, o, now=END), args.runs
+        )
         engine = reader_engine(str(db))
         filters = query.Filters(since=since, until=END)
         with engine.connect() as conn:

@@ -199,7 +199,9 @@ def stats_cmd(db: str, by: tuple[str, ...], chart: bool, fmt: str, **kw: Any) ->
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--by") from None
     if chart and fmt != "table":
-        raise click.UsageError(f"--chart draws bars in the table: it does not mix with --format {fmt}")
+        raise click.UsageError(
+            f"--chart draws bars in the table: it does not mix with --format {fmt}"
+        )
     with query.open_reader(db) as conn:
         result = query.stats(conn, filters, by=groups)
     cols = [*groups, *query.STATS_FIELDS]

@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -102,7 +103,7 @@ class Health:
     def usual_interval(self) -> timedelta | None:
         """The median gap between the starts of the latest runs; None below two runs."""
         starts = [from_text(r.started_at) for r in self.runs]
-        gaps = [(a - b).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [(a - b).total_seconds() for a, b in pairwise(starts)]
         return timedelta(seconds=statistics.median(gaps)) if gaps else None
 
     def default_max_age(self) -> timedelta:
@@ -142,8 +143,7 @@ def read_health(
     cols = (c.id, c.started_at, c.ended_at, c.outcome, c.targets, c.pages, c.api_calls,
             c.rows_inserted, c.rows_updated, c.error)  # fmt: skip
     recent = [
-        _run(row)
-        for row in conn.execute(sa.select(*cols).order_by(c.id.desc()).limit(RECENT_RUNS))
+        _run(row) for row in conn.execute(sa.select(*cols).order_by(c.id.desc()).limit(RECENT_RUNS))
     ]
     ok = conn.execute(
         sa.select(*cols).where(c.outcome == "ok").order_by(c.id.desc()).limit(1)
@@ -202,7 +202,9 @@ def _size(conn: Connection, db: str) -> int | None:
         files = [path, path.with_name(path.name + "-wal")]
         return sum(p.stat().st_size for p in files if p.exists())
     if conn.dialect.name == "postgresql":
-        return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one())
+        return int(
+            conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar_one()
+        )
     return None
 
 
@@ -228,7 +230,9 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
     if streak >= thresholds.max_failures:
         last = health.last_run
         error = f": {last.error}" if last is not None and last.error else ""
-        out.append(f"the last {streak} runs did not succeed (the latest {last.outcome if last else '?'}{error})")
+        out.append(
+            f"the last {streak} runs did not succeed (the latest {last.outcome if last else '?'}{error})"
+        )
     for t in health.targets:
         lag = health.lag(t)
         if lag is not None and lag > max_age and ok is not None:
@@ -239,9 +243,7 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
         if t.gaps:
             first = t.gaps[0]
             more = f" (and {len(t.gaps) - 1} more)" if len(t.gaps) > 1 else ""
-            out.append(
-                f"{t.target}: gap in coverage {minute(first[0])} … {minute(first[1])}{more}"
-            )
+            out.append(f"{t.target}: gap in coverage {minute(first[0])} … {minute(first[1])}{more}")
         if t.target in health.stuck:
             n, oldest = health.stuck[t.target]
             out.append(

@@ -77,9 +77,9 @@ def registry_for(health: Health, calls: CallStats | None, carried: Iterable[Any]
         "When the latest successful sync ended (0: none yet).",
     ).set(_ts(ok.ended_at) if ok else 0)
     last = health.last_run
-    gauge("mirror_last_run_timestamp_seconds", "When the latest finished sync ended (0: none).").set(
-        _ts(last.ended_at) if last else 0
-    )
+    gauge(
+        "mirror_last_run_timestamp_seconds", "When the latest finished sync ended (0: none)."
+    ).set(_ts(last.ended_at) if last else 0)
     gauge("mirror_last_run_success", "1 if the latest finished sync succeeded, else 0.").set(
         1 if last is not None and last.outcome == "ok" else 0
     )
@@ -92,9 +92,9 @@ def registry_for(health: Health, calls: CallStats | None, carried: Iterable[Any]
         ("pages", "Pages the latest finished sync fetched.", last.pages if last else 0),
     ):  # fmt: skip
         gauge(f"mirror_last_run_{name}", doc, ()).set(value)
-    gauge("mirror_failing_runs", "Finished syncs in a row, latest first, that did not succeed.").set(
-        health.failing_streak
-    )
+    gauge(
+        "mirror_failing_runs", "Finished syncs in a row, latest first, that did not succeed."
+    ).set(health.failing_streak)
     gauge(
         "mirror_check_problems",
         "Problems `mirror status --check` finds with its default thresholds.",

@@ -177,9 +177,7 @@ def _units_per_day(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, An
     ]
 
 
-def report_data(
-    conn: Connection, db: str, opts: ReportOptions, *, now: datetime
-) -> dict[str, Any]:
+def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime) -> dict[str, Any]:
     """Everything the report shows, as plain data (see the module's docstring)."""
     since, until, by = plan_range(opts, now)
     browse_url = check_browse_url(opts.browse_url)

@@ -62,7 +62,9 @@ def table(
 ) -> str:
     """An HTML table; the column named ``links`` shows its value as a link to ``row["link"]``."""
     right = set(numeric)
-    head = "".join(f"<th{' class=num' if c in right else ''}>{html.escape(c)}</th>" for c in columns)
+    head = "".join(
+        f"<th{' class=num' if c in right else ''}>{html.escape(c)}</th>" for c in columns
+    )
     body = []
     for r in rows:
         cells = []
@@ -108,7 +110,8 @@ def _timelines(data: dict[str, Any]) -> str:
     if not data["views"]:
         return _nothing(data)
     options = "".join(
-        f'<option value="{i}">{html.escape(v["name"])}</option>' for i, v in enumerate(data["views"])
+        f'<option value="{i}">{html.escape(v["name"])}</option>'
+        for i, v in enumerate(data["views"])
     )
     left = data["views_left_out"]
     more = (
@@ -148,7 +151,9 @@ def _health(data: dict[str, Any]) -> str:
         items = "".join(f"<li>{html.escape(p)}</li>" for p in h["problems"])
         verdict = f'<ul class="problems" id="problems">{items}</ul>'
     else:
-        verdict = '<p class="healthy" id="problems">Healthy: mirror status --check finds no problem.</p>'
+        verdict = (
+            '<p class="healthy" id="problems">Healthy: mirror status --check finds no problem.</p>'
+        )
     targets = [
         {**t, "gaps": _gaps(t["gaps"]), "last_run_error": t["last_run_error"]} for t in h["targets"]
     ]

@@ -127,7 +127,10 @@ def test_a_revoked_key_shows_as_runs_failing_in_a_row(tmp_path: Path) -> None:
         "(/v1/serverless/requests/by-endpoint))"
     ]
     r = run("status", "--db", "m.db", "--check", "--max-age", "1h", "--max-failures", "4")
-    assert (r.exit_code, lines(r.stdout)) == (0, ["ok: 1 target; last successful sync ended 19m ago"])
+    assert (r.exit_code, lines(r.stdout)) == (
+        0,
+        ["ok: 1 target; last successful sync ended 19m ago"],
+    )
 
 
 def test_a_backfill_cut_short_is_a_gap(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_stats_by_day_draws_a_bar_per_day(run_cli, demo_db: Path) -> None:
     counts = [r["requests"] for r in json.loads(plain.stdout)]
     r = run_cli([*args, "--chart"], env={"COLUMNS": "240"})
     assert r.exit_code == 0, r.stderr
-    head, rule, *rows = r.stdout.splitlines()
+    head, _rule, *rows = r.stdout.splitlines()
     assert head.split()[:3] == ["day", "requests", "chart"]
     start = head.index("chart")
     drawn = [row[start : start + 20].strip() for row in rows]

@@ -154,9 +154,7 @@ def _health(data: dict[str, Any]) -> str:
         verdict = (
             '<p class="healthy" id="problems">Healthy: mirror status --check finds no problem.</p>'
         )
-    targets = [
-        {**t, "gaps": _gaps(t["gaps"]), "last_run_error": t["last_run_error"]} for t in h["targets"]
-    ]
+    targets = [{**t, "gaps": _gaps(t["gaps"])} for t in h["targets"]]
     cov = table(
         ["target", "rows", "unfinished", "stuck", "requested_from", "covered_from", "covered_to",
          "lag", "gaps", "last_run", "last_run_ended_at", "last_run_error"],

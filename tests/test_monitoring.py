@@ -47,7 +47,7 @@ def minute(t: datetime) -> str:
 
 
 def make_mirror(
-    path: Path,
+    db: Path | str,
     now: datetime,
     *,
     runs: list[tuple[int, str]],
@@ -60,7 +60,7 @@ def make_mirror(
     second long; ``covered`` the completed window as minutes ago (from, to); ``requested``
     the start of the requested range, minutes ago; ``stuck_sent``: an unfinished request
     sent that many minutes ago."""
-    store = Store.open(str(path))
+    store = Store.open(str(db))
     try:
         ago = lambda m: now - timedelta(minutes=m)  # noqa: E731
         with store.engine.begin() as conn:
@@ -100,10 +100,10 @@ def test_a_mirror_synced_every_five_minutes_is_healthy(tmp_path: Path) -> None:
     assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
 
 
-def test_cron_that_stopped_is_noticed_after_three_intervals(tmp_path: Path) -> None:
+def test_cron_that_stopped_is_noticed_after_three_intervals(db_url: str) -> None:
     now = utcnow()
-    make_mirror(tmp_path / "m.db", now, runs=every_five_minutes(40, 12), covered=(24 * 60, 40))
-    r = run("status", "--db", "m.db", "--check")
+    make_mirror(db_url, now, runs=every_five_minutes(40, 12), covered=(24 * 60, 40))
+    r = run("status", "--db", db_url, "--check")
     assert r.exit_code == 1
     ended = minute(now - timedelta(minutes=40) + timedelta(seconds=1))
     assert lines(r.stdout) == [
@@ -113,7 +113,7 @@ def test_cron_that_stopped_is_noticed_after_three_intervals(tmp_path: Path) -> N
         "over the default --max-age, 3x the usual interval (15m)",
     ]
     assert r.stderr == ""
-    assert run("status", "--db", "m.db", "--check", "--max-age", "1h").exit_code == 0
+    assert run("status", "--db", db_url, "--check", "--max-age", "1h").exit_code == 0
 
 
 def test_a_revoked_key_shows_as_runs_failing_in_a_row(tmp_path: Path) -> None:
@@ -206,11 +206,11 @@ def read_metrics(path: Path) -> dict[str, dict[tuple[tuple[str, str], ...], floa
     return out
 
 
-def test_status_writes_the_metrics_node_exporter_reads(tmp_path: Path) -> None:
+def test_status_writes_the_metrics_node_exporter_reads(tmp_path: Path, db_url: str) -> None:
     now = utcnow()
     runs = every_five_minutes(10, 4) + every_five_minutes(0, 2, "failed")
-    make_mirror(tmp_path / "m.db", now, runs=runs, covered=(24 * 60, 10), stuck_sent=8 * 60)
-    r = run("status", "--db", "m.db", "--metrics-file", "mirror.prom", "-q")
+    make_mirror(db_url, now, runs=runs, covered=(24 * 60, 10), stuck_sent=8 * 60)
+    r = run("status", "--db", db_url, "--metrics-file", "mirror.prom", "-q")
     assert (r.exit_code, r.stdout, r.stderr) == (0, "", "")
     m = read_metrics(tmp_path / "mirror.prom")
     last_ok = (now - timedelta(minutes=10) + timedelta(seconds=1)).timestamp()
@@ -234,8 +234,12 @@ def test_status_writes_the_metrics_node_exporter_reads(tmp_path: Path) -> None:
         "mirror_target_stuck_rows": {(("target", TARGET),): 1.0},
         "mirror_target_gaps": {(("target", TARGET),): 0.0},
     }  # fmt: skip
-    size = sum(p.stat().st_size for p in (tmp_path / "m.db", tmp_path / "m.db-wal") if p.exists())
-    assert m["mirror_database_size_bytes"] == {(): float(size)}
+    if db_url.endswith("m.db"):  # SQLite: the file and its WAL
+        files = (tmp_path / "m.db", tmp_path / "m.db-wal")
+        size = sum(p.stat().st_size for p in files if p.exists())
+        assert m["mirror_database_size_bytes"] == {(): float(size)}
+    else:  # PostgreSQL: pg_database_size, some megabytes
+        assert m["mirror_database_size_bytes"][()] > 1e6
     # node-exporter runs as a user of its own: it must be able to read the file
     assert stat.S_IMODE((tmp_path / "mirror.prom").stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir() if "prom" in p.name) == ["mirror.prom"]

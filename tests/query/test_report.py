@@ -7,9 +7,11 @@ in a real browser by test_report_browser.py.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -155,3 +157,27 @@ def test_the_links_open_the_request_in_mirror_browse(
             assert [row["request_id"] for row in got.json()] == [request_id], url
     finally:
         terminate(proc)
+
+
+def embedded(page: Path) -> dict[str, Any]:
+    text = page.read_text(encoding="utf-8")
+    marker = '<script type="application/json" id="report-data">'
+    start = text.index(marker) + len(marker)
+    return dict(json.loads(text[start : text.index("</script>", start)]))
+
+
+def test_a_postgresql_mirror_gives_the_same_report(
+    run_cli, small_db: Path, pg_url: str, tmp_path: Path
+) -> None:
+    fill(pg_url, make_rows(300, seed=9))  # type: ignore[arg-type]  # small_db's rows
+    for db, out in ((str(small_db), "sqlite.html"), (pg_url, "pg.html")):
+        r = run_cli(["report", "--db", db, *RANGE, "-o", out])
+        assert r.exit_code == 0, r.stderr
+    lite, pg = embedded(tmp_path / "sqlite.html"), embedded(tmp_path / "pg.html")
+    figures = ("totals", "per_endpoint", "views", "units", "slowest", "failing")
+    assert {k: pg[k] for k in figures} == {
+        k: lite[k] if k not in ("slowest", "failing") else
+        [{c: v for c, v in row.items() if c != "link"} for row in lite[k]]
+        for k in figures
+    }, "the PostgreSQL mirror's report differs from the SQLite one's"  # fmt: skip
+    assert pg["browse_url"] is None and "link" not in pg["slowest"][0]

@@ -55,8 +55,8 @@ def main() -> None:
             lambda o=opts: report.write_report(str(db), out, o, now=END), args.runs
         )
         engine = reader_engine(str(db))
-        filters = query.Filters(since=since, until=END)
         with engine.connect() as conn:
+            filters = query.Filters(since=since, until=END, endpoints=report.every_endpoint(conn))
             base_ms, _ = median_ms(
                 lambda c=conn, f=filters: query.stats(c, f, by=["endpoint", "day"]), args.runs
             )

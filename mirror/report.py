@@ -22,14 +22,16 @@ prints or knows click.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mirror import health, query, report_html
@@ -154,6 +156,30 @@ def check_endpoints(conn: Connection, endpoints: Iterable[str]) -> None:
             )
 
 
+_EVERY_ENDPOINT = sa.text(
+    """
+    WITH RECURSIVE ids(id) AS (
+        SELECT min(endpoint_id) FROM requests
+        UNION ALL
+        SELECT (SELECT min(endpoint_id) FROM requests WHERE endpoint_id > ids.id)
+        FROM ids WHERE ids.id IS NOT NULL
+    )
+    SELECT id FROM ids WHERE id IS NOT NULL
+    """
+)
+
+
+def every_endpoint(conn: Connection) -> tuple[str, ...]:
+    """Every endpoint id the mirror holds, found by a loose index scan (a seek per id).
+
+    A report of every endpoint names them all in its filters: given endpoints and a time
+    range, the planner reads the covering index ``(endpoint_id, ended_at, …)`` one range per
+    endpoint; given only the time range, it takes the ``ended_at`` index and fetches every
+    row from the table, several times slower on a big mirror (bench/report_bench.py).
+    """
+    return tuple(row[0] for row in conn.execute(_EVERY_ENDPOINT))
+
+
 def _timeline(rows: Sequence[dict[str, Any]], by: str, name: str) -> dict[str, Any]:
     kept = [r for r in rows if r[by] is not None]  # unfinished requests have no bucket
     view: dict[str, Any] = {"name": name, "x": [plot_x(r[by], by) for r in kept]}
@@ -177,12 +203,33 @@ def _units_per_day(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, An
     ]
 
 
+def narrowed(
+    fetch: Callable[[query.Filters, str], list[dict[str, Any]]],
+    narrow: query.Filters | None,
+    whole: query.Filters,
+    sort: str,
+) -> list[dict[str, Any]]:
+    """The first `TOP` rows of ``whole`` in ``sort`` order, asked of ``narrow`` first.
+
+    ``narrow`` holds only rows that sort before every row it leaves out (durations from the
+    range's p99 up, for the slowest; the range's last day, for the latest failures), so when
+    it has `TOP` rows they are the answer, read from a few thousand rows instead of all of
+    them: a listing sorted by duration reads every row of the range from the table.
+    """
+    if narrow is not None:
+        rows = fetch(narrow, sort)
+        if len(rows) >= TOP:
+            return rows
+    return fetch(whole, sort)
+
+
 def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime) -> dict[str, Any]:
     """Everything the report shows, as plain data (see the module's docstring)."""
     since, until, by = plan_range(opts, now)
     browse_url = check_browse_url(opts.browse_url)
     check_endpoints(conn, opts.endpoints)
-    filters = query.Filters(endpoints=opts.endpoints, since=since, until=until)
+    endpoints = opts.endpoints or every_endpoint(conn)
+    filters = query.Filters(endpoints=endpoints, since=since, until=until)
     totals = query.stats(conn, filters)[0]
     per_endpoint = query.stats(conn, filters, by=["endpoint"])
     total_rows = query.stats(conn, filters, by=[by]) if totals["requests"] else []
@@ -203,11 +250,20 @@ def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime
             out.append(item)
         return out
 
-    slowest = requests_of(filters, "duration")
-    failing_filters = query.Filters(
-        endpoints=opts.endpoints, since=since, until=until, statuses=("error", "user_error")
+    slowest = narrowed(
+        requests_of,
+        dataclasses.replace(filters, min_duration=totals["p99"]) if totals["p99"] else None,
+        filters,
+        "duration",
     )
-    failing = requests_of(failing_filters, "ended_at")
+    failing_filters = dataclasses.replace(filters, statuses=("error", "user_error"))
+    last_day = max(since, until - timedelta(days=1))
+    failing = narrowed(
+        requests_of,
+        dataclasses.replace(failing_filters, since=last_day) if last_day > since else None,
+        failing_filters,
+        "ended_at",
+    )
     snap = health.read_health(conn, db, now=now)
     return {
         "database": display_db(db),

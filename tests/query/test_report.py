@@ -181,3 +181,17 @@ def test_a_postgresql_mirror_gives_the_same_report(
         for k in figures
     }, "the PostgreSQL mirror's report differs from the SQLite one's"  # fmt: skip
     assert pg["browse_url"] is None and "link" not in pg["slowest"][0]
+
+
+def test_the_request_tables_are_what_mirror_query_lists(run_cli, small_db: Path) -> None:
+    assert run_cli(["report", "--db", str(small_db), *RANGE]).exit_code == 0
+    data = embedded(Path("mirror-report.html"))
+    cols = ["-c", "request_id,endpoint_id,status,status_code,duration,ended_at", "-f", "json"]
+    for table, args in (
+        ("slowest", ["--sort", "duration"]),
+        ("failing", ["-s", "error", "-s", "user_error"]),
+    ):
+        listed = run_cli(["query", "--db", str(small_db), *RANGE, *args, "-n", "20", *cols])
+        want = json.loads(listed.stdout)
+        got = [{c: v for c, v in row.items() if c != "link"} for row in data[table]]
+        assert len(want) == 20 and got == want, f"the {table} table differs from mirror query"

@@ -26,7 +26,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from mirror import health, query, report_html
 from mirror.db import display_db, sqlite_path
 from mirror.errors import ConfigError, OutputError
+from mirror.schema import STATUSES
 from mirror.timeparse import to_text, utcnow
 
 BUCKETS = ("hour", "day")
@@ -203,24 +204,36 @@ def _units_per_day(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, An
     ]
 
 
-def narrowed(
-    fetch: Callable[[query.Filters, str], list[dict[str, Any]]],
-    narrow: query.Filters | None,
-    whole: query.Filters,
-    sort: str,
-) -> list[dict[str, Any]]:
-    """The first `TOP` rows of ``whole`` in ``sort`` order, asked of ``narrow`` first.
+def summed(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Stats rows of finer groups summed into the groups of ``keys`` (``()``: one row):
+    the counts, the longest duration and the billable units (exactly, in millionths), with
+    the rates as ``query.stats_row`` works them out; percentiles cannot be summed and are
+    left out (None)."""
+    acc: dict[tuple[Any, ...], tuple[dict[str, int], list[float], list[int]]] = {}
+    for r in rows:
+        key = tuple(r[k] for k in keys)
+        counts, longest, micro = acc.setdefault(key, (dict.fromkeys(STATUSES, 0), [], [0]))
+        for status in STATUSES:
+            counts[status] += r[status]
+        if r["max"] is not None:
+            longest.append(r["max"])
+        micro[0] += query.micro_units(r["billable_units"])
+    if not acc and not keys:
+        acc[()] = (dict.fromkeys(STATUSES, 0), [], [0])
+    none = [None] * len(query.PERCENTILES)
+    return [
+        query.stats_row(keys, key, counts, none, max(longest, default=None), micro[0])
+        for key, (counts, longest, micro) in sorted(acc.items())
+    ]
 
-    ``narrow`` holds only rows that sort before every row it leaves out (durations from the
-    range's p99 up, for the slowest; the range's last day, for the latest failures), so when
-    it has `TOP` rows they are the answer, read from a few thousand rows instead of all of
-    them: a listing sorted by duration reads every row of the range from the table.
-    """
-    if narrow is not None:
-        rows = fetch(narrow, sort)
-        if len(rows) >= TOP:
-            return rows
-    return fetch(whole, sort)
+
+def bucket_range(key: str, by: str, since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The stretch of ``[since, until)`` a stats time key (an hour or a day) covers."""
+    if by == "hour":
+        start = datetime.fromisoformat(key.replace("Z", "+00:00"))
+        return max(start, since), min(start + timedelta(hours=1), until)
+    start = datetime.fromisoformat(key).replace(tzinfo=UTC)
+    return max(start, since), min(start + timedelta(days=1), until)
 
 
 def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime) -> dict[str, Any]:
@@ -230,10 +243,10 @@ def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime
     check_endpoints(conn, opts.endpoints)
     endpoints = opts.endpoints or every_endpoint(conn)
     filters = query.Filters(endpoints=endpoints, since=since, until=until)
-    totals = query.stats(conn, filters)[0]
-    per_endpoint = query.stats(conn, filters, by=["endpoint"])
-    total_rows = query.stats(conn, filters, by=[by]) if totals["requests"] else []
-    ep_rows = query.stats(conn, filters, by=["endpoint", by]) if totals["requests"] else []
+    ep_rows = query.stats(conn, filters, by=["endpoint", by])
+    total_rows = query.stats(conn, filters, by=[by]) if ep_rows else []
+    totals = summed(ep_rows, ())[0]
+    per_endpoint = summed(ep_rows, ("endpoint",))
     busiest = sorted(per_endpoint, key=lambda r: (-r["requests"], r["endpoint"]))[:MAX_VIEWS]
     views = [_timeline(total_rows, by, "all endpoints")] if total_rows else []
     for ep in sorted(r["endpoint"] for r in busiest):
@@ -241,7 +254,7 @@ def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime
     path = sqlite_path(db)
     database = path.stem if path is not None else None
 
-    def requests_of(f: query.Filters, sort: str) -> list[dict[str, Any]]:
+    def listed(f: query.Filters, sort: str) -> list[dict[str, Any]]:
         out = []
         for row in query.select_requests(conn, f, columns=REQUEST_COLUMNS, sort=sort, limit=TOP):
             item = dict(zip(REQUEST_COLUMNS, row, strict=True))
@@ -250,20 +263,8 @@ def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime
             out.append(item)
         return out
 
-    slowest = narrowed(
-        requests_of,
-        dataclasses.replace(filters, min_duration=totals["p99"]) if totals["p99"] else None,
-        filters,
-        "duration",
-    )
-    failing_filters = dataclasses.replace(filters, statuses=("error", "user_error"))
-    last_day = max(since, until - timedelta(days=1))
-    failing = narrowed(
-        requests_of,
-        dataclasses.replace(failing_filters, since=last_day) if last_day > since else None,
-        failing_filters,
-        "ended_at",
-    )
+    slowest = _slowest(listed, filters, ep_rows, by)
+    failing = _latest_failed(listed, filters, total_rows, by)
     snap = health.read_health(conn, db, now=now)
     return {
         "database": display_db(db),
@@ -283,6 +284,60 @@ def report_data(conn: Connection, db: str, opts: ReportOptions, *, now: datetime
         "browse_url": browse_url if database is not None else None,
         "health": _health_data(snap),
     }
+
+
+def _slowest(
+    listed: Callable[[query.Filters, str], list[dict[str, Any]]],
+    filters: query.Filters,
+    ep_rows: Sequence[dict[str, Any]],
+    by: str,
+) -> list[dict[str, Any]]:
+    """The `TOP` slowest requests of ``filters``, asked only of the groups that can hold them.
+
+    Sorting a range by duration reads every row of it; but the groups (endpoint and hour)
+    say their longest duration. With ``T`` the `TOP`-th largest of those, at least `TOP`
+    requests last ``T`` or more, and all of them lie in the groups whose longest reaches
+    ``T``: a few small ranges of the covering index, read with ``--min-duration T``.
+    """
+    longest = sorted((r["max"] for r in ep_rows if r["max"] is not None), reverse=True)
+    if len(longest) < TOP:
+        return listed(filters, "duration")
+    t = longest[TOP - 1]
+    groups = [r for r in ep_rows if r["max"] is not None and r["max"] >= t]
+    if len(groups) > 4 * TOP:  # many equal longest durations: one pass is cheaper
+        return listed(dataclasses.replace(filters, min_duration=t), "duration")
+    found: dict[str, dict[str, Any]] = {}
+    assert filters.since is not None and filters.until is not None
+    for g in groups:
+        lo, hi = bucket_range(g[by], by, filters.since, filters.until)
+        narrow = dataclasses.replace(
+            filters, endpoints=(g["endpoint"],), since=lo, until=hi, min_duration=t
+        )
+        for item in listed(narrow, "duration"):
+            found[item["request_id"]] = item
+    # the listing's own order: duration, then request_id, both descending
+    return sorted(found.values(), key=lambda i: (i["duration"], i["request_id"]), reverse=True)[
+        :TOP
+    ]
+
+
+def _latest_failed(
+    listed: Callable[[query.Filters, str], list[dict[str, Any]]],
+    filters: query.Filters,
+    total_rows: Sequence[dict[str, Any]],
+    by: str,
+) -> list[dict[str, Any]]:
+    """The `TOP` latest failed requests (``error``, ``user_error``) of ``filters``, asked
+    only of the latest hours (or days) that together hold `TOP` of them."""
+    failing = dataclasses.replace(filters, statuses=("error", "user_error"))
+    n = 0
+    assert filters.since is not None and filters.until is not None
+    for r in sorted(total_rows, key=lambda r: r[by], reverse=True):
+        n += r["error"] + r["user_error"]
+        if n >= TOP:
+            lo, _ = bucket_range(r[by], by, filters.since, filters.until)
+            return listed(dataclasses.replace(failing, since=lo), "ended_at")
+    return listed(failing, "ended_at")
 
 
 def _health_data(snap: health.Health) -> dict[str, Any]:

@@ -89,8 +89,8 @@ def _summary(data: dict[str, Any]) -> str:
     t = data["totals"]
     figures = [
         ("requests", t["requests"]), ("success", t["success"]), ("user errors", t["user_error"]),
-        ("errors", t["error"]), ("error rate", t["error_rate"]), ("p50 s", t["p50"]),
-        ("p95 s", t["p95"]), ("p99 s", t["p99"]), ("billable units", t["billable_units"]),
+        ("errors", t["error"]), ("error rate", t["error_rate"]), ("longest s", t["max"]),
+        ("billable units", t["billable_units"]),
     ]  # fmt: skip
     return "".join(
         f'<div class="figure"><div class="value">{_e(v)}</div><div class="label">{html.escape(k)}</div></div>'
@@ -176,10 +176,10 @@ def render(data: dict[str, Any]) -> str:
     page = resources.files("mirror").joinpath("report_page.html").read_text(encoding="utf-8")
     scope = f" · {', '.join(data['endpoints'])}" if data["endpoints"] else ""
     per_endpoint = table(
-        ["endpoint", "requests", "success", "user_error", "error", "error_rate", "p50", "p95",
-         "p99", "billable_units"],
+        ["endpoint", "requests", "success", "user_error", "error", "error_rate", "max",
+         "billable_units"],
         data["per_endpoint"],
-        numeric=("requests", "success", "user_error", "error", "error_rate", "p50", "p95", "p99",
+        numeric=("requests", "success", "user_error", "error", "error_rate", "max",
                  "billable_units"),
     ) if data["per_endpoint"] else ""  # fmt: skip
     browse = (

@@ -195,3 +195,17 @@ def test_the_request_tables_are_what_mirror_query_lists(run_cli, small_db: Path)
         want = json.loads(listed.stdout)
         got = [{c: v for c, v in row.items() if c != "link"} for row in data[table]]
         assert len(want) == 20 and got == want, f"the {table} table differs from mirror query"
+
+
+def test_the_summary_is_what_mirror_stats_says(run_cli, small_db: Path) -> None:
+    """Counts, rates, the longest duration and units, in total and per endpoint (the
+    percentiles over the whole range are on the charts, per hour, not in the summary)."""
+    assert run_cli(["report", "--db", str(small_db), *RANGE]).exit_code == 0
+    data = embedded(Path("mirror-report.html"))
+    fields = ["requests", "success", "user_error", "error", "unfinished", "error_rate",
+              "user_error_rate", "max", "billable_units"]  # fmt: skip
+    for by, got in (([], [data["totals"]]), (["--by", "endpoint"], data["per_endpoint"])):
+        r = run_cli(["stats", "--db", str(small_db), *RANGE, *by, "-f", "json"])
+        keys = ["endpoint", *fields] if by else fields
+        want = [{k: row[k] for k in keys} for row in json.loads(r.stdout)]
+        assert [{k: row[k] for k in keys} for row in got] == want, f"stats {by} differ"

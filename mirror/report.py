@@ -294,31 +294,34 @@ def _slowest(
 ) -> list[dict[str, Any]]:
     """The `TOP` slowest requests of ``filters``, asked only of the groups that can hold them.
 
-    Sorting a range by duration reads every row of it; but the groups (endpoint and hour)
-    say their longest duration. With ``T`` the `TOP`-th largest of those, at least `TOP`
-    requests last ``T`` or more, and all of them lie in the groups whose longest reaches
-    ``T``: a few small ranges of the covering index, read with ``--min-duration T``.
+    Sorting a range by duration reads every row of it from the table; but the groups
+    (endpoint and hour or day) say their longest duration and their p99. With ``T`` the
+    `TOP`-th largest longest, at least `TOP` requests last ``T`` or more, all in the groups
+    whose longest reaches ``T``: a few small ranges of the covering index, each read with
+    ``--min-duration T``. With fewer groups than that, each group's own `TOP` slowest are
+    asked of its durations from its p99 up (or of the whole group, when fewer reach it).
     """
-    longest = sorted((r["max"] for r in ep_rows if r["max"] is not None), reverse=True)
-    if len(longest) < TOP:
-        return listed(filters, "duration")
-    t = longest[TOP - 1]
-    groups = [r for r in ep_rows if r["max"] is not None and r["max"] >= t]
-    if len(groups) > 4 * TOP:  # many equal longest durations: one pass is cheaper
-        return listed(dataclasses.replace(filters, min_duration=t), "duration")
-    found: dict[str, dict[str, Any]] = {}
     assert filters.since is not None and filters.until is not None
+    groups = [r for r in ep_rows if r["max"] is not None]
+    longest = sorted((r["max"] for r in groups), reverse=True)
+    t = longest[TOP - 1] if len(longest) >= TOP else None
+    if t is not None:
+        groups = [r for r in groups if r["max"] >= t]
+        if len(groups) > 4 * TOP:  # many equal longest durations: one pass is cheaper
+            return listed(dataclasses.replace(filters, min_duration=t), "duration")
+    found: dict[str, dict[str, Any]] = {}
     for g in groups:
         lo, hi = bucket_range(g[by], by, filters.since, filters.until)
-        narrow = dataclasses.replace(
-            filters, endpoints=(g["endpoint"],), since=lo, until=hi, min_duration=t
-        )
-        for item in listed(narrow, "duration"):
+        group = dataclasses.replace(filters, endpoints=(g["endpoint"],), since=lo, until=hi)
+        floor = t if t is not None else g["p99"]
+        rows = listed(dataclasses.replace(group, min_duration=floor), "duration")
+        if t is None and len(rows) < TOP:
+            rows = listed(group, "duration")
+        for item in rows:
             found[item["request_id"]] = item
     # the listing's own order: duration, then request_id, both descending
-    return sorted(found.values(), key=lambda i: (i["duration"], i["request_id"]), reverse=True)[
-        :TOP
-    ]
+    ordered = sorted(found.values(), key=lambda i: (i["duration"], i["request_id"]), reverse=True)
+    return ordered[:TOP]
 
 
 def _latest_failed(

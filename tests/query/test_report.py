@@ -183,15 +183,25 @@ def test_a_postgresql_mirror_gives_the_same_report(
     assert pg["browse_url"] is None and "link" not in pg["slowest"][0]
 
 
-def test_the_request_tables_are_what_mirror_query_lists(run_cli, small_db: Path) -> None:
-    assert run_cli(["report", "--db", str(small_db), *RANGE]).exit_code == 0
+@pytest.mark.parametrize(
+    "narrow",
+    [[], ["-e", "acme/upscaler", "--by", "day"]],
+    ids=["groups-by-their-longest", "fewer-groups-than-rows-shown"],
+)
+def test_the_request_tables_are_what_mirror_query_lists(
+    run_cli, small_db: Path, narrow: list[str]
+) -> None:
+    assert run_cli(["report", "--db", str(small_db), *RANGE, *narrow]).exit_code == 0
     data = embedded(Path("mirror-report.html"))
+    endpoint = narrow[:2]
     cols = ["-c", "request_id,endpoint_id,status,status_code,duration,ended_at", "-f", "json"]
     for table, args in (
         ("slowest", ["--sort", "duration"]),
         ("failing", ["-s", "error", "-s", "user_error"]),
     ):
-        listed = run_cli(["query", "--db", str(small_db), *RANGE, *args, "-n", "20", *cols])
+        listed = run_cli(
+            ["query", "--db", str(small_db), *RANGE, *endpoint, *args, "-n", "20", *cols]
+        )
         want = json.loads(listed.stdout)
         got = [{c: v for c, v in row.items() if c != "link"} for row in data[table]]
         assert len(want) == 20 and got == want, f"the {table} table differs from mirror query"

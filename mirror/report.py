@@ -7,12 +7,17 @@ with whole hours, which is why the range is widened to whole hours here (`plan_r
 
 - requests per hour or day, by status, and p50/p95/p99 of the durations: in total
   (``stats --by hour``) and per endpoint (``stats --by endpoint,hour``), for the endpoints
-  with the most requests (at most `MAX_VIEWS`);
-- billable units per day and endpoint: summed exactly (in millionths, ``query.micro_units``)
-  from the same rows, so they equal ``stats --by endpoint,day``. Spend needs the price of a
-  unit, which is not mirrored yet: the report says so;
-- the slowest and the latest failing requests (``query.select_requests``), with links to
-  their rows in `mirror browse` (Datasette) for a SQLite mirror;
+  with the most requests (at most `MAX_VIEWS`). These are the only two passes over the
+  durations; every endpoint is named in the filters (`every_endpoint`) so that both read
+  the covering index;
+- the summary, per endpoint and in total, and the billable units per day: the same rows
+  summed (`summed`; units exactly, in millionths, ``query.micro_units``), so they equal
+  ``stats``, ``stats --by endpoint`` and ``stats --by endpoint,day`` (but for the
+  percentiles over the whole range, which cannot be summed and are left out). Spend needs
+  the price of a unit, which is not mirrored yet: the report says so;
+- the slowest and the latest failing requests (``query.select_requests``), asked only of
+  the hours that can hold them (`_slowest`, `_latest_failed`), with links to their rows in
+  `mirror browse` (Datasette) for a SQLite mirror;
 - the mirror's own health (``mirror.health``): coverage, gaps, unfinished rows, last runs,
   and the problems `mirror status --check` would report.
 

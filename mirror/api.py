@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar, cast
@@ -781,9 +781,16 @@ def parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
 
 @dataclass
 class CallStats:
+    """What a client's calls came to: every attempt, by its answer's HTTP status code
+    (``codes``; ``"none"`` when no answer came: a timeout or a failed connection)."""
+
     attempts: int = 0
     pages: int = 0
     retries: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, code: str) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
 
 
 class Retryable(Exception):
@@ -891,7 +898,10 @@ class FalClient:
         pacer: Pacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        stats: CallStats | None = None,
     ) -> None:
+        """``stats``: where the calls are counted (a caller that outlives the client keeps
+        its own, to read after a failed run too); a new one by default."""
         self._http = http
         register_key(key)  # whatever echoes it back is redacted (mirror.redact)
         self._auth = f"Key {key}"
@@ -902,7 +912,7 @@ class FalClient:
         self.sleep = sleep
         self._rng = random.Random(seed)
         self._stats_lock = threading.Lock()
-        self.stats = CallStats()
+        self.stats = stats if stats is not None else CallStats()
 
     def __repr__(self) -> str:  # never show the key
         return f"FalClient(base_url={self.base_url!r})"
@@ -1052,6 +1062,7 @@ class FalClient:
         deadline = time.monotonic() + policy.deadline
         timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
         headers_in = False
+        code = "none"  # the answer's status once its headers are in
         _attempt_deadline.at = deadline  # bounds every socket operation (_DeadlineBackend)
         try:
             with self._http.stream(
@@ -1062,6 +1073,7 @@ class FalClient:
                 timeout=timeout,
             ) as resp:
                 headers_in = True
+                code = str(resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_body:
                     raise BadDataError(
@@ -1100,6 +1112,8 @@ class FalClient:
             raise Retryable(f"connection failed ({type(e).__name__}: {e})") from None
         finally:
             _attempt_deadline.at = None
+            with self._stats_lock:
+                self.stats.count(code)
 
         if status == 200:
             try:

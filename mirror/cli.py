@@ -1,10 +1,10 @@
 """The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
 `main`. Click only: parse, call one library function, print.
 
-The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``,
-`media` in ``mirror.commands_media``; what all commands share (the error handling of the
-group, options, signals, exit codes) in ``mirror.cliutil``; sync's live progress line in
-``mirror.progress``.
+The query commands live in ``mirror.commands_query``, `report` in ``mirror.commands_report``,
+`verify` in ``mirror.commands_verify``, `media` in ``mirror.commands_media``; what all
+commands share (the error handling of the group, options, signals, exit codes) in
+``mirror.cliutil``; sync's live progress line in ``mirror.progress``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, commands_media, commands_query, commands_verify, interrupts
+from mirror import (
+    __version__,
+    commands_media,
+    commands_query,
+    commands_report,
+    commands_verify,
+    interrupts,
+)
 from mirror.cliutil import (
     MirrorGroup,
     base_url_option,
@@ -26,6 +33,7 @@ from mirror.cliutil import (
     db_option,
     duration_callback,
     endpoints_callback,
+    metrics_file_option,
     print_notes,
     setup_logging,
     sigterm_as_interrupt,
@@ -81,6 +89,7 @@ def cli() -> None:
 @click.option("--media", is_flag=True,
               help="Then archive the files the synced requests' outputs refer to, as `mirror "
               "media` does with its defaults (MIRROR_MEDIA_DIR, MIRROR_MEDIA_HOSTS apply).")  # fmt: skip
+@metrics_file_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -97,6 +106,7 @@ def sync(
     recheck: bool,
     wait: bool,
     media: bool,
+    metrics_file: Path | None,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -133,7 +143,9 @@ def sync(
     line = LiveLine(sys.stderr) if sys.stderr.isatty() and not quiet else None
     with sigterm_as_interrupt(), usage_errors():
         with line or contextlib.nullcontext():
-            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=line)
+            report = sync_mirror(
+                db, opts, base_url=base_url, wait=wait, progress=line, metrics_file=metrics_file
+            )
         print_notes(report.notes)
         if not quiet:
             click.echo(report.summary())
@@ -231,6 +243,7 @@ def demo(db: str) -> None:
 
 
 commands_query.register(cli)
+commands_report.register(cli)
 commands_verify.register(cli)
 commands_media.register(cli)
 

@@ -24,6 +24,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -262,6 +263,11 @@ verbose_option = click.option(
 base_url_option = click.option(
     "--base-url", envvar="MIRROR_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
     help="API base URL. Env: MIRROR_BASE_URL.",
+)  # fmt: skip
+metrics_file_option = click.option(
+    "--metrics-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+    help="Also write Prometheus metrics here (for node-exporter's textfile collector: "
+    "a *.prom file in its directory), atomically.",
 )  # fmt: skip
 format_option = click.option(
     "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",

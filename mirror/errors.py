@@ -10,8 +10,9 @@
     ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
     ├── UntrustedCertificate     the API's TLS certificate does not verify
     ├── BadDataError             the API's answer is malformed; nothing of it was committed
-    └── StoreError               local storage: disk full, read-only, corrupt, foreign file
-        └── SchemaTooNewError    the database was written by a newer mirror
+    ├── StoreError               local storage: disk full, read-only, corrupt, foreign file
+    │   └── SchemaTooNewError    the database was written by a newer mirror
+    └── OutputError              a file a command writes (report, metrics) could not be written
 
 Messages never contain the API key: it is not stored on any of these objects, and the text
 of each (``str(err)``, which a traceback shows too) has every registered secret redacted
@@ -127,3 +128,10 @@ class StoreError(MirrorError):
 
 class SchemaTooNewError(StoreError):
     kind = "schema too new"
+
+
+class OutputError(MirrorError):
+    """A file the command was asked to write (``--output``, ``--metrics-file``) could not be
+    written: disk full, permissions. Nothing half-written is left at its path."""
+
+    kind = "cannot write"

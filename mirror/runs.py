@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mirror import lock
-from mirror.api import DEFAULT_BASE_URL, FalClient, RetryPolicy, check_base_url, make_http_client
+from mirror.api import (
+    DEFAULT_BASE_URL,
+    CallStats,
+    FalClient,
+    RetryPolicy,
+    check_base_url,
+    make_http_client,
+)
 from mirror.auth import load_key
 from mirror.db import display_db, reader_engine, sqlite_path
 from mirror.errors import ConfigError, UsageError
@@ -28,10 +36,13 @@ from mirror.media import verify as verify_media
 from mirror.media_fetch import Budget, Fetcher, FetchLimits
 from mirror.media_files import MediaDir, default_media_dir
 from mirror.media_net import UrlPolicy, media_client
+from mirror.metrics import check_path, write_for
 from mirror.pacing import Pacer
 from mirror.store import Store
 from mirror.sync import ProgressListener, SyncOptions, SyncReport, sync
 from mirror.verify import VerifyReport, verify
+
+log = logging.getLogger(__name__)
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -70,10 +81,15 @@ def _writer_lock(path: Path | None, *, wait: bool) -> contextlib.AbstractContext
 
 @contextlib.contextmanager
 def _client(
-    key: str, base_url: str, retry: RetryPolicy, pacer: Pacer, env: Mapping[str, str]
+    key: str,
+    base_url: str,
+    retry: RetryPolicy,
+    pacer: Pacer,
+    env: Mapping[str, str],
+    stats: CallStats | None = None,
 ) -> Iterator[FalClient]:
     with make_http_client(env) as http:
-        yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer)
+        yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer, stats=stats)
 
 
 def sync_mirror(
@@ -84,14 +100,42 @@ def sync_mirror(
     wait: bool = False,
     env: Mapping[str, str] = os.environ,
     progress: ProgressListener | None = None,
+    metrics_file: Path | None = None,
 ) -> SyncReport:
     """Sync ``opts.targets`` into the mirror ``db`` (a SQLite file or a database URL).
 
     No targets: every target the database already has. ``wait``: if another sync holds
     the database, wait for it instead of raising `mirror.errors.LockedError`. ``env``: where
     the key (``mirror.auth``), the retry knobs and the proxies and CA certificates
-    (``mirror.netenv``) come from.
+    (``mirror.netenv``) come from. ``metrics_file``: where to write the Prometheus metrics
+    (``mirror.metrics``) once the run has ended, however it ended; a failure to write them
+    after a failed run is logged, the run's error stands.
     """
+    if metrics_file is None:
+        return _sync_mirror(db, opts, base_url, wait, env, progress, None)
+    check_path(metrics_file)
+    calls = CallStats()
+    try:
+        report = _sync_mirror(db, opts, base_url, wait, env, progress, calls)
+    except BaseException:
+        try:
+            write_for(db, metrics_file, calls)
+        except Exception as e:  # the run's own error is the one to report
+            log.info("could not write --metrics-file %s: %s", metrics_file, e)
+        raise
+    write_for(db, metrics_file, calls)
+    return report
+
+
+def _sync_mirror(
+    db: str,
+    opts: SyncOptions,
+    base_url: str,
+    wait: bool,
+    env: Mapping[str, str],
+    progress: ProgressListener | None,
+    calls: CallStats | None,
+) -> SyncReport:
     base_url = check_base_url(base_url)
     path = sqlite_path(db)
     if not opts.targets and path is not None and not path.exists():
@@ -108,7 +152,7 @@ def sync_mirror(
                 )
             n = opts.max_concurrency
             pacer = Pacer(n, initial=min(4, n), learn_rate=True)
-            with _client(key, base_url, retry, pacer, env) as client:
+            with _client(key, base_url, retry, pacer, env, calls) as client:
                 return sync(
                     store, client, dataclasses.replace(opts, targets=targets), progress=progress
                 )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror import __version__, commands_cost, commands_query, commands_verify, interrupts
 from mirror.cliutil import (
     MirrorGroup,
     Progress,
@@ -212,6 +212,7 @@ def demo(db: str) -> None:
 
 commands_query.register(cli)
 commands_verify.register(cli)
+commands_cost.register(cli)
 
 
 def main() -> None:

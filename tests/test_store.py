@@ -62,8 +62,7 @@ def table(store):
     cols = [requests.c[name] for name in ROW_COLUMNS]
     with store.engine.connect() as conn:
         return [
-            norm(tuple(r))
-            for r in conn.execute(sa.select(*cols).order_by(requests.c.request_id))
+            norm(tuple(r)) for r in conn.execute(sa.select(*cols).order_by(requests.c.request_id))
         ]
 
 

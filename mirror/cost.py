@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mirror.billing_api import UsageLine
 from mirror.errors import ConfigError
 from mirror.query import endpoint_clause
 from mirror.schema import billing_events, day_of, prices, requests
@@ -43,6 +44,7 @@ __all__ = [
     "CostFilters",
     "check_groups",
     "spend",
+    "usage_differences",
     "usd_text",
 ]
 
@@ -267,3 +269,29 @@ def spend(
     if not acc and not groups:
         acc[()] = _Spend()
     return [acc[k].row() for k in sorted(acc, key=lambda k: tuple((v is not None, v) for v in k))]
+
+
+def usage_differences(
+    conn: Connection, lines: Iterable[UsageLine], filters: CostFilters
+) -> list[dict[str, Any]]:
+    """Where the billing events the mirror holds disagree with fal's own usage totals
+    (``mirror.billing_api.fetch_usage`` for the same range, by UTC day): one row per day
+    and endpoint whose sums differ, ``mirror_nano_usd`` against ``usage_nano_usd``, in
+    day and endpoint order. Empty when every nano-USD agrees. Usage lines in another
+    currency than USD are not compared."""
+    theirs: dict[tuple[str, str], int] = {}
+    for line in lines:
+        if line.currency == CURRENCY:
+            key = (line.bucket[:10], line.endpoint_id)
+            theirs[key] = theirs.get(key, 0) + line.cost_total_nano
+    ours = {
+        (r["day"], r["endpoint"]): r["billed_nano_usd"]
+        for r in spend(conn, filters, by=("day", "endpoint"), estimate=False)
+    }
+    out = []
+    for day, endpoint in sorted(ours.keys() | theirs.keys()):
+        mine, fal = ours.get((day, endpoint), 0), theirs.get((day, endpoint), 0)
+        if mine != fal:
+            out.append({"day": day, "endpoint": endpoint, "mirror_nano_usd": mine,
+                        "usage_nano_usd": fal, "difference_nano_usd": mine - fal})  # fmt: skip
+    return out

@@ -21,8 +21,8 @@ from support.sim import NOW, static_world
 from mirror.api import FalClient
 from mirror.billing_api import BillingEvent, fetch_prices, fetch_usage, list_billing_events
 from mirror.cli import cli
-from mirror.cost import CostFilters, spend, usd_text
-from mirror.schema import derive_status, requests
+from mirror.cost import CostFilters, spend, usage_differences, usd_text
+from mirror.schema import billing_events, derive_status, requests
 from mirror.simulator import SimulatedAPI, WorldConfig
 from mirror.simulator.billing import BillingConfig, PriceBook
 from mirror.simulator.generate import MODEL_ENDPOINTS
@@ -237,10 +237,11 @@ def test_a_file_that_is_not_a_mirror_is_one_line_and_exit_1(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- against fal's figures
 
 
-def test_spend_per_day_equals_the_usage_totals_to_the_nano_usd(db_url: str) -> None:
+def test_spend_per_day_equals_the_usage_totals_and_a_difference_is_reported(db_url: str) -> None:
     """Billing events walked from the simulated API into the store, summed by `mirror cost`
-    per day and endpoint, equal what /models/usage says for the same range; the requests'
-    prices snapshotted at two instants keep both prices."""
+    per day and endpoint, equal what /models/usage says for the same range, to the
+    nano-USD; an event lost from the mirror shows as a difference where it was. Prices
+    snapshotted on both sides of a price change are two rows each."""
     now = NOW
     world = static_world(WorldConfig(), seed=6, hours=30, per_hour=40, now=now,
                          endpoints=list(MODEL_ENDPOINTS), big_tie_group=0)  # fmt: skip
@@ -259,7 +260,8 @@ def test_spend_per_day_equals_the_usage_totals_to_the_nano_usd(db_url: str) -> N
                 if cursor is None:
                     break
         usage: dict[tuple[str, str], int] = {}
-        for line in fetch_usage(client, start=start, end=end):
+        lines = fetch_usage(client, start=start, end=end)
+        for line in lines:
             key = (line.bucket[:10], line.endpoint_id)
             usage[key] = usage.get(key, 0) + line.cost_total_nano
         for at in (now - timedelta(hours=20), now):
@@ -271,6 +273,23 @@ def test_spend_per_day_equals_the_usage_totals_to_the_nano_usd(db_url: str) -> N
             got = spend(conn, CostFilters(since=start, until=end), by=["day", "endpoint"])
             n_prices = conn.execute(sa.text("SELECT count(*) FROM prices")).scalar()
         assert {(r["day"], r["endpoint"]): r["billed_nano_usd"] for r in got} == usage
+        whole = CostFilters(since=start, until=end)
+        with store.engine.connect() as conn:
+            assert usage_differences(conn, lines, whole) == []
+        e = billing_events.c
+        with store.engine.begin() as conn:  # an event lost: the check must say where
+            gone = conn.execute(
+                sa.select(e.request_id, e.timestamp, e.endpoint_id, e.cost_estimate_nano_usd)
+                .order_by(e.request_id)
+                .limit(1)
+            ).one()
+            conn.execute(billing_events.delete().where(e.request_id == gone.request_id))
+        key = (gone.timestamp[:10], gone.endpoint_id)
+        with store.engine.connect() as conn:
+            assert usage_differences(conn, lines, whole) == [
+                {"day": key[0], "endpoint": key[1], "mirror_nano_usd": usage[key] - gone[3],
+                 "usage_nano_usd": usage[key], "difference_nano_usd": -gone[3]}
+            ]  # fmt: skip
         assert len(usage) >= 4, "the range should cover two days of three models"
         assert all(r["estimated"] == 0 for r in got), "no request is stored, none is estimated"
         assert n_prices == 2 * len(MODEL_ENDPOINTS), "a price change is a second row each"

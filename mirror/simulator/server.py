@@ -6,15 +6,18 @@ drips one byte at a time. Connections are HTTP/1.1 keep-alive, one daemon thread
 with Nagle off so small pages are not held back.
 
 The semantics follow docs/fal-api.md and the vendored OpenAPI file:
-validation errors are 400 `validation_error`, auth 401, foreign endpoints 403, unknown
-paths 404, all as fal's JSON error body. Behaviour the service leaves open comes from the
-`World`'s `WorldConfig` switches. Decided here (fal documents none of it): auth is checked
-before parameters, parameters before ownership; a scalar parameter given twice uses its
-last value; `expand` also accepts a comma-joined value; unknown parameters are ignored;
-explicit `start` later than explicit `end` is a 400; the models operation applies no
-ownership check (it lists the caller's own requests to anyone's endpoints); analytics pages
-its buckets 100 per page by default and at most 1000 (larger limits are clamped); other
-methods than GET/HEAD, like other paths, are 404.
+validation errors are 400 `validation_error`, auth 401, foreign endpoints and a key without
+ADMIN scope on an ADMIN operation 403, unknown paths 404, all as fal's JSON error body.
+Behaviour the service leaves open comes from the `World`'s `WorldConfig` switches (and, for
+the cost operations, `mirror.simulator.billing.BillingConfig`). Decided here (fal documents
+none of it): auth is checked before parameters, parameters before ownership; a scalar
+parameter given twice uses its last value; `expand` also accepts a comma-joined value;
+unknown parameters are ignored; explicit `start` later than explicit `end` is a 400; the
+models operations (list and analytics) apply no ownership check (they show the caller's own
+requests to anyone's endpoints); analytics pages its buckets 100 per page by default and at
+most 1000 (larger limits are clamped); other methods than GET/HEAD, like other paths, are
+404. Parameters are read by `mirror.simulator.params`; billing events, pricing and usage
+are answered by `mirror.simulator.cost_ops`.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ _BASE_NANO = {
     "minute": 1_100_000,
     "gpu_second": 1_110_000,
 }
-#: the default price rule's factor (percent) after 0, 1, 2... of `PriceBook.changes`
+#: the default price rule's factor (percent) after 0, 1, 2... of a `PriceBook`'s changes
 _STEPS = (100, 120, 90)
 _CACHE_ENTRIES = 16
 _ONE_US = timedelta(microseconds=1)
@@ -96,18 +96,13 @@ class PriceBook:
         *,
         changes: Iterable[datetime] = (),
     ) -> None:
-        self._schedules = {
-            endpoint: ([to_us(since) for since, _ in sorted(steps, key=lambda s: s[0])],
-                       [price for _, price in sorted(steps, key=lambda s: s[0])])
-            for endpoint, steps in (schedules or {}).items()
-            if steps
-        }  # fmt: skip
+        # endpoint -> (the instants its prices start, in order; those prices)
+        self._schedules: dict[str, tuple[list[int], list[Price]]] = {}
+        for endpoint, steps in (schedules or {}).items():
+            ordered = sorted(((to_us(since), price) for since, price in steps), key=lambda s: s[0])
+            if ordered:
+                self._schedules[endpoint] = ([at for at, _ in ordered], [p for _, p in ordered])
         self._changes = sorted(to_us(when) for when in changes)
-
-    @property
-    def changes(self) -> list[datetime]:
-        """The default rule's change instants, oldest first."""
-        return [from_us(us) for us in self._changes]
 
     def price_at(self, endpoint_id: str, when: datetime) -> Price:
         """The price in force for ``endpoint_id`` at ``when``."""
@@ -193,7 +188,6 @@ class BillingEvent:
     endpoint_id: str
     timestamp_us: int
     appears_us: int
-    ended_us: int
     output_units: float
     price: Price
     percent_discount: int | None
@@ -330,7 +324,6 @@ class Ledger:
                     endpoint_id=req.endpoint_id,
                     timestamp_us=stamp[cfg.timestamp],
                     appears_us=appears,
-                    ended_us=ended,
                     output_units=req.billable_units,
                     price=price,
                     percent_discount=percent,

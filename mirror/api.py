@@ -74,6 +74,8 @@ T = TypeVar("T")
 DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
 ANALYTICS_PATH = "/serverless/analytics"
+#: the same counts for the key's calls to fal's hosted models (any endpoint, no ownership)
+MODELS_ANALYTICS_PATH = "/models/analytics"
 PAGE_LIMIT = 100
 #: analytics buckets asked for per page (the server may give fewer; the cursor is followed)
 ANALYTICS_LIMIT = 1000
@@ -972,10 +974,10 @@ class FalClient:
         params: Sequence[tuple[str, str]],
         *,
         attempts: int | None = None,
+        path: str = ANALYTICS_PATH,
     ) -> Any:
-        return self.get_json(
-            ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts
-        )
+        """``path``: ``ANALYTICS_PATH`` (the key's own apps) or ``MODELS_ANALYTICS_PATH``."""
+        return self.get_json(path, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts)
 
     def hourly_counts(
         self,
@@ -987,6 +989,7 @@ class FalClient:
         max_pages: int = ANALYTICS_MAX_PAGES,
         attempts: int | None = None,
         before_call: Callable[[], None] | None = None,
+        path: str = ANALYTICS_PATH,
     ) -> Iterator[tuple[str, int]]:
         """The server's request counts per UTC hour of ``[lo, hi)``, bucket by bucket as the
         pages give them: (``YYYY-MM-DDTHH``, ``request_count`` summed over the bucket's
@@ -997,7 +1000,8 @@ class FalClient:
         ``BadDataError`` (verify compares the counts, so they must be whole); otherwise the
         paging ends quietly with the buckets given so far (sync only plans by them). An
         answer that is not analytics is ``BadDataError`` either way. ``before_call`` runs
-        before each call (verify stops there, and counts its calls).
+        before each call (verify stops there, and counts its calls). ``path``: the
+        serverless counts, or ``MODELS_ANALYTICS_PATH`` for a model's.
         """
         base = analytics_params(lo, hi)
         cursor: str | None = None
@@ -1006,7 +1010,7 @@ class FalClient:
             if before_call is not None:
                 before_call()
             params = base + ([("cursor", cursor)] if cursor else [])
-            data = self.analytics([target], params, attempts=attempts)
+            data = self.analytics([target], params, attempts=attempts, path=path)
             yield from parse_analytics(data)
             nxt = data.get("next_cursor")
             if nxt is None:
@@ -1025,6 +1029,14 @@ class FalClient:
     ) -> Any:
         """``attempts``: fewer than the policy's, for a call whose answer is optional."""
         return self._get(path, params, attempts)[0]
+
+    def get_page(self, path: str, params: Sequence[tuple[str, str]]) -> tuple[Any, datetime | None]:
+        """One page of a paged operation (``mirror.billing_api``): the decoded answer and
+        the API's clock when it gave it (``Date``), if it said; counted in ``stats.pages``."""
+        answer = self._get(path, params)
+        with self._stats_lock:
+            self.stats.pages += 1
+        return answer
 
     def _get(
         self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None

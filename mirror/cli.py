@@ -20,6 +20,7 @@ import click
 
 from mirror import (
     __version__,
+    commands_cost,
     commands_media,
     commands_query,
     commands_report,
@@ -246,6 +247,7 @@ commands_query.register(cli)
 commands_report.register(cli)
 commands_verify.register(cli)
 commands_media.register(cli)
+commands_cost.register(cli)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@
     ├── LockedError              another sync holds this database (exit 75)
     ├── ApiError                 the API answered with an error we do not retry
     │   └── AuthError            401/403: the key is missing, wrong or lacks access
+    │       └── AdminRequired    403 from an operation that needs an ADMIN key (cost)
     ├── ApiUnavailable           retries exhausted: 429s, 5xx, resets, timeouts
     ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
     ├── UntrustedCertificate     the API's TLS certificate does not verify
@@ -87,6 +88,19 @@ class AuthError(ApiError):
                 "check FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET); nothing was recorded as synced"
             )
         return "check that the key's account owns this endpoint and that the id is right"
+
+
+class AdminRequired(AuthError):
+    """The key was refused an ADMIN-scope operation (billing events, usage): it may well
+    be fine for everything else."""
+
+    kind = "key lacks ADMIN scope"
+
+    @property
+    def hint(self) -> str:
+        return (
+            "billing events and usage need a key with ADMIN scope (fal keys create --scope ADMIN)"
+        )
 
 
 class ApiUnavailable(MirrorError):

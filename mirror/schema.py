@@ -8,6 +8,8 @@ Conventions, for every table:
   the row and when a sync last changed any of its values.
 - Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
   text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
+- ``billing_events`` holds what fal charged per request and ``prices`` every price seen,
+  with when (see ``mirror.cost`` for the answers built on them).
 - Sync state lives in the same database, so a row and the claim that its window is complete
   are committed in one transaction: ``sync_windows`` holds, per target, the completed
   ``[start, end)`` intervals (coalesced), ``sync_runs`` logs every run.
@@ -144,6 +146,47 @@ requests = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("first_seen_at", Instant, nullable=False),
     sa.Column("last_changed_at", Instant, nullable=False),
+    #: which of fal's two request histories the row is from (``HISTORIES``)
+    sa.Column("history", sa.Text, nullable=False, server_default="serverless"),
+)
+
+#: one row per billed request (fal's billing event), keyed by its ``request_id``, which may
+#: not be in ``requests`` (yet). Amounts in USD as fal gives them; ``cost_estimate_nano_usd``
+#: is the same charge as ``cost_total`` in whole nano-USD, the one to add up (exactly).
+#: ``auth_method`` is fal's label of who made the call, ``api_key_id`` / ``login_username``
+#: the key or team member, where fal says; bookkeeping as in ``requests``.
+billing_events = sa.Table(
+    "billing_events",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("endpoint_id", Key, nullable=False),
+    sa.Column("timestamp", Instant, nullable=False),
+    sa.Column("output_units", sa.Float),
+    sa.Column("unit_price", sa.Float),
+    sa.Column("percent_discount", sa.Float),
+    sa.Column("cost_subtotal", sa.Float, nullable=False),
+    sa.Column("cost_discount", sa.Float, nullable=False),
+    sa.Column("cost_total", sa.Float, nullable=False),
+    sa.Column("cost_estimate_nano_usd", sa.BigInteger, nullable=False),
+    sa.Column("auth_method", sa.Text),
+    sa.Column("api_key_id", sa.Text),
+    sa.Column("login_username", sa.Text),
+    sa.Column("first_seen_at", Instant, nullable=False),
+    sa.Column("last_changed_at", Instant, nullable=False),
+)
+
+#: one row per price an endpoint was seen to have: from ``seen_at`` until the next row of
+#: the endpoint, ``unit_price`` of ``currency`` per ``unit``; ``checked_at``: when the
+#: price was last seen unchanged. A row is added only when the price changes.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("endpoint_id", Key, primary_key=True),
+    sa.Column("seen_at", Instant, primary_key=True),
+    sa.Column("unit", sa.Text, nullable=False),
+    sa.Column("unit_price", sa.Float, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("checked_at", Instant, nullable=False),
 )
 
 #: one row per sync target: an endpoint id exactly as the user gave it
@@ -267,6 +310,25 @@ API_FIELDS = (
 )
 ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
 STATUSES = ("success", "user_error", "error", "unfinished")
+#: ``requests.history``: the calls to the user's own serverless apps, or the calls the
+#: key made to fal's hosted models
+HISTORIES = ("serverless", "model")
+#: a billing event's fields, in column order; its upsert takes tuples in this order
+BILLING_EVENT_FIELDS = (
+    "request_id",
+    "endpoint_id",
+    "timestamp",
+    "output_units",
+    "unit_price",
+    "percent_discount",
+    "cost_subtotal",
+    "cost_discount",
+    "cost_total",
+    "cost_estimate_nano_usd",
+    "auth_method",
+    "api_key_id",
+    "login_username",
+)
 
 
 def derive_status(ended_at: str | None, status_code: int | None) -> str:

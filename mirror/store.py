@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain, repeat
 from operator import add
 from typing import Any, NamedTuple
@@ -37,9 +37,11 @@ from mirror.db import (
 from mirror.errors import StoreError
 from mirror.redact import redact
 from mirror.schema import (
+    BILLING_EVENT_FIELDS,
     ROW_COLUMNS,
     Instant,
     hour_of,
+    prices,
     requests,
     sync_rechecks,
     sync_runs,
@@ -126,6 +128,7 @@ class Store:
         self.db = db
         self.dialect = engine.dialect.name
         self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
+        self._events_sql: dict[int, str] = {}
         #: whether the schema has migration 0005's sync_batch (SQLite, at 0005 or later)
         self._batch_indexing: bool | None = None
         #: opened by `open_reader`
@@ -293,13 +296,14 @@ class Store:
             )
         return self._batch_indexing
 
-    def _rows_per_statement(self, conn: Connection) -> int:
+    def _rows_per_statement(self, conn: Connection, width: int = len(ROW_COLUMNS)) -> int:
+        """Rows of ``width`` values one statement may carry (SQLite caps its parameters)."""
         if self.dialect != "sqlite":
             return ROWS_PER_STATEMENT
         limit = conn.connection.driver_connection.getlimit(  # type: ignore[union-attr]
             sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
         )
-        return max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
+        return max(1, min(ROWS_PER_STATEMENT, limit // width))
 
     def insert_exact(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows in ``ROW_COLUMNS`` order, bookkeeping stamps included, stored as they are
@@ -333,6 +337,131 @@ class Store:
                 else:
                     updated += 1
         return UpsertResult(inserted, updated)
+
+    # -- billing events and prices ------------------------------------------------------
+
+    def _events_statement(self, rows: int) -> str:
+        """INSERT … ON CONFLICT DO UPDATE of ``rows`` billing events, only when changed
+        (fal may correct a charge; an event seen again as it was is left alone)."""
+        sql = self._events_sql.get(rows)
+        if sql is not None:
+            return sql
+        cols = [f'"{c}"' for c in (*BILLING_EVENT_FIELDS, "first_seen_at", "last_changed_at")]
+        fields = cols[1 : len(BILLING_EVENT_FIELDS)]
+        distinct = "IS DISTINCT FROM" if self.dialect == "postgresql" else "IS NOT"
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        if self.dialect == "postgresql":
+            values = ", ".join([f"({', '.join([mark] * len(cols))})"] * rows)
+        else:
+            n = len(BILLING_EVENT_FIELDS)
+            values = ", ".join(
+                "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
+                for i in range(rows)
+            )
+        sets = [f"{c} = excluded.{c}" for c in fields]
+        changed = [f"billing_events.{c} {distinct} excluded.{c}" for c in fields]
+        sql = (
+            f"INSERT INTO billing_events ({', '.join(cols)}) VALUES {values} "
+            f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(sets)}, "
+            f'"last_changed_at" = excluded."last_changed_at" WHERE {" OR ".join(changed)}'
+        )
+        self._events_sql[rows] = sql
+        return sql
+
+    def upsert_billing_events(
+        self, conn: Connection, events: Sequence[tuple[Any, ...]], *, now: str
+    ) -> UpsertResult:
+        """Upsert billing events (tuples in ``BILLING_EVENT_FIELDS`` order, e.g.
+        ``mirror.billing_api.BillingEvent``): how many were new, how many changed.
+
+        Keyed by ``request_id``: an event stored again is one row, the last occurrence of
+        an id in ``events`` wins, and one seen again unchanged keeps its ``last_changed_at``.
+        Many rows per statement, as the request upsert.
+        """
+        if not events:
+            return UpsertResult(0, 0)
+        by_id = {e[0]: tuple(e) for e in events}
+        ordered = sorted(by_id.values(), key=lambda e: e[2])  # side by side in the time index
+        width = len(BILLING_EVENT_FIELDS) + 2
+        if self.dialect == "postgresql":
+            inserted = updated = 0
+            for chunk in _chunks(len(ordered), ROWS_PER_STATEMENT):
+                sql = self._events_statement(chunk.stop - chunk.start)
+                flat = tuple(chain.from_iterable(map(add, ordered[chunk], repeat((now, now)))))
+                for (fresh,) in conn.exec_driver_sql(sql + " RETURNING (xmax = 0)", flat):
+                    inserted += fresh
+                    updated += not fresh
+            return UpsertResult(inserted, updated)
+        # rowids only grow here (no AUTOINCREMENT, nothing deleted) and the transaction
+        # holds the write lock: max(rowid) moves by the number inserted
+        before = conn.exec_driver_sql("SELECT max(rowid) FROM billing_events").scalar() or 0
+        changed = 0
+        for chunk in _chunks(len(ordered), self._rows_per_statement(conn, width)):
+            sql = self._events_statement(chunk.stop - chunk.start)
+            flat = (now, *chain.from_iterable(ordered[chunk]))
+            changed += conn.exec_driver_sql(sql, flat).rowcount
+        after = conn.exec_driver_sql("SELECT max(rowid) FROM billing_events").scalar() or 0
+        return UpsertResult(after - before, changed - (after - before))
+
+    def record_prices(
+        self, conn: Connection, quotes: Iterable[tuple[str, str, float, str]], seen_at: str
+    ) -> int:
+        """Snapshot prices, (endpoint_id, unit, unit_price, currency) each, seen at
+        ``seen_at``; returns how many rows were added.
+
+        An endpoint whose latest stored price is the same only has that row's
+        ``checked_at`` moved on; a new or changed price is a new row, so the history of
+        prices is never rewritten. A ``seen_at`` earlier than what is stored (a clock gone
+        back) never places a price before the one already known: the new row starts just
+        after the latest check instead.
+        """
+        quotes = list({q[0]: q for q in quotes}.values())
+        if not quotes:
+            return 0
+        p = prices.c
+        latest_seen = (
+            sa.select(p.endpoint_id, sa.func.max(p.seen_at).label("seen_at"))
+            .where(p.endpoint_id.in_([q[0] for q in quotes]))
+            .group_by(p.endpoint_id)
+            .subquery()
+        )
+        latest = {
+            r.endpoint_id: r
+            for r in conn.execute(
+                sa.select(prices).join(
+                    latest_seen,
+                    sa.and_(
+                        p.endpoint_id == latest_seen.c.endpoint_id,
+                        p.seen_at == latest_seen.c.seen_at,
+                    ),
+                )
+            )
+        }
+        added = 0
+        for endpoint_id, unit, unit_price, currency in quotes:
+            known = latest.get(endpoint_id)
+            if known is not None and (known.unit, known.unit_price, known.currency) == (
+                unit,
+                unit_price,
+                currency,
+            ):
+                conn.execute(
+                    prices.update()
+                    .where(p.endpoint_id == endpoint_id, p.seen_at == known.seen_at)
+                    .values(checked_at=max(known.checked_at, seen_at))
+                )
+                continue
+            at = seen_at
+            if known is not None and at <= known.checked_at:
+                at = to_text(from_text(known.checked_at) + timedelta(microseconds=1))
+            self._insert_ignore(
+                conn,
+                prices,
+                {"endpoint_id": endpoint_id, "seen_at": at, "unit": unit,
+                 "unit_price": unit_price, "currency": currency, "checked_at": at},
+            )  # fmt: skip
+            added += 1
+        return added
 
     # -- targets and windows ------------------------------------------------------------
 

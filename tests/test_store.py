@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mirror.db import script_heads
 from mirror.errors import SchemaTooNewError, StoreError
-from mirror.schema import derive_status, metadata, requests
+from mirror.schema import ROW_COLUMNS, derive_status, metadata, requests
 from mirror.store import Store
 
 T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
@@ -57,11 +57,12 @@ def norm(r):
 
 
 def table(store):
-    """Every stored row, through the schema's column types (canonical timestamps)."""
+    """Every stored row's upserted columns (``ROW_COLUMNS``), through the schema's column
+    types (canonical timestamps)."""
+    cols = [requests.c[name] for name in ROW_COLUMNS]
     with store.engine.connect() as conn:
         return [
-            norm(tuple(r))
-            for r in conn.execute(sa.select(requests).order_by(requests.c.request_id))
+            norm(tuple(r)) for r in conn.execute(sa.select(*cols).order_by(requests.c.request_id))
         ]
 
 
@@ -383,6 +384,7 @@ def test_postgresql_schema_uses_native_types(pg_url):
             "status": "text",
             "first_seen_at": "timestamp with time zone",
             "last_changed_at": "timestamp with time zone",
+            "history": "text",
         }, types
         assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage"}
         assert {

@@ -2,7 +2,8 @@
 
 `World` holds the simulated requests and answers queries the way the API would at the
 world's current time; `generate_world`/`demo_world` fill one with realistic history;
-`SimulatedAPI` serves it over real HTTP on 127.0.0.1 with optional `FaultConfig` faults;
+`SimulatedAPI` serves it over real HTTP on 127.0.0.1 with optional `FaultConfig` faults,
+and what the requests cost as its `billing` (``mirror.simulator.billing``) says;
 `SimulatedCDN` serves the files requests refer to (`attach_media` gives a world some).
 """
 

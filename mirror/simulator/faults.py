@@ -32,8 +32,12 @@ __all__ = [
     "ANALYTICS_PATH",
     "API_PATHS",
     "BAD_DATA_MODES",
+    "BILLING_EVENTS_PATH",
+    "MODELS_ANALYTICS_PATH",
     "MODELS_LIST_PATH",
+    "PRICING_PATH",
     "SERVERLESS_LIST_PATH",
+    "USAGE_PATH",
     "Body",
     "Decision",
     "FaultConfig",
@@ -45,8 +49,22 @@ __all__ = [
 SERVERLESS_LIST_PATH = "/v1/serverless/requests/by-endpoint"
 MODELS_LIST_PATH = "/v1/models/requests/by-endpoint"
 ANALYTICS_PATH = "/v1/serverless/analytics"
-#: The three operations the simulator serves; the default `fault_paths`.
-API_PATHS = frozenset({SERVERLESS_LIST_PATH, MODELS_LIST_PATH, ANALYTICS_PATH})
+MODELS_ANALYTICS_PATH = "/v1/models/analytics"
+BILLING_EVENTS_PATH = "/v1/models/billing-events"
+PRICING_PATH = "/v1/models/pricing"
+USAGE_PATH = "/v1/models/usage"
+#: The operations the simulator serves; the default `fault_paths`.
+API_PATHS = frozenset(
+    {
+        SERVERLESS_LIST_PATH,
+        MODELS_LIST_PATH,
+        ANALYTICS_PATH,
+        MODELS_ANALYTICS_PATH,
+        BILLING_EVENTS_PATH,
+        PRICING_PATH,
+        USAGE_PATH,
+    }
+)
 
 BadData = Literal[
     "oversize",

@@ -25,7 +25,14 @@ from typing import Any
 
 from mirror.simulator.world import EPOCH, NEVER_US, SimRequest, World, WorldConfig, to_us
 
-__all__ = ["DEFAULT_ENDPOINTS", "demo_world", "generate_world", "make_requests"]
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "MODEL_ENDPOINTS",
+    "billing_unit",
+    "demo_world",
+    "generate_world",
+    "make_requests",
+]
 
 #: The default apps of the simulated account, with traffic weights: an image app with a
 #: route (so bare-app-id matching matters), an upscaler and a speech model.
@@ -34,6 +41,14 @@ DEFAULT_ENDPOINTS: Mapping[str, float] = {
     "acme/flux-lora/turbo": 0.2,
     "acme/upscaler": 0.22,
     "acme/whisper-v3": 0.16,
+}
+
+#: Hosted models a key may call (the model-API history): no account owns them, so they are
+#: billed per request (``mirror.simulator.billing``), with traffic weights.
+MODEL_ENDPOINTS: Mapping[str, float] = {
+    "fal-ai/flux/dev": 0.5,
+    "fal-ai/flux/schnell": 0.3,
+    "fal-ai/whisper": 0.2,
 }
 
 _S = 1_000_000  # microseconds per second
@@ -98,6 +113,22 @@ def _profile(endpoint_id: str) -> _Profile:
     if "flux" in name or "sdxl" in name or "image" in name or "lora" in name:
         return _Profile("image", 6.5, 0.55)
     return _Profile("generic", 4.0, 0.8)
+
+
+#: what one of a request's ``billable_units`` counts, by the kind of endpoint
+_UNIT_OF_KIND = {
+    "image": "image",
+    "image-fast": "image",
+    "upscale": "megapixel",
+    "audio": "minute",
+    "generic": "gpu_second",
+}
+
+
+def billing_unit(endpoint_id: str) -> str:
+    """What the ``billable_units`` generated for this endpoint count (images, audio minutes,
+    GPU seconds...): the ``unit`` its price is quoted in."""
+    return _UNIT_OF_KIND[_profile(endpoint_id).kind]
 
 
 def _hex(rng: random.Random, n: int) -> str:

@@ -84,9 +84,9 @@ def fill(db: str) -> None:
         with store.engine.begin() as conn:
             store.upsert(conn, REQUESTS, payloads=True, billing=True, now=NOW)
             conn.execute(
-                requests.update().where(requests.c.endpoint_id.like("fal-ai/%")).values(
-                    history="model"
-                )
+                requests.update()
+                .where(requests.c.endpoint_id.like("fal-ai/%"))
+                .values(history="model")
             )
             store.upsert_billing_events(conn, EVENTS, now=NOW)
     finally:
@@ -259,6 +259,7 @@ def test_the_canned_spend_queries_read_indexes_not_the_whole_table(cost_db) -> N
     queries = yaml.safe_load(DATASETTE_YML.read_text())["databases"]["mirror"]["queries"]
     con = sqlite3.connect(f"file:{cost_db}?mode=ro", uri=True)
     try:
+
         def plan(name: str) -> list[str]:
             sql = queries[name]["sql"]
             return [r[3] for r in con.execute(f"EXPLAIN QUERY PLAN {sql}",

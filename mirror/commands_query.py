@@ -274,8 +274,9 @@ def sql_cmd(
     memory at most 512 MiB. Ctrl-C or SIGTERM stops the statement (exit 130).
     PostgreSQL: the statement runs in a READ ONLY transaction that is rolled back,
     under statement_timeout; only one statement, and only one that returns rows.
-    Tables: requests, sync_targets, sync_windows, sync_runs, summary_hourly; views:
-    request_log, hourly_summary, daily_summary, daily_usage; search: requests_fts
+    Tables: requests, billing_events, prices, sync_targets, sync_windows, sync_runs,
+    summary_hourly; views: request_log, request_costs (each request with its
+    billing event), hourly_summary, daily_summary, daily_usage; search: requests_fts
     (SQLite). Example: mirror sql "SELECT status, count(*) FROM requests GROUP BY 1"
     """
     from mirror.readonly import PgReadOnlyDatabase, ReadOnlyDatabase

@@ -309,6 +309,8 @@ API_FIELDS = (
     "json_output",
 )
 ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
+#: every column of a stored request, in column order (``mirror copy`` carries them all)
+STORED_COLUMNS = (*ROW_COLUMNS, "history")
 STATUSES = ("success", "user_error", "error", "unfinished")
 #: ``requests.history``: the calls to the user's own serverless apps, or the calls the
 #: key made to fal's hosted models

@@ -39,6 +39,7 @@ from mirror.redact import redact
 from mirror.schema import (
     BILLING_EVENT_FIELDS,
     ROW_COLUMNS,
+    STORED_COLUMNS,
     Instant,
     hour_of,
     prices,
@@ -306,10 +307,15 @@ class Store:
         return max(1, min(ROWS_PER_STATEMENT, limit // width))
 
     def insert_exact(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows in ``ROW_COLUMNS`` order, bookkeeping stamps included, stored as they are
-        (``mirror copy``): the same multi-row statements as the upsert."""
-        for chunk in _chunks(len(rows), self._rows_per_statement(conn)):
-            sql = self._upsert_statement(True, True, chunk.stop - chunk.start)
+        """Rows in ``STORED_COLUMNS`` order, bookkeeping stamps and history included, stored
+        as they are into a table that does not hold them (``mirror copy``): multi-row
+        INSERTs, as many rows per statement as the upsert carries."""
+        width = len(STORED_COLUMNS)
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        one = f"({', '.join([mark] * width)})"
+        for chunk in _chunks(len(rows), self._rows_per_statement(conn, width)):
+            values = ", ".join([one] * (chunk.stop - chunk.start))
+            sql = f"INSERT INTO requests ({', '.join(STORED_COLUMNS)}) VALUES {values}"
             conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[chunk])))
 
     def _upsert_pg(

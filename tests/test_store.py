@@ -386,7 +386,8 @@ def test_postgresql_schema_uses_native_types(pg_url):
             "last_changed_at": "timestamp with time zone",
             "history": "text",
         }, types
-        assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage"}
+        assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage",
+                         "request_costs"}  # fmt: skip
         assert {
             "ix_requests_search",
             "ix_requests_endpoint_ended",

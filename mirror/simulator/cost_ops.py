@@ -30,7 +30,7 @@ from mirror.simulator.params import (
     last,
     split,
     timezone,
-    window,
+    window_or_default,
 )
 from mirror.simulator.world import to_us
 
@@ -72,12 +72,7 @@ def _expand(params: Mapping[str, list[str]], allowed: tuple[str, ...]) -> list[s
 
 def _range(params: Mapping[str, list[str]], now: datetime) -> tuple[datetime, datetime]:
     """``start`` and ``end`` with their defaults (24 hours ago, now)."""
-    start, end = window(params)
-    start = start or now - _DEFAULT_START
-    end = end or now
-    if start > end:
-        raise invalid("start must not be later than end")
-    return start, end
+    return window_or_default(params, now, _DEFAULT_START)
 
 
 def _query(

@@ -27,6 +27,7 @@ from mirror.simulator.world import EPOCH, NEVER_US, SimRequest, World, WorldConf
 
 __all__ = [
     "DEFAULT_ENDPOINTS",
+    "DEMO_MODELS",
     "MODEL_ENDPOINTS",
     "billing_unit",
     "demo_world",
@@ -50,6 +51,11 @@ MODEL_ENDPOINTS: Mapping[str, float] = {
     "fal-ai/flux/schnell": 0.3,
     "fal-ai/whisper": 0.2,
 }
+
+#: The two hosted models `demo_world` has the key call, with traffic weights.
+DEMO_MODELS: Mapping[str, float] = {"fal-ai/flux/dev": 0.6, "fal-ai/flux/schnell": 0.4}
+#: added to `demo_world`'s seed for its model calls: their own draws, not the account's
+_MODELS_SEED = 1_000_003
 
 _S = 1_000_000  # microseconds per second
 _HOUR = 3600 * _S
@@ -587,14 +593,16 @@ def make_requests(
 
 
 def demo_world(now: datetime, seed: int = 1, config: WorldConfig | None = None) -> World:
-    """A pleasant preset for `mirror demo` and `mirror fake-api`: about 15,000 requests.
+    """A pleasant preset for `mirror demo` and `mirror fake-api`: about 17,000 requests.
 
-    Three days over four endpoints (one a route of another app), a dense hour of 3,000
-    requests yesterday, a handful running now, and an hour of future arrivals trickling in
-    so a live sync sees new rows appear.
+    Three days over four endpoints of the account (one a route of another app), a dense
+    hour of 3,000 requests yesterday, a handful running now, and an hour of future arrivals
+    trickling in so a live sync sees new rows appear; and the same three days of the key's
+    calls to two hosted models (`DEMO_MODELS`), billed per request. The models' calls are
+    drawn apart from the account's, so the account's history is the one a seed always gave.
     """
     dense_start = (now - timedelta(hours=30)).replace(minute=0, second=0, microsecond=0)
-    return generate_world(
+    world = generate_world(
         config,
         seed=seed,
         now=now.astimezone(UTC),
@@ -604,3 +612,15 @@ def demo_world(now: datetime, seed: int = 1, config: WorldConfig | None = None) 
         future_minutes=60,
         running=8,
     )
+    models = generate_world(
+        seed=seed + _MODELS_SEED,
+        now=now.astimezone(UTC),
+        days=3,
+        endpoints=DEMO_MODELS,
+        requests_per_hour=30,
+        future_minutes=60,
+        running=2,
+        big_tie_group=0,
+    )
+    world.add_many(models)
+    return world

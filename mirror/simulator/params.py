@@ -35,6 +35,7 @@ __all__ = [
     "split",
     "timezone",
     "window",
+    "window_or_default",
 ]
 
 #: the most values a list parameter (``endpoint_id``, ``request_id``...) takes
@@ -189,6 +190,21 @@ def window(
     end = parse_time("end", end_text) if end_text is not None else None
     if start is not None and end is not None and start > end:
         raise invalid(f"start ({start_text}) must not be later than end ({end_text})")
+    return start, end
+
+
+def window_or_default(
+    params: Mapping[str, list[str]], now: datetime, default: timedelta
+) -> tuple[datetime, datetime]:
+    """``start`` and ``end`` with fal's defaults: ``default`` before ``now``, and ``now``.
+    An explicit start after an explicit end is a 400 (`window`); a default never turns a
+    range over: an explicit ``end`` before the default start, or an explicit ``start`` after
+    ``now``, asks for an empty range (an empty answer, not an error)."""
+    start, end = window(params)
+    if end is None:
+        end = now if start is None else max(now, start)
+    if start is None:
+        start = min(now - default, end)
     return start, end
 
 

@@ -15,9 +15,12 @@ parameter given twice uses its last value; `expand` also accepts a comma-joined 
 unknown parameters are ignored; explicit `start` later than explicit `end` is a 400; the
 models operations (list and analytics) apply no ownership check (they show the caller's own
 requests to anyone's endpoints); analytics pages its buckets 100 per page by default and at
-most 1000 (larger limits are clamped); other methods than GET/HEAD, like other paths, are
-404. Parameters are read by `mirror.simulator.params`; billing events, pricing and usage
-are answered by `mirror.simulator.cost_ops`.
+most 1000 (larger limits are clamped); a served path asked with any other method than GET
+or HEAD is a 405 with ``Allow: GET, HEAD`` (the error type ``not_found``), and a request
+the standard library refuses before the API sees it (a malformed request line, a header
+line too long) gets fal's JSON error too, never an HTML page. Parameters are read by
+`mirror.simulator.params`; billing events, pricing and usage are answered by
+`mirror.simulator.cost_ops`.
 """
 
 from __future__ import annotations
@@ -158,23 +161,28 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.api._track(self.connection, False)
 
-    def do_GET(self) -> None:
-        self.server.api._handle(self, "GET")
+    def __getattr__(self, name: str) -> Any:
+        """``do_<METHOD>`` for every method, whatever its name (GET, HEAD, TRACE, PROPFIND...):
+        the application answers them all, so none gets the standard library's 501 page."""
+        if name.startswith("do_") and len(name) > 3:
+            method = name[3:]
+            return lambda: self.server.api._handle(self, method)
+        raise AttributeError(name)
 
-    def do_HEAD(self) -> None:
-        self.server.api._handle(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.server.api._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.api._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.server.api._handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self.server.api._handle(self, "DELETE")
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A request too broken to reach the application (a malformed request line, headers
+        too long, an HTTP version other than 1.x): fal's JSON error, not an HTML page."""
+        kind = _ERROR_KINDS.get(code, "validation_error" if code < 500 else "server_error")
+        body = ApiError(code, kind, message or _REASONS.get(code, "Error")).body()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.send_response(code, message)
+            self.send_header("Content-Type", _JSON)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is `SimulatedAPI.log`, not stderr."""
@@ -460,8 +468,14 @@ class SimulatedAPI:
         }
         operation = routes.get(path)
         try:
-            if operation is None or method not in ("GET", "HEAD"):
+            if operation is None:
                 raise ApiError(404, "not_found", f"Resource not found: {method} {path}")
+            if method not in _ALLOWED:
+                return Answer(
+                    405,
+                    ApiError(405, "not_found", f"Method {method} not allowed on {path}").body(),
+                    headers=(("Allow", ", ".join(_ALLOWED)),),
+                )
             key = self._authenticate(authorization)
             if operation == "cost":
                 return self._cost(path, params, key, now)
@@ -545,11 +559,7 @@ class SimulatedAPI:
         limit = min(limit, _ANALYTICS_MAX_LIMIT)
         cursor = parse.last(params, "cursor")
         page = parse.decode_cursor(cursor) if cursor is not None else 1
-        start, end = parse.window(params)
-        start = start or now - timedelta(hours=24)
-        end = end or now
-        if start > end:
-            raise parse.invalid("start must not be later than end")
+        start, end = parse.window_or_default(params, now, timedelta(hours=24))
         timeframe = parse.enum(params, "timeframe", analytics.TIMEFRAMES)
         bound = parse.enum(params, "bound_to_timeframe", ("true", "false")) or "true"
         tz = parse.timezone(parse.last(params, "timezone") or "UTC")
@@ -596,6 +606,10 @@ class SimulatedAPI:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+#: fal's error type for a status the standard library refuses a request with
+_ERROR_KINDS = {404: "not_found", 501: "not_implemented", 505: "not_implemented"}
+#: the only methods the API answers; any other gets a 405 naming them
+_ALLOWED = ("GET", "HEAD")
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:

@@ -191,7 +191,7 @@ def test_metadata_titles_descriptions_and_units(server):
     )
     assert set(db_meta["queries"]) == {
         "failed_requests", "slowest_requests", "latency_percentiles_per_hour",
-        "billable_units_per_day", "prompt_failures",
+        "billable_units_per_day", "prompt_failures", "spend_per_day", "most_expensive_requests",
     }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from mirror.db import (
     upgrade,
 )
 from mirror.errors import StoreError
+from mirror.records import Row, upsert_fields
 from mirror.redact import redact
 from mirror.schema import (
     ROW_COLUMNS,
@@ -94,8 +95,8 @@ def _is_hour(text: str) -> bool:
     return True
 
 
-def _ended_at(row: tuple[Any, ...]) -> str:
-    return row[5] or ""
+def _ended_at(row: Row) -> str:
+    return row.ended_at or ""
 
 
 def _chunks(n: int, most: int) -> Iterator[slice]:
@@ -172,12 +173,9 @@ class Store:
     def _upsert_statement(
         self, payloads: bool, billing: bool, rows: int = 1, *, one_stamp: bool = False
     ) -> str:
-        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed.
-
-        Payloads and billable units are fetched only on request; when a sync did not fetch
-        them, stored values are left alone. When the API returns null for one that is stored
-        (payloads expire after 30 days at fal; billing is never un-recorded), the stored value
-        is kept: the mirror outlives the platform's retention.
+        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed,
+        by the upsert's field rules (``mirror.records.upsert_fields``): a field not fetched
+        is left alone, and a payload or billing value the API returns null for is kept.
 
         ``rows`` > 1: one statement for that many rows (a multi-row VALUES list).
         ``one_stamp`` (SQLite): every row's ``first_seen_at`` and ``last_changed_at`` are
@@ -187,11 +185,7 @@ class Store:
         sql = self._upsert_sql.get(key)
         if sql is not None:
             return sql
-        always = ["endpoint_id", "runner_id", "sent_at", "started_at", "ended_at",
-                  "status_code", "duration", "status"]  # fmt: skip
-        kept = (["json_input", "json_output"] if payloads else []) + (
-            ["billable_units"] if billing else []
-        )
+        always, kept = upsert_fields(payloads=payloads, billing=billing)
         sets = [f"{c} = excluded.{c}" for c in always]
         sets += [f"{c} = COALESCE(excluded.{c}, requests.{c})" for c in kept]
         sets.append("last_changed_at = excluded.last_changed_at")
@@ -203,7 +197,7 @@ class Store:
             changed = [c.replace(" IS NOT ", " IS DISTINCT FROM ") for c in changed]
             values = ", ".join([f"({', '.join(['%s'] * len(ROW_COLUMNS))})"] * rows)
         elif one_stamp:
-            n = len(ROW_COLUMNS) - 2
+            n = len(Row._fields)
             values = ", ".join(
                 "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
                 for i in range(rows)
@@ -221,13 +215,13 @@ class Store:
     def upsert(
         self,
         conn: Connection,
-        rows: Sequence[tuple[Any, ...]],
+        rows: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,
         now: str,
     ) -> UpsertResult:
-        """Upsert API rows (tuples in ``API_FIELDS`` order plus ``status``).
+        """Upsert rows (``mirror.records.Row``) fetched with or without payloads and billing.
 
         Returns how many rows were new and how many existing rows actually changed. On
         SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
@@ -237,7 +231,7 @@ class Store:
         if not rows:
             return UpsertResult(0, 0)
         # last occurrence of an id wins, as if the rows were applied one after another
-        by_id = {r[0]: r for r in rows}
+        by_id = {r.request_id: r for r in rows}
         # In ended_at order (unfinished rows first): new rows then land side by side in the
         # time indexes instead of on scattered pages (bench/ingest_bench.py).
         ordered = sorted(by_id.values(), key=_ended_at)
@@ -311,7 +305,7 @@ class Store:
     def _upsert_pg(
         self,
         conn: Connection,
-        ordered: Sequence[tuple[Any, ...]],
+        ordered: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,

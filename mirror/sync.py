@@ -28,9 +28,12 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end.
 
-The list call with its billing fallback, the re-walk of a window whose rows moved, the
-stop signal and the notes are ``mirror.walk``'s, shared with verify; the analytics calls
-are ``FalClient.hourly_counts``.
+A window's walk (the cursor and its rules, the list call with its billing fallback, the
+re-walk of a window whose rows moved), the stop signal and the notes are ``mirror.walk``'s,
+shared with verify; what a row is, ``mirror.records``'s; the analytics calls are
+``FalClient.hourly_counts``. Walkers hand the writer their rows, and the end of each task
+with the work it leaves (a dense window's parts), through one queue; only the calling
+thread submits work and writes.
 """
 
 from __future__ import annotations
@@ -47,18 +50,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from operator import attrgetter
 
 import sqlalchemy as sa
 
 from mirror import interrupts
-from mirror.api import CursorWalk, FalClient, Page
+from mirror.api import FalClient
 from mirror.errors import AuthError, MirrorError
+from mirror.records import Page, Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, UpsertResult
 from mirror.timeparse import from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
+from mirror.walk import Lister, Notes, Step, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
@@ -170,28 +174,15 @@ class _Refresh:
     until: datetime
 
 
-# events on the queue, worker -> writer
+# events on the queue, walkers -> writer
 @dataclass(frozen=True)
 class Rows:
     """Rows of one page for the writer (and with ``complete``, the window they finish)."""
 
     target: str
-    rows: list[tuple[Any, ...]]
+    rows: list[Row]
     billing: bool
     complete: Window | None = None
-
-
-@dataclass(frozen=True)
-class _Split:
-    target: str
-    children: list[Window]
-    sized: bool = False
-
-
-@dataclass(frozen=True)
-class _Unstable:
-    target: str
-    window: Window
 
 
 @dataclass(frozen=True)
@@ -201,7 +192,12 @@ class _Failed:
 
 @dataclass(frozen=True)
 class _Finished:
+    """A task's end, with what it leaves to do: the walks a dense window was split into
+    (``more``), or a window whose rows kept moving (``unstable``, walked again next run)."""
+
     target: str | None = None
+    more: tuple[_Walk, ...] = ()
+    unstable: bool = False
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -287,10 +283,6 @@ class TargetLocks:
         finally:
             if engine is not None:
                 engine.dispose()
-
-
-def _request_id(row: tuple[Any, ...]) -> str:
-    return str(row[0])
 
 
 def _retryable(e: BaseException) -> bool:
@@ -427,7 +419,7 @@ def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
     The page's ``ended_at`` values tell how much of the window 100 rows span. Order is
     detected from the page itself, since fal does not document the sort direction.
     """
-    ends = [r[5] for r in page.rows if r[5] is not None]
+    ends = [r.ended_at for r in page.rows if r.ended_at is not None]
     length = window.length.total_seconds()
     if len(ends) < 2:
         return 2
@@ -470,8 +462,8 @@ class Syncer:
         self._writer_gone = threading.Event()
         #: targets whose analytics answer was refused or empty: split by first pages only
         self._no_analytics: set[str] = set()
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
+        #: (target, error) of every task that failed
+        self._errors: list[tuple[str | None, BaseException]] = []
         self._skew = SkewEstimate()
         self._notes = Notes(log)
         self._lister = Lister(
@@ -484,8 +476,6 @@ class Syncer:
             skew=self._skew,
             clock=clock,
         )
-        #: targets whose calls the API refused as not this key's (403)
-        self._refused: set[str] = set()
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -510,81 +500,76 @@ class Syncer:
                     wait = True
 
     def _work(self, task: _Walk | _Refresh) -> None:
+        """Run one task in a worker thread. Its rows go to the writer as they come; its end,
+        with the work it leaves (a dense window's parts), goes last, as one event."""
+        more: tuple[_Walk, ...] = ()
+        unstable = False
         try:
             if isinstance(task, _Refresh):
                 self._refresh(task)
             else:
-                _, stable = until_stable(
-                    lambda: (None, self._walk_once(task) != "unstable"),
+                parts, stable = until_stable(
+                    lambda: self._walk_once(task),
                     1 + self.opts.rewalks,
                     f"{task.target} {task.window}",
                     log,
                 )
-                if not stable:
-                    self._put(_Unstable(task.target, task.window))
+                more, unstable = tuple(parts), not stable
         except Stopped:
             pass
         except BaseException as e:
-            if isinstance(e, AuthError) and e.status == 403:
-                with self._lock:
-                    self._refused.add(task.target)
-            self._errors.append(e)  # kept even if the queue is full: the run must fail
+            # kept even if the queue is full: the run must fail
+            self._errors.append((task.target, e))
             self._stop.set()
             with contextlib.suppress(queue.Full):
                 self._q.put(_Failed(e), timeout=5)
         finally:
             with contextlib.suppress(Stopped):
-                self._put(_Finished(task.target))
+                self._put(_Finished(task.target, more, unstable))
 
-    def _walk_once(self, task: _Walk) -> str:
+    def _walk_once(self, task: _Walk) -> tuple[list[_Walk], bool]:
+        """One walk of the task's window, each page handed to the writer as it comes: (the
+        walks it was split into, if it was dense; whether no id was read twice)."""
         w, target = task.window, task.target
-        cursor: str | None = None
-        seen: set[str] = set()
-        walk = CursorWalk(f"{target} {w.start}..{w.end}", w.length)
-        repeated = False
-        pages = 0
-        #: the API's present when the walk began: nothing after it can be complete yet
-        present: datetime | None = None
-        while True:
-            # one page per turn: at most the pacer's limit of walkers fetch, decode and
-            # hand pages over at once
-            with self.client.turn():
-                page, billing, _ = self._lister.fetch(target, w.start, w.end, cursor)
-                pages += 1
-                if pages == 1:
-                    present = page.server_time
-                for r in page.rows:
-                    if r[0] in seen:
-                        repeated = True
-                    seen.add(r[0])
-                # (an empty page says nothing of the window's density: its cursor is
-                # followed, and CursorWalk refuses a run of them)
-                if page.has_more and page.rows and w.length > timedelta(seconds=1):
-                    children: list[Window] | None = None
-                    sized = False
-                    if pages == 1:
-                        rows_per_walk = self.opts.walk_rows * (SIZED_SLACK if task.sized else 1)
-                        parts = estimate_parts(page, w, rows_per_walk)
-                        if task.blind:
-                            # more than a page over hours: the server's hourly counts say how
-                            # to cut it, whatever its first page happened to see
-                            children = self._by_counts(target, w)
-                            sized = children is not None
-                        if children is None and parts > 1:
-                            children = split(w, parts)
-                    elif pages >= MAX_WALK_PAGES:
-                        children = split(w, 4)
-                    if children is not None:
-                        log.info("%s %s: dense, split into %d windows", target, w, len(children))
-                        self._put(Rows(target, page.rows, billing))
-                        self._put(_Split(target, children, sized))
-                        return "split"
-                if not page.has_more:
-                    done = None if repeated else _complete_part(w, present)
-                    self._put(Rows(target, page.rows, billing, complete=done))
-                    return "unstable" if repeated else "done"
-                cursor = walk.follow(page)
-                self._put(Rows(target, page.rows, billing))
+        walk = WindowWalk(self._lister, target, w.start, w.end, turn=self.client.turn)
+        with contextlib.closing(walk.pages()) as pages:
+            for step in pages:
+                page = step.page
+                parts = self._parts(task, step)
+                if parts:
+                    log.info("%s %s: dense, split into %d windows", target, w, len(parts))
+                    self._put(Rows(target, page.rows, step.billing))
+                    return parts, True
+                done = None
+                if not page.has_more and not step.repeated:
+                    # the API's present when the walk began: nothing after it is complete yet
+                    done = _complete_part(w, walk.present)
+                self._put(Rows(target, page.rows, step.billing, complete=done))
+        return [], not walk.repeated
+
+    def _parts(self, task: _Walk, step: Step) -> list[_Walk]:
+        """The walks a window is split into after this page of its walk (none: walk on).
+
+        After the first page: as many as its density says, or as the server's hourly
+        counts say for a window planned blind; after ``MAX_WALK_PAGES``: four.
+        """
+        w, page = task.window, step.page
+        # (an empty page says nothing of the window's density: its cursor is followed, and
+        # the walk refuses a run of them)
+        if not (page.has_more and page.rows and w.length > timedelta(seconds=1)):
+            return []
+        if step.number > 1:
+            if step.number < MAX_WALK_PAGES:
+                return []
+            return [_Walk(task.target, c) for c in split(w, 4)]
+        parts = estimate_parts(page, w, self.opts.walk_rows * (SIZED_SLACK if task.sized else 1))
+        if task.blind:
+            # more than a page over hours: the server's hourly counts say how to cut it,
+            # whatever its first page happened to see
+            by_counts = self._by_counts(task.target, w)
+            if by_counts is not None:
+                return [_Walk(task.target, c, sized=True) for c in by_counts]
+        return [_Walk(task.target, c) for c in split(w, parts)] if parts > 1 else []
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.
@@ -621,10 +606,7 @@ class Syncer:
             if start >= task.until:
                 continue
             with self.client.turn():
-                page, billing, _ = self._lister.fetch(
-                    task.target, start, task.until, None, request_id=request_id
-                )
-                rows = [r for r in page.rows if r[0] == request_id]
+                rows, billing, _ = self._lister.look_up(task.target, request_id, start, task.until)
                 if rows:
                     self._put(Rows(task.target, rows, billing))
         if unreadable:
@@ -686,25 +668,27 @@ class Syncer:
             outstanding = self._claim(pool, report, now, tails, 0)
             while outstanding:
                 batch = self._drain()
-                outstanding -= sum(isinstance(ev, _Finished) for ev in batch)
                 failed = [ev.error for ev in batch if isinstance(ev, _Failed)]
                 if failed and error is None:
                     error = failed[0]
                 for ev in batch:
-                    if isinstance(ev, _Split) and not self._stop.is_set():
-                        for child in ev.children:
-                            pool.submit(self._work, _Walk(ev.target, child, ev.sized))
-                            outstanding += 1
-                        report.windows_planned += len(ev.children) - 1
-                    elif isinstance(ev, _Unstable):
-                        report.windows_unstable += 1
+                    if isinstance(ev, _Finished):
+                        outstanding -= 1
+                        if ev.unstable:
+                            report.windows_unstable += 1
+                        if ev.more and not self._stop.is_set():
+                            # a dense window's parts, walked as the window would have been
+                            for task in ev.more:
+                                pool.submit(self._work, task)
+                            outstanding += len(ev.more)
+                            report.windows_planned += len(ev.more) - 1
                 self._write(batch, report, now)
                 if error is None and not self._stop.is_set():
                     outstanding += self._claim(pool, report, now, tails, outstanding)
                 if self.progress:
                     self.progress(report)
             if error is None and self._errors:
-                error = self._errors[0]
+                error = self._errors[0][1]
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
         except BaseException as e:
@@ -940,7 +924,7 @@ class Syncer:
                 rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
                 if self._locks.enabled:
                     # the upsert sorts by ended_at, keeping this order among equals
-                    rows.sort(key=_request_id)
+                    rows.sort(key=attrgetter("request_id"))
                 res = self.store.upsert(
                     conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
                 )
@@ -959,7 +943,8 @@ class Syncer:
         holds nothing yet is not kept: otherwise every bare run from cron would fail on it.
         One that holds rows or windows stays (the key may be what is wrong); so does the
         requested range of every other target."""
-        dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
+        refused = {t for t, e in self._errors if isinstance(e, AuthError) and e.status == 403 and t}
+        dropped = [t for t in sorted(refused) if self.store.forget_if_empty(t)]
         if not dropped:
             return error
         return AuthError(

@@ -32,8 +32,9 @@ Hours are processed oldest first with a bounded number of walks in flight, so me
 one hour's rows plus a day of ids, whatever the length of history verified.
 
 This module computes the ``VerifyReport``; ``mirror.verify_report`` renders it (text, JSON).
-The analytics calls are ``FalClient.hourly_counts``; the list calls with their billing
-fallback, the re-walks and the stop signal are ``mirror.walk``'s, as sync's are.
+The analytics calls are ``FalClient.hourly_counts``; each hour's walk (``WindowWalk``, with
+the billing fallback and the re-walks) and the stop signal are ``mirror.walk``'s, as sync's
+are; the comparison under the upsert's rules is ``mirror.records.differing_fields``.
 """
 
 from __future__ import annotations
@@ -50,17 +51,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from mirror import lock
-from mirror.api import CursorWalk, FalClient
+from mirror.api import FalClient
 from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
-from mirror.schema import API_FIELDS, hour_of, requests, target_clause
+from mirror.records import Row, differing_fields
+from mirror.schema import hour_of, requests, target_clause
 from mirror.store import Store
 from mirror.timeparse import api_param, from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
+from mirror.walk import Lister, Notes, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import align_down, ceil_s, floor_s
 
 log = logging.getLogger("mirror.verify")
@@ -75,13 +76,6 @@ LOOKUP_MARGIN = timedelta(days=1)
 #: how long ids seen in walked hours are remembered to clear suspected extras without a call;
 #: a request runs at most this long before a lookup is needed to place it
 SEEN_FOR = timedelta(days=1)
-
-_I = {name: i for i, name in enumerate(API_FIELDS)}
-#: fields the upsert always overwrites, and those it keeps when the server sends null
-_ALWAYS = ("endpoint_id", "runner_id", "sent_at", "started_at", "ended_at", "status_code",
-           "duration")  # fmt: skip
-_PAYLOADS = ("json_input", "json_output")
-_BILLING = ("billable_units",)
 
 
 # --------------------------------------------------------------------------- the report
@@ -234,43 +228,6 @@ def plan_slots(
     return pieces
 
 
-# --------------------------------------------------------------------------- comparison
-
-
-def _json_equal(a: str | None, b: str | None) -> bool:
-    if a == b:
-        return True
-    if a is None or b is None:
-        return False
-    try:
-        return bool(orjson.loads(a) == orjson.loads(b))
-    except orjson.JSONDecodeError:
-        return False
-
-
-def differing_fields(
-    mirror_row: Sequence[Any], server_row: Sequence[Any], *, payloads: bool, billing: bool
-) -> list[str]:
-    """The API fields in which the mirror differs from the server, by the upsert's rules.
-
-    ``Store.upsert`` overwrites the always-fetched fields and keeps a stored payload or
-    billing value when the server sends null (fal drops payloads after 30 days; the mirror
-    outlives that). A field the upsert would not change is not a difference, so a repaired
-    mirror verifies clean.
-    """
-    out = [f for f in _ALWAYS if mirror_row[_I[f]] != server_row[_I[f]]]
-    if billing:
-        i = _I["billable_units"]
-        if server_row[i] is not None and mirror_row[i] != server_row[i]:
-            out.append("billable_units")
-    if payloads:
-        for f in _PAYLOADS:
-            i = _I[f]
-            if server_row[i] is not None and not _json_equal(mirror_row[i], server_row[i]):
-                out.append(f)
-    return sorted(out, key=API_FIELDS.index)
-
-
 def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -285,7 +242,7 @@ def _is_uuid(text: str) -> bool:
 @dataclass
 class _Walked:
     slot: Slot
-    rows: dict[str, tuple[Any, ...]]
+    rows: dict[str, Row]
     billing: bool
     calls: int
     stable: bool
@@ -367,26 +324,18 @@ class Verifier:
 
         def once() -> tuple[_Walked, bool | None]:
             nonlocal calls
-            rows: dict[str, tuple[Any, ...]] = {}
-            repeated = False
-            walk = CursorWalk(f"{slot.target} {slot.label}", slot.end - slot.start)
-            flags: set[bool] = set()
-            while True:
-                page, billing, n = self._lister.fetch(
-                    slot.target, slot.start, slot.end, walk.cursor
-                )
-                calls += n
-                flags.add(billing)
-                for r in page.rows:
-                    if r[0] in rows:
-                        repeated = True
-                    rows[r[0]] = r
-                if walk.follow(page) is None:
-                    break
-            walked = _Walked(slot, rows, billing and len(flags) == 1, calls, False)
-            if len(flags) > 1:  # billing was refused half-way: walk it again without
+            walk = WindowWalk(self._lister, slot.target, slot.start, slot.end)
+            rows: dict[str, Row] = {}
+            billing = self.billing
+            for step in walk.pages():
+                rows.update((r.request_id, r) for r in step.page.rows)
+                billing = step.billing
+            calls += walk.calls
+            mixed = len(walk.billing) > 1
+            walked = _Walked(slot, rows, billing and not mixed, calls, False)
+            if mixed:  # billing was refused half-way: walk it again without
                 return walked, None
-            return walked, not repeated
+            return walked, not walk.repeated
 
         walked, stable = until_stable(once, MAX_WALKS, f"{slot.target} {slot.label}", log)
         walked.stable = stable
@@ -426,13 +375,13 @@ class Verifier:
             conn.rollback()
         return out
 
-    def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-        cols = [requests.c[f] for f in API_FIELDS]
+    def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, Row]:
+        cols = [requests.c[f] for f in Row._fields]
         ids = list(ids)
-        out: dict[str, tuple[Any, ...]] = {}
+        out: dict[str, Row] = {}
         for i in range(0, len(ids), 500):
             q = sa.select(*cols).where(requests.c.request_id.in_(ids[i : i + 500]))
-            out.update((r[0], tuple(r)) for r in conn.execute(q))
+            out.update((r.request_id, Row(*r)) for r in conn.execute(q))
         return out
 
     def _mirror_ended_in(self, conn: sa.Connection, slot: Slot) -> list[tuple[str, str]]:
@@ -610,7 +559,7 @@ class Verifier:
                     f"{slot.target} {slot.label}: rows kept moving while the hour was walked; "
                     "run verify again"
                 )
-            writes: list[tuple[tuple[Any, ...], bool]] = []
+            writes: list[tuple[Row, bool]] = []
             deletes: list[str] = []
             before = tr.missing + tr.different + tr.extra
             with self.store.engine.connect() as conn:
@@ -652,22 +601,22 @@ class Verifier:
         now: datetime,
         tr: TargetReport,
         reported: set[str],
-        writes: list[tuple[tuple[Any, ...], bool]],
+        writes: list[tuple[Row, bool]],
         deletes: list[str],
     ) -> int:
         """Look a mirror row the walk did not return up by id; returns the calls made."""
         calls = 0
-        row: tuple[Any, ...] | None = None
+        row: Row | None = None
         billing = self.billing
         if _is_uuid(rid):
             try:
                 start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
             except (ValueError, OverflowError):  # stored before timestamps were parsed whole
                 start = floor_s(slot.start - LOOKUP_MARGIN)
-            page, billing, calls = self._lister.fetch(
-                slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
+            found, billing, calls = self._lister.look_up(
+                slot.target, rid, start, ceil_s(now) + timedelta(seconds=1)
             )
-            row = next((r for r in page.rows if r[0] == rid), None)
+            row = found[0] if found else None
         if row is None:
             tr.extra += 1
             tr._extra.add(rid)
@@ -691,7 +640,7 @@ class Verifier:
     def _write(
         self,
         slot: Slot,
-        writes: list[tuple[tuple[Any, ...], bool]],
+        writes: list[tuple[Row, bool]],
         deletes: list[str],
         tr: TargetReport,
         stamp: str,

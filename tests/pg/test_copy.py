@@ -26,6 +26,7 @@ from support.compare import db_query
 from mirror import lock
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
+from mirror.records import Row
 from mirror.store import Store
 
 TABLES = {
@@ -119,11 +120,11 @@ def source_db(tmp_path_factory) -> Path:
     try:
         now = "2026-01-02T03:04:05.678901Z"
         rows = [
-            ("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
-             None, None, None, TRICKY_JSON, None, "unfinished"),
-            ("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
-             "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
-             503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
+            Row("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
+                None, None, None, TRICKY_JSON, None, "unfinished"),
+            Row("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
+                "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
+                503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
         ]  # fmt: skip
         with store.engine.begin() as conn:
             store.upsert(conn, rows, payloads=True, billing=True, now=now)

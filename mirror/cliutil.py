@@ -350,7 +350,7 @@ class Progress:
             return
         self.shown = True
         click.echo(
-            f"\rsyncing: {report.windows_done}/{report.windows_planned} windows, "
+            f"\rsyncing: {report.windows.done}/{report.windows.planned} windows, "
             f"{report.inserted + report.updated} rows written ",
             err=True,
             nl=False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain, repeat
 from operator import add
@@ -117,6 +118,21 @@ def _chunks(n: int, most: int) -> Iterator[slice]:
 class UpsertResult(NamedTuple):
     inserted: int
     updated: int
+
+
+@dataclass(kw_only=True)
+class Tally:
+    """What a run (a sync, or verify's check of one target) cost and wrote: the API calls it
+    made, and the rows its upserts inserted and updated."""
+
+    api_calls: int = 0
+    inserted: int = 0
+    updated: int = 0
+
+    def wrote(self, result: UpsertResult | Tally) -> None:
+        """Count the rows an upsert (or another run) inserted and updated."""
+        self.inserted += result.inserted
+        self.updated += result.updated
 
 
 class Store:

@@ -60,7 +60,7 @@ from mirror.errors import AuthError, MirrorError
 from mirror.records import Page, Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
-from mirror.store import Store, UpsertResult
+from mirror.store import Store, Tally, UpsertResult
 from mirror.timeparse import from_text, to_text, utcnow
 from mirror.walk import Lister, Notes, Step, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
@@ -112,17 +112,22 @@ RECHECK_TIERS = (
 
 
 @dataclass
-class SyncReport:
+class WindowCounts:
+    """A sync's windows: planned (a split window's parts included), completed, and walked
+    without completing because their rows kept moving (walked again next run)."""
+
+    planned: int = 0
+    done: int = 0
+    unstable: int = 0
+
+
+@dataclass
+class SyncReport(Tally):
     run_id: int
     targets: list[str]
     started_at: datetime
-    windows_planned: int = 0
-    windows_done: int = 0
-    windows_unstable: int = 0
+    windows: WindowCounts = field(default_factory=WindowCounts)
     pages: int = 0
-    api_calls: int = 0
-    inserted: int = 0
-    updated: int = 0
     refreshed: int = 0
     rechecked_hours: int = 0
     recheck_calls: int = 0
@@ -139,13 +144,13 @@ class SyncReport:
         n = len(self.targets) - len(self.left_to_others)
         line = (
             f"synced {n} target{'s' if n != 1 else ''}: "
-            f"{self.inserted} new, {self.updated} updated, {self.windows_done} windows "
+            f"{self.inserted} new, {self.updated} updated, {self.windows.done} windows "
             f"in {self.pages} pages ({self.api_calls} calls) in {self.seconds:.1f}s"
         )
         if self.rechecked_hours:
             line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
-        if self.windows_unstable:
-            line += f"; {self.windows_unstable} windows kept changing and will be walked again"
+        if self.windows.unstable:
+            line += f"; {self.windows.unstable} windows kept changing and will be walked again"
         if self.left_to_others:
             k = len(self.left_to_others)
             line += (
@@ -675,13 +680,13 @@ class Syncer:
                     if isinstance(ev, _Finished):
                         outstanding -= 1
                         if ev.unstable:
-                            report.windows_unstable += 1
+                            report.windows.unstable += 1
                         if ev.more and not self._stop.is_set():
                             # a dense window's parts, walked as the window would have been
                             for task in ev.more:
                                 pool.submit(self._work, task)
                             outstanding += len(ev.more)
-                            report.windows_planned += len(ev.more) - 1
+                            report.windows.planned += len(ev.more) - 1
                 self._write(batch, report, now)
                 if error is None and not self._stop.is_set():
                     outstanding += self._claim(pool, report, now, tails, outstanding)
@@ -805,7 +810,7 @@ class Syncer:
             )
         tails[target] = tail
         tasks: list[_Walk | _Refresh] = [_Walk(target, w, blind=w in blind) for w in windows]
-        report.windows_planned += len(windows)
+        report.windows.planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
             with interrupts.deferred():
                 stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
@@ -854,16 +859,15 @@ class Syncer:
                 for t in result.targets:
                     report.rechecked_hours += t.hours
                     report.recheck_calls += t.api_calls
-                    report.inserted += t.inserted
-                    report.updated += t.updated
+                    report.wrote(t)
                     if t.inserted or t.updated:
                         self._notes.add(
                             f"re-check of {target}: {t.inserted} requests fal recorded late and "
                             f"{t.updated} changed ones were added (hours {', '.join(t.hours_with_differences[:3])})"
                         )
-                    if t.extra:
+                    if t.extra.count:
                         self._notes.add(
-                            f"re-check of {target}: {t.extra} stored requests are no longer listed by fal (see mirror verify)"
+                            f"re-check of {target}: {t.extra.count} stored requests are no longer listed by fal (see mirror verify)"
                         )
                 self._notes.merge(result.notes)
                 if any(t.unstable_hours for t in result.targets):
@@ -905,7 +909,7 @@ class Syncer:
                 # raised mid-transaction could leave this process's own connection holding
                 # the write lock while the run's outcome is being recorded
                 with interrupts.deferred():
-                    inserted, updated, done = self._write_once(row_events, stamp)
+                    written, done = self._write_once(row_events, stamp)
                 break
             except sa.exc.DBAPIError as e:
                 if not _retryable(e) or attempt == WRITE_ATTEMPTS:
@@ -913,12 +917,12 @@ class Syncer:
                 log.info("write aborted by the database (%s); running it again", e.orig)
                 # apart, so the transactions that collided do not collide again at once
                 self._wait(random.uniform(0.01, 0.05 * attempt))
-        report.inserted += inserted
-        report.updated += updated
-        report.windows_done += done
+        report.wrote(written)
+        report.windows.done += done
 
-    def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[int, int, int]:
-        inserted = updated = done = 0
+    def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[Tally, int]:
+        """(the rows written, the windows completed) in one transaction."""
+        written, done = Tally(), 0
         with self.store.engine.begin() as conn:
             for billing in (True, False):
                 rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
@@ -928,15 +932,14 @@ class Syncer:
                 res = self.store.upsert(
                     conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
                 )
-                inserted += res.inserted
-                updated += res.updated
+                written.wrote(res)
             for ev in row_events:
                 if ev.complete is not None:
                     self.store.mark_complete(
                         conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
                     )
                     done += 1
-        return inserted, updated, done
+        return written, done
 
     def _forget_refused(self, error: AuthError) -> AuthError:
         """A target the API refuses (403: not this key's account, or a mistyped id) that

@@ -47,7 +47,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,7 +59,7 @@ from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
 from mirror.records import Row, differing_fields
 from mirror.schema import hour_of, requests, target_clause
-from mirror.store import Store
+from mirror.store import Store, Tally
 from mirror.timeparse import api_param, from_text, to_text, utcnow
 from mirror.walk import Lister, Notes, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import align_down, ceil_s, floor_s
@@ -81,68 +81,70 @@ SEEN_FOR = timedelta(days=1)
 # --------------------------------------------------------------------------- the report
 
 
-class _Smallest:
-    """The ``n`` smallest keys seen, so examples are the same whatever order hours finish in."""
+class Found:
+    """The request ids found to differ one way (missing, different or extra): how many, and
+    the ``n`` smallest with what was found of each, so that the examples are the same
+    whatever order the hours finish in."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.items: list[tuple[str, Any]] = []
+        self.count = 0
+        #: (request id, what was found of it), smallest ids first
+        self.smallest: list[tuple[str, Any]] = []
 
-    def add(self, key: str, value: Any = None) -> None:
+    def add(self, request_id: str, what: Any = None) -> None:
+        self.count += 1
         if self.n <= 0:
             return
-        if len(self.items) < self.n or key < self.items[-1][0]:
-            self.items.append((key, value))
-            self.items.sort(key=lambda kv: kv[0])
-            del self.items[self.n :]
+        if len(self.smallest) < self.n or request_id < self.smallest[-1][0]:
+            self.smallest.append((request_id, what))
+            self.smallest.sort(key=lambda kv: kv[0])
+            del self.smallest[self.n :]
+
+    @property
+    def examples(self) -> list[str]:
+        return [k for k, _ in self.smallest]
 
 
 @dataclass
-class TargetReport:
+class TargetReport(Tally):
     """What verify found for one target. Counts are of distinct request ids."""
 
     target: str
-    examples: int = 5
+    #: how many examples of each kind of difference to keep
+    examples: InitVar[int] = 5
     hours: int = 0
     hours_walked: int = 0
     hours_agreed: int = 0
-    api_calls: int = 0
     #: "compared", "off" (--full), "refused" (403/404), "unusable" (bad or no answer)
     analytics: str = "off"
-    missing: int = 0
-    different: int = 0
-    extra: int = 0
-    inserted: int = 0
-    updated: int = 0
+    #: rows the server has and the mirror does not
+    missing: Found = field(init=False)
+    #: rows that differ, with the fields that do (``mirror.records.differing_fields``)
+    different: Found = field(init=False)
+    #: rows the mirror has and the server no longer lists
+    extra: Found = field(init=False)
     deleted: int = 0
     hours_with_differences: list[str] = field(default_factory=list)
     unstable_hours: list[str] = field(default_factory=list)
-    _missing: _Smallest = field(init=False, repr=False)
-    _different: _Smallest = field(init=False, repr=False)
-    _extra: _Smallest = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self._missing = _Smallest(self.examples)
-        self._different = _Smallest(self.examples)
-        self._extra = _Smallest(self.examples)
+    def __post_init__(self, examples: int) -> None:
+        self.missing = Found(examples)
+        self.different = Found(examples)
+        self.extra = Found(examples)
 
     @property
-    def missing_examples(self) -> list[str]:
-        return [k for k, _ in self._missing.items]
-
-    @property
-    def different_examples(self) -> list[tuple[str, list[str]]]:
-        return [(k, v) for k, v in self._different.items]
-
-    @property
-    def extra_examples(self) -> list[str]:
-        return [k for k, _ in self._extra.items]
+    def found(self) -> int:
+        """Differences found, of every kind."""
+        return self.missing.count + self.different.count + self.extra.count
 
     @property
     def remaining(self) -> int:
         """Differences still in the mirror after this run."""
         fixed = self.inserted + self.updated
-        return max(0, self.missing + self.different - fixed) + (self.extra - self.deleted)
+        return max(0, self.missing.count + self.different.count - fixed) + (
+            self.extra.count - self.deleted
+        )
 
 
 @dataclass
@@ -561,7 +563,7 @@ class Verifier:
                 )
             writes: list[tuple[Row, bool]] = []
             deletes: list[str] = []
-            before = tr.missing + tr.different + tr.extra
+            before = tr.found
             with self.store.engine.connect() as conn:
                 mirror = self._mirror_rows(conn, w.rows)
                 ended_here = self._mirror_ended_in(conn, slot)
@@ -572,14 +574,12 @@ class Verifier:
                     continue
                 row, have = w.rows[rid], mirror.get(rid)
                 if have is None:
-                    tr.missing += 1
-                    tr._missing.add(rid)
+                    tr.missing.add(rid)
                 else:
                     fields = differing_fields(have, row, payloads=self.payloads, billing=w.billing)
                     if not fields:
                         continue
-                    tr.different += 1
-                    tr._different.add(rid, fields)
+                    tr.different.add(rid, fields)
                 done.add(rid)
                 writes.append((row, w.billing))
             seen[slot.target].add(slot, w.rows)
@@ -588,7 +588,7 @@ class Verifier:
                     tr.api_calls += self._check_suspect(
                         slot, rid, sent_at, now, tr, done, writes, deletes
                     )
-            if tr.missing + tr.different + tr.extra > before:
+            if tr.found > before:
                 tr.hours_with_differences.append(slot.label)
             if self.repair and (writes or deletes):
                 self._write(slot, writes, deletes, tr, stamp)
@@ -618,8 +618,7 @@ class Verifier:
             )
             row = found[0] if found else None
         if row is None:
-            tr.extra += 1
-            tr._extra.add(rid)
+            tr.extra.add(rid)
             reported.add(rid)
             if self.delete_extra:
                 deletes.append(rid)
@@ -631,8 +630,7 @@ class Verifier:
             return calls
         fields = differing_fields(have, row, payloads=self.payloads, billing=billing)
         if fields:
-            tr.different += 1
-            tr._different.add(rid, fields)
+            tr.different.add(rid, fields)
             reported.add(rid)
             writes.append((row, billing))
         return calls
@@ -652,8 +650,7 @@ class Verifier:
                 res = self.store.upsert(
                     conn, rows, payloads=self.payloads, billing=billing, now=stamp
                 )
-                tr.inserted += res.inserted
-                tr.updated += res.updated
+                tr.wrote(res)
             for i in range(0, len(deletes), 500):
                 res2 = conn.execute(
                     requests.delete().where(requests.c.request_id.in_(deletes[i : i + 500]))

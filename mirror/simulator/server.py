@@ -280,23 +280,11 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.api._track(self.connection, False)
 
-    def do_GET(self) -> None:
-        self.server.api._handle(self, "GET")
+    def _dispatch(self) -> None:
+        self.server.api._handle(self, self.command)
 
-    def do_HEAD(self) -> None:
-        self.server.api._handle(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.server.api._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.api._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.server.api._handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self.server.api._handle(self, "DELETE")
+    # the methods a client may call with: each is answered as fal would (most with a 405)
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is `SimulatedAPI.log`, not stderr."""

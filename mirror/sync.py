@@ -468,7 +468,7 @@ class Syncer:
         #: targets whose analytics answer was refused or empty: split by first pages only
         self._no_analytics: set[str] = set()
         #: (target, error) of every task that failed
-        self._errors: list[tuple[str | None, BaseException]] = []
+        self._errors: list[tuple[str, BaseException]] = []
         self._skew = SkewEstimate()
         self._notes = Notes(log)
         self._lister = Lister(
@@ -946,7 +946,7 @@ class Syncer:
         holds nothing yet is not kept: otherwise every bare run from cron would fail on it.
         One that holds rows or windows stays (the key may be what is wrong); so does the
         requested range of every other target."""
-        refused = {t for t, e in self._errors if isinstance(e, AuthError) and e.status == 403 and t}
+        refused = {t for t, e in self._errors if isinstance(e, AuthError) and e.status == 403}
         dropped = [t for t in sorted(refused) if self.store.forget_if_empty(t)]
         if not dropped:
             return error

@@ -81,16 +81,16 @@ SEEN_FOR = timedelta(days=1)
 # --------------------------------------------------------------------------- the report
 
 
+@dataclass
 class Found:
     """The request ids found to differ one way (missing, different or extra): how many, and
     the ``n`` smallest with what was found of each, so that the examples are the same
     whatever order the hours finish in."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.count = 0
-        #: (request id, what was found of it), smallest ids first
-        self.smallest: list[tuple[str, Any]] = []
+    n: int
+    count: int = 0
+    #: (request id, what was found of it), smallest ids first
+    smallest: list[tuple[str, Any]] = field(default_factory=list)
 
     def add(self, request_id: str, what: Any = None) -> None:
         self.count += 1

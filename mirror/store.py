@@ -1,10 +1,11 @@
 """The store: a migrated database's writes and sync state.
 
-The upsert of API rows into ``requests`` (many rows per statement; on SQLite a batch's
-full-text index and hourly summary are written once, at its end), the state that lets a
-sync carry on where the last one stopped (targets, the range each is asked to cover, its
-completed windows, re-checks), and the run log. The tables are described in
-``mirror.schema``; connecting and migrating is ``mirror.db``'s.
+The upsert of rows (``mirror.records.Row``) into ``requests`` (many rows per statement; on
+SQLite a batch's full-text index and hourly summary are written once, at its end) and what
+a run counts of it (``Tally``), the state that lets a sync carry on where the last one
+stopped (targets, the range each is asked to cover, its completed windows, re-checks), and
+the run log. The tables are described in ``mirror.schema``; connecting and migrating is
+``mirror.db``'s.
 """
 
 from __future__ import annotations

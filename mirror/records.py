@@ -293,8 +293,9 @@ def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> Row | None
     else:
         status = "error"
     # tuple.__new__ rather than Row(...): the same row, without a Python-level call
-    return cast(Row, _new(Row, (rid, ep, runner, sent, started, ended, code, duration, units,
-                                inp, out, status)))  # fmt: skip
+    row: Row = _new(Row, (rid, ep, runner, sent, started, ended, code, duration, units, inp,
+                          out, status))  # fmt: skip
+    return row
 
 
 def _stored(value: Any) -> str | None:

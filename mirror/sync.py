@@ -32,8 +32,8 @@ A window's walk (the cursor and its rules, the list call with its billing fallba
 re-walk of a window whose rows moved), the stop signal and the notes are ``mirror.walk``'s,
 shared with verify; what a row is, ``mirror.records``'s; the analytics calls are
 ``FalClient.hourly_counts``. Walkers hand the writer their rows, and the end of each task
-with the work it leaves (a dense window's parts), through one queue; only the calling
-thread submits work and writes.
+with what failed it or the work it leaves (a dense window's parts), through one queue; only
+the calling thread submits work and writes.
 """
 
 from __future__ import annotations
@@ -191,18 +191,15 @@ class Rows:
 
 
 @dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-@dataclass(frozen=True)
 class _Finished:
-    """A task's end, with what it leaves to do: the walks a dense window was split into
-    (``more``), or a window whose rows kept moving (``unstable``, walked again next run)."""
+    """A task's end: what failed it (``error``: the run fails), or what it leaves to do, the
+    walks a dense window was split into (``more``), or a window whose rows kept moving
+    (``unstable``: walked again next run)."""
 
-    target: str | None = None
+    target: str
     more: tuple[_Walk, ...] = ()
     unstable: bool = False
+    error: BaseException | None = None
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -467,8 +464,8 @@ class Syncer:
         self._writer_gone = threading.Event()
         #: targets whose analytics answer was refused or empty: split by first pages only
         self._no_analytics: set[str] = set()
-        #: (target, error) of every task that failed
-        self._errors: list[tuple[str, BaseException]] = []
+        #: targets whose calls the API refused as not this key's (403)
+        self._refused: set[str] = set()
         self._skew = SkewEstimate()
         self._notes = Notes(log)
         self._lister = Lister(
@@ -509,6 +506,7 @@ class Syncer:
         with the work it leaves (a dense window's parts), goes last, as one event."""
         more: tuple[_Walk, ...] = ()
         unstable = False
+        error: BaseException | None = None
         try:
             if isinstance(task, _Refresh):
                 self._refresh(task)
@@ -523,14 +521,12 @@ class Syncer:
         except Stopped:
             pass
         except BaseException as e:
-            # kept even if the queue is full: the run must fail
-            self._errors.append((task.target, e))
-            self._stop.set()
-            with contextlib.suppress(queue.Full):
-                self._q.put(_Failed(e), timeout=5)
+            error = e
+            self._stop.set()  # the other walkers stop at their next call
         finally:
+            # (put even once the run stops, for as long as the writer takes events)
             with contextlib.suppress(Stopped):
-                self._put(_Finished(task.target, more, unstable))
+                self._put(_Finished(task.target, more, unstable, error))
 
     def _walk_once(self, task: _Walk) -> tuple[list[_Walk], bool]:
         """One walk of the task's window, each page handed to the writer as it comes: (the
@@ -673,12 +669,13 @@ class Syncer:
             outstanding = self._claim(pool, report, now, tails, 0)
             while outstanding:
                 batch = self._drain()
-                failed = [ev.error for ev in batch if isinstance(ev, _Failed)]
-                if failed and error is None:
-                    error = failed[0]
                 for ev in batch:
                     if isinstance(ev, _Finished):
                         outstanding -= 1
+                        if ev.error is not None:
+                            error = error or ev.error
+                            if isinstance(ev.error, AuthError) and ev.error.status == 403:
+                                self._refused.add(ev.target)
                         if ev.unstable:
                             report.windows.unstable += 1
                         if ev.more and not self._stop.is_set():
@@ -692,8 +689,6 @@ class Syncer:
                     outstanding += self._claim(pool, report, now, tails, outstanding)
                 if self.progress:
                     self.progress(report)
-            if error is None and self._errors:
-                error = self._errors[0][1]
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
         except BaseException as e:
@@ -946,8 +941,7 @@ class Syncer:
         holds nothing yet is not kept: otherwise every bare run from cron would fail on it.
         One that holds rows or windows stays (the key may be what is wrong); so does the
         requested range of every other target."""
-        refused = {t for t, e in self._errors if isinstance(e, AuthError) and e.status == 403}
-        dropped = [t for t in sorted(refused) if self.store.forget_if_empty(t)]
+        dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
         if not dropped:
             return error
         return AuthError(

@@ -503,7 +503,8 @@ class Syncer:
 
     def _work(self, task: _Walk | _Refresh) -> None:
         """Run one task in a worker thread. Its rows go to the writer as they come; its end,
-        with the work it leaves (a dense window's parts), goes last, as one event."""
+        with what failed it or the work it leaves (a dense window's parts), goes last, as one
+        event."""
         more: tuple[_Walk, ...] = ()
         unstable = False
         error: BaseException | None = None

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from mirror.schema import API_FIELDS, derive_status
+from mirror.records import API_FIELDS, Row, derive_status
 from mirror.store import Store
 from mirror.timeparse import to_text
 
@@ -71,8 +71,8 @@ WORDS = [
 BATCH = 10_000
 
 
-def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[tuple[Any, ...]]:
-    """Rows as the sync hands them to the upsert: API_FIELDS order plus status."""
+def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[Row]:
+    """Rows as the sync hands them to the upsert."""
     rnd = random.Random(seed * 1_000_003 + start)
     span = DAYS * 86400
     for _i in range(start, start + n):
@@ -112,7 +112,7 @@ def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[tuple[Any, .
             rid, ep, f"runner-{rnd.randrange(64)}", to_text(sent), to_text(started),
             to_text(ended) if ended else None, code, duration, billable, json_input, json_output,
         )  # fmt: skip
-        yield (*row, derive_status(row[5], row[6]))
+        yield Row(*row, derive_status(row[5], row[6]))
 
 
 def build(path: Path, rows: int, *, seed: int = 7) -> float:

@@ -1,7 +1,7 @@
 """The fal Platform API client: one ``httpx.Client`` passed in, retries, and strict pages.
 
-``FalClient.list_requests`` returns a validated ``Page`` of row tuples ready for the store,
-or raises one of ``mirror.errors``:
+``FalClient.list_requests`` returns a validated ``Page`` of rows ready for the store (what a
+row is and how a page is checked: ``mirror.records``), or raises one of ``mirror.errors``:
 
 - 429, 5xx, connection errors, timeouts, truncated or non-JSON bodies are retried with
   exponential backoff and full jitter (``Retry-After`` honoured when present), then
@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import ipaddress
-import json
 import logging
-import math
 import os
 import random
 import ssl
@@ -45,7 +42,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpcore
@@ -63,9 +60,9 @@ from mirror.errors import (
     UntrustedCertificate,
 )
 from mirror.pacing import Pacer
+from mirror.records import PAGE_LIMIT, Page, check_asked, parse_page
 from mirror.redact import redact, register_key
-from mirror.schema import derive_status
-from mirror.timeparse import EARLIEST, LATEST, api_param, from_text, normalize, to_text
+from mirror.timeparse import api_param, from_text, to_text
 from mirror.windows import align_down
 
 log = logging.getLogger("mirror.api")
@@ -76,27 +73,11 @@ LIST_PATH = "/serverless/requests/by-endpoint"
 ANALYTICS_PATH = "/serverless/analytics"
 #: the same counts for the key's calls to fal's hosted models (any endpoint, no ownership)
 MODELS_ANALYTICS_PATH = "/models/analytics"
-PAGE_LIMIT = 100
 #: analytics buckets asked for per page (the server may give fewer; the cursor is followed)
 ANALYTICS_LIMIT = 1000
 #: analytics pages followed at most (``FalClient.hourly_counts``)
 ANALYTICS_MAX_PAGES = 10_000
 _HOUR = timedelta(hours=1)
-#: the status codes a request can have ended with: what HTTP allows; others are refused
-MIN_STATUS, MAX_STATUS = 100, 599
-#: The longest duration kept, in seconds: 30 days. No request plausibly runs that long,
-#: and the hourly summary adds durations up as whole microseconds in a 64-bit integer: at
-#: this bound an hour of one endpoint overflows only past 3.5 million requests, where
-#: 1e308 overflows with two. Durations are also at least 0.
-MAX_DURATION = 30 * 86400
-#: The largest ``billable_units`` kept: a raw unit count (images, GPU-seconds...) of one
-#: request. The summary adds it up the same way (micro-units, 64-bit): 9,000 requests at
-#: the bound in one hour of one endpoint before it could overflow.
-MAX_BILLABLE_UNITS = 1e9
-#: How far outside the window asked for a row's timestamps may lie and still be in it: the
-#: bounds are sent as whole seconds, and fal does not say whether ``end`` is inclusive or
-#: whether it compares to the second.
-WINDOW_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -382,358 +363,6 @@ def _deadline_transport(
     backend = pool._network_backend
     pool._network_backend = _DeadlineBackend(connect(backend) if connect else backend)
     return transport
-
-
-# --------------------------------------------------------------------------- pages
-
-
-@dataclass(frozen=True)
-class Page:
-    rows: list[tuple[Any, ...]]
-    next_cursor: str | None
-    #: the API's clock when it answered (its ``Date`` header, whole seconds), if it said
-    server_time: datetime | None = None
-
-    @property
-    def has_more(self) -> bool:
-        return self.next_cursor is not None
-
-
-def _dump_json(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        # orjson refuses nesting beyond 254 levels; the stdlib copes with a little more
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        except (RecursionError, ValueError) as e:
-            raise BadDataError(f"a payload cannot be stored: {e}") from None
-
-
-def _ts(item: Mapping[str, Any], name: str, required: bool) -> str | None:
-    v = item.get(name)
-    if v is None:
-        if required:
-            raise BadDataError(f"item {item.get('request_id')!r} has no {name}")
-        return None
-    if not isinstance(v, str):
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a timestamp"
-        )
-    try:
-        return normalize(v)
-    except ValueError:
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} {v[:40]!r} is not a timestamp"
-        ) from None
-
-
-def _number(
-    item: Mapping[str, Any],
-    name: str,
-    kind: type | tuple[type, ...],
-    lo: float,
-    hi: float,
-    what: str,
-) -> Any:
-    v = item.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, kind):
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a number"
-        )
-    if isinstance(v, float) and not math.isfinite(v):
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} is not finite")
-    if not lo <= cast(float, v) <= hi:
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} {v!r} is not {what}")
-    return v
-
-
-def _text(item: Mapping[str, Any], name: str, required: bool) -> str | None:
-    v = item.get(name)
-    if v is None and not required:
-        return None
-    if not isinstance(v, str) or not v or len(v) > 512:
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} is missing or not a string")
-    return v
-
-
-def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
-    """One API item -> a tuple in ``schema.API_FIELDS`` order plus the derived status."""
-    if type(item) is dict:
-        row = _fast_row(item, payloads, billing)
-        if row is not None:
-            return row
-    return _checked_row(item, payloads, billing)
-
-
-_dumps = orjson.dumps
-_fromiso = datetime.fromisoformat
-_EARLIEST, _LATEST = EARLIEST, LATEST
-
-
-def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any, ...] | None:
-    """The common item in one pass: exact types, timestamps already in the stored shape.
-
-    It accepts only what ``_checked_row`` accepts and builds the same tuple; anything else
-    (wrong types, other timestamp shapes, payloads orjson cannot encode) returns None and
-    goes through ``_checked_row``, which gives the precise error or the slower conversion.
-    This runs for every row of every page: it is most of a sync's Python work.
-    """
-    get = item.get
-    rid = get("request_id")
-    ep = get("endpoint_id")
-    runner = get("runner_id")
-    if not (
-        type(rid) is str
-        and 0 < len(rid) <= 512
-        and type(ep) is str
-        and 0 < len(ep) <= 512
-        and (runner is None or (type(runner) is str and 0 < len(runner) <= 512))
-    ):
-        return None
-    # timestamps: the stored shape as is (what normalize() returns unchanged, once parsed
-    # below), else normalize
-    sent = get("sent_at")
-    if not (type(sent) is str and len(sent) == 27 and sent[26] == "Z"
-            and sent[4:20:3] == "--T::." and _EARLIEST <= sent < _LATEST):  # fmt: skip
-        sent = _other_ts(sent)
-        if sent is None:
-            return None
-    started = get("started_at")
-    if started is not None and not (
-        type(started) is str and len(started) == 27 and started[26] == "Z"
-        and started[4:20:3] == "--T::." and _EARLIEST <= started < _LATEST
-    ):  # fmt: skip
-        started = _other_ts(started)
-        if started is None:
-            return None
-    ended = get("ended_at")
-    if ended is not None and not (
-        type(ended) is str and len(ended) == 27 and ended[26] == "Z"
-        and ended[4:20:3] == "--T::." and _EARLIEST <= ended < _LATEST
-    ):  # fmt: skip
-        ended = _other_ts(ended)
-        if ended is None:
-            return None
-    try:  # digits, and a date and time that exist (2026-02-30, 25:61 do not)
-        _fromiso(sent)
-        if started is not None:
-            _fromiso(started)
-        if ended is not None:
-            _fromiso(ended)
-            if started is not None and ended < started:
-                return None
-    except ValueError:
-        return None
-    code = get("status_code")
-    if code is not None and not (type(code) is int and MIN_STATUS <= code <= MAX_STATUS):
-        return None
-    duration = get("duration")
-    if duration is not None and not (
-        (type(duration) is float or type(duration) is int) and 0 <= duration <= MAX_DURATION
-    ):  # (NaN compares false)
-        return None
-    units = None
-    if billing:
-        units = get("billable_units")
-        if units is not None and not (
-            (type(units) is float or type(units) is int) and 0 <= units <= MAX_BILLABLE_UNITS
-        ):
-            return None
-    inp = out = None
-    if payloads:
-        inp = get("json_input")
-        out = get("json_output")
-        try:
-            if inp is not None:
-                inp = _dumps(inp).decode()
-            if out is not None:
-                out = _dumps(out).decode()
-        except TypeError:  # e.g. nesting orjson refuses: the checked path copes or says why
-            return None
-    if ended is None or code is None:
-        status = "unfinished"
-    elif 200 <= code < 400:
-        status = "success"
-    elif 400 <= code < 500:
-        status = "user_error"
-    else:
-        status = "error"
-    return (rid, ep, runner, sent, started, ended, code, duration, units, inp, out, status)
-
-
-def _other_ts(value: Any) -> str | None:
-    """A timestamp in another shape, normalized; None if the checked path must judge it."""
-    if type(value) is not str:
-        return None
-    try:
-        return normalize(value)
-    except ValueError:
-        return None
-
-
-def _checked_row(item: Any, payloads: bool, billing: bool) -> tuple[Any, ...]:
-    """Field by field, with a precise error for whatever is wrong."""
-    if not isinstance(item, dict):
-        raise BadDataError(f"an item is {type(item).__name__}, not an object")
-    started_at = _ts(item, "started_at", False)
-    ended_at = _ts(item, "ended_at", False)
-    if started_at is not None and ended_at is not None and ended_at < started_at:
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: ended_at {ended_at} is before its started_at "
-            f"{started_at}"
-        )
-    status_code = _number(item, "status_code", int, MIN_STATUS, MAX_STATUS,
-                          f"an HTTP status ({MIN_STATUS}-{MAX_STATUS})")  # fmt: skip
-    duration = _number(item, "duration", (int, float), 0, MAX_DURATION,
-                       f"a duration in seconds from 0 to {MAX_DURATION}")  # fmt: skip
-    units = None
-    if billing:
-        units = _number(item, "billable_units", (int, float), 0, MAX_BILLABLE_UNITS,
-                        f"a unit count from 0 to {MAX_BILLABLE_UNITS:.0e}")  # fmt: skip
-    return (
-        _text(item, "request_id", True),
-        _text(item, "endpoint_id", True),
-        _text(item, "runner_id", False),
-        _ts(item, "sent_at", True),
-        started_at,
-        ended_at,
-        status_code,
-        duration,
-        units,
-        _dump_json(item.get("json_input")) if payloads else None,
-        _dump_json(item.get("json_output")) if payloads else None,
-        derive_status(ended_at, status_code),
-    )
-
-
-def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
-    if not isinstance(data, dict):
-        raise BadDataError(f"the page is {type(data).__name__}, not a JSON object")
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise BadDataError("the page has no items list")
-    if len(items) > PAGE_LIMIT:
-        raise BadDataError(f"the page has {len(items)} items, more than the {PAGE_LIMIT} asked for")
-    has_more = data.get("has_more")
-    cursor = data.get("next_cursor")
-    if not isinstance(has_more, bool):
-        raise BadDataError("the page's has_more is not a boolean")
-    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
-        raise BadDataError("the page's next_cursor is not a string")
-    if has_more and cursor is None:
-        raise BadDataError("the page says has_more but gives no next_cursor")
-    fast, checked = _fast_row, _checked_row
-    rows = [
-        (type(it) is dict and fast(it, payloads, billing)) or checked(it, payloads, billing)
-        for it in items
-    ]
-    # A cursor with has_more=false is followed anyway: stopping early could lose rows.
-    return Page(rows=rows, next_cursor=cursor)
-
-
-@functools.lru_cache(maxsize=256)
-def _window_text(start: str, end: str) -> tuple[str, str]:
-    """A window's bounds, widened by ``WINDOW_SLACK``, as stored text (a walk asks for the
-    same window page after page)."""
-    return to_text(from_text(start) - WINDOW_SLACK), to_text(from_text(end) + WINDOW_SLACK)
-
-
-def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], start: str,
-                end: str) -> None:  # fmt: skip
-    """Refuse rows the list call did not ask for: stored, they would complete a window the
-    server did not actually answer for.
-
-    A row is another endpoint's unless its ``endpoint_id`` is one asked for or a route of
-    one (``owner/app/...``, as ``schema.target_clause``). It is outside the window only if
-    *none* of its timestamps could place it in ``[start, end)`` (give or take
-    ``WINDOW_SLACK``): fal does not say which one the window filters on.
-    """
-    lo, hi = _window_text(start, end)
-    asked = set(endpoint_ids)
-    for r in rows:
-        ep = r[1]
-        if ep not in asked and not ep.startswith(tuple(e + "/" for e in endpoint_ids)):
-            raise BadDataError(
-                f"item {r[0]!r} is for endpoint {ep}, which the call did not ask for "
-                f"(asked for {', '.join(endpoint_ids)} and their routes)"
-            )
-        sent, started, ended = r[3], r[4], r[5]
-        if not (
-            lo <= sent <= hi
-            or (ended is not None and lo <= ended <= hi)
-            or (started is not None and lo <= started <= hi)
-        ):
-            raise BadDataError(
-                f"item {r[0]!r}: none of its timestamps (sent_at {sent}, started_at {started}, "
-                f"ended_at {ended}) is in the window {start}..{end} asked for"
-            )
-
-
-# --------------------------------------------------------------------------- walks
-
-#: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
-#: empty before the end only if rows left the part not yet read (never deleted, a row leaves
-#: only if its timestamps change), so one may pass, and two; a run of them is no accident
-MAX_EMPTY_PAGES = 3
-#: requests per second of window a walk may find: far beyond what one endpoint serves
-PLAUSIBLE_RATE = 10_000
-#: pages any walk may take, however short its window
-MIN_PAGE_CAP = 20
-#: pages no walk takes, however long its window (10 million requests)
-MAX_PAGE_CAP = 100_000
-
-
-def page_cap(length: timedelta) -> int:
-    """The most pages a walk of a window this long may take: 120 for one second."""
-    per_second = PLAUSIBLE_RATE / PAGE_LIMIT
-    return min(MAX_PAGE_CAP, MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second))
-
-
-class CursorWalk:
-    """One walk along the list cursor, and the rules every walk obeys (sync's windows and
-    verify's hours alike): a cursor given twice, ``MAX_EMPTY_PAGES`` empty pages in a row
-    that still give a cursor, or more pages than the window can plausibly hold
-    (``page_cap``) are bad data: a cursor that never ends would otherwise be followed for
-    hours.
-    """
-
-    def __init__(self, what: str, length: timedelta) -> None:
-        self.what = what
-        self.length = length
-        self.cap = page_cap(length)
-        #: the cursor of the next page to ask for (None: the first page)
-        self.cursor: str | None = None
-        self.pages = 0
-        self._empty = 0
-        self._given: set[str] = set()
-
-    def follow(self, page: Page) -> str | None:
-        """Count ``page`` (the answer for ``cursor``); its next cursor, None at the end."""
-        self.pages += 1
-        nxt = page.next_cursor
-        if nxt is None:
-            return None
-        if nxt == self.cursor or nxt in self._given:
-            raise BadDataError(f"the API repeated a page cursor while walking {self.what}")
-        self._empty = 0 if page.rows else self._empty + 1
-        if self._empty >= MAX_EMPTY_PAGES:
-            raise BadDataError(
-                f"the API gave {self._empty} empty pages in a row, each with a new cursor, "
-                f"while walking {self.what}"
-            )
-        if self.pages >= self.cap:
-            raise BadDataError(
-                f"the API gave {self.pages} pages for {self.what} and no end: more than "
-                f"{self.cap * PAGE_LIMIT:,} requests in {self.length} is not plausible"
-            )
-        self._given.add(nxt)
-        self.cursor = nxt
-        return nxt
 
 
 # --------------------------------------------------------------------------- analytics

@@ -96,8 +96,8 @@ class LiveLine(AbstractContextManager["LiveLine"]):
             self._bar = _Bar(
                 file=self._stream,
                 desc=text,
-                total=report.windows_planned,
-                initial=report.windows_done,
+                total=report.windows.planned,
+                initial=report.windows.done,
                 bar_format="{desc}|{bar:12}|",
                 leave=False,
                 mininterval=REDRAW,
@@ -106,9 +106,9 @@ class LiveLine(AbstractContextManager["LiveLine"]):
             )
             return
         self._bar.ncols, self._bar.nrows = columns, lines
-        self._bar.total = max(report.windows_planned, report.windows_done)
+        self._bar.total = max(report.windows.planned, report.windows.done)
         self._bar.set_description_str(text, refresh=False)
-        self._bar.update(report.windows_done - self._bar.n)
+        self._bar.update(report.windows.done - self._bar.n)
 
     def size(self) -> os.terminal_size:
         """The terminal's size now (it may be resized); what it does not say (a terminal of
@@ -126,14 +126,14 @@ class LiveLine(AbstractContextManager["LiveLine"]):
         rates and of what "planned" grew from."""
         now = self._clock()
         if self._t0 is None:
-            self._t0, self._done0, self._planned0 = now, report.windows_done, report.windows_planned
+            self._t0, self._done0, self._planned0 = now, report.windows.done, report.windows.planned
         calls = self._calls
         calls.append((now, report.api_calls))
         while len(calls) > 2 and now - calls[1][0] >= RATE_SPAN:
             calls.popleft()
         span = now - calls[0][0]
         rate = (report.api_calls - calls[0][1]) / span if span > 0 else 0.0
-        done, planned = report.windows_done, max(report.windows_planned, report.windows_done)
+        done, planned = report.windows.done, max(report.windows.planned, report.windows.done)
         grown = planned - self._planned0
         windows = f"windows {done:,}/{planned:,}" + (f" (+{grown:,})" if grown > 0 else "")
         return (

@@ -3,9 +3,9 @@
 Conventions, for every table:
 
 - One row of ``requests`` is one fal request, keyed by its ``request_id``; its columns carry
-  the API's field names and values. ``status`` is derived from ``ended_at`` and
-  ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this mirror first stored
-  the row and when a sync last changed any of its values.
+  the API's field names and values (``mirror.records.Row``). ``status`` is derived from
+  ``ended_at`` and ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this
+  mirror first stored the row and when a sync last changed any of its values.
 - Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
   text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
 - ``billing_events`` holds what fal charged per request and ``prices`` every price seen,
@@ -294,23 +294,12 @@ summary_hourly = sa.Table(
     sa.Column("billable_micro", sa.Integer, nullable=False),
 )
 
-#: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
-API_FIELDS = (
-    "request_id",
-    "endpoint_id",
-    "runner_id",
-    "sent_at",
-    "started_at",
-    "ended_at",
-    "status_code",
-    "duration",
-    "billable_units",
-    "json_input",
-    "json_output",
-)
-ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
+#: the columns the upsert writes, in table order: a ``mirror.records.Row``'s fields, then
+#: the two bookkeeping stamps
+ROW_COLUMNS = tuple(requests.c.keys())[: requests.c.keys().index("last_changed_at") + 1]
 #: every column of a stored request, in column order (``mirror copy`` carries them all)
-STORED_COLUMNS = (*ROW_COLUMNS, "history")
+STORED_COLUMNS = tuple(requests.c.keys())
+#: the values of ``requests.status`` (``mirror.records.derive_status``)
 STATUSES = ("success", "user_error", "error", "unfinished")
 #: ``requests.history``: the calls to the user's own serverless apps, or the calls the
 #: key made to fal's hosted models
@@ -331,17 +320,6 @@ BILLING_EVENT_FIELDS = (
     "api_key_id",
     "login_username",
 )
-
-
-def derive_status(ended_at: str | None, status_code: int | None) -> str:
-    """success (2xx/3xx), user_error (4xx), error (5xx and anything else), or unfinished."""
-    if ended_at is None or status_code is None:
-        return "unfinished"
-    if 200 <= status_code < 400:
-        return "success"
-    if 400 <= status_code < 500:
-        return "user_error"
-    return "error"
 
 
 def target_clause(target: str) -> sa.ColumnElement[bool]:

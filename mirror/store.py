@@ -1,10 +1,11 @@
 """The store: a migrated database's writes and sync state.
 
-The upsert of API rows into ``requests`` (many rows per statement; on SQLite a batch's
-full-text index and hourly summary are written once, at its end), the state that lets a
-sync carry on where the last one stopped (targets, the range each is asked to cover, its
-completed windows, re-checks), and the run log. The tables are described in
-``mirror.schema``; connecting and migrating is ``mirror.db``'s.
+The upsert of rows (``mirror.records.Row``) into ``requests`` (many rows per statement; on
+SQLite a batch's full-text index and hourly summary are written once, at its end) and what
+a run counts of it (``Tally``), the state that lets a sync carry on where the last one
+stopped (targets, the range each is asked to cover, its completed windows, re-checks), and
+the run log. The tables are described in ``mirror.schema``; connecting and migrating is
+``mirror.db``'s.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain, repeat
 from operator import add
@@ -35,6 +37,7 @@ from mirror.db import (
     upgrade,
 )
 from mirror.errors import StoreError
+from mirror.records import Row, upsert_fields
 from mirror.redact import redact
 from mirror.schema import (
     BILLING_EVENT_FIELDS,
@@ -97,8 +100,8 @@ def _is_hour(text: str) -> bool:
     return True
 
 
-def _ended_at(row: tuple[Any, ...]) -> str:
-    return row[5] or ""
+def _ended_at(row: Row) -> str:
+    return row.ended_at or ""
 
 
 def _chunks(n: int, most: int) -> Iterator[slice]:
@@ -119,6 +122,21 @@ def _chunks(n: int, most: int) -> Iterator[slice]:
 class UpsertResult(NamedTuple):
     inserted: int
     updated: int
+
+
+@dataclass(kw_only=True)
+class Tally:
+    """What a run (a sync, or verify's check of one target) cost and wrote: the API calls it
+    made, and the rows its upserts inserted and updated."""
+
+    api_calls: int = 0
+    inserted: int = 0
+    updated: int = 0
+
+    def wrote(self, result: UpsertResult | Tally) -> None:
+        """Count the rows an upsert (or another run) inserted and updated."""
+        self.inserted += result.inserted
+        self.updated += result.updated
 
 
 class Store:
@@ -176,12 +194,9 @@ class Store:
     def _upsert_statement(
         self, payloads: bool, billing: bool, rows: int = 1, *, one_stamp: bool = False
     ) -> str:
-        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed.
-
-        Payloads and billable units are fetched only on request; when a sync did not fetch
-        them, stored values are left alone. When the API returns null for one that is stored
-        (payloads expire after 30 days at fal; billing is never un-recorded), the stored value
-        is kept: the mirror outlives the platform's retention.
+        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed,
+        by the upsert's field rules (``mirror.records.upsert_fields``): a field not fetched
+        is left alone, and a payload or billing value the API returns null for is kept.
 
         ``rows`` > 1: one statement for that many rows (a multi-row VALUES list).
         ``one_stamp`` (SQLite): every row's ``first_seen_at`` and ``last_changed_at`` are
@@ -191,11 +206,7 @@ class Store:
         sql = self._upsert_sql.get(key)
         if sql is not None:
             return sql
-        always = ["endpoint_id", "runner_id", "sent_at", "started_at", "ended_at",
-                  "status_code", "duration", "status"]  # fmt: skip
-        kept = (["json_input", "json_output"] if payloads else []) + (
-            ["billable_units"] if billing else []
-        )
+        always, kept = upsert_fields(payloads=payloads, billing=billing)
         sets = [f"{c} = excluded.{c}" for c in always]
         sets += [f"{c} = COALESCE(excluded.{c}, requests.{c})" for c in kept]
         sets.append("last_changed_at = excluded.last_changed_at")
@@ -207,7 +218,7 @@ class Store:
             changed = [c.replace(" IS NOT ", " IS DISTINCT FROM ") for c in changed]
             values = ", ".join([f"({', '.join(['%s'] * len(ROW_COLUMNS))})"] * rows)
         elif one_stamp:
-            n = len(ROW_COLUMNS) - 2
+            n = len(Row._fields)
             values = ", ".join(
                 "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
                 for i in range(rows)
@@ -225,13 +236,13 @@ class Store:
     def upsert(
         self,
         conn: Connection,
-        rows: Sequence[tuple[Any, ...]],
+        rows: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,
         now: str,
     ) -> UpsertResult:
-        """Upsert API rows (tuples in ``API_FIELDS`` order plus ``status``).
+        """Upsert rows (``mirror.records.Row``) fetched with or without payloads and billing.
 
         Returns how many rows were new and how many existing rows actually changed. On
         SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
@@ -241,7 +252,7 @@ class Store:
         if not rows:
             return UpsertResult(0, 0)
         # last occurrence of an id wins, as if the rows were applied one after another
-        by_id = {r[0]: r for r in rows}
+        by_id = {r.request_id: r for r in rows}
         # In ended_at order (unfinished rows first): new rows then land side by side in the
         # time indexes instead of on scattered pages (bench/ingest_bench.py).
         ordered = sorted(by_id.values(), key=_ended_at)
@@ -321,7 +332,7 @@ class Store:
     def _upsert_pg(
         self,
         conn: Connection,
-        ordered: Sequence[tuple[Any, ...]],
+        ordered: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,

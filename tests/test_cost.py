@@ -22,7 +22,8 @@ from mirror.api import FalClient
 from mirror.billing_api import BillingEvent, fetch_prices, fetch_usage, list_billing_events
 from mirror.cli import cli
 from mirror.cost import CostFilters, spend, usage_differences, usd_text
-from mirror.schema import billing_events, derive_status, requests
+from mirror.records import Row, derive_status
+from mirror.schema import billing_events, requests
 from mirror.simulator import SimulatedAPI, WorldConfig
 from mirror.simulator.billing import BillingConfig, PriceBook
 from mirror.simulator.generate import MODEL_ENDPOINTS
@@ -44,9 +45,9 @@ def ev(rid: str, endpoint: str, at: str, nano: int, key: str | None = None,
 
 
 def req(rid: str, endpoint: str, ended: str | None, code: int = 200,
-        units: float | None = None) -> tuple[Any, ...]:  # fmt: skip
-    return (rid, endpoint, None, ts(D1, 0), ts(D1, 0), ended, code if ended else None, 1.0,
-            units, None, None, derive_status(ended, code if ended else None))  # fmt: skip
+        units: float | None = None) -> Row:  # fmt: skip
+    return Row(rid, endpoint, None, ts(D1, 0), ts(D1, 0), ended, code if ended else None, 1.0,
+               units, None, None, derive_status(ended, code if ended else None))  # fmt: skip
 
 
 def fill(store: Store) -> None:

@@ -9,6 +9,7 @@ from alembic import command
 
 from mirror.billing_api import BillingEvent
 from mirror.db import alembic_config
+from mirror.records import Row, derive_status
 from mirror.schema import billing_events, prices, requests
 from mirror.store import ROWS_PER_STATEMENT, Store
 
@@ -140,12 +141,10 @@ def test_prices_are_a_history_with_a_row_per_change(db_url) -> None:
 
 
 def test_requests_say_which_history_they_are_of(db_url) -> None:
-    from mirror.schema import derive_status
-
     store = Store.open(db_url)
     try:
-        row = ("r1", "acme/app", None, T1, T1, T2, 200, 3600.0, None, None, None,
-               derive_status(T2, 200))  # fmt: skip
+        row = Row("r1", "acme/app", None, T1, T1, T2, 200, 3600.0, None, None, None,
+                  derive_status(T2, 200))  # fmt: skip
         with store.engine.begin() as conn:
             store.upsert(conn, [row], payloads=True, billing=True, now=T3)
         with store.engine.connect() as conn:
@@ -164,11 +163,9 @@ def test_requests_say_which_history_they_are_of(db_url) -> None:
 
 
 def test_migration_0009_down_and_up_keeps_the_requests(db_url) -> None:
-    from mirror.schema import derive_status
-
     store = Store.open(db_url)
-    row = ("r1", "acme/app", None, T1, T1, T2, 200, 3600.0, 1.5, '{"p": 1}', None,
-           derive_status(T2, 200))  # fmt: skip
+    row = Row("r1", "acme/app", None, T1, T1, T2, 200, 3600.0, 1.5, '{"p": 1}', None,
+              derive_status(T2, 200))  # fmt: skip
     with store.engine.begin() as conn:
         store.upsert(conn, [row], payloads=True, billing=True, now=T3)
     upsert(store, [event(1)])

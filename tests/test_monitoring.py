@@ -25,7 +25,7 @@ from support.cli import mirror
 from support.sim import fast_env, static_world, sync_args
 
 from mirror.cli import cli
-from mirror.schema import derive_status
+from mirror.records import Row, derive_status
 from mirror.simulator import FaultConfig, SimulatedAPI
 from mirror.store import Store
 from mirror.timeparse import to_text, utcnow
@@ -72,7 +72,7 @@ def make_mirror(
             if stuck_sent is not None:
                 row = ("req-stuck", TARGET, None, to_text(ago(stuck_sent)), None, None, None,
                        None, None, None, None)  # fmt: skip
-                store.upsert(conn, [(*row, derive_status(None, None))], payloads=True,
+                store.upsert(conn, [Row(*row, derive_status(None, None))], payloads=True,
                              billing=True, now=to_text(now))  # fmt: skip
         for minutes, outcome in runs:
             run_id = store.start_run([TARGET], ago(minutes))

@@ -22,7 +22,7 @@ class Clock:
 
 def report(done: int, planned: int, calls: int, stored: int) -> SyncReport:
     r = SyncReport(run_id=1, targets=["a/b"], started_at=datetime(2026, 11, 28, tzinfo=UTC))
-    r.windows_done, r.windows_planned, r.api_calls, r.inserted = done, planned, calls, stored
+    r.windows.done, r.windows.planned, r.api_calls, r.inserted = done, planned, calls, stored
     return r
 
 

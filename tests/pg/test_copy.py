@@ -27,6 +27,7 @@ from mirror import lock
 from mirror.billing_api import BillingEvent
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
+from mirror.records import Row
 from mirror.schema import requests
 from mirror.store import Store
 
@@ -115,10 +116,11 @@ def assert_same(
 
 #: requests of the model history (``requests.history``), one of them billed below
 MODEL_ROWS = [
-    ("model-1", "fal-ai/odd", None, "2026-01-01T01:00:00.000000Z", "2026-01-01T01:00:01.000000Z",
-     "2026-01-01T01:00:03.000000Z", 200, 2.0, None, '{"prompt": "ü"}', None, "success"),
-    ("model-2", "fal-ai/odd/eu", None, "2026-01-01T02:00:00.000000Z", None, None, None, None,
-     None, None, None, "unfinished"),
+    Row("model-1", "fal-ai/odd", None, "2026-01-01T01:00:00.000000Z",
+        "2026-01-01T01:00:01.000000Z", "2026-01-01T01:00:03.000000Z", 200, 2.0, None,
+        '{"prompt": "ü"}', None, "success"),
+    Row("model-2", "fal-ai/odd/eu", None, "2026-01-01T02:00:00.000000Z", None, None, None, None,
+        None, None, None, "unfinished"),
 ]  # fmt: skip
 #: billed requests beyond the demo's: one the mirror holds, one it does not (kept)
 ODD_EVENTS = [
@@ -143,11 +145,11 @@ def source_db(tmp_path_factory) -> Path:
     try:
         now = "2026-01-02T03:04:05.678901Z"
         rows = [
-            ("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
-             None, None, None, TRICKY_JSON, None, "unfinished"),
-            ("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
-             "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
-             503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
+            Row("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
+                None, None, None, TRICKY_JSON, None, "unfinished"),
+            Row("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
+                "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
+                503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
         ]  # fmt: skip
         with store.engine.begin() as conn:
             store.upsert(conn, rows, payloads=True, billing=True, now=now)
@@ -157,7 +159,7 @@ def source_db(tmp_path_factory) -> Path:
             store.upsert(conn, MODEL_ROWS, payloads=True, billing=True, now=now)
             conn.execute(
                 requests.update()
-                .where(requests.c.request_id.in_([r[0] for r in MODEL_ROWS]))
+                .where(requests.c.request_id.in_([r.request_id for r in MODEL_ROWS]))
                 .values(history="model")
             )
             store.upsert_billing_events(conn, ODD_EVENTS, now=now)

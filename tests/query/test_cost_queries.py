@@ -22,7 +22,8 @@ from support.cli import serve_browse, terminate
 from mirror.billing_api import BillingEvent
 from mirror.cost import CostFilters, spend, usd_text
 from mirror.db import alembic_config, reader_engine
-from mirror.schema import derive_status, requests
+from mirror.records import Row, derive_status
+from mirror.schema import requests
 from mirror.store import Store
 from mirror.timeparse import to_text
 
@@ -32,10 +33,10 @@ DATASETTE_YML = Path(__file__).resolve().parents[2] / "mirror" / "datasette.yml"
 
 
 def request(request_id: str, endpoint: str, ended: str, status_code: int,
-            prompt: str | None = None) -> tuple[Any, ...]:  # fmt: skip
+            prompt: str | None = None) -> Row:  # fmt: skip
     json_input = None if prompt is None else f'{{"prompt": "{prompt}"}}'
-    return (request_id, endpoint, None, ended, ended, ended, status_code, 2.5, None,
-            json_input, None, derive_status(ended, status_code))  # fmt: skip
+    return Row(request_id, endpoint, None, ended, ended, ended, status_code, 2.5, None,
+               json_input, None, derive_status(ended, status_code))  # fmt: skip
 
 
 def event(request_id: str, endpoint: str, at: str, nano: int, *, key: str | None = "key-1",

@@ -1,5 +1,5 @@
 """Every page `mirror browse` offers, timed on a big mirror, beside the same page before the
-rollups (schema revision 0006 and the Datasette metadata of that time), in one run.
+rollups (schema revision 0010 and the Datasette metadata of that time), in one run.
 
     python bench/browse_bench.py                    # 1,000,000 requests (query_bench's mirror)
     python bench/browse_bench.py --rows 200000      # smaller
@@ -7,7 +7,7 @@ rollups (schema revision 0006 and the Datasette metadata of that time), in one r
 
 The mirror is built as ``bench/query_bench.py`` builds it (rows shaped like the API's items,
 through ``Store.upsert``, batches of 10,000), at schema head, and reused from ``--db`` when it
-exists. A copy taken back to revision 0006 (Alembic's downgrade drops what 0007 added) is
+exists. A copy taken back to revision 0010 (Alembic's downgrade drops what 0011 added) is
 served the way `mirror browse` served it before: ``datasette serve`` with the metadata of
 ``BEFORE`` and the same settings. The mirror itself is served by a real `mirror browse`
 process. Both run side by side and every page is loaded alternately from each, after one
@@ -42,10 +42,13 @@ import common as c
 import httpx
 from query_bench import build
 
+from mirror.records import Row
 from mirror.store import Store
 
 #: the last commit before the rollups: its mirror/datasette.yml is what "before" serves
-BEFORE = "3a9d9da"
+BEFORE = "ccc80cf"
+#: the schema revision before the rollups
+BEFORE_REVISION = "0010"
 #: the settings `mirror browse` gave Datasette then (and still does)
 SETTINGS = ["--setting", "sql_time_limit_ms", "5000", "--setting", "facet_time_limit_ms", "1000"]
 WORD = "lighthouse"  # in ~57% of the generated prompts
@@ -66,6 +69,9 @@ PAGES = [
     ("canned: latency percentiles per hour", "/{db}/latency_percentiles_per_hour", True),
     ("canned: billable units per day", "/{db}/billable_units_per_day", True),
     ("canned: prompt failures (form)", "/{db}/prompt_failures", True),
+    ("canned: spend per day", "/{db}/spend_per_day", True),
+    ("canned: most expensive requests", "/{db}/most_expensive_requests", True),
+    ("request_costs", "/{db}/request_costs", True),
     ("hourly_summary", "/{db}/hourly_summary", True),
     ("daily_summary", "/{db}/daily_summary", True),
     ("daily_usage", "/{db}/daily_usage", True),
@@ -163,7 +169,8 @@ def old_metadata(db_name: str, tmp: Path) -> Path:
 
 
 def before_copy(db: Path, tmp: Path) -> Path:
-    """A copy of the mirror at revision 0006, named like it (Datasette names it by its file)."""
+    """A copy of the mirror at `BEFORE_REVISION`, named like it (Datasette names it by its
+    file)."""
     from alembic import command
 
     from mirror.db import alembic_config, make_engine
@@ -171,11 +178,12 @@ def before_copy(db: Path, tmp: Path) -> Path:
     out = tmp / "before" / db.name
     out.parent.mkdir(exist_ok=True)
     if not out.exists():
-        print(f"copying {db} to {out} and taking it back to revision 0006 …", file=sys.stderr)
+        print(f"copying {db} to {out} and taking it back to revision {BEFORE_REVISION} …",
+              file=sys.stderr)  # fmt: skip
         shutil.copyfile(db, out)
         engine = make_engine(str(out))
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0006")
+            command.downgrade(alembic_config(conn), BEFORE_REVISION)
         engine.dispose()
     return out
 
@@ -210,7 +218,8 @@ def grow(db: Path, target: int) -> None:
             for lo in range(0, base, 10_000):
                 if have >= target:
                     break
-                rows = con.execute(sql, (lo, min(lo + 10_000, base, lo + target - have))).fetchall()
+                found = con.execute(sql, (lo, min(lo + 10_000, base, lo + target - have)))
+                rows = [Row(*r) for r in found]
                 with store.engine.begin() as conn:
                     have += store.upsert(conn, rows, payloads=True, billing=True,
                                          now=to_text(datetime.now(UTC))).inserted  # fmt: skip
@@ -296,7 +305,7 @@ def main() -> None:
         c.header(
             "Browse: every page `mirror browse` links to",
             [f"mirror: {db} ({db.stat().st_size / 2**30:.1f} GiB), {a.runs} loads per page, "
-             f"median; before: revision 0006 and the metadata of {BEFORE}"],
+             f"median; before: revision {BEFORE_REVISION} and the metadata of {BEFORE}"],
         )  # fmt: skip
         old = before_copy(db, tmp)
         now_cmd = [sys.executable, "-m", "mirror", "browse", "--db", str(db)]

@@ -5,7 +5,7 @@
     python bench/ingest_bench.py --no-costs # skip the per-index/trigger cost table
 
 Rows come from the simulated API's own pages (payloads and billing expanded), decoded by
-``mirror.api.parse_page``: exactly the tuples the sync hands to the store. No HTTP, no latency.
+``mirror.records.parse_page``: exactly the rows the sync hands to the store. No HTTP, no latency.
 Every run starts from a copy of one freshly migrated database (``Store.open``: every Alembic
 revision present, so the same indexes and triggers on both sides) and commits every 10,000
 rows, as the sync's writer does.
@@ -94,7 +94,7 @@ def page_bodies(n: int) -> list[bytes]:
 
 
 def decode(bodies: Sequence[bytes]) -> list[tuple[Any, ...]]:
-    from mirror.api import parse_page
+    from mirror.records import parse_page
 
     rows: list[tuple[Any, ...]] = []
     for b in bodies:

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from mirror.schema import API_FIELDS, derive_status
+from mirror.records import API_FIELDS, Row, derive_status
 from mirror.store import Store
 from mirror.timeparse import to_text
 
@@ -71,13 +71,10 @@ WORDS = [
 BATCH = 10_000
 
 
-def make_rows(
-    n: int, *, seed: int = 7, start: int = 0, days: float = DAYS
-) -> Iterator[tuple[Any, ...]]:
-    """Rows as the sync hands them to the upsert: API_FIELDS order plus status, ending
-    within ``days`` before END."""
+def make_rows(n: int, *, seed: int = 7, start: int = 0) -> Iterator[Row]:
+    """Rows as the sync hands them to the upsert."""
     rnd = random.Random(seed * 1_000_003 + start)
-    span = days * 86400
+    span = DAYS * 86400
     for _i in range(start, start + n):
         ep = ENDPOINTS[rnd.randrange(len(ENDPOINTS))]
         sent = END - timedelta(seconds=rnd.random() * span)
@@ -115,17 +112,17 @@ def make_rows(
             rid, ep, f"runner-{rnd.randrange(64)}", to_text(sent), to_text(started),
             to_text(ended) if ended else None, code, duration, billable, json_input, json_output,
         )  # fmt: skip
-        yield (*row, derive_status(row[5], row[6]))
+        yield Row(*row, derive_status(row[5], row[6]))
 
 
-def build(path: Path, rows: int, *, seed: int = 7, days: float = DAYS) -> float:
+def build(path: Path, rows: int, *, seed: int = 7) -> float:
     """Fill a fresh database through Store.upsert; returns rows/s."""
     store = Store.open(str(path))
     t0 = time.perf_counter()
     try:
         batch: list[tuple[Any, ...]] = []
         now = to_text(END)
-        for n, row in enumerate(make_rows(rows, seed=seed, days=days), 1):
+        for n, row in enumerate(make_rows(rows, seed=seed), 1):
             batch.append(row)
             if len(batch) == BATCH:
                 with store.engine.begin() as conn:

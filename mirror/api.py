@@ -1,7 +1,7 @@
 """The fal Platform API client: one ``httpx.Client`` passed in, retries, and strict pages.
 
-``FalClient.list_requests`` returns a validated ``Page`` of row tuples ready for the store,
-or raises one of ``mirror.errors``:
+``FalClient.list_requests`` returns a validated ``Page`` of rows ready for the store (what a
+row is and how a page is checked: ``mirror.records``), or raises one of ``mirror.errors``:
 
 - 429, 5xx, connection errors, timeouts, truncated or non-JSON bodies are retried with
   exponential backoff and full jitter (``Retry-After`` honoured when present), then
@@ -28,61 +28,56 @@ the key cannot be carried to another host.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import ipaddress
-import json
 import logging
-import math
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 import orjson
 
-from mirror import __version__
-from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror import __version__, netenv
+from mirror.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    BadDataError,
+    ConfigError,
+    ProxyRefused,
+    UntrustedCertificate,
+)
 from mirror.pacing import Pacer
+from mirror.records import PAGE_LIMIT, Page, check_asked, parse_page
 from mirror.redact import redact, register_key
-from mirror.schema import derive_status
-from mirror.timeparse import EARLIEST, LATEST, api_param, from_text, normalize, to_text
+from mirror.timeparse import api_param, from_text, to_text
 from mirror.windows import align_down
 
 log = logging.getLogger("mirror.api")
+T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
 ANALYTICS_PATH = "/serverless/analytics"
-PAGE_LIMIT = 100
+#: the same counts for the key's calls to fal's hosted models (any endpoint, no ownership)
+MODELS_ANALYTICS_PATH = "/models/analytics"
 #: analytics buckets asked for per page (the server may give fewer; the cursor is followed)
 ANALYTICS_LIMIT = 1000
 #: analytics pages followed at most (``FalClient.hourly_counts``)
 ANALYTICS_MAX_PAGES = 10_000
 _HOUR = timedelta(hours=1)
-#: the status codes a request can have ended with: what HTTP allows; others are refused
-MIN_STATUS, MAX_STATUS = 100, 599
-#: The longest duration kept, in seconds: 30 days. No request plausibly runs that long,
-#: and the hourly summary adds durations up as whole microseconds in a 64-bit integer: at
-#: this bound an hour of one endpoint overflows only past 3.5 million requests, where
-#: 1e308 overflows with two. Durations are also at least 0.
-MAX_DURATION = 30 * 86400
-#: The largest ``billable_units`` kept: a raw unit count (images, GPU-seconds...) of one
-#: request. The summary adds it up the same way (micro-units, 64-bit): 9,000 requests at
-#: the bound in one hour of one endpoint before it could overflow.
-MAX_BILLABLE_UNITS = 1e9
-#: How far outside the window asked for a row's timestamps may lie and still be in it: the
-#: bounds are sent as whole seconds, and fal does not say whether ``end`` is inclusive or
-#: whether it compares to the second.
-WINDOW_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ def check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"base URL {url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError(
             f"base URL {url!r} uses plain http to a non-loopback host; the key would travel "
             "unencrypted. Use https (plain http is allowed only for 127.0.0.1/localhost)"
@@ -124,7 +119,7 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -133,17 +128,107 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def make_http_client() -> httpx.Client:
+def make_http_client(
+    env: Mapping[str, str] = os.environ,
+    *,
+    connect: Callable[[httpcore.NetworkBackend], httpcore.NetworkBackend] | None = None,
+) -> httpx.Client:
     """The client the CLI passes in: TLS verified, no redirects, pooled keep-alive, and
-    every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``)."""
+    every socket operation bounded by the running attempt's deadline (``_DeadlineBackend``).
+
+    From ``env``, the proxies and CA certificates of ``mirror.netenv`` and nothing else
+    (httpx's ``trust_env`` would also send ``.netrc`` credentials in place of the key).
+    It carries no credentials: `FalClient` adds the key to each of its own requests.
+    ``connect``: wraps the network backend that opens its connections (the media
+    downloads' checks of where a connection goes, ``mirror.media_net``).
+    """
+    net = netenv.from_env(env)
+    verify: ssl.SSLContext | bool = net.ssl_context() or True
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    transport: httpx.BaseTransport = _deadline_transport(limits, verify, connect=connect)
+    if net.proxies:
+        # ``connect`` guards the connections this machine opens to the hosts themselves; a
+        # proxy the user named is reached whatever its address (a company proxy is usually
+        # on a private one), and it is the proxy that connects on to the host
+        via = {p.url: _deadline_transport(limits, verify, p) for p in net.proxies.values()}
+        transport = _ProxyRoutes(net, transport, via)
+    for line in net.describe():
+        log.info("%s", line)
     return httpx.Client(
-        transport=_deadline_transport(
-            httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        ),
+        transport=transport,
         follow_redirects=False,
         headers={"User-Agent": f"fal-mirror/{__version__}"},
         trust_env=False,
     )
+
+
+class _ProxyRefusal(httpx.ProxyError):
+    """The proxy refused with ``status``: to a tunnel's CONNECT, or (407) to a plain
+    http:// request it was to forward."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _ProxyRoutes(httpx.BaseTransport):
+    """Each request through the proxy the environment names for its scheme and host
+    (``NetworkEnv.proxy_for``), or directly; the first request to each host logs which."""
+
+    def __init__(
+        self,
+        net: netenv.NetworkEnv,
+        direct: httpx.BaseTransport,
+        via: Mapping[str, httpx.BaseTransport],
+    ) -> None:
+        self._net = net
+        self._direct = direct
+        self._via = via
+        self._told: set[tuple[str, str, int | None]] = set()
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or {"https": 443, "http": 80}.get(url.scheme)
+        proxy = self._net.proxy_for(url.scheme, url.host, port)
+        self._tell(url, proxy)
+        if proxy is None:
+            return self._direct.handle_request(request)
+        try:
+            response = self._via[proxy.url].handle_request(request)
+        except httpx.ProxyError as e:  # the proxy's own answer to CONNECT: "407 Proxy ..."
+            code = str(e)[:3]
+            raise _ProxyRefusal(
+                f"the proxy {proxy} answered {e} to a tunnel to {url.netloc.decode('ascii', 'replace')}",
+                int(code) if code.isdigit() else None,
+            ) from None
+        except httpx.ConnectError as e:
+            raise httpx.ConnectError(f"through the proxy {proxy}: {e}", request=request) from None
+        if response.status_code == 407:  # a plain http:// request the proxy would not forward
+            response.close()
+            raise _ProxyRefusal(
+                f"the proxy {proxy} answered 407 Proxy Authentication Required to a request "
+                f"for {url.netloc.decode('ascii', 'replace')}",
+                407,
+            )
+        return response
+
+    def _tell(self, url: httpx.URL, proxy: netenv.Proxy | None) -> None:
+        key = (url.scheme, url.host, url.port)
+        with self._lock:
+            if key in self._told:
+                return
+            self._told.add(key)
+        where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        if proxy is not None:
+            log.info("%s: through the proxy %s", where, proxy)
+        else:
+            log.info("%s: directly (%s)", where, self._net.no_proxy_variable)
+
+    def close(self) -> None:
+        self._direct.close()
+        for t in self._via.values():
+            t.close()
 
 
 # --------------------------------------------------------------------------- the deadline
@@ -168,6 +253,17 @@ class _AttemptDeadline(threading.local):
 
 
 _attempt_deadline = _AttemptDeadline()
+
+
+@contextlib.contextmanager
+def attempt_deadline(at: float) -> Iterator[None]:
+    """Every socket operation of this thread's calls through a `make_http_client` client
+    ends by ``at`` (``time.monotonic()``), or raises httpx's timeout."""
+    _attempt_deadline.at = at
+    try:
+        yield
+    finally:
+        _attempt_deadline.at = None
 
 
 def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
@@ -234,369 +330,39 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport, its connection pool given the deadline-bounded backend.
+def _deadline_transport(
+    limits: httpx.Limits,
+    verify: ssl.SSLContext | bool,
+    proxy: netenv.Proxy | None = None,
+    *,
+    connect: Callable[[httpcore.NetworkBackend], httpcore.NetworkBackend] | None = None,
+) -> httpx.HTTPTransport:
+    """httpx's own transport (through ``proxy``, if given), its connection pool given the
+    deadline-bounded backend (wrapped by ``connect``, if given).
 
     httpx does not take a network backend as an argument, so it is set on the pool it
-    made (still empty: each connection takes the backend when it is opened).
-    tests/reliability/test_api_faults.py's dripped-headers test fails if this stops working.
+    made (still empty: each connection takes the backend when it is opened; a proxy's pool
+    opens its connections to the proxy, and tunnels through them, with it too).
+    tests/reliability/test_api_faults.py's dripped-headers test fails if this stops working,
+    tests/test_proxies.py's for a tunnel through a proxy.
     """
-    transport = httpx.HTTPTransport(verify=True, limits=limits, trust_env=False)
-    pool = transport._pool
-    pool._network_backend = _DeadlineBackend(pool._network_backend)
-    return transport
-
-
-# --------------------------------------------------------------------------- pages
-
-
-@dataclass(frozen=True)
-class Page:
-    rows: list[tuple[Any, ...]]
-    next_cursor: str | None
-    #: the API's clock when it answered (its ``Date`` header, whole seconds), if it said
-    server_time: datetime | None = None
-
-    @property
-    def has_more(self) -> bool:
-        return self.next_cursor is not None
-
-
-def _dump_json(value: Any) -> str | None:
-    if value is None:
-        return None
+    via = None
+    if proxy is not None:
+        # TLS to the proxy itself (an https:// proxy) trusts what the API's TLS trusts
+        https = proxy.url.lower().startswith("https:")
+        ctx = verify if isinstance(verify, ssl.SSLContext) and https else None
+        via = httpx.Proxy(proxy.url, ssl_context=ctx)
     try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        # orjson refuses nesting beyond 254 levels; the stdlib copes with a little more
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        except (RecursionError, ValueError) as e:
-            raise BadDataError(f"a payload cannot be stored: {e}") from None
-
-
-def _ts(item: Mapping[str, Any], name: str, required: bool) -> str | None:
-    v = item.get(name)
-    if v is None:
-        if required:
-            raise BadDataError(f"item {item.get('request_id')!r} has no {name}")
-        return None
-    if not isinstance(v, str):
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a timestamp"
-        )
-    try:
-        return normalize(v)
-    except ValueError:
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} {v[:40]!r} is not a timestamp"
+        transport = httpx.HTTPTransport(verify=verify, limits=limits, trust_env=False, proxy=via)
+    except ImportError:  # socks5:// without httpx's socks extra
+        raise ConfigError(
+            f"{proxy.variable if proxy else 'the proxy'} names a SOCKS proxy, which needs "
+            "httpx's socks extra: pip install 'httpx[socks]'"
         ) from None
-
-
-def _number(
-    item: Mapping[str, Any],
-    name: str,
-    kind: type | tuple[type, ...],
-    lo: float,
-    hi: float,
-    what: str,
-) -> Any:
-    v = item.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, kind):
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: {name} is {type(v).__name__}, not a number"
-        )
-    if isinstance(v, float) and not math.isfinite(v):
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} is not finite")
-    if not lo <= cast(float, v) <= hi:
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} {v!r} is not {what}")
-    return v
-
-
-def _text(item: Mapping[str, Any], name: str, required: bool) -> str | None:
-    v = item.get(name)
-    if v is None and not required:
-        return None
-    if not isinstance(v, str) or not v or len(v) > 512:
-        raise BadDataError(f"item {item.get('request_id')!r}: {name} is missing or not a string")
-    return v
-
-
-def item_to_row(item: Any, *, payloads: bool, billing: bool) -> tuple[Any, ...]:
-    """One API item -> a tuple in ``schema.API_FIELDS`` order plus the derived status."""
-    if type(item) is dict:
-        row = _fast_row(item, payloads, billing)
-        if row is not None:
-            return row
-    return _checked_row(item, payloads, billing)
-
-
-_dumps = orjson.dumps
-_fromiso = datetime.fromisoformat
-_EARLIEST, _LATEST = EARLIEST, LATEST
-
-
-def _fast_row(item: dict[str, Any], payloads: bool, billing: bool) -> tuple[Any, ...] | None:
-    """The common item in one pass: exact types, timestamps already in the stored shape.
-
-    It accepts only what ``_checked_row`` accepts and builds the same tuple; anything else
-    (wrong types, other timestamp shapes, payloads orjson cannot encode) returns None and
-    goes through ``_checked_row``, which gives the precise error or the slower conversion.
-    This runs for every row of every page: it is most of a sync's Python work.
-    """
-    get = item.get
-    rid = get("request_id")
-    ep = get("endpoint_id")
-    runner = get("runner_id")
-    if not (
-        type(rid) is str
-        and 0 < len(rid) <= 512
-        and type(ep) is str
-        and 0 < len(ep) <= 512
-        and (runner is None or (type(runner) is str and 0 < len(runner) <= 512))
-    ):
-        return None
-    # timestamps: the stored shape as is (what normalize() returns unchanged, once parsed
-    # below), else normalize
-    sent = get("sent_at")
-    if not (type(sent) is str and len(sent) == 27 and sent[26] == "Z"
-            and sent[4:20:3] == "--T::." and _EARLIEST <= sent < _LATEST):  # fmt: skip
-        sent = _other_ts(sent)
-        if sent is None:
-            return None
-    started = get("started_at")
-    if started is not None and not (
-        type(started) is str and len(started) == 27 and started[26] == "Z"
-        and started[4:20:3] == "--T::." and _EARLIEST <= started < _LATEST
-    ):  # fmt: skip
-        started = _other_ts(started)
-        if started is None:
-            return None
-    ended = get("ended_at")
-    if ended is not None and not (
-        type(ended) is str and len(ended) == 27 and ended[26] == "Z"
-        and ended[4:20:3] == "--T::." and _EARLIEST <= ended < _LATEST
-    ):  # fmt: skip
-        ended = _other_ts(ended)
-        if ended is None:
-            return None
-    try:  # digits, and a date and time that exist (2026-02-30, 25:61 do not)
-        _fromiso(sent)
-        if started is not None:
-            _fromiso(started)
-        if ended is not None:
-            _fromiso(ended)
-            if started is not None and ended < started:
-                return None
-    except ValueError:
-        return None
-    code = get("status_code")
-    if code is not None and not (type(code) is int and MIN_STATUS <= code <= MAX_STATUS):
-        return None
-    duration = get("duration")
-    if duration is not None and not (
-        (type(duration) is float or type(duration) is int) and 0 <= duration <= MAX_DURATION
-    ):  # (NaN compares false)
-        return None
-    units = None
-    if billing:
-        units = get("billable_units")
-        if units is not None and not (
-            (type(units) is float or type(units) is int) and 0 <= units <= MAX_BILLABLE_UNITS
-        ):
-            return None
-    inp = out = None
-    if payloads:
-        inp = get("json_input")
-        out = get("json_output")
-        try:
-            if inp is not None:
-                inp = _dumps(inp).decode()
-            if out is not None:
-                out = _dumps(out).decode()
-        except TypeError:  # e.g. nesting orjson refuses: the checked path copes or says why
-            return None
-    if ended is None or code is None:
-        status = "unfinished"
-    elif 200 <= code < 400:
-        status = "success"
-    elif 400 <= code < 500:
-        status = "user_error"
-    else:
-        status = "error"
-    return (rid, ep, runner, sent, started, ended, code, duration, units, inp, out, status)
-
-
-def _other_ts(value: Any) -> str | None:
-    """A timestamp in another shape, normalized; None if the checked path must judge it."""
-    if type(value) is not str:
-        return None
-    try:
-        return normalize(value)
-    except ValueError:
-        return None
-
-
-def _checked_row(item: Any, payloads: bool, billing: bool) -> tuple[Any, ...]:
-    """Field by field, with a precise error for whatever is wrong."""
-    if not isinstance(item, dict):
-        raise BadDataError(f"an item is {type(item).__name__}, not an object")
-    started_at = _ts(item, "started_at", False)
-    ended_at = _ts(item, "ended_at", False)
-    if started_at is not None and ended_at is not None and ended_at < started_at:
-        raise BadDataError(
-            f"item {item.get('request_id')!r}: ended_at {ended_at} is before its started_at "
-            f"{started_at}"
-        )
-    status_code = _number(item, "status_code", int, MIN_STATUS, MAX_STATUS,
-                          f"an HTTP status ({MIN_STATUS}-{MAX_STATUS})")  # fmt: skip
-    duration = _number(item, "duration", (int, float), 0, MAX_DURATION,
-                       f"a duration in seconds from 0 to {MAX_DURATION}")  # fmt: skip
-    units = None
-    if billing:
-        units = _number(item, "billable_units", (int, float), 0, MAX_BILLABLE_UNITS,
-                        f"a unit count from 0 to {MAX_BILLABLE_UNITS:.0e}")  # fmt: skip
-    return (
-        _text(item, "request_id", True),
-        _text(item, "endpoint_id", True),
-        _text(item, "runner_id", False),
-        _ts(item, "sent_at", True),
-        started_at,
-        ended_at,
-        status_code,
-        duration,
-        units,
-        _dump_json(item.get("json_input")) if payloads else None,
-        _dump_json(item.get("json_output")) if payloads else None,
-        derive_status(ended_at, status_code),
-    )
-
-
-def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
-    if not isinstance(data, dict):
-        raise BadDataError(f"the page is {type(data).__name__}, not a JSON object")
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise BadDataError("the page has no items list")
-    if len(items) > PAGE_LIMIT:
-        raise BadDataError(f"the page has {len(items)} items, more than the {PAGE_LIMIT} asked for")
-    has_more = data.get("has_more")
-    cursor = data.get("next_cursor")
-    if not isinstance(has_more, bool):
-        raise BadDataError("the page's has_more is not a boolean")
-    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
-        raise BadDataError("the page's next_cursor is not a string")
-    if has_more and cursor is None:
-        raise BadDataError("the page says has_more but gives no next_cursor")
-    fast, checked = _fast_row, _checked_row
-    rows = [
-        (type(it) is dict and fast(it, payloads, billing)) or checked(it, payloads, billing)
-        for it in items
-    ]
-    # A cursor with has_more=false is followed anyway: stopping early could lose rows.
-    return Page(rows=rows, next_cursor=cursor)
-
-
-@functools.lru_cache(maxsize=256)
-def _window_text(start: str, end: str) -> tuple[str, str]:
-    """A window's bounds, widened by ``WINDOW_SLACK``, as stored text (a walk asks for the
-    same window page after page)."""
-    return to_text(from_text(start) - WINDOW_SLACK), to_text(from_text(end) + WINDOW_SLACK)
-
-
-def check_asked(rows: Sequence[tuple[Any, ...]], endpoint_ids: Sequence[str], start: str,
-                end: str) -> None:  # fmt: skip
-    """Refuse rows the list call did not ask for: stored, they would complete a window the
-    server did not actually answer for.
-
-    A row is another endpoint's unless its ``endpoint_id`` is one asked for or a route of
-    one (``owner/app/...``, as ``schema.target_clause``). It is outside the window only if
-    *none* of its timestamps could place it in ``[start, end)`` (give or take
-    ``WINDOW_SLACK``): fal does not say which one the window filters on.
-    """
-    lo, hi = _window_text(start, end)
-    asked = set(endpoint_ids)
-    for r in rows:
-        ep = r[1]
-        if ep not in asked and not ep.startswith(tuple(e + "/" for e in endpoint_ids)):
-            raise BadDataError(
-                f"item {r[0]!r} is for endpoint {ep}, which the call did not ask for "
-                f"(asked for {', '.join(endpoint_ids)} and their routes)"
-            )
-        sent, started, ended = r[3], r[4], r[5]
-        if not (
-            lo <= sent <= hi
-            or (ended is not None and lo <= ended <= hi)
-            or (started is not None and lo <= started <= hi)
-        ):
-            raise BadDataError(
-                f"item {r[0]!r}: none of its timestamps (sent_at {sent}, started_at {started}, "
-                f"ended_at {ended}) is in the window {start}..{end} asked for"
-            )
-
-
-# --------------------------------------------------------------------------- walks
-
-#: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
-#: empty before the end only if rows left the part not yet read (never deleted, a row leaves
-#: only if its timestamps change), so one may pass, and two; a run of them is no accident
-MAX_EMPTY_PAGES = 3
-#: requests per second of window a walk may find: far beyond what one endpoint serves
-PLAUSIBLE_RATE = 10_000
-#: pages any walk may take, however short its window
-MIN_PAGE_CAP = 20
-#: pages no walk takes, however long its window (10 million requests)
-MAX_PAGE_CAP = 100_000
-
-
-def page_cap(length: timedelta) -> int:
-    """The most pages a walk of a window this long may take: 120 for one second."""
-    per_second = PLAUSIBLE_RATE / PAGE_LIMIT
-    return min(MAX_PAGE_CAP, MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second))
-
-
-class CursorWalk:
-    """One walk along the list cursor, and the rules every walk obeys (sync's windows and
-    verify's hours alike): a cursor given twice, ``MAX_EMPTY_PAGES`` empty pages in a row
-    that still give a cursor, or more pages than the window can plausibly hold
-    (``page_cap``) are bad data: a cursor that never ends would otherwise be followed for
-    hours.
-    """
-
-    def __init__(self, what: str, length: timedelta) -> None:
-        self.what = what
-        self.length = length
-        self.cap = page_cap(length)
-        #: the cursor of the next page to ask for (None: the first page)
-        self.cursor: str | None = None
-        self.pages = 0
-        self._empty = 0
-        self._given: set[str] = set()
-
-    def follow(self, page: Page) -> str | None:
-        """Count ``page`` (the answer for ``cursor``); its next cursor, None at the end."""
-        self.pages += 1
-        nxt = page.next_cursor
-        if nxt is None:
-            return None
-        if nxt == self.cursor or nxt in self._given:
-            raise BadDataError(f"the API repeated a page cursor while walking {self.what}")
-        self._empty = 0 if page.rows else self._empty + 1
-        if self._empty >= MAX_EMPTY_PAGES:
-            raise BadDataError(
-                f"the API gave {self._empty} empty pages in a row, each with a new cursor, "
-                f"while walking {self.what}"
-            )
-        if self.pages >= self.cap:
-            raise BadDataError(
-                f"the API gave {self.pages} pages for {self.what} and no end: more than "
-                f"{self.cap * PAGE_LIMIT:,} requests in {self.length} is not plausible"
-            )
-        self._given.add(nxt)
-        self.cursor = nxt
-        return nxt
+    pool = transport._pool
+    backend = pool._network_backend
+    pool._network_backend = _DeadlineBackend(connect(backend) if connect else backend)
+    return transport
 
 
 # --------------------------------------------------------------------------- analytics
@@ -646,16 +412,110 @@ def parse_analytics(data: Any) -> Iterator[tuple[str, int]]:
 
 @dataclass
 class CallStats:
+    """What a client's calls came to: every attempt, by its answer's HTTP status code
+    (``codes``; ``"none"`` when no answer came: a timeout or a failed connection)."""
+
     attempts: int = 0
     pages: int = 0
     retries: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, code: str) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
 
 
-class _Retry(Exception):
+class Retryable(Exception):
+    """An attempt that failed in a way worth trying again (429, 5xx, a reset, a timeout):
+    ``wait`` seconds first if the server said (``Retry-After``), else the policy's backoff;
+    ``throttled``: a 429, which the pacer is told of."""
+
     def __init__(self, reason: str, wait: float | None = None, throttled: bool = False) -> None:
         self.reason = redact(reason)  # it may quote an exception's text, which may quote the key
         self.wait = wait
         self.throttled = throttled
+
+
+class RetriesExhausted(Exception):
+    """Every attempt `with_retries` was allowed failed with `Retryable`; ``last``: why the
+    last one did."""
+
+    def __init__(self, attempts: int, last: str) -> None:
+        super().__init__(f"{attempts} attempts (last: {last})")
+        self.attempts = attempts
+        self.last = last
+
+
+def throttled(headers: httpx.Headers, policy: RetryPolicy) -> Retryable:
+    """A 429 as `Retryable`: its ``Retry-After`` (capped by the policy) is the wait."""
+    ra = _retry_after(headers.get("retry-after"))
+    if ra is not None:
+        ra = min(ra, policy.max_retry_after)
+    return Retryable(
+        f"429 rate limited{f' (Retry-After {ra:.0f}s)' if ra is not None else ''}",
+        wait=ra,
+        throttled=True,
+    )
+
+
+def with_retries(
+    attempt: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    pacer: Pacer,
+    rng: random.Random,
+    sleep: Callable[[float], None],
+    shown: str,
+    attempts: int | None = None,
+    on_retry: Callable[[], None] | None = None,
+    latency: Callable[[float], float] | None = None,
+) -> T:
+    """``attempt()`` until it returns, under the pacer, as long as it raises `Retryable`.
+
+    Each attempt waits for the pacer's room and reports its outcome to it; between attempts
+    the wait is the server's (``Retry-After``), or the policy's backoff (equal jitter after
+    a 429, full jitter otherwise). Any other exception ends it at once. ``attempts``: fewer
+    than the policy's; ``on_retry``: called before each wait; ``latency(seconds)``: what
+    of an attempt's time the pacer is told (default all of it: a download reports its wait
+    for the first byte, not the time its size took). After the last attempt:
+    `RetriesExhausted`. ``shown`` names the call in log lines.
+    """
+    n_attempts = min(attempts, policy.attempts) if attempts else policy.attempts
+    last = "no attempt"
+    throttle = False
+    for n in range(n_attempts):
+        pacer.acquire(retry=throttle)
+        throttle = False
+        t0 = time.monotonic()
+        outcome, pause = "error", 0.0
+        try:
+            answer = attempt()
+            outcome = "ok"
+            log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
+            return answer
+        except Retryable as r:
+            last = r.reason
+            if r.wait is not None:
+                wait = r.wait
+            elif r.throttled:
+                wait = policy.throttle_backoff(n, rng)
+            else:
+                wait = policy.backoff(n, rng)
+            if r.throttled:
+                outcome, pause, throttle = "throttled", wait, True
+            log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, n + 1, wait)
+        finally:
+            took = time.monotonic() - t0
+            pacer.release(
+                outcome,
+                latency=latency(took) if latency is not None else took,
+                pause=pause,
+                retry=throttle and n + 1 < n_attempts,
+            )
+        if n + 1 < n_attempts:
+            if on_retry is not None:
+                on_retry()
+            sleep(wait)
+    raise RetriesExhausted(n_attempts, last)
 
 
 class FalClient:
@@ -669,7 +529,10 @@ class FalClient:
         pacer: Pacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        stats: CallStats | None = None,
     ) -> None:
+        """``stats``: where the calls are counted (a caller that outlives the client keeps
+        its own, to read after a failed run too); a new one by default."""
         self._http = http
         register_key(key)  # whatever echoes it back is redacted (mirror.redact)
         self._auth = f"Key {key}"
@@ -680,7 +543,7 @@ class FalClient:
         self.sleep = sleep
         self._rng = random.Random(seed)
         self._stats_lock = threading.Lock()
-        self.stats = CallStats()
+        self.stats = stats if stats is not None else CallStats()
 
     def __repr__(self) -> str:  # never show the key
         return f"FalClient(base_url={self.base_url!r})"
@@ -740,10 +603,10 @@ class FalClient:
         params: Sequence[tuple[str, str]],
         *,
         attempts: int | None = None,
+        path: str = ANALYTICS_PATH,
     ) -> Any:
-        return self.get_json(
-            ANALYTICS_PATH, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts
-        )
+        """``path``: ``ANALYTICS_PATH`` (the key's own apps) or ``MODELS_ANALYTICS_PATH``."""
+        return self.get_json(path, [*(("endpoint_id", e) for e in endpoint_ids), *params], attempts)
 
     def hourly_counts(
         self,
@@ -755,6 +618,7 @@ class FalClient:
         max_pages: int = ANALYTICS_MAX_PAGES,
         attempts: int | None = None,
         before_call: Callable[[], None] | None = None,
+        path: str = ANALYTICS_PATH,
     ) -> Iterator[tuple[str, int]]:
         """The server's request counts per UTC hour of ``[lo, hi)``, bucket by bucket as the
         pages give them: (``YYYY-MM-DDTHH``, ``request_count`` summed over the bucket's
@@ -765,7 +629,8 @@ class FalClient:
         ``BadDataError`` (verify compares the counts, so they must be whole); otherwise the
         paging ends quietly with the buckets given so far (sync only plans by them). An
         answer that is not analytics is ``BadDataError`` either way. ``before_call`` runs
-        before each call (verify stops there, and counts its calls).
+        before each call (verify stops there, and counts its calls). ``path``: the
+        serverless counts, or ``MODELS_ANALYTICS_PATH`` for a model's.
         """
         base = analytics_params(lo, hi)
         cursor: str | None = None
@@ -774,7 +639,7 @@ class FalClient:
             if before_call is not None:
                 before_call()
             params = base + ([("cursor", cursor)] if cursor else [])
-            data = self.analytics([target], params, attempts=attempts)
+            data = self.analytics([target], params, attempts=attempts, path=path)
             yield from parse_analytics(data)
             nxt = data.get("next_cursor")
             if nxt is None:
@@ -794,52 +659,40 @@ class FalClient:
         """``attempts``: fewer than the policy's, for a call whose answer is optional."""
         return self._get(path, params, attempts)[0]
 
+    def get_page(self, path: str, params: Sequence[tuple[str, str]]) -> tuple[Any, datetime | None]:
+        """One page of a paged operation (``mirror.billing_api``): the decoded answer and
+        the API's clock when it gave it (``Date``), if it said; counted in ``stats.pages``."""
+        answer = self._get(path, params)
+        with self._stats_lock:
+            self.stats.pages += 1
+        return answer
+
     def _get(
         self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None
     ) -> tuple[Any, datetime | None]:
         """The decoded answer, and the API's clock when it gave it (``Date``), if it said."""
         url = self.base_url + path
         shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
-        policy = self.retry
-        n_attempts = min(attempts, policy.attempts) if attempts else policy.attempts
-        last = "no attempt"
-        throttled = False
-        for attempt in range(n_attempts):
-            self.pacer.acquire(retry=throttled)
-            throttled = False
-            t0 = time.monotonic()
-            outcome, pause = "error", 0.0
-            try:
-                answer = self._attempt(url, params, shown)
-                outcome = "ok"
-                log.debug("GET %s -> 200 in %.0f ms", shown, (time.monotonic() - t0) * 1000)
-                return answer
-            except _Retry as r:
-                last = r.reason
-                if r.wait is not None:
-                    wait = r.wait
-                elif r.throttled:
-                    wait = policy.throttle_backoff(attempt, self._rng)
-                else:
-                    wait = policy.backoff(attempt, self._rng)
-                if r.throttled:
-                    outcome, pause, throttled = "throttled", wait, True
-                log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, attempt + 1, wait)
-            finally:
-                self.pacer.release(
-                    outcome,
-                    latency=time.monotonic() - t0,
-                    pause=pause,
-                    retry=throttled and attempt + 1 < n_attempts,
-                )
-            if attempt + 1 < n_attempts:
-                with self._stats_lock:
-                    self.stats.retries += 1
-                self.sleep(wait)
-        raise ApiUnavailable(
-            f"the API did not answer {path} after {n_attempts} attempts (last: {last}); "
-            "mirror will pick up where it stopped on the next run"
-        )
+        try:
+            return with_retries(
+                lambda: self._attempt(url, params, shown),
+                policy=self.retry,
+                pacer=self.pacer,
+                rng=self._rng,
+                sleep=self.sleep,
+                shown=shown,
+                attempts=attempts,
+                on_retry=self._count_retry,
+            )
+        except RetriesExhausted as e:
+            raise ApiUnavailable(
+                f"the API did not answer {path} after {e.attempts} attempts (last: {e.last}); "
+                "mirror will pick up where it stopped on the next run"
+            ) from None
+
+    def _count_retry(self) -> None:
+        with self._stats_lock:
+            self.stats.retries += 1
 
     def _attempt(
         self, url: str, params: Sequence[tuple[str, str]], shown: str
@@ -850,6 +703,7 @@ class FalClient:
         deadline = time.monotonic() + policy.deadline
         timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
         headers_in = False
+        code = "none"  # the answer's status once its headers are in
         _attempt_deadline.at = deadline  # bounds every socket operation (_DeadlineBackend)
         try:
             with self._http.stream(
@@ -860,6 +714,7 @@ class FalClient:
                 timeout=timeout,
             ) as resp:
                 headers_in = True
+                code = str(resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_body:
                     raise BadDataError(
@@ -874,7 +729,7 @@ class FalClient:
                             f"the API sent a page over the {policy.max_body}-byte cap"
                         )
                     if time.monotonic() > deadline:
-                        raise _Retry(f"answer still incomplete after {policy.deadline:g}s")
+                        raise Retryable(f"answer still incomplete after {policy.deadline:g}s")
                     chunks.append(chunk)
                 body = b"".join(chunks)
                 status = resp.status_code
@@ -882,12 +737,24 @@ class FalClient:
         except httpx.TimeoutException as e:
             if time.monotonic() >= deadline - 0.05:  # the deadline, not one slow read
                 what = "answer" if headers_in else "response headers"
-                raise _Retry(f"{what} still incomplete after {policy.deadline:g}s") from None
-            raise _Retry(f"timeout ({type(e).__name__})") from None
+                raise Retryable(f"{what} still incomplete after {policy.deadline:g}s") from None
+            raise Retryable(f"timeout ({type(e).__name__})") from None
+        except _ProxyRefusal as e:
+            if e.status is not None and e.status >= 500:  # the proxy could not reach the API
+                raise Retryable(str(e)) from None
+            raise ProxyRefused(str(e)) from None
         except httpx.TransportError as e:
-            raise _Retry(f"connection failed ({type(e).__name__}: {e})") from None
+            untrusted = _certificate_failure(e)
+            if untrusted is not None:
+                host = urlsplit(url).hostname
+                raise UntrustedCertificate(
+                    f"the certificate of {host} does not verify ({untrusted})"
+                ) from None
+            raise Retryable(f"connection failed ({type(e).__name__}: {e})") from None
         finally:
             _attempt_deadline.at = None
+            with self._stats_lock:
+                self.stats.count(code)
 
         if status == 200:
             try:
@@ -897,13 +764,15 @@ class FalClient:
                     raise BadDataError(
                         f"the API's page nests deeper than JSON allows: {e}"
                     ) from None
-                raise _Retry(
+                raise Retryable(
                     f"200 with a body that is not JSON ({_describe_body(body, headers)})"
                 ) from None
         if status == 429:
-            return self._raise_throttled(headers)
+            raise throttled(headers, self.retry)
         if status >= 500:
-            raise _Retry(f"HTTP {status} ({_describe_body(body, headers)})")
+            raise Retryable(f"HTTP {status} ({_describe_body(body, headers)})")
+        if status == 407:  # only a proxy asks this: a plain http:// request it forwarded
+            raise ProxyRefused("a proxy answered 407 Proxy Authentication Required")
         if 300 <= status < 400:
             where = urlsplit(headers.get("location", "")).netloc or "elsewhere"
             raise ApiError(status, None, f"the API redirected to {where}; not followed", _path(url))
@@ -911,15 +780,17 @@ class FalClient:
         cls = AuthError if status in (401, 403) else ApiError
         raise cls(status, etype, message, _path(url))
 
-    def _raise_throttled(self, headers: httpx.Headers) -> Any:
-        ra = _retry_after(headers.get("retry-after"))
-        if ra is not None:
-            ra = min(ra, self.retry.max_retry_after)
-        raise _Retry(
-            f"429 rate limited{f' (Retry-After {ra:.0f}s)' if ra is not None else ''}",
-            wait=ra,
-            throttled=True,
-        )
+
+def _certificate_failure(e: BaseException) -> str | None:
+    """OpenSSL's reason when ``e`` comes of a certificate that did not verify; else None."""
+    seen: BaseException | None = e
+    for _ in range(10):  # httpx's error wraps httpcore's, which wraps ssl's
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate verify failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _path(url: str) -> str:

@@ -1,13 +1,15 @@
 """The `mirror` command: the group, its commands of sync, copy, db, demo and fake-api, and
 `main`. Click only: parse, call one library function, print.
 
-The query commands live in ``mirror.commands_query``, `verify` in ``mirror.commands_verify``;
-what all commands share (the error handling of the group, options, signals, the progress
-line, exit codes) in ``mirror.cliutil``.
+The query commands live in ``mirror.commands_query``, `report` in ``mirror.commands_report``,
+`verify` in ``mirror.commands_verify``, `media` in ``mirror.commands_media``; what all
+commands share (the error handling of the group, options, signals, exit codes) in
+``mirror.cliutil``; sync's live progress line in ``mirror.progress``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -16,15 +18,23 @@ from pathlib import Path
 
 import click
 
-from mirror import __version__, commands_query, commands_verify, interrupts
+from mirror import (
+    __version__,
+    commands_cost,
+    commands_media,
+    commands_query,
+    commands_report,
+    commands_verify,
+    interrupts,
+)
 from mirror.cliutil import (
     MirrorGroup,
-    Progress,
     base_url_option,
     check_since_until,
     db_option,
     duration_callback,
     endpoints_callback,
+    metrics_file_option,
     print_notes,
     setup_logging,
     sigterm_as_interrupt,
@@ -77,6 +87,10 @@ def cli() -> None:
     is_flag=True,
     help="If another sync holds the database, wait for it instead of exiting 75.",
 )
+@click.option("--media", is_flag=True,
+              help="Then archive the files the synced requests' outputs refer to, as `mirror "
+              "media` does with its defaults (MIRROR_MEDIA_DIR, MIRROR_MEDIA_HOSTS apply).")  # fmt: skip
+@metrics_file_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @verbose_option
 def sync(
@@ -92,6 +106,8 @@ def sync(
     max_concurrency: int,
     recheck: bool,
     wait: bool,
+    media: bool,
+    metrics_file: Path | None,
     quiet: bool,
     verbose: int,
 ) -> None:
@@ -101,7 +117,8 @@ def sync(
     Exit codes: 0 ok, 1 failed (API, key, data, storage), 2 usage,
     75 another sync is running (try later).
     """
-    from mirror.runs import sync_mirror  # the API client and the syncer: for sync alone
+    from mirror.progress import LiveLine  # the API client, the syncer, tqdm: for sync alone
+    from mirror.runs import sync_mirror
     from mirror.sync import SyncOptions
 
     setup_logging(verbose)
@@ -115,15 +132,31 @@ def sync(
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
         recheck=recheck,
     )  # fmt: skip
-    progress = Progress(enabled=sys.stderr.isatty() and not verbose and not quiet)
+    archive = None
+    if media:
+        from mirror.media import ArchiveOptions
+        from mirror.media_db import MediaFilters
+
+        media_dir = os.environ.get("MIRROR_MEDIA_DIR")
+        archive = ArchiveOptions(filters=MediaFilters(endpoints=endpoints),
+                                 media_dir=Path(media_dir) if media_dir else None)  # fmt: skip
+    # the live line only on a terminal (never under cron), and -v's log lines above it
+    line = LiveLine(sys.stderr) if sys.stderr.isatty() and not quiet else None
     with sigterm_as_interrupt(), usage_errors():
-        try:
-            report = sync_mirror(db, opts, base_url=base_url, wait=wait, progress=progress)
-        finally:
-            progress.close()
-    print_notes(report.notes)
-    if not quiet:
-        click.echo(report.summary())
+        with line or contextlib.nullcontext():
+            report = sync_mirror(
+                db, opts, base_url=base_url, wait=wait, progress=line, metrics_file=metrics_file
+            )
+        print_notes(report.notes)
+        if not quiet:
+            click.echo(report.summary())
+        if archive is not None:
+            from mirror.runs import media_mirror
+
+            media_report = media_mirror(db, archive, base_url=base_url)
+            print_notes(media_report.notes)
+            if not quiet:
+                click.echo(media_report.summary())
 
 
 # --------------------------------------------------------------------------- db
@@ -211,7 +244,10 @@ def demo(db: str) -> None:
 
 
 commands_query.register(cli)
+commands_report.register(cli)
 commands_verify.register(cli)
+commands_media.register(cli)
+commands_cost.register(cli)
 
 
 def main() -> None:

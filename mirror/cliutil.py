@@ -1,5 +1,5 @@
 """What every command of the ``mirror`` CLI shares: the group that turns errors into one line
-and an exit code, the shared options and their callbacks, logging, signals, the progress line.
+and an exit code, the shared options and their callbacks, logging, signals.
 
 The command modules (``mirror.cli``, ``mirror.commands_query``, ``mirror.commands_verify``)
 import from here, and ``mirror.cli`` imports them: nothing here imports a command module.
@@ -24,6 +24,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -195,6 +196,35 @@ def duration_callback(
         raise click.BadParameter(str(e)) from None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``100k``, ``1.5g``, ``123`` (bytes); binary units (``M`` is MiB),
+    an optional ``iB``/``B`` after the letter. Negative or malformed: ``ValueError``."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text.strip() else ""
+    number, unit = t, ""
+    if t and t[-1] in _SIZE_UNITS:
+        number, unit = t[:-1], t[-1]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 100k, 4096)") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G, 100k, 4096)")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A size flag (`parse_size`)."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def validate_endpoint_id(value: str) -> str:
     """``value`` if it can be an endpoint (or app) id: not blank, no whitespace, at most
     `MAX_ENDPOINT_ID` characters; else ``BadParameter`` for ``--endpoint``."""
@@ -233,6 +263,11 @@ verbose_option = click.option(
 base_url_option = click.option(
     "--base-url", envvar="MIRROR_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
     help="API base URL. Env: MIRROR_BASE_URL.",
+)  # fmt: skip
+metrics_file_option = click.option(
+    "--metrics-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+    help="Also write Prometheus metrics here (for node-exporter's textfile collector: "
+    "a *.prom file in its directory), atomically.",
 )  # fmt: skip
 format_option = click.option(
     "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",
@@ -333,29 +368,3 @@ class SignalWatcher:
         self._thread.join()
         os.close(self._r)
         os.close(self._w)
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """A one-line progress display on a terminal; nothing at all under cron."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.shown = False
-
-    def __call__(self, report: Any) -> None:
-        if not self.enabled:
-            return
-        self.shown = True
-        click.echo(
-            f"\rsyncing: {report.windows_done}/{report.windows_planned} windows, "
-            f"{report.inserted + report.updated} rows written ",
-            err=True,
-            nl=False,
-        )
-
-    def close(self) -> None:
-        if self.shown:
-            click.echo("\r\033[K", err=True, nl=False)

@@ -11,26 +11,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from mirror import output, query
+from mirror import health, media_db, metrics, output, query, termchart
 from mirror.cliutil import (
     db_option,
+    duration_callback,
     endpoints_callback,
     format_option,
+    metrics_file_option,
+    print_notes,
+    shown,
     sigterm_as_interrupt,
     when_callback,
 )
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
 from mirror.schema import STATUSES
+from mirror.timeparse import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,8 +179,26 @@ def query_cmd(
 @filter_options
 @click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
               help="Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")  # fmt: skip
+@click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
+              help=f"Figures to show, in this order, after the groups: "
+              f"{', '.join(query.STATS_FIELDS)}. Default: all of them, except in a table too "
+              "narrow for all, which keeps the most telling that fit.")  # fmt: skip
+@click.option("--wide", is_flag=True,
+              help="A table with every figure, however narrow the terminal (shortened, or "
+              "one block per row when even that cannot fit).")  # fmt: skip
+@click.option("--chart", is_flag=True,
+              help="Add a bar column of each group's requests (table format only; "
+              "never drawn unless asked).")  # fmt: skip
 @format_option
-def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
+def stats_cmd(
+    db: str,
+    by: tuple[str, ...],
+    columns: tuple[str, ...],
+    wide: bool,
+    chart: bool,
+    fmt: str,
+    **kw: Any,
+) -> None:
     """Counts, error rates, duration percentiles and billable units.
 
     \b
@@ -182,6 +207,7 @@ def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
     v[floor(h)] + (h - floor(h)) * (v[ceil(h)] - v[floor(h)]); the same figures
     on SQLite and PostgreSQL. Rates are of finished requests.
     Example: mirror stats --by endpoint,day --since 7d
+    Requests per hour at a glance: mirror stats --by hour --since 2d --chart
     """
     filters = _filters(kw)
     groups = _split(by)
@@ -189,10 +215,39 @@ def stats_cmd(db: str, by: tuple[str, ...], fmt: str, **kw: Any) -> None:
         groups = list(query.check_groups(groups))
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--by") from None
+    figures = list(dict.fromkeys(c for c in _split(columns) if c not in groups))
+    unknown = [c for c in figures if c not in query.STATS_FIELDS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown column {unknown[0]!r}; choose from {', '.join(query.STATS_FIELDS)}",
+            param_hint="--columns",
+        )
+    if wide and figures:
+        raise click.UsageError("--wide shows every column and --columns picks some: give one")
+    if chart and fmt != "table":
+        raise click.UsageError(
+            f"--chart draws bars in the table: it does not mix with --format {fmt}"
+        )
     with query.open_reader(db) as conn:
         result = query.stats(conn, filters, by=groups)
-    cols = [*groups, *query.STATS_FIELDS]
-    _print(cols, ([r[c] for c in cols] for r in result), fmt)
+    cols = [*groups, *(figures or query.STATS_FIELDS)]
+    rows = [[r[c] for c in cols] for r in result]
+    width = shutil.get_terminal_size().columns
+    if fmt == "table" and not wide and not figures:
+        cols, rows, hidden = output.narrow(cols, rows, query.STATS_RANKED, width)
+        if hidden:
+            print_notes(
+                [
+                    f"{len(hidden)} columns left out to fit {width}: "
+                    f"{', '.join(hidden)}; --wide shows them all, --columns picks"
+                ]
+            )
+    if chart:
+        drawn = termchart.bars([r["requests"] for r in result])
+        cols.insert(len(groups) + 1, "chart")
+        for row, bar in zip(rows, drawn, strict=True):
+            row.insert(len(groups) + 1, bar)
+    _print(cols, rows, fmt, width=width)
 
 
 # --------------------------------------------------------------------------- sql
@@ -219,9 +274,10 @@ def sql_cmd(
     memory at most 512 MiB. Ctrl-C or SIGTERM stops the statement (exit 130).
     PostgreSQL: the statement runs in a READ ONLY transaction that is rolled back,
     under statement_timeout; only one statement, and only one that returns rows.
-    Tables: requests, sync_targets, sync_windows, sync_runs, summary_hourly,
-    duration_histogram, duration_buckets; views: request_log, hourly_summary,
-    daily_summary, daily_usage; search: requests_fts (SQLite).
+    Tables: requests, billing_events, prices, sync_targets, sync_windows, sync_runs,
+    summary_hourly, duration_histogram, duration_buckets; views: request_log,
+    request_costs (each request with its billing event), hourly_summary, daily_summary,
+    daily_usage; search: requests_fts (SQLite).
     Example: mirror sql "SELECT status, count(*) FROM requests GROUP BY 1"
     """
     from mirror.readonly import PgReadOnlyDatabase, ReadOnlyDatabase
@@ -247,7 +303,32 @@ def sql_cmd(
 @click.command("status")
 @db_option
 @format_option
-def status_cmd(db: str, fmt: str) -> None:
+@click.option("--check", is_flag=True,
+              help="Check health instead: exit 1 with one line per problem (stale, behind, "
+              "gaps, failing runs, stuck rows), 0 when healthy. For cron, systemd, Nagios, CI.")  # fmt: skip
+@click.option("--max-age", callback=duration_callback, metavar="DURATION",
+              help="With --check: the last successful sync may be at most this old "
+              "(default: 3x the usual interval between runs, from the run log; 24h while "
+              "it has fewer than two runs).")  # fmt: skip
+@click.option("--max-failures", type=click.IntRange(min=1), metavar="N",
+              help=f"With --check: this many finished runs in a row that did not succeed "
+              f"are a problem (default {health.DEFAULT_MAX_FAILURES}).")  # fmt: skip
+@click.option("--max-unfinished-age", callback=duration_callback, metavar="DURATION",
+              help="With --check: requests still unfinished this long after they were sent "
+              "are a problem (default 6h).")  # fmt: skip
+@metrics_file_option
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print nothing when healthy (--check) or besides the metrics (--metrics-file).")  # fmt: skip
+def status_cmd(
+    db: str,
+    fmt: str,
+    check: bool,
+    max_age: timedelta | None,
+    max_failures: int | None,
+    max_unfinished_age: timedelta | None,
+    metrics_file: Path | None,
+    quiet: bool,
+) -> None:
     """What the mirror holds per sync target, how complete it is, and the last run.
 
     \b
@@ -256,9 +337,50 @@ def status_cmd(db: str, fmt: str) -> None:
     reach; gaps: every stretch of the requested range that no sync has completed yet
     (a backfill that stopped short of its start shows here until a sync finishes it);
     clock_skew: this machine's clock minus the API's, in seconds, as the last sync saw it.
+
+    \b
+    A last line sums up the media archive (mirror media), if there is one.
+
+    \b
+    Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,
+    2 usage. Example, from cron: mirror status --check -q || alert
     """
-    with query.open_reader(db) as conn:
-        result = [t.as_dict() for t in query.sync_status(conn)]
+    tuned = [f for f, v in (("--max-age", max_age), ("--max-failures", max_failures),
+                            ("--max-unfinished-age", max_unfinished_age)) if v is not None]  # fmt: skip
+    if tuned and not check:
+        raise click.UsageError(f"{tuned[0]} is a threshold of --check: give --check too")
+    if check and fmt != "table":
+        raise click.UsageError("--check prints one line per problem: leave out --format")
+    if check or metrics_file is not None:
+        if metrics_file is not None:
+            metrics.check_path(metrics_file)
+        snap = health.snapshot(
+            db, now=utcnow(), unfinished_age=max_unfinished_age or health.DEFAULT_UNFINISHED_AGE
+        )
+        if metrics_file is not None:
+            metrics.write_metrics(metrics_file, snap)
+        if check:
+            found = health.problems(
+                snap, health.Thresholds(
+                    max_age=max_age, max_failures=max_failures or health.DEFAULT_MAX_FAILURES,
+                    unfinished_age=snap.unfinished_age,
+                ),
+            )  # fmt: skip
+            with _stdout():
+                for line in found:
+                    click.echo(shown(line))
+                if not found and not quiet:
+                    click.echo(health.healthy_line(snap))
+            click.get_current_context().exit(1 if found else 0)
+        if quiet:
+            return
+        result = [t.as_dict() for t in snap.targets]
+        with query.open_reader(db) as conn:
+            media = media_db.totals(conn) if fmt == "table" else None
+    else:
+        with query.open_reader(db) as conn:
+            result = [t.as_dict() for t in query.sync_status(conn)]
+            media = media_db.totals(conn) if fmt == "table" else None
     if not result:
         click.echo(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
@@ -280,6 +402,20 @@ def status_cmd(db: str, fmt: str) -> None:
         for r in result:
             r["gaps"] = json.dumps(r["gaps"])
     _print(cols, ([r[c] for c in cols] for r in result), fmt)
+    if fmt == "table" and media is not None and any(media.values()):
+        click.echo(_media_text(media))
+
+
+def _media_text(m: dict[str, Any]) -> str:
+    """The media archive in one line (``mirror.media_db.totals``)."""
+    from mirror.media import human_bytes
+
+    gone = f" (last {_minute(m['last_gone_at'])})" if m["last_gone_at"] else ""
+    return (
+        f"media: {m['files']} files archived ({human_bytes(m['bytes'])}); references: "
+        f"{m['pending']} pending, {m['gone']} gone{gone}, {m['failed']} failed, "
+        f"{m['refused']} refused"
+    )
 
 
 def _minute(ts: str) -> str:

@@ -11,12 +11,14 @@ writer lock (only ``--repair`` needs it), 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
+from typing import Any
 
 import click
 
-from mirror import cliutil
+from mirror import cliutil, commands_media
 
 
 @click.command("verify")
@@ -51,6 +53,10 @@ from mirror import cliutil
               help="With --repair: if another sync holds the database, wait instead of exiting 75.")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing when the mirror equals the server (or all was repaired).")  # fmt: skip
+@click.option("--media", is_flag=True,
+              help="Check the archived files instead (re-hash the media store: missing or "
+              "corrupt files); with --repair, fetch them again where the URL still answers.")  # fmt: skip
+@commands_media.media_options
 @cliutil.verbose_option
 @click.pass_context
 def verify_cmd(
@@ -71,6 +77,8 @@ def verify_cmd(
     wait: bool,
     quiet: bool,
     verbose: int,
+    media: bool,
+    **media_kw: Any,
 ) -> None:
     """Walk completed windows again and report requests missing, extra or different.
 
@@ -88,6 +96,9 @@ def verify_cmd(
     from mirror.verify_report import report_json, report_text
 
     cliutil.setup_logging(verbose)
+    if media:
+        _verify_media(ctx, db, repair, base_url, fmt, quiet, media_kw)
+        return
     if delete_extra and not repair:
         raise click.UsageError("--delete-extra needs --repair")
     if seed is not None and sample is None:
@@ -106,6 +117,31 @@ def verify_cmd(
         click.echo(json.dumps(report_json(report), indent=2))
     else:
         click.echo(report_text(report))
+    ctx.exit(0 if report.ok else 1)
+
+
+def _verify_media(
+    ctx: click.Context,
+    db: str,
+    repair: bool,
+    base_url: str,
+    fmt: str,
+    quiet: bool,
+    media_kw: dict[str, Any],
+) -> None:
+    from mirror.media_db import MediaFilters
+    from mirror.runs import verify_media_mirror
+
+    opts = commands_media.archive_options(media_kw, MediaFilters())
+    with cliutil.sigterm_as_interrupt(), cliutil.usage_errors():
+        report = verify_media_mirror(db, opts, repair=repair, base_url=base_url)
+    cliutil.print_notes(report.notes)
+    if quiet and report.ok:
+        ctx.exit(0)
+    if fmt == "json":
+        click.echo(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        click.echo(report.summary())
     ctx.exit(0 if report.ok else 1)
 
 

@@ -1,10 +1,12 @@
 """`mirror copy`: move a whole mirror between databases (SQLite <-> PostgreSQL, or alike).
 
 Everything a sync needs to carry on where the source left off comes along: every row of
-``requests`` (``first_seen_at`` / ``last_changed_at`` kept as they are) and the sync state
-(``sync_targets``, ``sync_windows``, ``sync_runs`` with their ids, ``sync_rechecks``), so the
-destination never re-downloads history. Derived tables (``summary_hourly``, the full-text
-index) are not copied: the destination's own triggers build them as the rows go in.
+``requests`` (``first_seen_at`` / ``last_changed_at`` and the ``history`` it is of kept as
+they are), what requests cost (``billing_events``, and ``prices``, a history nothing could
+fetch again) and the sync state (``sync_targets``, ``sync_windows``, ``sync_runs`` with their
+ids, ``sync_rechecks``), so the destination never re-downloads history. Derived tables
+(``summary_hourly``, the full-text index) are not copied: the destination's own triggers
+build them as the rows go in.
 
 Rules, in the order they are checked (every refusal is one line and exit 2, with both
 databases left as they were):
@@ -12,9 +14,9 @@ databases left as they were):
 - the source must exist and be a mirror database at this version's schema (an older one:
   ``mirror db upgrade --db SOURCE`` first; copy never writes to the source);
 - source and destination must be different databases;
-- the destination must be **empty**: no requests and no sync state (a new file, a new
-  PostgreSQL database, or one only migrated). There is no merge: copying into a mirror that
-  has rows of its own would mix two histories' sync state.
+- the destination must be **empty**: no requests, billing events, prices or sync state (a
+  new file, a new PostgreSQL database, or one only migrated). There is no merge: copying
+  into a mirror that has rows of its own would mix two histories' sync state.
 
 The source is read in one consistent view: a SQLite source is held with the writer lock
 (a running sync makes copy exit 75, like a second sync) inside one read transaction; a
@@ -48,7 +50,9 @@ from mirror.db import (
 )
 from mirror.errors import ConfigError, StoreError
 from mirror.schema import (
-    ROW_COLUMNS,
+    STORED_COLUMNS,
+    billing_events,
+    prices,
     requests,
     sync_rechecks,
     sync_runs,
@@ -59,9 +63,10 @@ from mirror.store import Store
 
 #: rows read from the source per round trip (and held in memory at once)
 BATCH_ROWS = 5_000
-#: the sync state, copied after the requests, in this order
-STATE_TABLES = (sync_targets, sync_windows, sync_runs, sync_rechecks)
-MIRROR_TABLES = (requests, *STATE_TABLES)
+#: copied after the requests, in this order, row for row: what requests cost, then the
+#: sync state
+TABLES = (billing_events, prices, sync_targets, sync_windows, sync_runs, sync_rechecks)
+MIRROR_TABLES = (requests, *TABLES)
 
 
 class CopyRefused(ConfigError):
@@ -85,9 +90,9 @@ class CopyReport:
 
         return (
             f"copied {n('requests', 'request')}, {n('sync_targets', 'target')}, "
-            f"{n('sync_windows', 'completed window')}, {n('sync_runs', 'run')} and "
-            f"{n('sync_rechecks', 're-check mark')} from {self.source} to {self.dest} "
-            f"in {self.seconds:.1f}s"
+            f"{n('sync_windows', 'completed window')}, {n('sync_runs', 'run')}, "
+            f"{n('sync_rechecks', 're-check mark')}, {n('billing_events', 'billing event')} "
+            f"and {n('prices', 'price')} from {self.source} to {self.dest} in {self.seconds:.1f}s"
         )
 
 
@@ -244,7 +249,7 @@ def _copy_all(
             "new, empty database"
         )
     counts = {"requests": _copy_requests(src, out, store, batch, progress)}
-    for table in STATE_TABLES:
+    for table in TABLES:
         n = 0
         cols = list(table.c)
         q = sa.select(*cols).execution_options(yield_per=batch)
@@ -270,10 +275,10 @@ def _copy_requests(
     batch: int,
     progress: Callable[[str, int], None] | None,
 ) -> int:
-    """Rows as they are, bookkeeping stamps included, through the store's multi-row upsert
-    statement (the destination is empty: every row is an insert, and its triggers keep the
-    summary and the full-text index)."""
-    cols = [requests.c[name] for name in ROW_COLUMNS]
+    """Rows as they are, bookkeeping stamps and history included, through the store's
+    multi-row inserts (the destination's triggers keep the summary and the full-text
+    index)."""
+    cols = [requests.c[name] for name in STORED_COLUMNS]
     q = sa.select(*cols).execution_options(yield_per=batch)
     n = 0
     for part in src.execute(q).partitions():

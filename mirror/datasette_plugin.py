@@ -44,9 +44,11 @@ from datasette.utils import (
 
 #: the tables of requests, searched through ``requests_fts`` and summed in the rollups
 REQUEST_TABLES = ("requests", "request_log")
-#: tables and views whose every row Datasette would group to suggest facets
-BIG_TABLES = (*REQUEST_TABLES, "summary_hourly", "hourly_summary", "daily_summary",
-              "daily_usage", "duration_histogram")  # fmt: skip
+#: tables and views whose every row Datasette would group to suggest facets (a row per
+#: request, or per hour, endpoint and status)
+BIG_TABLES = (*REQUEST_TABLES, "request_costs", "billing_events", "media_refs",
+              "summary_hourly", "hourly_summary", "daily_summary", "daily_usage",
+              "duration_histogram")  # fmt: skip
 #: more full-text matches than this: the page is neither counted nor faceted
 BIG_SEARCH = 10_000
 #: request arguments that do not change which rows a page's facets are about; ``_next``

@@ -1,27 +1,41 @@
 """`mirror demo`: the whole product in one command, with no key and no network.
 
-Starts the simulated API on a free loopback port, syncs a few days of several endpoints
-into a fresh file over real HTTP, and prints what a user can now ask offline.
+Starts the simulated API and its media CDN on free loopback ports, syncs a few days of
+several endpoints into a fresh file over real HTTP, stores what the key's calls to fal's
+hosted models were billed and the prices it is quoted (``mirror.billing_api`` into the
+store: the sync does not fetch them yet), archives the files of the latest requests'
+outputs (``mirror media``), and prints what a user can now ask offline, spend per day
+included.
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from mirror import output
 from mirror.api import FalClient, make_http_client
+from mirror.billing_api import EVENTS_LIMIT, fetch_prices, list_billing_events
+from mirror.cost import TABLE_COLUMNS, CostFilters, spend
+from mirror.db import reader_engine
 from mirror.errors import StoreError
+from mirror.media import ArchiveOptions
+from mirror.media_db import MediaFilters
+from mirror.media_files import default_media_dir
 from mirror.pacing import Pacer
+from mirror.runs import media_mirror
 from mirror.sqlitefile import connect_readonly
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
-from mirror.timeparse import utcnow
+from mirror.timeparse import to_text, utcnow
 
 #: the apps the demo syncs (the simulated world's endpoints, routes included)
 TARGETS = ("acme/flux-lora", "acme/upscaler", "acme/whisper-v3")
+#: the latest successful requests whose outputs get files on the simulated CDN
+MEDIA_REQUESTS = 24
 EXAMPLES = [
     (
         "Requests per endpoint and status",
@@ -32,6 +46,12 @@ EXAMPLES = [
         "The five slowest requests",
         "SELECT request_id, endpoint_id, round(duration, 1) AS seconds, ended_at FROM requests "
         "WHERE duration IS NOT NULL ORDER BY duration DESC LIMIT 5",
+    ),
+    (
+        "Archived output files (mirror media)",
+        "SELECT r.request_id, r.path, f.size, f.content_type, substr(r.sha256, 1, 12) AS file "
+        "FROM media_refs r JOIN media_files f ON f.sha256 = r.sha256 "
+        "ORDER BY r.request_id DESC LIMIT 5",
     ),
     (
         "Billable units per day",
@@ -57,27 +77,79 @@ def _fresh(path: Path) -> None:
         raise StoreError(f"{path} exists and is not a demo database; pass another --db")
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    media = default_media_dir(path)
+    if media.is_dir() and not media.is_symlink():
+        shutil.rmtree(media)
+
+
+def store_billing(
+    store: Store, client: FalClient, models: Sequence[str], since: datetime, until: datetime
+) -> tuple[int, int]:
+    """Every billing event in [``since``, ``until``) and the current price of each of
+    ``models``, read through the API client and kept by the store: (events, prices added)."""
+    events = 0
+    cursor = None
+    with store.engine.begin() as conn:
+        while True:
+            page = list_billing_events(
+                client, start=since, end=until, cursor=cursor, limit=EVENTS_LIMIT
+            )
+            events += len(page.events)
+            store.upsert_billing_events(conn, page.events, now=to_text(utcnow()))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        added = store.record_prices(conn, fetch_prices(client, models), to_text(until))
+    return events, added
+
+
+def spend_per_day(path: Path) -> list[str]:
+    """`mirror cost --by day`'s table for the file, as lines."""
+    engine = reader_engine(str(path))
+    try:
+        with engine.connect() as conn:
+            rows = spend(conn, CostFilters(), by=["day"])
+    finally:
+        engine.dispose()
+    columns = ["day", *TABLE_COLUMNS]
+    return output.aligned(columns, ([r[c] for c in columns] for r in rows))
 
 
 def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) -> None:
-    from mirror.simulator import DEFAULT_KEY, SimulatedAPI, demo_world
+    from mirror.simulator import DEFAULT_KEY, SimulatedAPI, SimulatedCDN, attach_media, demo_world
+    from mirror.simulator.generate import DEMO_MODELS
 
     _fresh(path)
     now = utcnow()
     world = demo_world(now)
     echo(f"Simulated fal API: {days} days of requests to {', '.join(TARGETS)}")
-    with SimulatedAPI(world) as api:
-        echo(f"  serving on {api.base_url} (loopback only)")
+    with SimulatedCDN(clock=world.config.clock) as cdn, SimulatedAPI(world) as api:
+        attached = attach_media(world, cdn, count=MEDIA_REQUESTS, now=now)
+        echo(f"  serving on {api.base_url}, its files on {cdn.base_url} (loopback only)")
         store = Store.open(str(path))
         try:
-            with make_http_client() as http:
+            # its own server on loopback: no proxy of the environment stands in between
+            with make_http_client(env={}) as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, pacer=Pacer(4))
                 opts = SyncOptions(targets=TARGETS, since=now - timedelta(days=days))
                 report = sync(store, client, opts)
+                events, prices = store_billing(
+                    store, client, list(DEMO_MODELS), now - timedelta(days=days), utcnow()
+                )
         finally:
             store.close()
-    echo(f"  {report.summary()}")
-    echo(f"  into {path}\n")
+        echo(f"  {report.summary()}")
+        echo(f"  into {path}")
+        models = ", ".join(DEMO_MODELS)
+        echo(f"  billing: {events} billing events of the key's calls to {models}; {prices} prices")
+        media = media_mirror(
+            str(path),
+            ArchiveOptions(filters=MediaFilters(since=attached.since)),
+            base_url=api.base_url,
+            env={},
+        )
+    echo(f"  {media.summary()}")
+    echo(f"  into {default_media_dir(path)}/ (mirror media; expired and lying files on purpose)\n")
     con = connect_readonly(path)
     try:
         for title, sql in EXAMPLES:
@@ -89,7 +161,12 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
             echo("")
     finally:
         con.close()
+    echo(f"Spend per day (mirror cost --db {path} --by day):")
+    for line in spend_per_day(path):
+        echo("    " + line)
+    echo("")
     echo("Browse it yourself:")
     echo(f"  sqlite3 {path} 'SELECT endpoint_id, status, duration FROM requests LIMIT 10'")
     echo(f"  pip install datasette && datasette {path}")
+    echo(f"  mirror media --db {path} --stats")
     echo("Mirror your own history: export FAL_KEY=...; mirror sync --endpoint owner/app --since 7d")

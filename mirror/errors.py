@@ -6,10 +6,14 @@
     ├── LockedError              another sync holds this database (exit 75)
     ├── ApiError                 the API answered with an error we do not retry
     │   └── AuthError            401/403: the key is missing, wrong or lacks access
+    │       └── AdminRequired    403 from an operation that needs an ADMIN key (cost)
     ├── ApiUnavailable           retries exhausted: 429s, 5xx, resets, timeouts
+    ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
+    ├── UntrustedCertificate     the API's TLS certificate does not verify
     ├── BadDataError             the API's answer is malformed; nothing of it was committed
-    └── StoreError               local storage: disk full, read-only, corrupt, foreign file
-        └── SchemaTooNewError    the database was written by a newer mirror
+    ├── StoreError               local storage: disk full, read-only, corrupt, foreign file
+    │   └── SchemaTooNewError    the database was written by a newer mirror
+    └── OutputError              a file a command writes (report, metrics) could not be written
 
 Messages never contain the API key: it is not stored on any of these objects, and the text
 of each (``str(err)``, which a traceback shows too) has every registered secret redacted
@@ -86,8 +90,40 @@ class AuthError(ApiError):
         return "check that the key's account owns this endpoint and that the id is right"
 
 
+class AdminRequired(AuthError):
+    """The key was refused an ADMIN-scope operation (billing events, usage): it may well
+    be fine for everything else."""
+
+    kind = "key lacks ADMIN scope"
+
+    @property
+    def hint(self) -> str:
+        return (
+            "billing events and usage need a key with ADMIN scope (fal keys create --scope ADMIN)"
+        )
+
+
 class ApiUnavailable(MirrorError):
     kind = "api unavailable"
+
+
+class ProxyRefused(MirrorError):
+    kind = "proxy refused"
+
+    @property
+    def hint(self) -> str:
+        return "check the proxy settings (HTTPS_PROXY, NO_PROXY) and the proxy's credentials"
+
+
+class UntrustedCertificate(MirrorError):
+    kind = "certificate not trusted"
+
+    @property
+    def hint(self) -> str:
+        return (
+            "behind a TLS-inspecting proxy or gateway, point SSL_CERT_FILE at your "
+            "organisation's CA bundle"
+        )
 
 
 class BadDataError(MirrorError):
@@ -106,3 +142,10 @@ class StoreError(MirrorError):
 
 class SchemaTooNewError(StoreError):
     kind = "schema too new"
+
+
+class OutputError(MirrorError):
+    """A file the command was asked to write (``--output``, ``--metrics-file``) could not be
+    written: disk full, permissions. Nothing half-written is left at its path."""
+
+    kind = "cannot write"

@@ -5,7 +5,9 @@ Rows arrive as an iterator of tuples with a list of column names, and every form
 runs in constant memory. ``table`` has to see every row to size its columns, then fits the
 terminal (``shutil.get_terminal_size``, which honours ``COLUMNS``): the widest columns are
 shortened with an ellipsis, and when even that cannot fit, each row is printed as a block
-of ``column  value`` lines. Timestamps show to the second there.
+of ``column  value`` lines. Timestamps show to the second there. A table with more columns
+than a terminal holds can first be narrowed (`narrow`): the least important columns are
+left out, so the rest stay side by side.
 
 - ``json``: one JSON array of objects; ``jsonl``: one object per line. Columns named in
   ``json_columns`` (the payloads) hold JSON text and are decoded into real JSON values.
@@ -145,6 +147,40 @@ def _table(out: TextIO, columns: Sequence[str], rows: Iterable[Sequence[Any]], w
     lines += [_line(r, widths, numeric) for r in cells]
     out.write("\n".join(line.rstrip() for line in lines) + "\n")
     return len(data)
+
+
+def narrow(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], ranked: Sequence[str], width: int
+) -> tuple[list[str], list[list[Any]], list[str]]:
+    """The columns (and rows) of a table narrowed to fit ``width``, and those left out.
+
+    ``ranked``: the columns that may be left out, most important first; every other column
+    (the keys that name a row) always stays. As many ranked columns as fit side by side
+    at their full width are kept, in the order of ``columns``; failing that, as many as
+    fit with the widest shortened (`fit`). Only when not even the first ranked column fits
+    beside the keys is nothing left out: the table then prints one block per row.
+    """
+    ranked = [c for c in ranked if c in columns]
+    data = [list(r) for r in rows]
+    cells = [[cell_text(v) for v in r] for r in data]
+    natural = dict(zip(columns, _natural_widths(columns, cells), strict=True))
+    keys = [c for c in columns if c not in ranked]
+    width = max(width, 20)
+
+    def fits(chosen: Sequence[str], shortened: bool) -> bool:
+        widths = [natural[c] for c in chosen]
+        if shortened:
+            return fit(widths, width, gap=2) is not None
+        return sum(widths) + 2 * (len(widths) - 1) <= width
+
+    for shortened in (False, True):
+        for n in range(len(ranked), 0, -1):
+            keep = set(keys) | set(ranked[:n])
+            chosen = [c for c in columns if c in keep]
+            if fits(chosen, shortened):
+                at = [columns.index(c) for c in chosen]
+                return chosen, [[r[i] for i in at] for r in data], list(ranked[n:])
+    return list(columns), data, []
 
 
 def _natural_widths(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> list[int]:

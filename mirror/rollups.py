@@ -8,7 +8,7 @@ canned queries and facets (``mirror/datasette.yml``, ``mirror.datasette_plugin``
 - ``summary_hourly`` (migration 0002): how many requests, and the exact integer sums of
   their durations (microseconds) and billable units (millionths), which stay exact under
   the subtractions of updates and deletes.
-- ``duration_histogram`` (migration 0007): how many durations fell in each bucket of the
+- ``duration_histogram`` (migration 0011): how many durations fell in each bucket of the
   fixed log scale ``duration_buckets``. It is a mergeable sketch: the histograms of any hours
   and endpoints add up bucket by bucket into the histogram of their union, so percentiles
   over any range come from at most a few hundred rows per hour. A bucket's ``value`` is
@@ -49,7 +49,7 @@ BUCKET_OF_DURATION = (
     "ORDER BY b.lower DESC LIMIT 1), 0)"
 )
 # The rows a batch inserted (rowid > ?) added group by group: the same integer sums per hour
-# as the row-by-row trigger of migration 0002, the same counts per bucket as 0007's.
+# as the row-by-row trigger of migration 0002, the same counts per bucket as 0011's.
 SUMMARIZE_NEW = """
 INSERT INTO summary_hourly (hour, endpoint_id, status, requests, durations, duration_us,
                             billed, billable_micro)
@@ -79,7 +79,7 @@ ON CONFLICT (hour, bucket, endpoint_id, status) DO UPDATE SET
 def batch_statements(conn: Connection) -> tuple[str, ...]:
     """The statements that add a batch's inserted rows (parameter: the largest rowid before
     the batch) to the rollups this SQLite file has: the summary from revision 0005 on, the
-    histogram from 0007 on (benchmarks and tests also write to older revisions)."""
+    histogram from 0011 on (benchmarks and tests also write to older revisions)."""
     has_histogram = conn.exec_driver_sql(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'duration_histogram'"
     ).first()

@@ -1,8 +1,9 @@
-"""A sync or a verify run from start to end, as `mirror sync` and `mirror verify` start one.
+"""A sync, verify or media run from start to end, as `mirror sync`, `mirror verify` and
+`mirror media` start one.
 
 Each takes the database's name, the run's options and the environment, and does what the
-command needs around the library call: checks the base URL, loads the key and the retry
-knobs from the environment, takes the writer lock where the run writes, opens the store and
+command needs around the library call: checks the base URL, loads the key, the retry
+knobs and the proxy and CA settings from the environment, takes the writer lock where the run writes, opens the store and
 an HTTP client with its pacer, finds the targets, then calls ``mirror.sync.sync`` or
 ``mirror.verify.verify`` and returns its report. Nothing here prints or knows click: flags
 that do not fit the database raise `mirror.errors.UsageError`.
@@ -12,20 +13,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mirror import lock
-from mirror.api import DEFAULT_BASE_URL, FalClient, RetryPolicy, check_base_url, make_http_client
+from mirror.api import (
+    DEFAULT_BASE_URL,
+    CallStats,
+    FalClient,
+    RetryPolicy,
+    check_base_url,
+    make_http_client,
+)
 from mirror.auth import load_key
-from mirror.db import display_db, sqlite_path
+from mirror.db import display_db, reader_engine, sqlite_path
 from mirror.errors import ConfigError, UsageError
+from mirror.media import ArchiveOptions, MediaReport, MediaVerifyReport, archive, dry_run
+from mirror.media import verify as verify_media
+from mirror.media_fetch import Budget, Fetcher, FetchLimits
+from mirror.media_files import MediaDir, default_media_dir
+from mirror.media_net import UrlPolicy, media_client
+from mirror.metrics import check_path, write_for
 from mirror.pacing import Pacer
 from mirror.store import Store
-from mirror.sync import SyncOptions, SyncReport, sync
+from mirror.sync import ProgressListener, SyncOptions, SyncReport, sync
 from mirror.verify import VerifyReport, verify
+
+log = logging.getLogger(__name__)
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -63,9 +80,16 @@ def _writer_lock(path: Path | None, *, wait: bool) -> contextlib.AbstractContext
 
 
 @contextlib.contextmanager
-def _client(key: str, base_url: str, retry: RetryPolicy, pacer: Pacer) -> Iterator[FalClient]:
-    with make_http_client() as http:
-        yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer)
+def _client(
+    key: str,
+    base_url: str,
+    retry: RetryPolicy,
+    pacer: Pacer,
+    env: Mapping[str, str],
+    stats: CallStats | None = None,
+) -> Iterator[FalClient]:
+    with make_http_client(env) as http:
+        yield FalClient(http, key, base_url=base_url, retry=retry, pacer=pacer, stats=stats)
 
 
 def sync_mirror(
@@ -75,14 +99,43 @@ def sync_mirror(
     base_url: str = DEFAULT_BASE_URL,
     wait: bool = False,
     env: Mapping[str, str] = os.environ,
-    progress: Callable[[SyncReport], None] | None = None,
+    progress: ProgressListener | None = None,
+    metrics_file: Path | None = None,
 ) -> SyncReport:
     """Sync ``opts.targets`` into the mirror ``db`` (a SQLite file or a database URL).
 
     No targets: every target the database already has. ``wait``: if another sync holds
     the database, wait for it instead of raising `mirror.errors.LockedError`. ``env``: where
-    the key (``mirror.auth``) and the retry knobs come from.
+    the key (``mirror.auth``), the retry knobs and the proxies and CA certificates
+    (``mirror.netenv``) come from. ``metrics_file``: where to write the Prometheus metrics
+    (``mirror.metrics``) once the run has ended, however it ended; a failure to write them
+    after a failed run is logged, the run's error stands.
     """
+    if metrics_file is None:
+        return _sync_mirror(db, opts, base_url, wait, env, progress, None)
+    check_path(metrics_file)
+    calls = CallStats()
+    try:
+        report = _sync_mirror(db, opts, base_url, wait, env, progress, calls)
+    except BaseException:
+        try:
+            write_for(db, metrics_file, calls)
+        except Exception as e:  # the run's own error is the one to report
+            log.info("could not write --metrics-file %s: %s", metrics_file, e)
+        raise
+    write_for(db, metrics_file, calls)
+    return report
+
+
+def _sync_mirror(
+    db: str,
+    opts: SyncOptions,
+    base_url: str,
+    wait: bool,
+    env: Mapping[str, str],
+    progress: ProgressListener | None,
+    calls: CallStats | None,
+) -> SyncReport:
     base_url = check_base_url(base_url)
     path = sqlite_path(db)
     if not opts.targets and path is not None and not path.exists():
@@ -99,7 +152,7 @@ def sync_mirror(
                 )
             n = opts.max_concurrency
             pacer = Pacer(n, initial=min(4, n), learn_rate=True)
-            with _client(key, base_url, retry, pacer) as client:
+            with _client(key, base_url, retry, pacer, env, calls) as client:
                 return sync(
                     store, client, dataclasses.replace(opts, targets=targets), progress=progress
                 )
@@ -143,7 +196,100 @@ def verify_mirror(
             targets = list(dict.fromkeys(endpoints)) or known
             if not targets:
                 raise UsageError(f"{display_db(db)} has no sync targets: nothing to verify")
-            with _client(key, base_url, retry, Pacer(4)) as client:
+            with _client(key, base_url, retry, Pacer(4), env) as client:
                 return verify(store, client, targets=targets, repair=repair, **options)
         finally:
             store.close()
+
+
+def media_dir_for(db: str, media_dir: Path | None) -> Path:
+    """The media store of the mirror ``db``: ``media_dir``, or ``<db>.media`` beside a
+    SQLite file (a server database has no "beside": `UsageError`)."""
+    if media_dir is not None:
+        return media_dir
+    path = sqlite_path(db)
+    if path is None:
+        raise UsageError(
+            f"{display_db(db)} is a database server: say where its files go with --media-dir"
+        )
+    return default_media_dir(path)
+
+
+def _existing(db: str, what: str) -> None:
+    path = sqlite_path(db)
+    if path is not None and not path.exists():
+        raise UsageError(f"{db} does not exist: {what}")
+
+
+@contextlib.contextmanager
+def _fetcher(
+    files: MediaDir, opts: ArchiveOptions, policy: UrlPolicy, env: Mapping[str, str]
+) -> Iterator[Fetcher]:
+    """A key-less downloader into ``files``: the API's retry knobs, the run's limits."""
+    with media_client(policy) as http:
+        yield Fetcher(
+            http,
+            files,
+            policy,
+            retry=retry_policy_from_env(env),
+            pacer=Pacer(opts.max_concurrency),
+            limits=FetchLimits(max_file=opts.max_file, deadline=opts.deadline),
+            budget=Budget(opts.max_bytes),
+        )
+
+
+def media_mirror(
+    db: str,
+    opts: ArchiveOptions,
+    *,
+    base_url: str = DEFAULT_BASE_URL,
+    env: Mapping[str, str] = os.environ,
+) -> MediaReport:
+    """Archive the files of the mirror ``db``'s requests (``mirror.media.archive``).
+
+    Needs no key: nothing is asked of the API. ``base_url`` only says whether the API is
+    the simulator on loopback (then so may the media hosts be). Holds the media store's
+    lock, not the database's writer lock: a sync may run meanwhile.
+    """
+    base_url = check_base_url(base_url)
+    _existing(db, "mirror media archives the files of an existing mirror; sync first")
+    root = media_dir_for(db, opts.media_dir)
+    policy = UrlPolicy.build(opts.hosts, env, base_url=base_url)
+    store = Store.open(db)
+    if opts.dry_run:
+        try:
+            return dry_run(store.engine, policy, opts)
+        finally:
+            store.close()
+    files = MediaDir.open(root)
+    reader = reader_engine(db)
+    try:
+        with files.lock(), _fetcher(files, opts, policy, env) as fetcher:
+            return archive(store.engine, reader, files, fetcher, policy, opts)
+    finally:
+        reader.dispose()
+        store.close()
+
+
+def verify_media_mirror(
+    db: str,
+    opts: ArchiveOptions,
+    *,
+    repair: bool = False,
+    base_url: str = DEFAULT_BASE_URL,
+    env: Mapping[str, str] = os.environ,
+) -> MediaVerifyReport:
+    """Re-hash the media store of the mirror ``db``; ``repair``: fetch what is missing or
+    corrupt again (``mirror.media.verify``)."""
+    base_url = check_base_url(base_url)
+    _existing(db, "verify --media checks an existing mirror's files")
+    files = MediaDir.open(media_dir_for(db, opts.media_dir), create=repair)
+    policy = UrlPolicy.build(opts.hosts, env, base_url=base_url)
+    store = Store.open(db)
+    try:
+        if not repair:
+            return verify_media(store.engine, files, None, repair=False)
+        with files.lock(), _fetcher(files, opts, policy, env) as fetcher:
+            return verify_media(store.engine, files, fetcher, repair=True)
+    finally:
+        store.close()

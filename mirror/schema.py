@@ -3,11 +3,13 @@
 Conventions, for every table:
 
 - One row of ``requests`` is one fal request, keyed by its ``request_id``; its columns carry
-  the API's field names and values. ``status`` is derived from ``ended_at`` and
-  ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this mirror first stored
-  the row and when a sync last changed any of its values.
+  the API's field names and values (``mirror.records.Row``). ``status`` is derived from
+  ``ended_at`` and ``status_code``; ``first_seen_at`` / ``last_changed_at`` say when this
+  mirror first stored the row and when a sync last changed any of its values.
 - Timestamps are UTC ISO-8601 text of exactly one shape, ``2026-11-28T10:00:08.123456Z``, so
   text order is time order (see ``mirror.timeparse``). JSON payloads are stored as JSON text.
+- ``billing_events`` holds what fal charged per request and ``prices`` every price seen,
+  with when (see ``mirror.cost`` for the answers built on them).
 - Sync state lives in the same database, so a row and the claim that its window is complete
   are committed in one transaction: ``sync_windows`` holds, per target, the completed
   ``[start, end)`` intervals (coalesced), ``sync_runs`` logs every run.
@@ -144,6 +146,47 @@ requests = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("first_seen_at", Instant, nullable=False),
     sa.Column("last_changed_at", Instant, nullable=False),
+    #: which of fal's two request histories the row is from (``HISTORIES``)
+    sa.Column("history", sa.Text, nullable=False, server_default="serverless"),
+)
+
+#: one row per billed request (fal's billing event), keyed by its ``request_id``, which may
+#: not be in ``requests`` (yet). Amounts in USD as fal gives them; ``cost_estimate_nano_usd``
+#: is the same charge as ``cost_total`` in whole nano-USD, the one to add up (exactly).
+#: ``auth_method`` is fal's label of who made the call, ``api_key_id`` / ``login_username``
+#: the key or team member, where fal says; bookkeeping as in ``requests``.
+billing_events = sa.Table(
+    "billing_events",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("endpoint_id", Key, nullable=False),
+    sa.Column("timestamp", Instant, nullable=False),
+    sa.Column("output_units", sa.Float),
+    sa.Column("unit_price", sa.Float),
+    sa.Column("percent_discount", sa.Float),
+    sa.Column("cost_subtotal", sa.Float, nullable=False),
+    sa.Column("cost_discount", sa.Float, nullable=False),
+    sa.Column("cost_total", sa.Float, nullable=False),
+    sa.Column("cost_estimate_nano_usd", sa.BigInteger, nullable=False),
+    sa.Column("auth_method", sa.Text),
+    sa.Column("api_key_id", sa.Text),
+    sa.Column("login_username", sa.Text),
+    sa.Column("first_seen_at", Instant, nullable=False),
+    sa.Column("last_changed_at", Instant, nullable=False),
+)
+
+#: one row per price an endpoint was seen to have: from ``seen_at`` until the next row of
+#: the endpoint, ``unit_price`` of ``currency`` per ``unit``; ``checked_at``: when the
+#: price was last seen unchanged. A row is added only when the price changes.
+prices = sa.Table(
+    "prices",
+    metadata,
+    sa.Column("endpoint_id", Key, primary_key=True),
+    sa.Column("seen_at", Instant, primary_key=True),
+    sa.Column("unit", sa.Text, nullable=False),
+    sa.Column("unit_price", sa.Float, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("checked_at", Instant, nullable=False),
 )
 
 #: one row per sync target: an endpoint id exactly as the user gave it
@@ -193,6 +236,47 @@ sync_rechecks = sa.Table(
     sa.Column("checked_at", Instant, nullable=False),
 )
 
+#: one row per file a request's payload refers to (migration 0008, ``mirror.media_refs``):
+#: where it is, what the payload declares, and what became of it (``state``: pending,
+#: archived, gone, failed, refused)
+media_refs = sa.Table(
+    "media_refs",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("side", sa.Text, primary_key=True),
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text),
+    sa.Column("file_name", sa.Text),
+    sa.Column("declared_size", sa.BigInteger),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("seen_at", Instant, nullable=False),
+    sa.Column("tried_at", Instant),
+    #: when the file was found gone (the tombstone)
+    sa.Column("gone_at", Instant),
+)
+
+#: one row per archived file, by the SHA-256 of its bytes (its name in the media store)
+media_files = sa.Table(
+    "media_files",
+    metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("content_type", sa.Text),
+    sa.Column("fetched_at", Instant, nullable=False),
+)
+
+#: how far the payloads have been searched for files: up to this ``last_changed_at``
+media_scan = sa.Table(
+    "media_scan",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("changed_until", Instant),
+)
+
 #: the hourly summary kept by triggers (migration 0002); one row per hour of ``ended_at``,
 #: endpoint and status. Sums are integers (microseconds, millionths of a unit) so that they
 #: stay exact under the subtractions of updates and deletes. Read only on SQLite (on
@@ -210,7 +294,7 @@ summary_hourly = sa.Table(
     sa.Column("billable_micro", sa.Integer, nullable=False),
 )
 
-#: the fixed log scale of ``duration_histogram`` (migration 0007): bucket 0 holds durations
+#: the fixed log scale of ``duration_histogram`` (migration 0011): bucket 0 holds durations
 #: below 1 µs (value 0); bucket k >= 1 holds [lower, next lower), and its ``value`` is within
 #: 2% of every duration in it (``mirror.rollups`` reads it)
 duration_buckets = sa.Table(
@@ -222,7 +306,7 @@ duration_buckets = sa.Table(
 )
 
 #: per hour of ``ended_at``, bucket, endpoint and status, how many requests with a duration
-#: fell in the bucket; kept by triggers like ``summary_hourly`` (migration 0007)
+#: fell in the bucket; kept by triggers like ``summary_hourly`` (migration 0011)
 duration_histogram = sa.Table(
     "duration_histogram",
     metadata,
@@ -233,33 +317,32 @@ duration_histogram = sa.Table(
     sa.Column("requests", sa.Integer, nullable=False),
 )
 
-#: the API's item fields, in column order; the upsert takes tuples in this order + bookkeeping
-API_FIELDS = (
+#: the columns the upsert writes, in table order: a ``mirror.records.Row``'s fields, then
+#: the two bookkeeping stamps
+ROW_COLUMNS = tuple(requests.c.keys())[: requests.c.keys().index("last_changed_at") + 1]
+#: every column of a stored request, in column order (``mirror copy`` carries them all)
+STORED_COLUMNS = tuple(requests.c.keys())
+#: the values of ``requests.status`` (``mirror.records.derive_status``)
+STATUSES = ("success", "user_error", "error", "unfinished")
+#: ``requests.history``: the calls to the user's own serverless apps, or the calls the
+#: key made to fal's hosted models
+HISTORIES = ("serverless", "model")
+#: a billing event's fields, in column order; its upsert takes tuples in this order
+BILLING_EVENT_FIELDS = (
     "request_id",
     "endpoint_id",
-    "runner_id",
-    "sent_at",
-    "started_at",
-    "ended_at",
-    "status_code",
-    "duration",
-    "billable_units",
-    "json_input",
-    "json_output",
+    "timestamp",
+    "output_units",
+    "unit_price",
+    "percent_discount",
+    "cost_subtotal",
+    "cost_discount",
+    "cost_total",
+    "cost_estimate_nano_usd",
+    "auth_method",
+    "api_key_id",
+    "login_username",
 )
-ROW_COLUMNS = (*API_FIELDS, "status", "first_seen_at", "last_changed_at")
-STATUSES = ("success", "user_error", "error", "unfinished")
-
-
-def derive_status(ended_at: str | None, status_code: int | None) -> str:
-    """success (2xx/3xx), user_error (4xx), error (5xx and anything else), or unfinished."""
-    if ended_at is None or status_code is None:
-        return "unfinished"
-    if 200 <= status_code < 400:
-        return "success"
-    if 400 <= status_code < 500:
-        return "user_error"
-    return "error"
 
 
 def target_clause(target: str) -> sa.ColumnElement[bool]:

@@ -1,10 +1,11 @@
 """The store: a migrated database's writes and sync state.
 
-The upsert of API rows into ``requests`` (many rows per statement; on SQLite a batch's
-full-text index and hourly summary are written once, at its end), the state that lets a
-sync carry on where the last one stopped (targets, the range each is asked to cover, its
-completed windows, re-checks), and the run log. The tables are described in
-``mirror.schema``; connecting and migrating is ``mirror.db``'s.
+The upsert of rows (``mirror.records.Row``) into ``requests`` (many rows per statement; on
+SQLite a batch's full-text index and hourly summary are written once, at its end) and what
+a run counts of it (``Tally``), the state that lets a sync carry on where the last one
+stopped (targets, the range each is asked to cover, its completed windows, re-checks), and
+the run log. The tables are described in ``mirror.schema``; connecting and migrating is
+``mirror.db``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from itertools import chain, repeat
 from operator import add
 from typing import Any, NamedTuple
@@ -35,12 +37,16 @@ from mirror.db import (
     upgrade,
 )
 from mirror.errors import StoreError
+from mirror.records import Row, upsert_fields
 from mirror.redact import redact
 from mirror.rollups import batch_statements
 from mirror.schema import (
+    BILLING_EVENT_FIELDS,
     ROW_COLUMNS,
+    STORED_COLUMNS,
     Instant,
     hour_of,
+    prices,
     requests,
     sync_rechecks,
     sync_runs,
@@ -80,8 +86,8 @@ def _is_hour(text: str) -> bool:
     return True
 
 
-def _ended_at(row: tuple[Any, ...]) -> str:
-    return row[5] or ""
+def _ended_at(row: Row) -> str:
+    return row.ended_at or ""
 
 
 def _chunks(n: int, most: int) -> Iterator[slice]:
@@ -104,6 +110,21 @@ class UpsertResult(NamedTuple):
     updated: int
 
 
+@dataclass(kw_only=True)
+class Tally:
+    """What a run (a sync, or verify's check of one target) cost and wrote: the API calls it
+    made, and the rows its upserts inserted and updated."""
+
+    api_calls: int = 0
+    inserted: int = 0
+    updated: int = 0
+
+    def wrote(self, result: UpsertResult | Tally) -> None:
+        """Count the rows an upsert (or another run) inserted and updated."""
+        self.inserted += result.inserted
+        self.updated += result.updated
+
+
 class Store:
     """A migrated database: the upsert, window state and run log. Not thread-safe: one writer."""
 
@@ -112,6 +133,7 @@ class Store:
         self.db = db
         self.dialect = engine.dialect.name
         self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
+        self._events_sql: dict[int, str] = {}
         #: what a batch runs after its rows, on a schema with migration 0005's sync_batch
         #: (SQLite, at 0005 or later): the full-text index, then the rollups; None: not known
         self._batch_work: tuple[str, ...] | None = None
@@ -159,12 +181,9 @@ class Store:
     def _upsert_statement(
         self, payloads: bool, billing: bool, rows: int = 1, *, one_stamp: bool = False
     ) -> str:
-        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed.
-
-        Payloads and billable units are fetched only on request; when a sync did not fetch
-        them, stored values are left alone. When the API returns null for one that is stored
-        (payloads expire after 30 days at fal; billing is never un-recorded), the stored value
-        is kept: the mirror outlives the platform's retention.
+        """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed,
+        by the upsert's field rules (``mirror.records.upsert_fields``): a field not fetched
+        is left alone, and a payload or billing value the API returns null for is kept.
 
         ``rows`` > 1: one statement for that many rows (a multi-row VALUES list).
         ``one_stamp`` (SQLite): every row's ``first_seen_at`` and ``last_changed_at`` are
@@ -174,11 +193,7 @@ class Store:
         sql = self._upsert_sql.get(key)
         if sql is not None:
             return sql
-        always = ["endpoint_id", "runner_id", "sent_at", "started_at", "ended_at",
-                  "status_code", "duration", "status"]  # fmt: skip
-        kept = (["json_input", "json_output"] if payloads else []) + (
-            ["billable_units"] if billing else []
-        )
+        always, kept = upsert_fields(payloads=payloads, billing=billing)
         sets = [f"{c} = excluded.{c}" for c in always]
         sets += [f"{c} = COALESCE(excluded.{c}, requests.{c})" for c in kept]
         sets.append("last_changed_at = excluded.last_changed_at")
@@ -190,7 +205,7 @@ class Store:
             changed = [c.replace(" IS NOT ", " IS DISTINCT FROM ") for c in changed]
             values = ", ".join([f"({', '.join(['%s'] * len(ROW_COLUMNS))})"] * rows)
         elif one_stamp:
-            n = len(ROW_COLUMNS) - 2
+            n = len(Row._fields)
             values = ", ".join(
                 "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
                 for i in range(rows)
@@ -208,13 +223,13 @@ class Store:
     def upsert(
         self,
         conn: Connection,
-        rows: Sequence[tuple[Any, ...]],
+        rows: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,
         now: str,
     ) -> UpsertResult:
-        """Upsert API rows (tuples in ``API_FIELDS`` order plus ``status``).
+        """Upsert rows (``mirror.records.Row``) fetched with or without payloads and billing.
 
         Returns how many rows were new and how many existing rows actually changed. On
         SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
@@ -224,7 +239,7 @@ class Store:
         if not rows:
             return UpsertResult(0, 0)
         # last occurrence of an id wins, as if the rows were applied one after another
-        by_id = {r[0]: r for r in rows}
+        by_id = {r.request_id: r for r in rows}
         # In ended_at order (unfinished rows first): new rows then land side by side in the
         # time indexes instead of on scattered pages (bench/ingest_bench.py).
         ordered = sorted(by_id.values(), key=_ended_at)
@@ -279,25 +294,31 @@ class Store:
             self._batch_work = (_INDEX_NEW, *batch_statements(conn)) if gate else ()
         return self._batch_work
 
-    def _rows_per_statement(self, conn: Connection) -> int:
+    def _rows_per_statement(self, conn: Connection, width: int = len(ROW_COLUMNS)) -> int:
+        """Rows of ``width`` values one statement may carry (SQLite caps its parameters)."""
         if self.dialect != "sqlite":
             return ROWS_PER_STATEMENT
         limit = conn.connection.driver_connection.getlimit(  # type: ignore[union-attr]
             sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
         )
-        return max(1, min(ROWS_PER_STATEMENT, limit // len(ROW_COLUMNS)))
+        return max(1, min(ROWS_PER_STATEMENT, limit // width))
 
     def insert_exact(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows in ``ROW_COLUMNS`` order, bookkeeping stamps included, stored as they are
-        (``mirror copy``): the same multi-row statements as the upsert."""
-        for chunk in _chunks(len(rows), self._rows_per_statement(conn)):
-            sql = self._upsert_statement(True, True, chunk.stop - chunk.start)
+        """Rows in ``STORED_COLUMNS`` order, bookkeeping stamps and history included, stored
+        as they are into a table that does not hold them (``mirror copy``): multi-row
+        INSERTs, as many rows per statement as the upsert carries."""
+        width = len(STORED_COLUMNS)
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        one = f"({', '.join([mark] * width)})"
+        for chunk in _chunks(len(rows), self._rows_per_statement(conn, width)):
+            values = ", ".join([one] * (chunk.stop - chunk.start))
+            sql = f"INSERT INTO requests ({', '.join(STORED_COLUMNS)}) VALUES {values}"
             conn.exec_driver_sql(sql, tuple(chain.from_iterable(rows[chunk])))
 
     def _upsert_pg(
         self,
         conn: Connection,
-        ordered: Sequence[tuple[Any, ...]],
+        ordered: Sequence[Row],
         *,
         payloads: bool,
         billing: bool,
@@ -319,6 +340,131 @@ class Store:
                 else:
                     updated += 1
         return UpsertResult(inserted, updated)
+
+    # -- billing events and prices ------------------------------------------------------
+
+    def _events_statement(self, rows: int) -> str:
+        """INSERT … ON CONFLICT DO UPDATE of ``rows`` billing events, only when changed
+        (fal may correct a charge; an event seen again as it was is left alone)."""
+        sql = self._events_sql.get(rows)
+        if sql is not None:
+            return sql
+        cols = [f'"{c}"' for c in (*BILLING_EVENT_FIELDS, "first_seen_at", "last_changed_at")]
+        fields = cols[1 : len(BILLING_EVENT_FIELDS)]
+        distinct = "IS DISTINCT FROM" if self.dialect == "postgresql" else "IS NOT"
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        if self.dialect == "postgresql":
+            values = ", ".join([f"({', '.join([mark] * len(cols))})"] * rows)
+        else:
+            n = len(BILLING_EVENT_FIELDS)
+            values = ", ".join(
+                "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
+                for i in range(rows)
+            )
+        sets = [f"{c} = excluded.{c}" for c in fields]
+        changed = [f"billing_events.{c} {distinct} excluded.{c}" for c in fields]
+        sql = (
+            f"INSERT INTO billing_events ({', '.join(cols)}) VALUES {values} "
+            f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(sets)}, "
+            f'"last_changed_at" = excluded."last_changed_at" WHERE {" OR ".join(changed)}'
+        )
+        self._events_sql[rows] = sql
+        return sql
+
+    def upsert_billing_events(
+        self, conn: Connection, events: Sequence[tuple[Any, ...]], *, now: str
+    ) -> UpsertResult:
+        """Upsert billing events (tuples in ``BILLING_EVENT_FIELDS`` order, e.g.
+        ``mirror.billing_api.BillingEvent``): how many were new, how many changed.
+
+        Keyed by ``request_id``: an event stored again is one row, the last occurrence of
+        an id in ``events`` wins, and one seen again unchanged keeps its ``last_changed_at``.
+        Many rows per statement, as the request upsert.
+        """
+        if not events:
+            return UpsertResult(0, 0)
+        by_id = {e[0]: tuple(e) for e in events}
+        ordered = sorted(by_id.values(), key=lambda e: e[2])  # side by side in the time index
+        width = len(BILLING_EVENT_FIELDS) + 2
+        if self.dialect == "postgresql":
+            inserted = updated = 0
+            for chunk in _chunks(len(ordered), ROWS_PER_STATEMENT):
+                sql = self._events_statement(chunk.stop - chunk.start)
+                flat = tuple(chain.from_iterable(map(add, ordered[chunk], repeat((now, now)))))
+                for (fresh,) in conn.exec_driver_sql(sql + " RETURNING (xmax = 0)", flat):
+                    inserted += fresh
+                    updated += not fresh
+            return UpsertResult(inserted, updated)
+        # rowids only grow here (no AUTOINCREMENT, nothing deleted) and the transaction
+        # holds the write lock: max(rowid) moves by the number inserted
+        before = conn.exec_driver_sql("SELECT max(rowid) FROM billing_events").scalar() or 0
+        changed = 0
+        for chunk in _chunks(len(ordered), self._rows_per_statement(conn, width)):
+            sql = self._events_statement(chunk.stop - chunk.start)
+            flat = (now, *chain.from_iterable(ordered[chunk]))
+            changed += conn.exec_driver_sql(sql, flat).rowcount
+        after = conn.exec_driver_sql("SELECT max(rowid) FROM billing_events").scalar() or 0
+        return UpsertResult(after - before, changed - (after - before))
+
+    def record_prices(
+        self, conn: Connection, quotes: Iterable[tuple[str, str, float, str]], seen_at: str
+    ) -> int:
+        """Snapshot prices, (endpoint_id, unit, unit_price, currency) each, seen at
+        ``seen_at``; returns how many rows were added.
+
+        An endpoint whose latest stored price is the same only has that row's
+        ``checked_at`` moved on; a new or changed price is a new row, so the history of
+        prices is never rewritten. A ``seen_at`` earlier than what is stored (a clock gone
+        back) never places a price before the one already known: the new row starts just
+        after the latest check instead.
+        """
+        quotes = list({q[0]: q for q in quotes}.values())
+        if not quotes:
+            return 0
+        p = prices.c
+        latest_seen = (
+            sa.select(p.endpoint_id, sa.func.max(p.seen_at).label("seen_at"))
+            .where(p.endpoint_id.in_([q[0] for q in quotes]))
+            .group_by(p.endpoint_id)
+            .subquery()
+        )
+        latest = {
+            r.endpoint_id: r
+            for r in conn.execute(
+                sa.select(prices).join(
+                    latest_seen,
+                    sa.and_(
+                        p.endpoint_id == latest_seen.c.endpoint_id,
+                        p.seen_at == latest_seen.c.seen_at,
+                    ),
+                )
+            )
+        }
+        added = 0
+        for endpoint_id, unit, unit_price, currency in quotes:
+            known = latest.get(endpoint_id)
+            if known is not None and (known.unit, known.unit_price, known.currency) == (
+                unit,
+                unit_price,
+                currency,
+            ):
+                conn.execute(
+                    prices.update()
+                    .where(p.endpoint_id == endpoint_id, p.seen_at == known.seen_at)
+                    .values(checked_at=max(known.checked_at, seen_at))
+                )
+                continue
+            at = seen_at
+            if known is not None and at <= known.checked_at:
+                at = to_text(from_text(known.checked_at) + timedelta(microseconds=1))
+            self._insert_ignore(
+                conn,
+                prices,
+                {"endpoint_id": endpoint_id, "seen_at": at, "unit": unit,
+                 "unit_price": unit_price, "currency": currency, "checked_at": at},
+            )  # fmt: skip
+            added += 1
+        return added
 
     # -- targets and windows ------------------------------------------------------------
 

@@ -28,9 +28,12 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end.
 
-The list call with its billing fallback, the re-walk of a window whose rows moved, the
-stop signal and the notes are ``mirror.walk``'s, shared with verify; the analytics calls
-are ``FalClient.hourly_counts``.
+A window's walk (the cursor and its rules, the list call with its billing fallback, the
+re-walk of a window whose rows moved), the stop signal and the notes are ``mirror.walk``'s,
+shared with verify; what a row is, ``mirror.records``'s; the analytics calls are
+``FalClient.hourly_counts``. Walkers hand the writer their rows, and the end of each task
+with what failed it or the work it leaves (a dense window's parts), through one queue; only
+the calling thread submits work and writes.
 """
 
 from __future__ import annotations
@@ -47,18 +50,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from operator import attrgetter
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from mirror import interrupts
-from mirror.api import CursorWalk, FalClient, Page
+from mirror.api import FalClient
 from mirror.errors import AuthError, MirrorError
+from mirror.records import Page, Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
-from mirror.store import Store, UpsertResult
+from mirror.store import Store, Tally, UpsertResult
 from mirror.timeparse import from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
+from mirror.walk import Lister, Notes, Step, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
@@ -108,17 +113,22 @@ RECHECK_TIERS = (
 
 
 @dataclass
-class SyncReport:
+class WindowCounts:
+    """A sync's windows: planned (a split window's parts included), completed, and walked
+    without completing because their rows kept moving (walked again next run)."""
+
+    planned: int = 0
+    done: int = 0
+    unstable: int = 0
+
+
+@dataclass
+class SyncReport(Tally):
     run_id: int
     targets: list[str]
     started_at: datetime
-    windows_planned: int = 0
-    windows_done: int = 0
-    windows_unstable: int = 0
+    windows: WindowCounts = field(default_factory=WindowCounts)
     pages: int = 0
-    api_calls: int = 0
-    inserted: int = 0
-    updated: int = 0
     refreshed: int = 0
     rechecked_hours: int = 0
     recheck_calls: int = 0
@@ -135,13 +145,13 @@ class SyncReport:
         n = len(self.targets) - len(self.left_to_others)
         line = (
             f"synced {n} target{'s' if n != 1 else ''}: "
-            f"{self.inserted} new, {self.updated} updated, {self.windows_done} windows "
+            f"{self.inserted} new, {self.updated} updated, {self.windows.done} windows "
             f"in {self.pages} pages ({self.api_calls} calls) in {self.seconds:.1f}s"
         )
         if self.rechecked_hours:
             line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
-        if self.windows_unstable:
-            line += f"; {self.windows_unstable} windows kept changing and will be walked again"
+        if self.windows.unstable:
+            line += f"; {self.windows.unstable} windows kept changing and will be walked again"
         if self.left_to_others:
             k = len(self.left_to_others)
             line += (
@@ -149,6 +159,13 @@ class SyncReport:
                 f"that were syncing {'them' if k != 1 else 'it'} ({', '.join(self.left_to_others)})"
             )
         return line
+
+
+class ProgressListener(Protocol):
+    """Told the run's counts so far after each batch of pages is written (the CLI's live
+    line, ``mirror.progress``). Called from the writer's thread: it must return at once."""
+
+    def __call__(self, report: SyncReport) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -170,38 +187,27 @@ class _Refresh:
     until: datetime
 
 
-# events on the queue, worker -> writer
+# events on the queue, walkers -> writer
 @dataclass(frozen=True)
 class Rows:
     """Rows of one page for the writer (and with ``complete``, the window they finish)."""
 
     target: str
-    rows: list[tuple[Any, ...]]
+    rows: list[Row]
     billing: bool
     complete: Window | None = None
 
 
 @dataclass(frozen=True)
-class _Split:
-    target: str
-    children: list[Window]
-    sized: bool = False
-
-
-@dataclass(frozen=True)
-class _Unstable:
-    target: str
-    window: Window
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-@dataclass(frozen=True)
 class _Finished:
-    target: str | None = None
+    """A task's end: what failed it (``error``: the run fails), or what it leaves to do, the
+    walks a dense window was split into (``more``), or a window whose rows kept moving
+    (``unstable``: walked again next run)."""
+
+    target: str
+    more: tuple[_Walk, ...] = ()
+    unstable: bool = False
+    error: BaseException | None = None
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -287,10 +293,6 @@ class TargetLocks:
         finally:
             if engine is not None:
                 engine.dispose()
-
-
-def _request_id(row: tuple[Any, ...]) -> str:
-    return str(row[0])
 
 
 def _retryable(e: BaseException) -> bool:
@@ -427,7 +429,7 @@ def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
     The page's ``ended_at`` values tell how much of the window 100 rows span. Order is
     detected from the page itself, since fal does not document the sort direction.
     """
-    ends = [r[5] for r in page.rows if r[5] is not None]
+    ends = [r.ended_at for r in page.rows if r.ended_at is not None]
     length = window.length.total_seconds()
     if len(ends) < 2:
         return 2
@@ -453,7 +455,7 @@ class Syncer:
         opts: SyncOptions,
         *,
         clock: Callable[[], datetime] = utcnow,
-        progress: Callable[[SyncReport], None] | None = None,
+        progress: ProgressListener | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
         self._wait = wait
@@ -470,8 +472,8 @@ class Syncer:
         self._writer_gone = threading.Event()
         #: targets whose analytics answer was refused or empty: split by first pages only
         self._no_analytics: set[str] = set()
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
+        #: targets whose calls the API refused as not this key's (403)
+        self._refused: set[str] = set()
         self._skew = SkewEstimate()
         self._notes = Notes(log)
         self._lister = Lister(
@@ -484,8 +486,6 @@ class Syncer:
             skew=self._skew,
             clock=clock,
         )
-        #: targets whose calls the API refused as not this key's (403)
-        self._refused: set[str] = set()
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -510,81 +510,76 @@ class Syncer:
                     wait = True
 
     def _work(self, task: _Walk | _Refresh) -> None:
+        """Run one task in a worker thread. Its rows go to the writer as they come; its end,
+        with what failed it or the work it leaves (a dense window's parts), goes last, as one
+        event."""
+        more: tuple[_Walk, ...] = ()
+        unstable = False
+        error: BaseException | None = None
         try:
             if isinstance(task, _Refresh):
                 self._refresh(task)
             else:
-                _, stable = until_stable(
-                    lambda: (None, self._walk_once(task) != "unstable"),
+                parts, stable = until_stable(
+                    lambda: self._walk_once(task),
                     1 + self.opts.rewalks,
                     f"{task.target} {task.window}",
                     log,
                 )
-                if not stable:
-                    self._put(_Unstable(task.target, task.window))
+                more, unstable = tuple(parts), not stable
         except Stopped:
             pass
         except BaseException as e:
-            if isinstance(e, AuthError) and e.status == 403:
-                with self._lock:
-                    self._refused.add(task.target)
-            self._errors.append(e)  # kept even if the queue is full: the run must fail
-            self._stop.set()
-            with contextlib.suppress(queue.Full):
-                self._q.put(_Failed(e), timeout=5)
+            error = e
+            self._stop.set()  # the other walkers stop at their next call
         finally:
+            # (put even once the run stops, for as long as the writer takes events)
             with contextlib.suppress(Stopped):
-                self._put(_Finished(task.target))
+                self._put(_Finished(task.target, more, unstable, error))
 
-    def _walk_once(self, task: _Walk) -> str:
+    def _walk_once(self, task: _Walk) -> tuple[list[_Walk], bool]:
+        """One walk of the task's window, each page handed to the writer as it comes: (the
+        walks it was split into, if it was dense; whether no id was read twice)."""
         w, target = task.window, task.target
-        cursor: str | None = None
-        seen: set[str] = set()
-        walk = CursorWalk(f"{target} {w.start}..{w.end}", w.length)
-        repeated = False
-        pages = 0
-        #: the API's present when the walk began: nothing after it can be complete yet
-        present: datetime | None = None
-        while True:
-            # one page per turn: at most the pacer's limit of walkers fetch, decode and
-            # hand pages over at once
-            with self.client.turn():
-                page, billing, _ = self._lister.fetch(target, w.start, w.end, cursor)
-                pages += 1
-                if pages == 1:
-                    present = page.server_time
-                for r in page.rows:
-                    if r[0] in seen:
-                        repeated = True
-                    seen.add(r[0])
-                # (an empty page says nothing of the window's density: its cursor is
-                # followed, and CursorWalk refuses a run of them)
-                if page.has_more and page.rows and w.length > timedelta(seconds=1):
-                    children: list[Window] | None = None
-                    sized = False
-                    if pages == 1:
-                        rows_per_walk = self.opts.walk_rows * (SIZED_SLACK if task.sized else 1)
-                        parts = estimate_parts(page, w, rows_per_walk)
-                        if task.blind:
-                            # more than a page over hours: the server's hourly counts say how
-                            # to cut it, whatever its first page happened to see
-                            children = self._by_counts(target, w)
-                            sized = children is not None
-                        if children is None and parts > 1:
-                            children = split(w, parts)
-                    elif pages >= MAX_WALK_PAGES:
-                        children = split(w, 4)
-                    if children is not None:
-                        log.info("%s %s: dense, split into %d windows", target, w, len(children))
-                        self._put(Rows(target, page.rows, billing))
-                        self._put(_Split(target, children, sized))
-                        return "split"
-                if not page.has_more:
-                    done = None if repeated else _complete_part(w, present)
-                    self._put(Rows(target, page.rows, billing, complete=done))
-                    return "unstable" if repeated else "done"
-                cursor = walk.follow(page)
-                self._put(Rows(target, page.rows, billing))
+        walk = WindowWalk(self._lister, target, w.start, w.end, turn=self.client.turn)
+        with contextlib.closing(walk.pages()) as pages:
+            for step in pages:
+                page = step.page
+                parts = self._parts(task, step)
+                if parts:
+                    log.info("%s %s: dense, split into %d windows", target, w, len(parts))
+                    self._put(Rows(target, page.rows, step.billing))
+                    return parts, True
+                done = None
+                if not page.has_more and not step.repeated:
+                    # the API's present when the walk began: nothing after it is complete yet
+                    done = _complete_part(w, walk.present)
+                self._put(Rows(target, page.rows, step.billing, complete=done))
+        return [], not walk.repeated
+
+    def _parts(self, task: _Walk, step: Step) -> list[_Walk]:
+        """The walks a window is split into after this page of its walk (none: walk on).
+
+        After the first page: as many as its density says, or as the server's hourly
+        counts say for a window planned blind; after ``MAX_WALK_PAGES``: four.
+        """
+        w, page = task.window, step.page
+        # (an empty page says nothing of the window's density: its cursor is followed, and
+        # the walk refuses a run of them)
+        if not (page.has_more and page.rows and w.length > timedelta(seconds=1)):
+            return []
+        if step.number > 1:
+            if step.number < MAX_WALK_PAGES:
+                return []
+            return [_Walk(task.target, c) for c in split(w, 4)]
+        parts = estimate_parts(page, w, self.opts.walk_rows * (SIZED_SLACK if task.sized else 1))
+        if task.blind:
+            # more than a page over hours: the server's hourly counts say how to cut it,
+            # whatever its first page happened to see
+            by_counts = self._by_counts(task.target, w)
+            if by_counts is not None:
+                return [_Walk(task.target, c, sized=True) for c in by_counts]
+        return [_Walk(task.target, c) for c in split(w, parts)] if parts > 1 else []
 
     def _by_counts(self, target: str, w: Window) -> list[Window] | None:
         """A window of more than a page cut by the server's hourly counts, if it needs it.
@@ -621,10 +616,7 @@ class Syncer:
             if start >= task.until:
                 continue
             with self.client.turn():
-                page, billing, _ = self._lister.fetch(
-                    task.target, start, task.until, None, request_id=request_id
-                )
-                rows = [r for r in page.rows if r[0] == request_id]
+                rows, billing, _ = self._lister.look_up(task.target, request_id, start, task.until)
                 if rows:
                     self._put(Rows(task.target, rows, billing))
         if unreadable:
@@ -686,25 +678,28 @@ class Syncer:
             outstanding = self._claim(pool, report, now, tails, 0)
             while outstanding:
                 batch = self._drain()
-                outstanding -= sum(isinstance(ev, _Finished) for ev in batch)
-                failed = [ev.error for ev in batch if isinstance(ev, _Failed)]
-                if failed and error is None:
-                    error = failed[0]
                 for ev in batch:
-                    if isinstance(ev, _Split) and not self._stop.is_set():
-                        for child in ev.children:
-                            pool.submit(self._work, _Walk(ev.target, child, ev.sized))
-                            outstanding += 1
-                        report.windows_planned += len(ev.children) - 1
-                    elif isinstance(ev, _Unstable):
-                        report.windows_unstable += 1
+                    if isinstance(ev, _Finished):
+                        outstanding -= 1
+                        if ev.error is not None:
+                            error = error or ev.error
+                            if isinstance(ev.error, AuthError) and ev.error.status == 403:
+                                self._refused.add(ev.target)
+                        if ev.unstable:
+                            report.windows.unstable += 1
+                        if ev.more and not self._stop.is_set():
+                            # a dense window's parts, walked as the window would have been
+                            for task in ev.more:
+                                pool.submit(self._work, task)
+                            outstanding += len(ev.more)
+                            report.windows.planned += len(ev.more) - 1
                 self._write(batch, report, now)
                 if error is None and not self._stop.is_set():
                     outstanding += self._claim(pool, report, now, tails, outstanding)
                 if self.progress:
+                    report.pages = self.client.stats.pages
+                    report.api_calls = self.client.stats.attempts
                     self.progress(report)
-            if error is None and self._errors:
-                error = self._errors[0]
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
         except BaseException as e:
@@ -821,7 +816,7 @@ class Syncer:
             )
         tails[target] = tail
         tasks: list[_Walk | _Refresh] = [_Walk(target, w, blind=w in blind) for w in windows]
-        report.windows_planned += len(windows)
+        report.windows.planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
             with interrupts.deferred():
                 stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
@@ -870,16 +865,15 @@ class Syncer:
                 for t in result.targets:
                     report.rechecked_hours += t.hours
                     report.recheck_calls += t.api_calls
-                    report.inserted += t.inserted
-                    report.updated += t.updated
+                    report.wrote(t)
                     if t.inserted or t.updated:
                         self._notes.add(
                             f"re-check of {target}: {t.inserted} requests fal recorded late and "
                             f"{t.updated} changed ones were added (hours {', '.join(t.hours_with_differences[:3])})"
                         )
-                    if t.extra:
+                    if t.extra.count:
                         self._notes.add(
-                            f"re-check of {target}: {t.extra} stored requests are no longer listed by fal (see mirror verify)"
+                            f"re-check of {target}: {t.extra.count} stored requests are no longer listed by fal (see mirror verify)"
                         )
                 self._notes.merge(result.notes)
                 if any(t.unstable_hours for t in result.targets):
@@ -921,7 +915,7 @@ class Syncer:
                 # raised mid-transaction could leave this process's own connection holding
                 # the write lock while the run's outcome is being recorded
                 with interrupts.deferred():
-                    inserted, updated, done = self._write_once(row_events, stamp)
+                    written, done = self._write_once(row_events, stamp)
                 break
             except sa.exc.DBAPIError as e:
                 if not _retryable(e) or attempt == WRITE_ATTEMPTS:
@@ -929,30 +923,29 @@ class Syncer:
                 log.info("write aborted by the database (%s); running it again", e.orig)
                 # apart, so the transactions that collided do not collide again at once
                 self._wait(random.uniform(0.01, 0.05 * attempt))
-        report.inserted += inserted
-        report.updated += updated
-        report.windows_done += done
+        report.wrote(written)
+        report.windows.done += done
 
-    def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[int, int, int]:
-        inserted = updated = done = 0
+    def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[Tally, int]:
+        """(the rows written, the windows completed) in one transaction."""
+        written, done = Tally(), 0
         with self.store.engine.begin() as conn:
             for billing in (True, False):
                 rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
                 if self._locks.enabled:
                     # the upsert sorts by ended_at, keeping this order among equals
-                    rows.sort(key=_request_id)
+                    rows.sort(key=attrgetter("request_id"))
                 res = self.store.upsert(
                     conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
                 )
-                inserted += res.inserted
-                updated += res.updated
+                written.wrote(res)
             for ev in row_events:
                 if ev.complete is not None:
                     self.store.mark_complete(
                         conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
                     )
                     done += 1
-        return inserted, updated, done
+        return written, done
 
     def _forget_refused(self, error: AuthError) -> AuthError:
         """A target the API refuses (403: not this key's account, or a mistyped id) that
@@ -1009,9 +1002,17 @@ def sync(
     opts: SyncOptions,
     *,
     clock: Callable[[], datetime] = utcnow,
-    progress: Callable[[SyncReport], None] | None = None,
+    progress: ProgressListener | None = None,
 ) -> SyncReport:
     return Syncer(store, client, opts, clock=clock, progress=progress).run()
 
 
-__all__ = ["MirrorError", "SyncOptions", "SyncReport", "Syncer", "UpsertResult", "sync"]
+__all__ = [
+    "MirrorError",
+    "ProgressListener",
+    "SyncOptions",
+    "SyncReport",
+    "Syncer",
+    "UpsertResult",
+    "sync",
+]

@@ -32,8 +32,9 @@ Hours are processed oldest first with a bounded number of walks in flight, so me
 one hour's rows plus a day of ids, whatever the length of history verified.
 
 This module computes the ``VerifyReport``; ``mirror.verify_report`` renders it (text, JSON).
-The analytics calls are ``FalClient.hourly_counts``; the list calls with their billing
-fallback, the re-walks and the stop signal are ``mirror.walk``'s, as sync's are.
+The analytics calls are ``FalClient.hourly_counts``; each hour's walk (``WindowWalk``, with
+the billing fallback and the re-walks) and the stop signal are ``mirror.walk``'s, as sync's
+are; the comparison under the upsert's rules is ``mirror.records.differing_fields``.
 """
 
 from __future__ import annotations
@@ -46,21 +47,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from mirror import lock
-from mirror.api import CursorWalk, FalClient
+from mirror.api import FalClient
 from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
-from mirror.schema import API_FIELDS, hour_of, requests, target_clause
-from mirror.store import Store
+from mirror.records import Row, differing_fields
+from mirror.schema import hour_of, requests, target_clause
+from mirror.store import Store, Tally
 from mirror.timeparse import api_param, from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
+from mirror.walk import Lister, Notes, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import align_down, ceil_s, floor_s
 
 log = logging.getLogger("mirror.verify")
@@ -76,79 +77,74 @@ LOOKUP_MARGIN = timedelta(days=1)
 #: a request runs at most this long before a lookup is needed to place it
 SEEN_FOR = timedelta(days=1)
 
-_I = {name: i for i, name in enumerate(API_FIELDS)}
-#: fields the upsert always overwrites, and those it keeps when the server sends null
-_ALWAYS = ("endpoint_id", "runner_id", "sent_at", "started_at", "ended_at", "status_code",
-           "duration")  # fmt: skip
-_PAYLOADS = ("json_input", "json_output")
-_BILLING = ("billable_units",)
-
 
 # --------------------------------------------------------------------------- the report
 
 
-class _Smallest:
-    """The ``n`` smallest keys seen, so examples are the same whatever order hours finish in."""
+@dataclass
+class Found:
+    """The request ids found to differ one way (missing, different or extra): how many, and
+    the ``n`` smallest with what was found of each, so that the examples are the same
+    whatever order the hours finish in."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.items: list[tuple[str, Any]] = []
+    n: int
+    count: int = 0
+    #: (request id, what was found of it), smallest ids first
+    smallest: list[tuple[str, Any]] = field(default_factory=list)
 
-    def add(self, key: str, value: Any = None) -> None:
+    def add(self, request_id: str, what: Any = None) -> None:
+        self.count += 1
         if self.n <= 0:
             return
-        if len(self.items) < self.n or key < self.items[-1][0]:
-            self.items.append((key, value))
-            self.items.sort(key=lambda kv: kv[0])
-            del self.items[self.n :]
+        if len(self.smallest) < self.n or request_id < self.smallest[-1][0]:
+            self.smallest.append((request_id, what))
+            self.smallest.sort(key=lambda kv: kv[0])
+            del self.smallest[self.n :]
+
+    @property
+    def examples(self) -> list[str]:
+        return [k for k, _ in self.smallest]
 
 
 @dataclass
-class TargetReport:
+class TargetReport(Tally):
     """What verify found for one target. Counts are of distinct request ids."""
 
     target: str
-    examples: int = 5
+    #: how many examples of each kind of difference to keep
+    examples: InitVar[int] = 5
     hours: int = 0
     hours_walked: int = 0
     hours_agreed: int = 0
-    api_calls: int = 0
     #: "compared", "off" (--full), "refused" (403/404), "unusable" (bad or no answer)
     analytics: str = "off"
-    missing: int = 0
-    different: int = 0
-    extra: int = 0
-    inserted: int = 0
-    updated: int = 0
+    #: rows the server has and the mirror does not
+    missing: Found = field(init=False)
+    #: rows that differ, with the fields that do (``mirror.records.differing_fields``)
+    different: Found = field(init=False)
+    #: rows the mirror has and the server no longer lists
+    extra: Found = field(init=False)
     deleted: int = 0
     hours_with_differences: list[str] = field(default_factory=list)
     unstable_hours: list[str] = field(default_factory=list)
-    _missing: _Smallest = field(init=False, repr=False)
-    _different: _Smallest = field(init=False, repr=False)
-    _extra: _Smallest = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self._missing = _Smallest(self.examples)
-        self._different = _Smallest(self.examples)
-        self._extra = _Smallest(self.examples)
+    def __post_init__(self, examples: int) -> None:
+        self.missing = Found(examples)
+        self.different = Found(examples)
+        self.extra = Found(examples)
 
     @property
-    def missing_examples(self) -> list[str]:
-        return [k for k, _ in self._missing.items]
-
-    @property
-    def different_examples(self) -> list[tuple[str, list[str]]]:
-        return [(k, v) for k, v in self._different.items]
-
-    @property
-    def extra_examples(self) -> list[str]:
-        return [k for k, _ in self._extra.items]
+    def found(self) -> int:
+        """Differences found, of every kind."""
+        return self.missing.count + self.different.count + self.extra.count
 
     @property
     def remaining(self) -> int:
         """Differences still in the mirror after this run."""
         fixed = self.inserted + self.updated
-        return max(0, self.missing + self.different - fixed) + (self.extra - self.deleted)
+        return max(0, self.missing.count + self.different.count - fixed) + (
+            self.extra.count - self.deleted
+        )
 
 
 @dataclass
@@ -234,43 +230,6 @@ def plan_slots(
     return pieces
 
 
-# --------------------------------------------------------------------------- comparison
-
-
-def _json_equal(a: str | None, b: str | None) -> bool:
-    if a == b:
-        return True
-    if a is None or b is None:
-        return False
-    try:
-        return bool(orjson.loads(a) == orjson.loads(b))
-    except orjson.JSONDecodeError:
-        return False
-
-
-def differing_fields(
-    mirror_row: Sequence[Any], server_row: Sequence[Any], *, payloads: bool, billing: bool
-) -> list[str]:
-    """The API fields in which the mirror differs from the server, by the upsert's rules.
-
-    ``Store.upsert`` overwrites the always-fetched fields and keeps a stored payload or
-    billing value when the server sends null (fal drops payloads after 30 days; the mirror
-    outlives that). A field the upsert would not change is not a difference, so a repaired
-    mirror verifies clean.
-    """
-    out = [f for f in _ALWAYS if mirror_row[_I[f]] != server_row[_I[f]]]
-    if billing:
-        i = _I["billable_units"]
-        if server_row[i] is not None and mirror_row[i] != server_row[i]:
-            out.append("billable_units")
-    if payloads:
-        for f in _PAYLOADS:
-            i = _I[f]
-            if server_row[i] is not None and not _json_equal(mirror_row[i], server_row[i]):
-                out.append(f)
-    return sorted(out, key=API_FIELDS.index)
-
-
 def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -285,7 +244,7 @@ def _is_uuid(text: str) -> bool:
 @dataclass
 class _Walked:
     slot: Slot
-    rows: dict[str, tuple[Any, ...]]
+    rows: dict[str, Row]
     billing: bool
     calls: int
     stable: bool
@@ -367,26 +326,18 @@ class Verifier:
 
         def once() -> tuple[_Walked, bool | None]:
             nonlocal calls
-            rows: dict[str, tuple[Any, ...]] = {}
-            repeated = False
-            walk = CursorWalk(f"{slot.target} {slot.label}", slot.end - slot.start)
-            flags: set[bool] = set()
-            while True:
-                page, billing, n = self._lister.fetch(
-                    slot.target, slot.start, slot.end, walk.cursor
-                )
-                calls += n
-                flags.add(billing)
-                for r in page.rows:
-                    if r[0] in rows:
-                        repeated = True
-                    rows[r[0]] = r
-                if walk.follow(page) is None:
-                    break
-            walked = _Walked(slot, rows, billing and len(flags) == 1, calls, False)
-            if len(flags) > 1:  # billing was refused half-way: walk it again without
+            walk = WindowWalk(self._lister, slot.target, slot.start, slot.end)
+            rows: dict[str, Row] = {}
+            billing = self.billing
+            for step in walk.pages():
+                rows.update((r.request_id, r) for r in step.page.rows)
+                billing = step.billing
+            calls += walk.calls
+            mixed = len(walk.billing) > 1
+            walked = _Walked(slot, rows, billing and not mixed, calls, False)
+            if mixed:  # billing was refused half-way: walk it again without
                 return walked, None
-            return walked, not repeated
+            return walked, not walk.repeated
 
         walked, stable = until_stable(once, MAX_WALKS, f"{slot.target} {slot.label}", log)
         walked.stable = stable
@@ -426,13 +377,13 @@ class Verifier:
             conn.rollback()
         return out
 
-    def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-        cols = [requests.c[f] for f in API_FIELDS]
+    def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, Row]:
+        cols = [requests.c[f] for f in Row._fields]
         ids = list(ids)
-        out: dict[str, tuple[Any, ...]] = {}
+        out: dict[str, Row] = {}
         for i in range(0, len(ids), 500):
             q = sa.select(*cols).where(requests.c.request_id.in_(ids[i : i + 500]))
-            out.update((r[0], tuple(r)) for r in conn.execute(q))
+            out.update((r.request_id, Row(*r)) for r in conn.execute(q))
         return out
 
     def _mirror_ended_in(self, conn: sa.Connection, slot: Slot) -> list[tuple[str, str]]:
@@ -610,9 +561,9 @@ class Verifier:
                     f"{slot.target} {slot.label}: rows kept moving while the hour was walked; "
                     "run verify again"
                 )
-            writes: list[tuple[tuple[Any, ...], bool]] = []
+            writes: list[tuple[Row, bool]] = []
             deletes: list[str] = []
-            before = tr.missing + tr.different + tr.extra
+            before = tr.found
             with self.store.engine.connect() as conn:
                 mirror = self._mirror_rows(conn, w.rows)
                 ended_here = self._mirror_ended_in(conn, slot)
@@ -623,14 +574,12 @@ class Verifier:
                     continue
                 row, have = w.rows[rid], mirror.get(rid)
                 if have is None:
-                    tr.missing += 1
-                    tr._missing.add(rid)
+                    tr.missing.add(rid)
                 else:
                     fields = differing_fields(have, row, payloads=self.payloads, billing=w.billing)
                     if not fields:
                         continue
-                    tr.different += 1
-                    tr._different.add(rid, fields)
+                    tr.different.add(rid, fields)
                 done.add(rid)
                 writes.append((row, w.billing))
             seen[slot.target].add(slot, w.rows)
@@ -639,7 +588,7 @@ class Verifier:
                     tr.api_calls += self._check_suspect(
                         slot, rid, sent_at, now, tr, done, writes, deletes
                     )
-            if tr.missing + tr.different + tr.extra > before:
+            if tr.found > before:
                 tr.hours_with_differences.append(slot.label)
             if self.repair and (writes or deletes):
                 self._write(slot, writes, deletes, tr, stamp)
@@ -652,25 +601,24 @@ class Verifier:
         now: datetime,
         tr: TargetReport,
         reported: set[str],
-        writes: list[tuple[tuple[Any, ...], bool]],
+        writes: list[tuple[Row, bool]],
         deletes: list[str],
     ) -> int:
         """Look a mirror row the walk did not return up by id; returns the calls made."""
         calls = 0
-        row: tuple[Any, ...] | None = None
+        row: Row | None = None
         billing = self.billing
         if _is_uuid(rid):
             try:
                 start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
             except (ValueError, OverflowError):  # stored before timestamps were parsed whole
                 start = floor_s(slot.start - LOOKUP_MARGIN)
-            page, billing, calls = self._lister.fetch(
-                slot.target, start, ceil_s(now) + timedelta(seconds=1), request_id=rid
+            found, billing, calls = self._lister.look_up(
+                slot.target, rid, start, ceil_s(now) + timedelta(seconds=1)
             )
-            row = next((r for r in page.rows if r[0] == rid), None)
+            row = found[0] if found else None
         if row is None:
-            tr.extra += 1
-            tr._extra.add(rid)
+            tr.extra.add(rid)
             reported.add(rid)
             if self.delete_extra:
                 deletes.append(rid)
@@ -682,8 +630,7 @@ class Verifier:
             return calls
         fields = differing_fields(have, row, payloads=self.payloads, billing=billing)
         if fields:
-            tr.different += 1
-            tr._different.add(rid, fields)
+            tr.different.add(rid, fields)
             reported.add(rid)
             writes.append((row, billing))
         return calls
@@ -691,7 +638,7 @@ class Verifier:
     def _write(
         self,
         slot: Slot,
-        writes: list[tuple[tuple[Any, ...], bool]],
+        writes: list[tuple[Row, bool]],
         deletes: list[str],
         tr: TargetReport,
         stamp: str,
@@ -703,8 +650,7 @@ class Verifier:
                 res = self.store.upsert(
                     conn, rows, payloads=self.payloads, billing=billing, now=stamp
                 )
-                tr.inserted += res.inserted
-                tr.updated += res.updated
+                tr.wrote(res)
             for i in range(0, len(deletes), 500):
                 res2 = conn.execute(
                     requests.delete().where(requests.c.request_id.in_(deletes[i : i + 500]))

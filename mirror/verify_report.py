@@ -21,6 +21,9 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
     def total(name: str) -> int:
         return sum(getattr(t, name) for t in report.targets)
 
+    def found(name: str) -> int:
+        return sum(getattr(t, name).count for t in report.targets)
+
     return {
         "ok": report.ok,
         "since": to_text(report.since) if report.since else None,
@@ -33,9 +36,9 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
         "hours": total("hours"),
         "hours_walked": total("hours_walked"),
         "hours_agreed": total("hours_agreed"),
-        "missing": total("missing"),
-        "different": total("different"),
-        "extra": total("extra"),
+        "missing": found("missing"),
+        "different": found("different"),
+        "extra": found("extra"),
         "repaired": {
             "inserted": total("inserted"),
             "updated": total("updated"),
@@ -58,12 +61,12 @@ def target_json(t: TargetReport) -> dict[str, Any]:
         "hours_agreed": t.hours_agreed,
         "analytics": t.analytics,
         "api_calls": t.api_calls,
-        "missing": {"count": t.missing, "examples": t.missing_examples},
+        "missing": {"count": t.missing.count, "examples": t.missing.examples},
         "different": {
-            "count": t.different,
-            "examples": [{"request_id": k, "fields": v} for k, v in t.different_examples],
+            "count": t.different.count,
+            "examples": [{"request_id": k, "fields": v} for k, v in t.different.smallest],
         },
-        "extra": {"count": t.extra, "examples": t.extra_examples},
+        "extra": {"count": t.extra.count, "examples": t.extra.examples},
         "hours_with_differences": t.hours_with_differences,
         "unstable_hours": t.unstable_hours,
         "repaired": {
@@ -82,7 +85,7 @@ def report_text(report: VerifyReport) -> str:
         lines.extend(_target_lines(t, report.mode))
     n = sum(t.hours for t in report.targets)
     walked = sum(t.hours_walked for t in report.targets)
-    found = sum(t.missing + t.different + t.extra for t in report.targets)
+    found = sum(t.found for t in report.targets)
     bad_hours = sum(len(t.hours_with_differences) for t in report.targets)
     how = f"{walked} re-walked"
     if report.mode == "analytics":
@@ -121,19 +124,21 @@ def _target_lines(t: TargetReport, mode: str) -> list[str]:
     else:
         head += f", {t.hours_walked} re-walked"
     head += f" ({t.api_calls} API call{'s' if t.api_calls != 1 else ''})"
-    if not (t.missing or t.different or t.extra):
+    if not t.found:
         return [head + ": no differences"]
     out = [head + ":"]
-    if t.missing:
-        out.append(f"  missing    {t.missing:>6}  e.g. {printable(', '.join(t.missing_examples))}")
-    if t.different:
-        shown = printable(", ".join(f"{k} ({', '.join(v)})" for k, v in t.different_examples))
-        out.append(f"  different  {t.different:>6}  e.g. {shown}")
-    if t.extra:
-        out.append(f"  extra      {t.extra:>6}  e.g. {printable(', '.join(t.extra_examples))}")
+    if t.missing.count:
+        shown = printable(", ".join(t.missing.examples))
+        out.append(f"  missing    {t.missing.count:>6}  e.g. {shown}")
+    if t.different.count:
+        shown = printable(", ".join(f"{k} ({', '.join(v)})" for k, v in t.different.smallest))
+        out.append(f"  different  {t.different.count:>6}  e.g. {shown}")
+    if t.extra.count:
+        shown = printable(", ".join(t.extra.examples))
+        out.append(f"  extra      {t.extra.count:>6}  e.g. {shown}")
     if t.inserted or t.updated or t.deleted:
         out.append(f"  repaired: {t.inserted} inserted, {t.updated} updated, {t.deleted} deleted")
-    if t.extra > t.deleted:
+    if t.extra.count > t.deleted:
         out.append("  extras are kept; --repair --delete-extra removes them")
     shown_hours = t.hours_with_differences[:5]
     more = len(t.hours_with_differences) - len(shown_hours)

@@ -1,34 +1,60 @@
-"""What sync's and verify's walks share, besides ``mirror.api.CursorWalk``'s rules.
+"""The one way through a window's pages, for sync's windows and verify's hours alike.
 
+- ``WindowWalk``: one walk of one target's window along the list cursor, page after page,
+  under the rules every walk obeys (a cursor given twice, a run of empty pages that still
+  give a cursor, or more pages than the window can plausibly hold are bad data), noting
+  as it goes whether any id was read twice (rows moved under the offset pages).
+- ``until_stable``: a walk repeated while rows move under its offset pages.
+- ``Lister``: the list call as every walk makes it, with the billing fallback:
+  ``expand=billing`` is asked for until the API refuses it for a target with a 403; that
+  page is then asked for again without it, so is every later one of the target, and the
+  refusal is noted once. ``Lister.look_up`` asks for one request by id.
 - ``Stop``: a run's stop signal. A failure elsewhere, Ctrl-C or the consumer giving up sets
   it; a walk checks it before each call, and ``Stop.sleep`` (the wait the run's client
   uses between attempts, ``FalClient.with_sleep``) returns at once by raising ``Stopped``.
 - ``Notes``: what a run tells the user, each thing once (the CLI prints them after the run).
-- ``Lister``: the list call as both make it, with the billing fallback: ``expand=billing``
-  is asked for until the API refuses it for a target with a 403; that page is then asked
-  for again without it, so is every later one of the target, and the refusal is noted once.
-- ``until_stable``: a walk repeated while rows move under its offset pages.
+
+What differs between sync and verify is passed in, not written twice: sync's walkers take
+one of the pacer's turns per page (``turn``), split a dense window and stream its pages to
+the writer, and re-walk a window ``1 + rewalks`` times; verify collects an hour's rows,
+walks it again when billing was refused half-way, and up to ``MAX_WALKS`` times.
 
 Threads: sync's walkers and verify's walks call a ``Lister`` and ``Notes`` concurrently;
-both keep their own lock. How each engine runs its walks (sync's walkers feeding one
-writer, verify's bounded pool) stays with the engine.
+both keep their own lock. A ``WindowWalk`` belongs to the thread that walks it. How each
+engine runs its walks (sync's walkers feeding one writer, verify's bounded pool) stays
+with the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from mirror.api import FalClient, Page
-from mirror.errors import AuthError
+from mirror.api import FalClient
+from mirror.errors import AuthError, BadDataError
+from mirror.records import PAGE_LIMIT, Page, Row
 from mirror.serverclock import SkewEstimate
 from mirror.timeparse import api_param, utcnow
 
 T = TypeVar("T")
+
+#: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
+#: empty before the end only if rows left the part not yet read (never deleted, a row leaves
+#: only if its timestamps change), so one may pass, and two; a run of them is no accident
+MAX_EMPTY_PAGES = 3
+#: requests per second of window a walk may find: far beyond what one endpoint serves
+PLAUSIBLE_RATE = 10_000
+#: pages any walk may take, however short its window
+MIN_PAGE_CAP = 20
+#: pages no walk takes, however long its window (10 million requests)
+MAX_PAGE_CAP = 100_000
 
 
 class Stopped(Exception):
@@ -72,7 +98,7 @@ class Notes:
 
 @dataclass(eq=False)
 class Lister:
-    """The list calls as sync's and verify's walks make them (one target, whole-second
+    """The list calls as every walk and look-up makes them (one target, whole-second
     bounds, the run's expansions), with the billing fallback (see the module).
 
     ``skew``: fed the API's clock from every answer that carries it, with ``clock``'s
@@ -137,6 +163,122 @@ class Lister:
                     f"the API refused billing for {target} ({e.message}); {self.without_billing}"
                 )
             return page, False, 2
+
+    def look_up(
+        self, target: str, request_id: str, start: datetime, end: datetime
+    ) -> tuple[list[Row], bool, int]:
+        """The request ``request_id`` of ``target``, asked for by id over ``[start, end)``:
+        (the rows of the answer that are it, whether billing was asked for, calls made)."""
+        page, billing, calls = self.fetch(target, start, end, request_id=request_id)
+        return [r for r in page.rows if r.request_id == request_id], billing, calls
+
+
+def page_cap(length: timedelta) -> int:
+    """The most pages a walk of a window this long may take: 120 for one second."""
+    per_second = PLAUSIBLE_RATE / PAGE_LIMIT
+    return min(MAX_PAGE_CAP, MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One page of a walk, as the walk hands it on."""
+
+    page: Page
+    #: whether the page was asked for with billing (the API's refusal drops it: ``Lister``)
+    billing: bool
+    #: the page's place in the walk, 1 for the first
+    number: int
+    #: whether an id has been read twice in this walk so far (rows moved: ``until_stable``)
+    repeated: bool
+
+
+class WindowWalk:
+    """One walk of one target's window ``[start, end)`` along the list cursor: ``pages``.
+
+    Every page is checked against the rules every walk obeys before it is handed on: a
+    cursor given twice, ``MAX_EMPTY_PAGES`` empty pages in a row that still give a cursor,
+    or more pages than the window can plausibly hold (``page_cap``) are ``BadDataError``; a
+    cursor that never ends would otherwise be followed for hours.
+
+    ``turn``: what each page is fetched and handed on in (sync: ``FalClient.turn``, so that
+    no more walkers than the pacer allows fetch, decode and hand over pages at once).
+    After (or during) the walk: ``calls`` made, the ``billing`` flags its pages were asked
+    with, whether it ``repeated`` an id, and ``present``, the API's clock at its first answer.
+    """
+
+    def __init__(
+        self,
+        lister: Lister,
+        target: str,
+        start: datetime,
+        end: datetime,
+        *,
+        turn: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        self.lister = lister
+        self.target = target
+        self.start = start
+        self.end = end
+        self.what = f"{target} {api_param(start)}..{api_param(end)}"
+        self.cap = page_cap(end - start)
+        self._turn = turn
+        #: pages read so far
+        self.read = 0
+        self.calls = 0
+        self.billing: set[bool] = set()
+        self.repeated = False
+        self.present: datetime | None = None
+        #: the cursor of the next page to ask for (None: the first page)
+        self._cursor: str | None = None
+        self._given: set[str] = set()
+        self._empty = 0
+        self._seen: set[str] = set()
+
+    def pages(self) -> Generator[Step, None, None]:
+        """The walk's pages in order, up to the one without a next cursor. Each is handed on
+        within its ``turn``; a consumer that has what it needs stops early by closing the
+        iterator (``contextlib.closing``), which ends the turn."""
+        while True:
+            with self._turn():
+                page, billing, calls = self.lister.fetch(
+                    self.target, self.start, self.end, self._cursor
+                )
+                self.calls += calls
+                self.billing.add(billing)
+                if not self.read:
+                    self.present = page.server_time
+                ids = [r.request_id for r in page.rows]
+                if not self._seen.isdisjoint(ids) or len(set(ids)) < len(ids):
+                    self.repeated = True
+                self._seen.update(ids)
+                more = self._follow(page)
+                yield Step(page, billing, self.read, self.repeated)
+            if not more:
+                return
+
+    def _follow(self, page: Page) -> bool:
+        """Count ``page`` (the answer for the current cursor) under the rules; whether a
+        page follows it."""
+        self.read += 1
+        nxt = page.next_cursor
+        if nxt is None:
+            return False
+        if nxt == self._cursor or nxt in self._given:
+            raise BadDataError(f"the API repeated a page cursor while walking {self.what}")
+        self._empty = 0 if page.rows else self._empty + 1
+        if self._empty >= MAX_EMPTY_PAGES:
+            raise BadDataError(
+                f"the API gave {self._empty} empty pages in a row, each with a new cursor, "
+                f"while walking {self.what}"
+            )
+        if self.read >= self.cap:
+            raise BadDataError(
+                f"the API gave {self.read} pages for {self.what} and no end: more than "
+                f"{self.cap * PAGE_LIMIT:,} requests in {self.end - self.start} is not plausible"
+            )
+        self._given.add(nxt)
+        self._cursor = nxt
+        return True
 
 
 def until_stable(

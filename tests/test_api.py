@@ -1,7 +1,9 @@
-"""The API client against httpx.MockTransport: retries, errors, strict pages, the key."""
+"""The API client against httpx.MockTransport: retries, errors, strict pages (parsed by
+mirror.records), the key."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
@@ -9,9 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from mirror.api import FalClient, RetryPolicy, check_base_url, item_to_row, parse_page
+from mirror.api import FalClient, RetryPolicy, check_base_url
 from mirror.auth import load_key
 from mirror.errors import ApiError, ApiUnavailable, AuthError, BadDataError, ConfigError
+from mirror.records import Row, parse_page
 
 KEY = "kid-123:very-secret-canary-0xC0FFEE"
 ITEM = {
@@ -62,6 +65,12 @@ def ok():
     return httpx.Response(200, content=orjson.dumps(PAGE))
 
 
+def one_row(item, *, payloads=True, billing=True):
+    """The row an item becomes, on a page of its own."""
+    page = {"items": [item], "has_more": False, "next_cursor": None}
+    return parse_page(page, payloads=payloads, billing=billing).rows[0]
+
+
 def fetch(c):
     return c.list_requests(["acme/app"], start="2025-01-01T00:00:00Z", end="2025-01-02T00:00:00Z")
 
@@ -93,6 +102,43 @@ def test_request_shape_and_row():
         )
     ]
     assert page.next_cursor is None
+
+
+def nested(depth):
+    return {"a": nested(depth - 1)} if depth else None
+
+
+#: nested deeper than orjson encodes, so the item goes the checked way, field by field
+DEEP = nested(300)
+
+
+@pytest.mark.parametrize(
+    ("change", "stored"),
+    [
+        ({}, {}),  # the common item, in one pass
+        ({"sent_at": "2025-01-01T01:00:01+01:00"}, {}),  # another shape, converted
+        ({"status_code": 404, "json_input": None}, {"status": "user_error"}),
+        ({"json_output": DEEP}, {"json_output": json.dumps(DEEP, separators=(",", ":"))}),
+    ],
+)
+def test_a_row_is_a_named_record_whichever_way_it_was_parsed(change, stored):
+    row = one_row(dict(ITEM, **change))
+    assert type(row) is Row, f"{change}: parsed as {type(row).__name__}, not a Row"
+    assert row._asdict() == {
+        "request_id": ITEM["request_id"],
+        "endpoint_id": "acme/app",
+        "runner_id": None,
+        "sent_at": "2025-01-01T00:00:01.000000Z",
+        "started_at": "2025-01-01T00:00:05.000000Z",
+        "ended_at": "2025-01-01T00:00:08.500000Z",
+        "status_code": change.get("status_code", 200),
+        "duration": 7.8,
+        "billable_units": 1.5,
+        "json_input": None if "json_input" in change else '{"prompt":"café ☕ 東京"}',
+        "json_output": '{"status":"ok"}',
+        "status": "success",
+        **stored,
+    }, f"{change}: parsed as {row}"
 
 
 @pytest.mark.parametrize(
@@ -300,7 +346,7 @@ def test_malformed_pages_are_refused(page, message):
 
 
 def test_unfinished_row_and_missing_optionals():
-    row = item_to_row(
+    row = one_row(
         {
             "request_id": "r",
             "endpoint_id": "a/b",
@@ -404,7 +450,7 @@ def test_malformed_timestamps_are_refused(field, value):
     ],
 )
 def test_other_timestamp_shapes_are_stored_canonical(value, stored):
-    row = item_to_row(dict(ITEM, sent_at=value), payloads=False, billing=False)
+    row = one_row(dict(ITEM, sent_at=value), payloads=False, billing=False)
     assert row[3] == stored, f"{value!r} was stored as {row[3]!r}, not in the canonical shape"
 
 
@@ -460,7 +506,7 @@ def test_values_at_the_bounds_are_kept(change):
         payloads=True,
         billing=True,
     ).rows[0]
-    assert row[:9] == item_to_row(dict(ITEM, **change), payloads=False, billing=True)[:9]
+    assert row[:9] == one_row(dict(ITEM, **change), payloads=False, billing=True)[:9]
     assert (row[6], row[7], row[8]) == (
         change.get("status_code", 200),
         change.get("duration", 7.8),

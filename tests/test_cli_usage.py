@@ -40,6 +40,10 @@ KEYED = {"FAL_KEY": "sim-key-id:sim-key-secret"}
         (["sync", "-e", "acme/a", "--base-url", "gopher://x"], "not an http(s) URL"),
         (["sync", "-e", "acme/a", "--since", "2999-01-01"], "in the future"),
         (["sync", "-e", ""], "not an endpoint id"),
+        (["sync", "-e", "acme/a", "--metrics-file", "no/dir/m.prom"], "no/dir does not exist"),
+        (["cost", "--by", "status"], "cannot group spend by 'status'"),
+        (["cost", "--since", "2d", "--until", "3d"], "must be after --since"),
+        (["cost", "-e", "a b"], "not an endpoint id"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path, args, needle):

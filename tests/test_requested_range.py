@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from mirror.db import make_engine
+from mirror.records import Row
 from mirror.schema import sync_targets, sync_windows
 from mirror.store import Store
 from mirror.sync import SyncOptions, plan_target
@@ -122,8 +123,8 @@ def test_only_a_target_that_holds_nothing_is_forgotten(db_url: str) -> None:
     store = Store.open(db_url)
     try:
         store.start_run(["a/x", "b/y", "c/z"], NOW, default_from=NOW - timedelta(days=1))
-        row = ("r1", "b/y/route", None, at(3), at(3), at(2), 200, 1.0, None, None, None,
-               "success")  # fmt: skip
+        row = Row("r1", "b/y/route", None, at(3), at(3), at(2), 200, 1.0, None, None, None,
+                  "success")  # fmt: skip
         with store.engine.begin() as conn:
             store.mark_complete(conn, "a/x", at(10), at(1), to_text(NOW))
             store.upsert(conn, [row], payloads=True, billing=True, now=to_text(NOW))

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mirror.db import script_heads
 from mirror.errors import SchemaTooNewError, StoreError
-from mirror.schema import derive_status, metadata, requests
+from mirror.records import Row, derive_status
+from mirror.schema import ROW_COLUMNS, metadata, requests
 from mirror.store import Store
 
 T1, T2 = "2026-11-28T10:00:00.000000Z", "2026-11-28T11:00:00.000000Z"
@@ -43,7 +44,7 @@ def row(
         inp,
         out,
     )
-    return (*r, derive_status(ended, code))
+    return Row(*r, derive_status(ended, code))
 
 
 def upsert(store, rows, now=T1, payloads=True, billing=True):
@@ -57,11 +58,12 @@ def norm(r):
 
 
 def table(store):
-    """Every stored row, through the schema's column types (canonical timestamps)."""
+    """Every stored row's upserted columns (``ROW_COLUMNS``), through the schema's column
+    types (canonical timestamps)."""
+    cols = [requests.c[name] for name in ROW_COLUMNS]
     with store.engine.connect() as conn:
         return [
-            norm(tuple(r))
-            for r in conn.execute(sa.select(requests).order_by(requests.c.request_id))
+            norm(tuple(r)) for r in conn.execute(sa.select(*cols).order_by(requests.c.request_id))
         ]
 
 
@@ -145,7 +147,7 @@ def test_unfinished_row_is_completed_in_place(store):
 
 def test_fields_not_fetched_are_left_alone(store):
     upsert(store, [row("a")])
-    no_extras = (*row("a", billable=None, inp=None, out=None)[:11], "success")
+    no_extras = row("a", billable=None, inp=None, out=None)
     upsert(store, [no_extras], payloads=False, billing=False, now=T2)
     assert table(store) == [norm((*row("a"), T1, T1))], (
         "a sync without payloads/billing erased them"
@@ -286,8 +288,8 @@ def test_locked_database_message_says_what_happened_without_guessing(tmp_path):
 def test_target_covers_routes_but_not_lookalikes(store):
     rows = [row(f"{i}") for i in range(4)]
     ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]
-    rows = [(r[0], e, *r[2:]) for r, e in zip(rows, ids, strict=True)]
-    upsert(store, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
+    rows = [r._replace(endpoint_id=e) for r, e in zip(rows, ids, strict=True)]
+    upsert(store, [r._replace(ended_at=None, status_code=None, status="unfinished") for r in rows])
     got = {e for _, e, _ in store.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 100)}
     assert got == {"acme/app", "acme/app/turbo"}
 
@@ -383,8 +385,10 @@ def test_postgresql_schema_uses_native_types(pg_url):
             "status": "text",
             "first_seen_at": "timestamp with time zone",
             "last_changed_at": "timestamp with time zone",
+            "history": "text",
         }, types
-        assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage"}
+        assert views == {"request_log", "hourly_summary", "daily_summary", "daily_usage",
+                         "request_costs"}  # fmt: skip
         assert {
             "ix_requests_search",
             "ix_requests_endpoint_ended",
@@ -509,8 +513,10 @@ def test_postgresql_app_id_ranges_hold_under_a_punctuation_blind_collation(pg_ad
         try:
             rows = [row(f"{i}") for i in range(4)]
             ids = ["acme/app", "acme/app/turbo", "acme/app-2", "acme/apple"]
-            rows = [(r[0], e, *r[2:]) for r, e in zip(rows, ids, strict=True)]
-            upsert(s, [(*r[:5], None, None, *r[7:11], "unfinished") for r in rows])
+            rows = [r._replace(endpoint_id=e) for r, e in zip(rows, ids, strict=True)]
+            upsert(
+                s, [r._replace(ended_at=None, status_code=None, status="unfinished") for r in rows]
+            )
             got = {e for _, e, _ in s.unfinished("acme/app", "9999-01-01T00:00:00.000000Z", 9)}
             assert got == {"acme/app", "acme/app/turbo"}, got
             with s.engine.connect() as conn:  # the same range typed in psql by a user

@@ -1,10 +1,13 @@
-"""What sync's and verify's walks share (mirror.walk): the billing fallback, notes, the
-stop signal and the re-walk of a window whose rows moved."""
+"""What sync's and verify's walks share (mirror.walk): the walk of a window along the
+cursor, the billing fallback, notes, the stop signal and the re-walk of a window whose rows
+moved."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 
 from mirror.api import FalClient, RetryPolicy
 from mirror.errors import AuthError
-from mirror.walk import Lister, Notes, Stop, Stopped, until_stable
+from mirror.walk import Lister, Notes, Stop, Stopped, WindowWalk, until_stable
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 ITEM = {"request_id": "r1", "endpoint_id": "acme/app", "sent_at": "2025-01-01T00:00:01Z",
@@ -109,3 +112,71 @@ def test_until_stable(outcomes, expected, caplog: pytest.LogCaptureFixture) -> N
         assert until_stable(lambda: next(it), 3, "acme/app w", log) == expected
     moved = [r for r in caplog.records if "rows moved while paging" in r.getMessage()]
     assert len(moved) == outcomes.count(False), "only a walk that saw rows move says so"
+
+
+def three_pages(seen: list[httpx.Request]) -> httpx.MockTransport:
+    """Three pages along the cursor; the third gives r1 again (rows moved under the pages)."""
+    ids = {None: ["r1", "r2"], "c2": ["r3"], "c3": ["r1"]}
+    nxt = {None: "c2", "c2": "c3", "c3": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        cursor = request.url.params.get("cursor")
+        items = [dict(ITEM, request_id=rid) for rid in ids[cursor]]
+        page = {"items": items, "next_cursor": nxt[cursor], "has_more": nxt[cursor] is not None}
+        return httpx.Response(200, content=orjson.dumps(page))
+
+    return httpx.MockTransport(handler)
+
+
+class Turns:
+    """A ``turn`` that counts the turns taken and those still held."""
+
+    def __init__(self) -> None:
+        self.taken = self.held = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        self.taken += 1
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+
+
+def window_walk(seen: list[httpx.Request], turns: Turns) -> WindowWalk:
+    client = FalClient(httpx.Client(transport=three_pages(seen)), "k:s",
+                       base_url="https://api.example.test/v1", retry=RetryPolicy(attempts=1))  # fmt: skip
+    pages = Lister(client, payloads=True, billing=False, stop=Stop(), notes=Notes(log),
+                   without_billing="")  # fmt: skip
+    return WindowWalk(pages, "acme/app", T0, T0 + timedelta(hours=1), turn=turns)
+
+
+def test_a_window_walk_follows_the_cursor_and_sees_an_id_read_twice() -> None:
+    seen: list[httpx.Request] = []
+    turns = Turns()
+    walk = window_walk(seen, turns)
+    steps = [
+        (s.number, [r.request_id for r in s.page.rows], s.repeated, turns.held)
+        for s in walk.pages()
+    ]
+    assert steps == [(1, ["r1", "r2"], False, 1), (2, ["r3"], False, 1), (3, ["r1"], True, 1)], (
+        "each page, in its turn, says whether an id of the walk came again"
+    )
+    assert [r.url.params.get("cursor") for r in seen] == [None, "c2", "c3"]
+    assert (walk.read, walk.calls, walk.repeated, walk.billing) == (3, 3, True, {False})
+    assert (turns.taken, turns.held) == (3, 0)
+
+
+def test_a_window_walk_stopped_early_asks_no_more_and_ends_its_turn() -> None:
+    seen: list[httpx.Request] = []
+    turns = Turns()
+    walk = window_walk(seen, turns)
+    with contextlib.closing(walk.pages()) as pages:
+        first = next(pages)
+        assert turns.held == 1, "the consumer handles a page within its turn"
+    assert [r.request_id for r in first.page.rows] == ["r1", "r2"]
+    assert (len(seen), turns.taken, turns.held) == (1, 1, 0), (
+        f"{len(seen)} calls, {turns.held} turns still held after the consumer stopped"
+    )

@@ -12,12 +12,14 @@ closest ranks and are omitted when a group has no finished request.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from mirror.simulator.world import SimRequest, World, to_us
+
+T = TypeVar("T")
 
 __all__ = [
     "METRICS",
@@ -232,8 +234,18 @@ def compute(
     now: datetime,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All time-series buckets (oldest first) and the summary, for the requested metrics."""
-    if set(metrics) <= {"request_count"}:  # mirror's planning call: counts only
-        return _counts_only(world, endpoint_ids, rng, tz, metrics, now=now)
+    if set(metrics) <= {"request_count"}:
+        # mirror's planning call, counts only: the same records from World.visible_counts
+        # instead of the rows themselves
+        counts = world.visible_counts(endpoint_ids, rng.start, rng.end, rng.buckets, now=now)
+
+        def count(ep: str, n: int) -> dict[str, Any]:
+            return {"endpoint_id": ep} | dict.fromkeys(metrics, n)
+
+        per_bucket = [
+            {ep: n[k] for ep, n in counts.items() if n[k]} for k in range(len(rng.buckets))
+        ]
+        return _answer(rng, tz, per_bucket, {ep: sum(n) for ep, n in counts.items()}, count)
     starts = [to_us(b) for b in rng.buckets]
     groups: list[dict[str, list[SimRequest | None]]] = [{} for _ in starts]
     totals: dict[str, list[SimRequest | None]] = {}
@@ -243,39 +255,23 @@ def compute(
             continue
         groups[k].setdefault(endpoint_id, []).append(req)
         totals.setdefault(endpoint_id, []).append(req)
+    return _answer(rng, tz, groups, totals, lambda ep, rows: _metrics(ep, rows, metrics))
+
+
+def _answer(
+    rng: AnalyticsRange,
+    tz: tzinfo,
+    groups: Sequence[Mapping[str, T]],
+    totals: Mapping[str, T],
+    record: Callable[[str, T], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The buckets (one per range bucket, its endpoints' records in id order) and the
+    summary, from each bucket's groups and the totals, by endpoint id."""
     series = [
         {
             "bucket": bucket.astimezone(tz).isoformat(),
-            "results": [_metrics(ep, rows, metrics) for ep, rows in sorted(group.items())],
+            "results": [record(ep, g) for ep, g in sorted(group.items())],
         }
         for bucket, group in zip(rng.buckets, groups, strict=True)
     ]
-    summary = [_metrics(ep, rows, metrics) for ep, rows in sorted(totals.items())]
-    return series, summary
-
-
-def _counts_only(
-    world: World,
-    endpoint_ids: Sequence[str],
-    rng: AnalyticsRange,
-    tz: tzinfo,
-    metrics: Sequence[str],
-    *,
-    now: datetime,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``compute`` when only ``request_count`` is asked (or nothing): the same records, from
-    ``World.visible_counts`` instead of the rows themselves."""
-    counts = world.visible_counts(endpoint_ids, rng.start, rng.end, rng.buckets, now=now)
-    eps = sorted(counts)
-
-    def record(ep: str, n: int) -> dict[str, Any]:
-        return {"endpoint_id": ep} | dict.fromkeys(metrics, n)
-
-    series = [
-        {
-            "bucket": bucket.astimezone(tz).isoformat(),
-            "results": [record(ep, counts[ep][k]) for ep in eps if counts[ep][k]],
-        }
-        for k, bucket in enumerate(rng.buckets)
-    ]
-    return series, [record(ep, sum(counts[ep])) for ep in eps]
+    return series, [record(ep, t) for ep, t in sorted(totals.items())]

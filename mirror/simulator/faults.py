@@ -22,7 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -32,8 +32,12 @@ __all__ = [
     "ANALYTICS_PATH",
     "API_PATHS",
     "BAD_DATA_MODES",
+    "BILLING_EVENTS_PATH",
+    "MODELS_ANALYTICS_PATH",
     "MODELS_LIST_PATH",
+    "PRICING_PATH",
     "SERVERLESS_LIST_PATH",
+    "USAGE_PATH",
     "Body",
     "Decision",
     "FaultConfig",
@@ -45,8 +49,22 @@ __all__ = [
 SERVERLESS_LIST_PATH = "/v1/serverless/requests/by-endpoint"
 MODELS_LIST_PATH = "/v1/models/requests/by-endpoint"
 ANALYTICS_PATH = "/v1/serverless/analytics"
-#: The three operations the simulator serves; the default `fault_paths`.
-API_PATHS = frozenset({SERVERLESS_LIST_PATH, MODELS_LIST_PATH, ANALYTICS_PATH})
+MODELS_ANALYTICS_PATH = "/v1/models/analytics"
+BILLING_EVENTS_PATH = "/v1/models/billing-events"
+PRICING_PATH = "/v1/models/pricing"
+USAGE_PATH = "/v1/models/usage"
+#: The operations the simulator serves; the default `fault_paths`.
+API_PATHS = frozenset(
+    {
+        SERVERLESS_LIST_PATH,
+        MODELS_LIST_PATH,
+        ANALYTICS_PATH,
+        MODELS_ANALYTICS_PATH,
+        BILLING_EVENTS_PATH,
+        PRICING_PATH,
+        USAGE_PATH,
+    }
+)
 
 BadData = Literal[
     "oversize",
@@ -199,6 +217,9 @@ def _error_json(kind: str, message: str) -> bytes:
     return orjson.dumps({"error": {"type": kind, "message": message}})
 
 
+_RATE_LIMITED = _error_json("rate_limited", "Rate limit exceeded")
+
+
 class FaultInjector:
     """The mutable side of a `FaultConfig`: RNG, fault count and token bucket.
 
@@ -239,58 +260,22 @@ class FaultInjector:
     def _choose(self, u: list[float], page: bool, authorization: str | None) -> Decision | None:
         cfg = self.config
         if cfg.outage:
-            return Decision(
-                action="respond",
-                fault="outage",
-                status=503,
-                body=html_error_page(503),
-                content_type="text/html; charset=utf-8",
-            )
+            return _html_error("outage", 503)
         if cfg.answer_with is not None:
             status, body = cfg.answer_with
             echo = orjson.dumps(authorization or "")[1:-1]
-            return Decision(
-                action="respond",
-                fault="answer-with",
-                status=status,
-                body=body.replace(AUTHORIZATION_ECHO, echo),
-            )
+            return _respond("answer-with", status, body.replace(AUTHORIZATION_ECHO, echo))
         if cfg.rate_limit is not None and not self._take_token():
-            return Decision(
-                action="respond",
-                fault="rate-limit",
-                status=429,
-                body=_error_json("rate_limited", "Rate limit exceeded"),
-            )
+            return _respond("rate-limit", 429, _RATE_LIMITED)
         if u[0] < cfg.p_429:
-            headers: tuple[tuple[str, str], ...] = ()
-            fault = "429"
             if cfg.retry_after is not None and u[1] < cfg.p_retry_after:
-                headers = (("Retry-After", f"{cfg.retry_after:g}"),)
-                fault = "429+retry-after"
-            return Decision(
-                action="respond",
-                fault=fault,
-                status=429,
-                body=_error_json("rate_limited", "Rate limit exceeded"),
-                headers=headers,
-            )
+                retry_after = (("Retry-After", f"{cfg.retry_after:g}"),)
+                return _respond("429+retry-after", 429, _RATE_LIMITED, headers=retry_after)
+            return _respond("429", 429, _RATE_LIMITED)
         if u[2] < cfg.p_5xx:
-            status = _HTML_5XX[int(u[3] * len(_HTML_5XX))]
-            return Decision(
-                action="respond",
-                fault="5xx-html",
-                status=status,
-                body=html_error_page(status),
-                content_type="text/html; charset=utf-8",
-            )
+            return _html_error("5xx-html", _HTML_5XX[int(u[3] * len(_HTML_5XX))])
         if u[4] < cfg.p_json_500:
-            return Decision(
-                action="respond",
-                fault="json-500",
-                status=500,
-                body=_error_json("server_error", "Unexpected server error"),
-            )
+            return _respond("json-500", 500, _error_json("server_error", "Unexpected server error"))
         if u[5] < cfg.p_reset:
             return Decision(action="reset", fault="reset")
         if u[6] < cfg.p_truncate:
@@ -319,20 +304,22 @@ class FaultInjector:
         return False
 
 
-def _with_latency(decision: Decision, latency: float) -> Decision:
-    if not latency:
-        return decision
-    return Decision(
-        action=decision.action,
-        fault=decision.fault,
-        latency=latency,
-        status=decision.status,
-        body=decision.body,
-        content_type=decision.content_type,
-        headers=decision.headers,
-        bad=decision.bad,
-        stall_byte_delay=decision.stall_byte_delay,
+def _respond(
+    fault: str, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()
+) -> Decision:
+    """Another answer instead of the real one, labelled ``fault`` in the request log."""
+    return Decision(action="respond", fault=fault, status=status, body=body, headers=headers)
+
+
+def _html_error(fault: str, status: int) -> Decision:
+    """A proxy's HTML error page instead of the real answer."""
+    return replace(
+        _respond(fault, status, html_error_page(status)), content_type="text/html; charset=utf-8"
     )
+
+
+def _with_latency(decision: Decision, latency: float) -> Decision:
+    return replace(decision, latency=latency) if latency else decision
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,15 @@ from typing import Any
 
 from mirror.simulator.world import EPOCH, NEVER_US, SimRequest, World, WorldConfig, to_us
 
-__all__ = ["DEFAULT_ENDPOINTS", "demo_world", "generate_world", "make_requests"]
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "DEMO_MODELS",
+    "MODEL_ENDPOINTS",
+    "billing_unit",
+    "demo_world",
+    "generate_world",
+    "make_requests",
+]
 
 #: The default apps of the simulated account, with traffic weights: an image app with a
 #: route (so bare-app-id matching matters), an upscaler and a speech model.
@@ -35,6 +43,19 @@ DEFAULT_ENDPOINTS: Mapping[str, float] = {
     "acme/upscaler": 0.22,
     "acme/whisper-v3": 0.16,
 }
+
+#: Hosted models a key may call (the model-API history): no account owns them, so they are
+#: billed per request (``mirror.simulator.billing``), with traffic weights.
+MODEL_ENDPOINTS: Mapping[str, float] = {
+    "fal-ai/flux/dev": 0.5,
+    "fal-ai/flux/schnell": 0.3,
+    "fal-ai/whisper": 0.2,
+}
+
+#: The two hosted models `demo_world` has the key call, with traffic weights.
+DEMO_MODELS: Mapping[str, float] = {"fal-ai/flux/dev": 0.6, "fal-ai/flux/schnell": 0.4}
+#: added to `demo_world`'s seed for its model calls: their own draws, not the account's
+_MODELS_SEED = 1_000_003
 
 _S = 1_000_000  # microseconds per second
 _HOUR = 3600 * _S
@@ -98,6 +119,22 @@ def _profile(endpoint_id: str) -> _Profile:
     if "flux" in name or "sdxl" in name or "image" in name or "lora" in name:
         return _Profile("image", 6.5, 0.55)
     return _Profile("generic", 4.0, 0.8)
+
+
+#: what one of a request's ``billable_units`` counts, by the kind of endpoint
+_UNIT_OF_KIND = {
+    "image": "image",
+    "image-fast": "image",
+    "upscale": "megapixel",
+    "audio": "minute",
+    "generic": "gpu_second",
+}
+
+
+def billing_unit(endpoint_id: str) -> str:
+    """What the ``billable_units`` generated for this endpoint count (images, audio minutes,
+    GPU seconds...): the ``unit`` its price is quoted in."""
+    return _UNIT_OF_KIND[_profile(endpoint_id).kind]
 
 
 def _hex(rng: random.Random, n: int) -> str:
@@ -556,14 +593,16 @@ def make_requests(
 
 
 def demo_world(now: datetime, seed: int = 1, config: WorldConfig | None = None) -> World:
-    """A pleasant preset for `mirror demo` and `mirror fake-api`: about 15,000 requests.
+    """A pleasant preset for `mirror demo` and `mirror fake-api`: about 17,000 requests.
 
-    Three days over four endpoints (one a route of another app), a dense hour of 3,000
-    requests yesterday, a handful running now, and an hour of future arrivals trickling in
-    so a live sync sees new rows appear.
+    Three days over four endpoints of the account (one a route of another app), a dense
+    hour of 3,000 requests yesterday, a handful running now, and an hour of future arrivals
+    trickling in so a live sync sees new rows appear; and the same three days of the key's
+    calls to two hosted models (`DEMO_MODELS`), billed per request. The models' calls are
+    drawn apart from the account's, so the account's history is the one a seed always gave.
     """
     dense_start = (now - timedelta(hours=30)).replace(minute=0, second=0, microsecond=0)
-    return generate_world(
+    world = generate_world(
         config,
         seed=seed,
         now=now.astimezone(UTC),
@@ -573,3 +612,15 @@ def demo_world(now: datetime, seed: int = 1, config: WorldConfig | None = None) 
         future_minutes=60,
         running=8,
     )
+    models = generate_world(
+        seed=seed + _MODELS_SEED,
+        now=now.astimezone(UTC),
+        days=3,
+        endpoints=DEMO_MODELS,
+        requests_per_hour=30,
+        future_minutes=60,
+        running=2,
+        big_tie_group=0,
+    )
+    world.add_many(models)
+    return world

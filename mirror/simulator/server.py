@@ -6,54 +6,64 @@ drips one byte at a time. Connections are HTTP/1.1 keep-alive, one daemon thread
 with Nagle off so small pages are not held back.
 
 The semantics follow docs/fal-api.md and the vendored OpenAPI file:
-validation errors are 400 `validation_error`, auth 401, foreign endpoints 403, unknown
-paths 404, all as fal's JSON error body. Behaviour the service leaves open comes from the
-`World`'s `WorldConfig` switches. Decided here (fal documents none of it): auth is checked
-before parameters, parameters before ownership; a scalar parameter given twice uses its
-last value; `expand` also accepts a comma-joined value; unknown parameters are ignored;
-explicit `start` later than explicit `end` is a 400; the models operation applies no
-ownership check (it lists the caller's own requests to anyone's endpoints); analytics pages
-its buckets 100 per page by default and at most 1000 (larger limits are clamped); other
-methods than GET/HEAD, like other paths, are 404.
+validation errors are 400 `validation_error`, auth 401, foreign endpoints and a key without
+ADMIN scope on an ADMIN operation 403, unknown paths 404, all as fal's JSON error body.
+Behaviour the service leaves open comes from the `World`'s `WorldConfig` switches (and, for
+the cost operations, `mirror.simulator.billing.BillingConfig`). Decided here (fal documents
+none of it): auth is checked before parameters, parameters before ownership; a scalar
+parameter given twice uses its last value; `expand` also accepts a comma-joined value;
+unknown parameters are ignored; explicit `start` later than explicit `end` is a 400; the
+models operations (list and analytics) apply no ownership check (they show the caller's own
+requests to anyone's endpoints); analytics pages its buckets 100 per page by default and at
+most 1000 (larger limits are clamped); a served path asked with any other method than GET
+or HEAD is a 405 with ``Allow: GET, HEAD`` (the error type ``not_found``), and a request
+the standard library refuses before the API sees it (a malformed request line, a header
+line too long) gets fal's JSON error too, never an HTML page. Parameters are read by
+`mirror.simulator.params`; billing events, pricing and usage are answered by
+`mirror.simulator.cost_ops`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import ipaddress
-import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from mirror.simulator import analytics
+from mirror.simulator import analytics, cost_ops
+from mirror.simulator import params as parse
+from mirror.simulator.billing import BillingConfig, Ledger
 from mirror.simulator.faults import (
     ANALYTICS_PATH,
+    BILLING_EVENTS_PATH,
+    MODELS_ANALYTICS_PATH,
     MODELS_LIST_PATH,
+    PRICING_PATH,
     SERVERLESS_LIST_PATH,
+    USAGE_PATH,
     Body,
     Decision,
     FaultConfig,
     FaultInjector,
     bad_body,
 )
+from mirror.simulator.params import ApiError, encode_cursor, parse_time
 from mirror.simulator.world import ItemView, Query, World, app_id_of
 
 __all__ = [
@@ -71,36 +81,15 @@ DEFAULT_KEY = "sim-key-id:sim-key-secret"
 _JSON = "application/json"
 #: how the simulator encodes every JSON body (``orjson.dumps(body, option=BODY_OPTIONS)``)
 BODY_OPTIONS = orjson.OPT_UTC_Z
-_MAX_ENDPOINT_IDS = 50
-_ENDPOINT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
-_UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-)
-_DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-_DATETIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?$"
-)
 _LIST_EXPAND = {True: ("payloads", "billing"), False: ("payloads",)}
 _ANALYTICS_DEFAULT_LIMIT = 100
 _ANALYTICS_MAX_LIMIT = 1000
-
-
-class ApiError(Exception):
-    """An error answer in fal's JSON shape: `{"error": {"type", "message"}}`."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-    def body(self) -> bytes:
-        return orjson.dumps({"error": {"type": self.kind, "message": self.message}})
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(400, "validation_error", message)
+#: path -> (the operation, whether it needs an ADMIN key)
+_COST_OPERATIONS = {
+    BILLING_EVENTS_PATH: (cost_ops.billing_events, True),
+    PRICING_PATH: (cost_ops.pricing, False),
+    USAGE_PATH: (cost_ops.usage, True),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,114 +128,6 @@ class Answer:
     page_number: int = 1
 
 
-def encode_cursor(page: int) -> str:
-    """fal's cursor: base64 of the page number as text (`Mg==` is page 2)."""
-    return base64.b64encode(str(page).encode()).decode()
-
-
-def _decode_cursor(value: str) -> int:
-    try:
-        text = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _invalid(f"Invalid cursor {value!r}: not a cursor returned by this API") from None
-    if not text.isdigit() or not 0 < len(text) <= 18 or int(text) < 1:
-        raise _invalid(f"Invalid cursor {value!r}: not a cursor returned by this API")
-    return int(text)
-
-
-def parse_time(name: str, value: str) -> datetime:
-    """RFC 3339 date-time (Z, offset, or none meaning UTC; any fraction) or YYYY-MM-DD."""
-    try:
-        m = _DATE_RE.match(value)
-        if m:
-            y, mo, d = (int(g) for g in m.groups())
-            return datetime(y, mo, d, tzinfo=UTC)
-        m = _DATETIME_RE.match(value)
-        if m:
-            y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
-            frac, _zulu, sign, oh, om = m.groups()[6:]
-            micro = int((frac or "0")[:6].ljust(6, "0"))
-            offset = timedelta()
-            if sign:
-                if int(oh) > 23 or int(om) > 59:
-                    raise ValueError("offset out of range")
-                offset = timedelta(hours=int(oh), minutes=int(om)) * (1 if sign == "+" else -1)
-            local = datetime(y, mo, d, h, mi, s, micro, tzinfo=UTC)
-            return local - offset
-    except (ValueError, OverflowError):
-        pass
-    hint = ""
-    if " " in value and re.search(r" \d{2}:\d{2}$", value):
-        hint = " (a '+' in the offset must be URL-encoded as %2B)"
-    raise _invalid(
-        f"Invalid {name} {value!r}: expected an RFC 3339 date-time such as "
-        f"2025-01-01T00:00:00Z or a date such as 2025-01-01{hint}"
-    )
-
-
-def _last(params: Mapping[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    return values[-1] if values else None
-
-
-def _split(params: Mapping[str, list[str]], name: str) -> list[str]:
-    """All values of a repeated and/or comma-separated parameter, in order, deduplicated."""
-    out: list[str] = []
-    for value in params.get(name, ()):
-        for part in value.split(","):
-            part = part.strip()
-            if part and part not in out:
-                out.append(part)
-    return out
-
-
-def _enum(params: Mapping[str, list[str]], name: str, allowed: Sequence[str]) -> str | None:
-    value = _last(params, name)
-    if value is None:
-        return None
-    if value not in allowed:
-        raise _invalid(f"Invalid {name} {value!r}; allowed: {', '.join(allowed)}")
-    return value
-
-
-def _int(params: Mapping[str, list[str]], name: str, default: int, lo: int, hi: int | None) -> int:
-    value = _last(params, name)
-    if value is None:
-        return default
-    if not re.fullmatch(r"-?\d{1,18}", value):
-        raise _invalid(f"Invalid {name} {value!r}: must be an integer")
-    number = int(value)
-    if number < lo or (hi is not None and number > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise _invalid(f"Invalid {name} {number}: must be {bound}")
-    return number
-
-
-def _endpoint_ids(params: Mapping[str, list[str]]) -> list[str]:
-    ids = _split(params, "endpoint_id")
-    if not ids:
-        raise _invalid("endpoint_id is required (1-50 ids, repeated or comma-separated)")
-    if len(ids) > _MAX_ENDPOINT_IDS:
-        raise _invalid(f"Too many endpoint_id values: {len(ids)} given, at most 50 allowed")
-    for endpoint_id in ids:
-        if not _ENDPOINT_ID_RE.match(endpoint_id):
-            raise _invalid(
-                f"Invalid endpoint_id {endpoint_id!r}: expected owner/name or owner/name/route"
-            )
-    return ids
-
-
-def _window(
-    params: Mapping[str, list[str]],
-) -> tuple[datetime | None, datetime | None]:
-    start_text, end_text = _last(params, "start"), _last(params, "end")
-    start = parse_time("start", start_text) if start_text is not None else None
-    end = parse_time("end", end_text) if end_text is not None else None
-    if start is not None and end is not None and start > end:
-        raise _invalid(f"start ({start_text}) must not be later than end ({end_text})")
-    return start, end
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -280,23 +161,28 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.api._track(self.connection, False)
 
-    def do_GET(self) -> None:
-        self.server.api._handle(self, "GET")
+    def __getattr__(self, name: str) -> Any:
+        """``do_<METHOD>`` for every method, whatever its name (GET, HEAD, TRACE, PROPFIND...):
+        the application answers them all, so none gets the standard library's 501 page."""
+        if name.startswith("do_") and len(name) > 3:
+            method = name[3:]
+            return lambda: self.server.api._handle(self, method)
+        raise AttributeError(name)
 
-    def do_HEAD(self) -> None:
-        self.server.api._handle(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.server.api._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.api._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.server.api._handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self.server.api._handle(self, "DELETE")
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A request too broken to reach the application (a malformed request line, headers
+        too long, an HTTP version other than 1.x): fal's JSON error, not an HTML page."""
+        kind = _ERROR_KINDS.get(code, "validation_error" if code < 500 else "server_error")
+        body = ApiError(code, kind, message or _REASONS.get(code, "Error")).body()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.send_response(code, message)
+            self.send_header("Content-Type", _JSON)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the request log is `SimulatedAPI.log`, not stderr."""
@@ -307,8 +193,12 @@ class SimulatedAPI:
 
     Use as a context manager (or `start()`/`stop()`); `base_url` is the `/v1` root to give
     the client. `faults` may be replaced while running; `world` is shared, so a test can
-    move the clock or add requests between calls. Binds only to loopback addresses: it
-    accepts any caller and serves fixed keys, so it must never face a network.
+    move the clock or add requests between calls. `keys` are accepted, `admin_keys` (by
+    default all of them) also have ADMIN scope; `billing` sets what the cost operations
+    (billing events, pricing, usage) derive from the world. Binds only to loopback
+    addresses: it accepts any caller and serves fixed keys, so it must never face a
+    network. With `tls` (a server-side context holding a certificate) it serves https, as
+    fal does.
     """
 
     def __init__(
@@ -318,6 +208,10 @@ class SimulatedAPI:
         keys: frozenset[str] = frozenset({DEFAULT_KEY}),
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        *,
+        admin_keys: frozenset[str] | None = None,
+        billing: BillingConfig | None = None,
     ) -> None:
         if host != "localhost":
             try:
@@ -328,8 +222,13 @@ class SimulatedAPI:
                 raise ValueError(f"refusing to bind the simulated API to non-loopback {host!r}")
         self.world = world
         self.keys = frozenset(keys)
+        #: the keys with ADMIN scope (billing events, usage); None: every key
+        self.admin_keys = self.keys if admin_keys is None else frozenset(admin_keys)
+        #: the billing the cost operations answer from; its ``config`` may be replaced
+        self.ledger = Ledger(world, billing)
         self._host = host
         self._port = port
+        self._tls = tls
         self._injector = FaultInjector(faults or FaultConfig())
         self._lock = threading.Lock()
         self._log: list[LoggedRequest] = []
@@ -347,6 +246,12 @@ class SimulatedAPI:
         server_cls = _Server6 if ":" in self._host else _Server
         httpd = server_cls((self._host, self._port), _Handler)
         httpd.api = self
+        if self._tls is not None:
+            # the handshake happens in each connection's own thread, at its first read,
+            # so a client that stalls in it holds up no other
+            httpd.socket = self._tls.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -413,7 +318,7 @@ class SimulatedAPI:
     def base_url(self) -> str:
         """The API root to configure a client with, e.g. `http://127.0.0.1:PORT/v1`."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}/v1"
 
     # -- faults, log, errors --------------------------------------------------------------
 
@@ -558,25 +463,47 @@ class SimulatedAPI:
             SERVERLESS_LIST_PATH: "serverless",
             MODELS_LIST_PATH: "models",
             ANALYTICS_PATH: "analytics",
+            MODELS_ANALYTICS_PATH: "models-analytics",
+            **{p: "cost" for p in _COST_OPERATIONS},
         }
         operation = routes.get(path)
         try:
-            if operation is None or method not in ("GET", "HEAD"):
+            if operation is None:
                 raise ApiError(404, "not_found", f"Resource not found: {method} {path}")
-            self._authenticate(authorization)
-            if operation == "analytics":
-                return self._analytics(params, now)
+            if method not in _ALLOWED:
+                return Answer(
+                    405,
+                    ApiError(405, "not_found", f"Method {method} not allowed on {path}").body(),
+                    headers=(("Allow", ", ".join(_ALLOWED)),),
+                )
+            key = self._authenticate(authorization)
+            if operation == "cost":
+                return self._cost(path, params, key, now)
+            if operation in ("analytics", "models-analytics"):
+                return self._analytics(params, now, owned=operation == "analytics")
             return self._list(params, serverless=operation == "serverless", now=now)
         except ApiError as err:
             return Answer(err.status, err.body())
 
-    def _authenticate(self, authorization: str | None) -> None:
+    def _authenticate(self, authorization: str | None) -> str:
         if authorization is None or not authorization.startswith("Key "):
             raise ApiError(401, "authorization_error", "Authentication required")
-        if authorization[4:].strip() not in self.keys:
+        key = authorization[4:].strip()
+        if key not in self.keys:
             raise ApiError(
                 401, "authorization_error", "Invalid API key or malformed Authorization header"
             )
+        return key
+
+    def _cost(self, path: str, params: Mapping[str, list[str]], key: str, now: datetime) -> Answer:
+        """Billing events, pricing or usage; the first and last need an ADMIN key."""
+        operation, admin_only = _COST_OPERATIONS[path]
+        if admin_only and key not in self.admin_keys:
+            raise ApiError(
+                403, "authorization_error", "Access denied: this operation needs an ADMIN key"
+            )
+        body = operation(self.ledger, params, now)
+        return Answer(200, orjson.dumps(body, option=BODY_OPTIONS))
 
     def _check_owner(self, endpoint_ids: Sequence[str]) -> None:
         foreign = [e for e in endpoint_ids if not self.world.owns(e)]
@@ -584,21 +511,23 @@ class SimulatedAPI:
             raise ApiError(403, "authorization_error", "Access denied")
 
     def _list(self, params: Mapping[str, list[str]], *, serverless: bool, now: datetime) -> Answer:
-        endpoint_ids = _endpoint_ids(params)
-        limit = _int(params, "limit", 50, 1, 100)
-        cursor = _last(params, "cursor")
-        page = _decode_cursor(cursor) if cursor is not None else 1
-        start, end = _window(params)
-        status = _enum(params, "status", ("success", "error", "user_error"))
-        sort_by = _enum(params, "sort_by", ("ended_at", "duration")) or "ended_at"
-        request_id = _last(params, "request_id")
-        if request_id is not None and not _UUID_RE.match(request_id):
-            raise _invalid(f"Invalid request_id {request_id!r}: must be a UUID")
+        endpoint_ids = parse.endpoint_ids(params)
+        limit = parse.integer(params, "limit", 50, 1, 100)
+        cursor = parse.last(params, "cursor")
+        page = parse.decode_cursor(cursor) if cursor is not None else 1
+        start, end = parse.window(params)
+        status = parse.enum(params, "status", ("success", "error", "user_error"))
+        sort_by = parse.enum(params, "sort_by", ("ended_at", "duration")) or "ended_at"
+        request_id = parse.last(params, "request_id")
+        if request_id is not None and not parse.is_uuid(request_id):
+            raise parse.invalid(f"Invalid request_id {request_id!r}: must be a UUID")
         allowed = _LIST_EXPAND[serverless]
-        expand = _split(params, "expand")
+        expand = parse.split(params, "expand")
         for value in expand:
             if value not in allowed:
-                raise _invalid(f"Invalid expand value {value!r}; allowed: {', '.join(allowed)}")
+                raise parse.invalid(
+                    f"Invalid expand value {value!r}; allowed: {', '.join(allowed)}"
+                )
         if serverless:
             self._check_owner(endpoint_ids)
             refused = self.world.config.billing_refused
@@ -622,34 +551,35 @@ class SimulatedAPI:
         body = {"items": items, "next_cursor": next_cursor, "has_more": next_cursor is not None}
         return Answer(200, orjson.dumps(body, option=BODY_OPTIONS), page=body, page_number=page)
 
-    def _analytics(self, params: Mapping[str, list[str]], now: datetime) -> Answer:
-        endpoint_ids = _endpoint_ids(params)
-        limit = _int(params, "limit", _ANALYTICS_DEFAULT_LIMIT, 1, None)
+    def _analytics(self, params: Mapping[str, list[str]], now: datetime, *, owned: bool) -> Answer:
+        """``/serverless/analytics`` (``owned``: endpoints of the key's account only) or
+        ``/models/analytics`` (the key's calls to any endpoint)."""
+        endpoint_ids = parse.endpoint_ids(params)
+        limit = parse.integer(params, "limit", _ANALYTICS_DEFAULT_LIMIT, 1, None)
         limit = min(limit, _ANALYTICS_MAX_LIMIT)
-        cursor = _last(params, "cursor")
-        page = _decode_cursor(cursor) if cursor is not None else 1
-        start, end = _window(params)
-        start = start or now - timedelta(hours=24)
-        end = end or now
-        if start > end:
-            raise _invalid("start must not be later than end")
-        timeframe = _enum(params, "timeframe", analytics.TIMEFRAMES)
-        bound = _enum(params, "bound_to_timeframe", ("true", "false")) or "true"
-        tz = _timezone(_last(params, "timezone") or "UTC")
+        cursor = parse.last(params, "cursor")
+        page = parse.decode_cursor(cursor) if cursor is not None else 1
+        start, end = parse.window_or_default(params, now, timedelta(hours=24))
+        timeframe = parse.enum(params, "timeframe", analytics.TIMEFRAMES)
+        bound = parse.enum(params, "bound_to_timeframe", ("true", "false")) or "true"
+        tz = parse.timezone(parse.last(params, "timezone") or "UTC")
         expand = (
-            _split(params, "expand") if "expand" in params else ["time_series", "request_count"]
+            parse.split(params, "expand")
+            if "expand" in params
+            else ["time_series", "request_count"]
         )
         known = ("time_series", "summary", *analytics.METRICS)
         for value in expand:
             if value not in known:
-                raise _invalid(f"Invalid expand value {value!r}; allowed: {', '.join(known)}")
+                raise parse.invalid(f"Invalid expand value {value!r}; allowed: {', '.join(known)}")
         metrics = [m for m in analytics.METRICS if m in expand]
         if not {"time_series", "summary"} & set(expand) or not metrics:
-            raise _invalid(
+            raise parse.invalid(
                 "expand must name time_series and/or summary and at least one metric "
                 "(e.g. expand=time_series&expand=request_count)"
             )
-        self._check_owner(endpoint_ids)
+        if owned:
+            self._check_owner(endpoint_ids)
         try:
             rng = analytics.resolve_range(
                 start,
@@ -659,7 +589,7 @@ class SimulatedAPI:
                 bound_to_timeframe=bound == "true",
             )
         except (ValueError, OverflowError) as err:
-            raise _invalid(str(err)) from None
+            raise parse.invalid(str(err)) from None
         series, summary = analytics.compute(self.world, endpoint_ids, rng, tz, metrics, now=now)
         body: dict[str, Any] = {}
         next_cursor = None
@@ -675,18 +605,11 @@ class SimulatedAPI:
         return Answer(200, orjson.dumps(body, option=BODY_OPTIONS))
 
 
-def _timezone(name: str) -> tzinfo:
-    if name.upper() in ("UTC", "Z", "ETC/UTC"):
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise _invalid(
-            f"Invalid timezone {name!r}: expected an IANA name such as Europe/Paris"
-        ) from None
-
-
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+#: fal's error type for a status the standard library refuses a request with
+_ERROR_KINDS = {404: "not_found", 501: "not_implemented", 505: "not_implemented"}
+#: the only methods the API answers; any other gets a 405 naming them
+_ALLOWED = ("GET", "HEAD")
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:

@@ -299,6 +299,12 @@ class World:
         to_us(now)
         return now.astimezone(UTC)
 
+    @property
+    def version(self) -> int:
+        """A number that changes whenever a request is added or changed: what is derived
+        from the requests (billing events) is rebuilt when it moves."""
+        return self._version
+
     def __len__(self) -> int:
         return len(self._reqs)
 

@@ -24,8 +24,11 @@ from support.cli import assert_one_line
 from support.compare import db_query
 
 from mirror import lock
+from mirror.billing_api import BillingEvent
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
+from mirror.records import Row
+from mirror.schema import requests
 from mirror.store import Store
 
 TABLES = {
@@ -34,6 +37,8 @@ TABLES = {
     "sync_windows": "target, window_start",
     "sync_runs": "id",
     "sync_rechecks": "target, tier",
+    "billing_events": "request_id",
+    "prices": "endpoint_id, seen_at",
     "summary_hourly": "hour, endpoint_id, status",  # derived: rebuilt by the triggers
     "duration_histogram": "hour, bucket, endpoint_id, status",  # derived, too
     "duration_buckets": "bucket",  # made by the migration, the same on both
@@ -41,7 +46,7 @@ TABLES = {
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",
             "window_start", "window_end", "completed_at", "checked_at",
-            "requested_from"}  # fmt: skip
+            "requested_from", "timestamp", "seen_at"}  # fmt: skip
 
 TRICKY_JSON = (
     '{ "z": 1,  "a": [1.5, -0.0, 1e-300, 12345678901234567890, null, true],"ü": "日本\\n\\"q\\"" }'
@@ -111,27 +116,62 @@ def assert_same(
         assert not diffs, f"{what}: {len(diffs)} rows of {table} differ, e.g. {diffs[:2]}"
 
 
+#: requests of the model history (``requests.history``), one of them billed below
+MODEL_ROWS = [
+    Row("model-1", "fal-ai/odd", None, "2026-01-01T01:00:00.000000Z",
+        "2026-01-01T01:00:01.000000Z", "2026-01-01T01:00:03.000000Z", 200, 2.0, None,
+        '{"prompt": "ü"}', None, "success"),
+    Row("model-2", "fal-ai/odd/eu", None, "2026-01-01T02:00:00.000000Z", None, None, None, None,
+        None, None, None, "unfinished"),
+]  # fmt: skip
+#: billed requests beyond the demo's: one the mirror holds, one it does not (kept)
+ODD_EVENTS = [
+    BillingEvent("model-1", "fal-ai/odd", "2026-01-01T01:00:03.000000Z", 3.0, 0.1, 12.5,
+                 0.30000000000000004, 0.0375, 0.2625, 262_500_000, "Production key", "key-1",
+                 None),
+    BillingEvent("never-seen", "fal-ai/odd/eu", "2026-01-01T00:00:00.000001Z", None, None, None,
+                 1e-9, 0.0, 1e-9, 1, "User token", None, "zoë"),
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def source_db(tmp_path_factory) -> Path:
-    """A real synced mirror (the demo's day of history), plus rows and state chosen to be
-    awkward: unfinished requests, payloads with odd JSON, nulls, a failed run."""
+    """A real synced mirror (the demo's day of history, its billing events and prices), plus
+    rows and state chosen to be awkward: unfinished requests, payloads with odd JSON, nulls,
+    a failed run, requests of the model history, an event for a request the mirror does not
+    hold, amounts whose floats and integers must both come back exact, a price changed and
+    one in euros."""
     db = tmp_path_factory.mktemp("copy") / "source.db"
     run_demo(db, echo=lambda _s: None, days=1)
     store = Store.open(str(db))
     try:
         now = "2026-01-02T03:04:05.678901Z"
         rows = [
-            ("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
-             None, None, None, TRICKY_JSON, None, "unfinished"),
-            ("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
-             "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
-             503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
+            Row("odd-1", "acme/odd", "runner-ü", "2026-01-01T00:00:00.000001Z", None, None,
+                None, None, None, TRICKY_JSON, None, "unfinished"),
+            Row("odd-2", "acme/odd/route", None, "2026-01-01T00:00:00.000000Z",
+                "2026-01-01T00:00:01.999999Z", "2026-01-01T00:00:02.500000Z",
+                503, 0.1, 1e-9, "[]", '{"b":{"c":[{}]},"a":"x"}', "error"),
         ]  # fmt: skip
         with store.engine.begin() as conn:
             store.upsert(conn, rows, payloads=True, billing=True, now=now)
             store.add_targets_in(conn, ["acme/odd"], now)
             store.mark_complete(conn, "acme/odd", "2025-12-31T00:00:00.000000Z",
                                 "2026-01-01T12:00:00.000000Z", now)  # fmt: skip
+            store.upsert(conn, MODEL_ROWS, payloads=True, billing=True, now=now)
+            conn.execute(
+                requests.update()
+                .where(requests.c.request_id.in_([r.request_id for r in MODEL_ROWS]))
+                .values(history="model")
+            )
+            store.upsert_billing_events(conn, ODD_EVENTS, now=now)
+            store.record_prices(
+                conn,
+                [("fal-ai/odd", "image", 0.1, "USD"), ("fal-ai/odd/eu", "megapixel", 1e-7, "EUR")],
+                now,
+            )
+            store.record_prices(conn, [("fal-ai/odd", "image", 0.12, "USD")],
+                                "2026-01-02T04:00:00.000000Z")  # fmt: skip
         run = store.start_run(["acme/odd"], datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))
         store.finish_run(run, datetime(2026, 1, 2, 3, 5, tzinfo=UTC), "failed",
                          {"pages": 3, "api_calls": 9, "rows_inserted": 2, "rows_updated": 0},
@@ -154,17 +194,26 @@ def test_sqlite_to_postgresql_to_sqlite_round_trips_every_table(
     finally:
         con.close()
     assert asked == 3 and skews == 1, f"fixture lacks requested starts or skews: {asked}, {skews}"
+    histories = {r[-1] for r in original["requests"]}
+    assert histories == {"serverless", "model"}, f"fixture lacks a history: {histories}"
+    events, n_prices = len(original["billing_events"]), len(original["prices"])
+    assert events > len(ODD_EVENTS) and n_prices > 3, "fixture lacks the demo's cost rows"
 
     r = mirror_cli("copy", "--from", str(source_db), "--to", pg_url)
     assert r.returncode == 0, f"SQLite -> PostgreSQL failed: {r.stderr}"
     n = len(original["requests"])
     assert r.stdout.startswith(f"copied {n} requests, 4 targets, "), r.stdout
+    assert f" {events} billing events and {n_prices} prices from " in r.stdout, r.stdout
     assert_same(original, pg_dump_as_sqlite(pg_url), "on PostgreSQL")
 
     # back, through the library with a tiny batch: many partitions and statements
     back = tmp_path / "back.db"
     report = copy_mirror(pg_url, str(back), batch=97)
-    assert report.counts["requests"] == n, report.summary()
+    assert report.counts == {
+        "requests": n, "billing_events": events, "prices": n_prices, "sync_targets": 4,
+        "sync_windows": len(original["sync_windows"]), "sync_runs": 2,
+        "sync_rechecks": len(original["sync_rechecks"]),
+    }, report.summary()  # fmt: skip
     assert_same(original, sqlite_dump(back), "back on SQLite")
     assert sqlite_dump(source_db) == original, "the source changed"
     con = sqlite3.connect(back)
@@ -203,6 +252,7 @@ def test_sqlite_to_sqlite(tmp_path, source_db) -> None:
         "same database",
         "source not a mirror",
         "non-empty destination",
+        "destination with billing events only",
     ],
 )
 def test_refusals_are_one_line_exit_2_and_change_nothing(
@@ -217,6 +267,12 @@ def test_refusals_are_one_line_exit_2_and_change_nothing(
     con.close()
     other = tmp_path / "other.db"  # another mirror, copied file by file
     shutil.copyfile(source_db, other)
+    costly = tmp_path / "costly.db"  # a mirror holding nothing but billing events
+    if case == "destination with billing events only":
+        store = Store.open(str(costly))
+        with store.engine.begin() as conn:
+            store.upsert_billing_events(conn, ODD_EVENTS, now="2026-01-02T00:00:00.000000Z")
+        store.close()
     args, needle = {
         "missing source": (["--from", str(tmp_path / "nope.db"), "--to", str(tmp_path / "o.db")], "does not exist"),
         "bad url": (["--from", str(source_db), "--to", "mysql://u@h/db"], "unsupported database 'mysql'"),
@@ -224,6 +280,8 @@ def test_refusals_are_one_line_exit_2_and_change_nothing(
         "same database": (["--from", str(source_db), "--to", f"sqlite:///{source_db}"], "the same database"),
         "source not a mirror": (["--from", str(junk), "--to", str(tmp_path / "o.db")], "not a mirror database"),
         "non-empty destination": (["--from", str(other), "--to", str(source_db)], "is not empty"),
+        "destination with billing events only": (["--from", str(source_db), "--to", str(costly)],
+                                                 "is not empty (it has rows in billing_events)"),
     }[case]  # fmt: skip
     r = mirror_cli("copy", *args)
     assert r.returncode == 2, f"{case}: exit {r.returncode}, expected 2: {r.stderr}"

@@ -17,6 +17,7 @@ from support.pg import pg_engine
 from support.sim import IdentifyingAPI, env_for, listable, static_world
 
 from mirror.api import FalClient
+from mirror.records import Row
 from mirror.simulator import FaultConfig
 from mirror.store import Store
 from mirror.sync import Rows, Syncer, SyncOptions, SyncReport, TargetLocks, target_lock_key
@@ -79,8 +80,8 @@ def test_a_held_target_is_left_to_its_holder_and_the_rest_synced(tmp_path, pg_ur
     assert windows == [("acme/free",)], f"window state of a target never walked: {windows}"
 
 
-def _row(rid: str, ended: str, code: int) -> tuple[object, ...]:
-    return (rid, "acme/app", None, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.000000Z",
+def _row(rid: str, ended: str, code: int) -> Row:
+    return Row(rid, "acme/app", None, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.000000Z",
             ended, code, 1.0, None, None, None, "success" if code < 400 else "error")  # fmt: skip
 
 

@@ -204,7 +204,7 @@ def test_metadata_titles_and_descriptions(server):
     assert "2%" in db_meta["tables"]["duration_histogram"]["columns"]["bucket"]
     assert set(db_meta["queries"]) == {
         "failed_requests", "slowest_requests", "latency_percentiles_per_hour",
-        "billable_units_per_day", "prompt_failures",
+        "billable_units_per_day", "prompt_failures", "spend_per_day", "most_expensive_requests",
     }  # fmt: skip
 
 

@@ -23,7 +23,8 @@ from support.sim import NOW
 
 from mirror import query
 from mirror.db import reader_engine
-from mirror.schema import ROW_COLUMNS, derive_status
+from mirror.records import Row, derive_status
+from mirror.schema import ROW_COLUMNS
 from mirror.store import Store
 from mirror.timeparse import to_text
 
@@ -45,17 +46,17 @@ def row(
     ended: bool = True,
     code: int = 200,
     billable: float | None = 1.0,
-) -> tuple[Any, ...]:
+) -> Row:
     sent = to_text(NOW)
     end = to_text(NOW.replace(minute=30)) if ended else None
     status_code = code if ended else None
     payload = orjson.dumps({"prompt": prompt}).decode() if prompt is not None else None
     base = (rid, "acme/flux-lora", "r1", sent, sent, end, status_code, 2.5 if ended else None,
             billable if ended else None, payload, None)  # fmt: skip
-    return (*base, derive_status(end, status_code))
+    return Row(*base, derive_status(end, status_code))
 
 
-def upsert(path: Path, rows: list[tuple[Any, ...]], *, payloads: bool = True) -> None:
+def upsert(path: Path, rows: list[Row], *, payloads: bool = True) -> None:
     store = Store.open(str(path))
     try:
         with store.engine.begin() as conn:
@@ -131,8 +132,9 @@ def test_random_histories_keep_index_and_rollups_exact(tmp_path_factory, history
                     end = to_text(NOW.replace(hour=hours % 24)) if ended else None
                     sc = code if ended else None
                     payload = orjson.dumps({"prompt": prompt}).decode() if prompt else None
-                    rows.append((rid, ep, None, to_text(NOW), None, end, sc, dur if ended else None,
-                                 units, payload, payload, derive_status(end, sc)))  # fmt: skip
+                    rows.append(Row(rid, ep, None, to_text(NOW), None, end, sc,
+                                    dur if ended else None, units, payload, payload,
+                                    derive_status(end, sc)))  # fmt: skip
                 store.upsert(conn, rows, payloads=True, billing=True, now=to_text(NOW))
     finally:
         store.close()
@@ -295,8 +297,8 @@ def test_0005_a_batch_indexes_its_new_rows_and_other_writers_keep_the_triggers(t
     derived_tables_exact(db)
     # new rows, and rows already stored coming back changed (payload, status, billing)
     changed = [
-        (*r[:6], 500, r[7], 9.5, orjson.dumps({"prompt": f"changed {i}"}).decode(), r[10],
-         derive_status(r[5], 500))
+        r._replace(status_code=500, billable_units=9.5, status=derive_status(r.ended_at, 500),
+                   json_input=orjson.dumps({"prompt": f"changed {i}"}).decode())
         for i, r in enumerate(rows[:300:7])
     ]  # fmt: skip
     fill(db, rows[300:600] + changed)
@@ -336,7 +338,7 @@ def test_a_failed_batch_is_rolled_back_whole_and_never_commits_the_gate(tmp_path
     summary = read_all(db, "SELECT * FROM summary_hourly ORDER BY 1, 2, 3")
     rows = make_rows(ROWS_PER_STATEMENT + 200, seed=32, start=NOW - timedelta(days=20))
     last = max(rows, key=lambda r: r[5] or "")
-    bad = [r if r is not last else (r[0], None, *r[2:]) for r in rows]  # no endpoint_id
+    bad = [r if r is not last else r._replace(endpoint_id=None) for r in rows]  # no endpoint_id
     store = Store.open(str(db))
     try:
         with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from mirror import query
 from mirror.db import reader_engine
-from mirror.schema import STATUSES, derive_status
+from mirror.records import Row, derive_status
+from mirror.schema import STATUSES
 from mirror.store import Store
 from mirror.timeparse import to_text
 
@@ -65,7 +66,7 @@ payload = st.none() | st.lists(st.sampled_from(VOCAB), min_size=1, max_size=4).m
 
 
 @st.composite
-def a_row(draw: st.DrawFn, i: int) -> tuple[Any, ...]:
+def a_row(draw: st.DrawFn, i: int) -> Row:
     sent = draw(instants())
     started = ended = None
     if draw(st.integers(0, 5)) > 0:  # mostly started, and then mostly finished
@@ -90,11 +91,11 @@ def a_row(draw: st.DrawFn, i: int) -> tuple[Any, ...]:
         if text is None
         else json.dumps({"images": [{"url": f"https://x/{i}.png"}], "text": text}),
     )
-    return (*row, derive_status(row[5], row[6]))
+    return Row(*row, derive_status(row[5], row[6]))
 
 
 @st.composite
-def rows(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+def rows(draw: st.DrawFn) -> list[Row]:
     n = draw(st.integers(0, 30))
     return [draw(a_row(i)) for i in range(n)]
 

@@ -1,4 +1,4 @@
-"""The duration histogram (migration 0007) and what is read from it: the scale's bound, the
+"""The duration histogram (migration 0011) and what is read from it: the scale's bound, the
 percentiles of `mirror.rollups` and of Datasette's canned queries against exact figures, and
 the slowest requests found through it against the plain query.
 

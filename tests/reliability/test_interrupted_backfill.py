@@ -110,7 +110,7 @@ def earliest_blocked_then_killed(since_floor: str):  # type: ignore[no-untyped-d
         walk, write = Syncer._walk_once, Syncer._write_once
         forever = threading.Event()
 
-        def walk_once(self: Syncer, task: Any) -> str:
+        def walk_once(self: Syncer, task: Any) -> Any:
             if to_text(task.window.start) <= since_floor:
                 note(notes, f"holding {task.target} {task.window.start}")
                 forever.wait(60)
@@ -118,7 +118,8 @@ def earliest_blocked_then_killed(since_floor: str):  # type: ignore[no-untyped-d
 
         def write_once(self: Syncer, row_events: Any, stamp: str) -> Any:
             result = write(self, row_events, stamp)
-            if result[2]:  # committed: a later window is complete
+            _written, done = result
+            if done:  # committed: a later window is complete
                 note(notes, "a later window completed")
                 die(signal.SIGKILL)
             return result

@@ -460,7 +460,7 @@ class MirrorMachine(RuleBasedStateMachine):
         if moving:  # the world changed during the run: what it served later counts too
             self._snapshot()
         self._check(
-            before, start_view, clean=outcome == "ok" and not (report and report.windows_unstable)
+            before, start_view, clean=outcome == "ok" and not (report and report.windows.unstable)
         )
         return outcome, err, report
 

@@ -30,10 +30,11 @@ from click.testing import CliRunner
 from support.cli import Run
 from support.compare import assert_mirror_equals as compare
 from support.compare import server_record
-from support.sim import fast_env
+from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, fast_env
 
 from mirror import lock
 from mirror.api import FalClient, make_http_client
+from mirror.records import Row, differing_fields
 from mirror.schema import requests as requests_table
 from mirror.simulator import (
     DEFAULT_KEY,
@@ -48,23 +49,8 @@ from mirror.simulator.server import Answer, ApiError
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import api_param, from_text, to_text
-from mirror.verify import differing_fields
 
 HOUR = timedelta(hours=1)
-TARGETS = ["acme/flux-lora", "acme/upscaler", "acme/whisper-v3"]
-ENDPOINTS = ["acme/flux-lora", "acme/flux-lora/turbo", "acme/upscaler", "acme/whisper-v3"]
-READINGS = [
-    pytest.param(WorldConfig(filter_field="ended_at"), id="filter-ended_at"),
-    pytest.param(WorldConfig(filter_field="sent_at"), id="filter-sent_at"),
-    pytest.param(
-        WorldConfig(filter_field="sent_at", sort_direction="asc", nulls="first"),
-        id="sent_at-asc-nullsfirst",
-    ),
-    pytest.param(
-        WorldConfig(filter_field="started_at", unfinished_visible=False),
-        id="started_at-hidden-unfinished",
-    ),
-]
 #: `mirror` with the verify command registered (the lead adds it to mirror.cli)
 _MAIN = (
     "import sys; from mirror.cli import cli, main; "
@@ -158,7 +144,7 @@ def synced_mirror(
         seed=3,
         now=now,
         days=1,
-        endpoints=ENDPOINTS,
+        endpoints=list(ENDPOINTS),
         requests_per_hour=60,
         running=0,
         future_minutes=0,
@@ -375,7 +361,7 @@ def findings(m: Mirror, c: Changes, **repaired: Mapping[str, int]) -> list[dict[
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("config", READINGS)
+@pytest.mark.parametrize("config", READING_PARAMS)
 def test_full_verify_reports_exactly_what_changed_and_repair_mends_it(
     tmp_path: Path, config: WorldConfig
 ) -> None:
@@ -422,7 +408,7 @@ def test_full_verify_reports_exactly_what_changed_and_repair_mends_it(
         compare(m.db, expected)
 
 
-@pytest.mark.parametrize("config", READINGS)
+@pytest.mark.parametrize("config", READING_PARAMS)
 def test_analytics_rewalks_only_the_hours_whose_counts_differ(
     tmp_path: Path, config: WorldConfig
 ) -> None:
@@ -440,7 +426,7 @@ def test_analytics_rewalks_only_the_hours_whose_counts_differ(
             "analytics should have sent verify to exactly the three hours whose counts changed"
         )
         analytics_calls = [e for e in m.api.log if e.path == ANALYTICS_PATH]
-        assert sorted(e.params["endpoint_id"][0] for e in analytics_calls) == TARGETS, (
+        assert sorted(e.params["endpoint_id"][0] for e in analytics_calls) == list(TARGETS), (
             "one analytics page per target covers a day of hours"
         )
         # a row looked up by id is the extra, or one that lives in an earlier hour on the server
@@ -501,13 +487,13 @@ def test_analytics_refused_falls_back_to_walking_every_hour(tmp_path: Path, stat
         asked = [e.params["endpoint_id"][0] for e in m.api.log if e.path == ANALYTICS_PATH]
         state = "unusable" if status == 200 else "refused"
         if status == 404:
-            assert asked == TARGETS[:1], f"after a 404 analytics was asked again: {asked}"
+            assert asked == list(TARGETS[:1]), f"after a 404 analytics was asked again: {asked}"
             note = (
                 "mirror: note: the API has no /serverless/analytics (HTTP 404: Resource not "
                 "found); re-walking every selected hour\n"
             )
         else:
-            assert asked == TARGETS, f"analytics is refused per endpoint; asked: {asked}"
+            assert asked == list(TARGETS), f"analytics is refused per endpoint; asked: {asked}"
             why = (
                 "HTTP 403: Access denied"
                 if status == 403
@@ -601,17 +587,19 @@ def test_usage_errors_exit_2_and_touch_nothing(tmp_path: Path, cli: Any) -> None
 
 
 def test_differing_fields_follow_the_upsert_rules() -> None:
-    stored = ("r", "acme/a", "run", "2026-11-28T10:00:00.000000Z", "2026-11-28T10:00:01.000000Z",
-              "2026-11-28T10:00:05.000000Z", 200, 4.0, 1.5, '{"prompt": "x"}', '{"ok": true}')  # fmt: skip
-    same_json = (*stored[:9], '{"prompt":"x"}', '{"ok":true}', "success")
+    stored = Row("r", "acme/a", "run", "2026-11-28T10:00:00.000000Z", "2026-11-28T10:00:01.000000Z",
+                 "2026-11-28T10:00:05.000000Z", 200, 4.0, 1.5, '{"prompt": "x"}', '{"ok": true}',
+                 "success")  # fmt: skip
+    same_json = stored._replace(json_input='{"prompt":"x"}', json_output='{"ok":true}')
     assert differing_fields(stored, same_json, payloads=True, billing=True) == [], (
         "equal JSON written differently is no difference"
     )
-    expired = (*stored[:8], None, None, None, "success")
+    expired = stored._replace(billable_units=None, json_input=None, json_output=None)
     assert differing_fields(stored, expired, payloads=True, billing=True) == [], (
         "payloads or billing the server no longer has are kept by the upsert: no difference"
     )
-    changed = (*stored[:6], 500, 4.0, 2.0, '{"prompt": "y"}', None, "error")
+    changed = stored._replace(status_code=500, billable_units=2.0, json_input='{"prompt": "y"}',
+                              json_output=None, status="error")  # fmt: skip
     assert differing_fields(stored, changed, payloads=True, billing=True) == [
         "status_code", "billable_units", "json_input",
     ]  # fmt: skip
@@ -628,7 +616,7 @@ def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(
     real = datetime.now(UTC)
     now = real.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(minutes=40)
     world = generate_world(
-        WorldConfig(clock=ManualClock(now)), seed=3, now=now, days=1, endpoints=ENDPOINTS,
+        WorldConfig(clock=ManualClock(now)), seed=3, now=now, days=1, endpoints=list(ENDPOINTS),
         requests_per_hour=60, running=0, future_minutes=0, late_fraction=0,
     )  # fmt: skip
     world.finish_all()

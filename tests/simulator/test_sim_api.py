@@ -21,8 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
-from support.sim import ANALYTICS, LIST, MODELS, NOW, client, req, rid, walk
+from support.sim import (
+    ANALYTICS,
+    BILLING_EVENTS,
+    LIST,
+    MODELS,
+    MODELS_ANALYTICS,
+    NOW,
+    USAGE,
+    client,
+    req,
+    rid,
+    walk,
+)
 
 from mirror.simulator import (
     DEFAULT_KEY,
@@ -513,18 +526,70 @@ def test_other_keys_and_the_log(clock: ManualClock, serve: Serve) -> None:
 
 
 def test_not_found_and_methods(clock: ManualClock, serve: Serve) -> None:
+    """An unknown path is a 404; a path the API serves, asked with any other method than
+    GET or HEAD (one no server knows included), a 405 that names the two; a request too
+    broken to reach the API, a 400 or 505: each fal's JSON error, never the standard
+    library's HTML page."""
     api = serve(World(WorldConfig(clock=clock)))
+    methods = ("POST", "PUT", "PATCH", "DELETE", "TRACE", "OPTIONS", "PROPFIND")
     with client(api) as http:
         unknown = http.get("/serverless/requests")
-        post = http.post(LIST, params={"endpoint_id": "acme/app"})
+        refused = {m: http.request(m, LIST, params={"endpoint_id": "acme/app"}) for m in methods}
         head = http.head(LIST, params={"endpoint_id": "acme/app"})
     assert (unknown.status_code, unknown.json()["error"]["type"]) == (404, "not_found")
-    assert (post.status_code, post.json()["error"]["type"]) == (404, "not_found")
+    for method, r in refused.items():
+        error = {"type": "not_found", "message": f"Method {method} not allowed on /v1{LIST}"}
+        got = (r.status_code, r.headers.get("allow"), r.headers["content-type"], r.json())
+        assert got == (405, "GET, HEAD", "application/json", {"error": error}), method
     assert (head.status_code, head.content, head.headers["content-type"]) == (
         200,
         b"",
         "application/json",
     )
+    # a request line it cannot read is answered the HTTP/0.9 way, a bare body: JSON too
+    for raw, status, kind in (
+        (b"NONSENSE\r\n\r\n", None, "validation_error"),
+        (b"GET /v1/x HTTP/2.0\r\n\r\n", None, "not_implemented"),
+        (b"GET /v1/x HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431,
+         "validation_error"),
+    ):  # fmt: skip
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        got = None
+        body = answer
+        if answer.startswith(b"HTTP/"):
+            head_text, _, body = answer.partition(b"\r\n\r\n")
+            got = int(head_text.split()[1])
+            assert b"Content-Type: application/json" in head_text, answer
+        assert (got, orjson.loads(body)["error"]["type"]) == (status, kind), answer
+
+
+def test_a_default_start_or_end_never_turns_the_range_over(
+    clock: ManualClock, serve: Serve
+) -> None:
+    """Only ``end``, before the default start (24 hours ago), or only ``start``, after now:
+    an empty range, answered empty like any other, not a 400 (only an explicit start after
+    an explicit end is one)."""
+    api = serve(World(WorldConfig(clock=clock)))
+    past, future = "2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z"
+    with client(api) as http:
+        answers = {
+            (path, name): http.get(path, params={"endpoint_id": "acme/app", name: when})
+            for path in (ANALYTICS, MODELS_ANALYTICS, BILLING_EVENTS, USAGE)
+            for name, when in (("end", past), ("start", future))
+        }
+        inverted = http.get(ANALYTICS, params={"endpoint_id": "acme/app", "start": future,
+                                               "end": past})  # fmt: skip
+    for (path, name), r in answers.items():
+        assert r.status_code == 200, f"{path} with only {name}: {r.status_code} {r.text}"
+        body = r.json()
+        assert body.get("billing_events", []) == [] and not any(
+            item["results"] for item in body.get("time_series", [])
+        ), f"{path} with only {name}: an empty range answered {body}"
+    assert (inverted.status_code, inverted.json()["error"]["type"]) == (400, "validation_error")
 
 
 # -- server lifecycle ----------------------------------------------------------------------------

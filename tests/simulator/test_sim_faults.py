@@ -13,7 +13,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from support.sim import ANALYTICS, LIST, MODELS, client, req
+from support.sim import (
+    ANALYTICS,
+    BILLING_EVENTS,
+    LIST,
+    MODELS,
+    MODELS_ANALYTICS,
+    PRICING,
+    USAGE,
+    client,
+    req,
+)
 
 from mirror.simulator import FaultConfig, ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.simulator.faults import OVERSIZE_BYTES
@@ -21,6 +31,7 @@ from mirror.simulator.faults import OVERSIZE_BYTES
 Serve = Callable[..., SimulatedAPI]
 PARAMS: dict[str, Any] = {"endpoint_id": "acme/app", "limit": 3}
 RATE_LIMITED = {"error": {"type": "rate_limited", "message": "Rate limit exceeded"}}
+OPERATIONS = (LIST, MODELS, ANALYTICS, MODELS_ANALYTICS, BILLING_EVENTS, PRICING, USAGE)
 
 
 @pytest.fixture
@@ -53,7 +64,7 @@ def test_429_with_retry_after_for_a_fraction(world: World, serve: Serve) -> None
 def test_html_5xx_from_a_proxy(world: World, serve: Serve) -> None:
     api = serve(world, faults=FaultConfig(seed=1, p_5xx=1.0))
     with client(api) as http:
-        responses = [http.get(path, params=PARAMS) for path in (LIST, MODELS, ANALYTICS) * 10]
+        responses = [http.get(path, params=PARAMS) for path in OPERATIONS * 5]
     statuses = {r.status_code for r in responses}
     assert statuses <= {500, 502, 503, 504} and len(statuses) >= 3, statuses
     for r in responses:
@@ -83,6 +94,17 @@ def test_reset_closes_without_a_response(world: World, serve: Serve) -> None:
         recovered = http.get(LIST, params=PARAMS)
     assert recovered.status_code == 200, "after max_faults the server answers normally"
     assert _faults(api) == [(None, "reset"), (None, "reset"), (200, None)]
+
+
+@pytest.mark.parametrize("path", OPERATIONS)
+def test_every_operation_is_reset_then_answers(world: World, serve: Serve, path: str) -> None:
+    api = serve(world, faults=FaultConfig(p_reset=1.0, max_faults=1))
+    with client(api) as http:
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError)):
+            http.get(path, params=PARAMS)
+        recovered = http.get(path, params=PARAMS)
+    assert recovered.status_code == 200, recovered.text
+    assert _faults(api) == [(None, "reset"), (200, None)]
 
 
 def test_truncated_body(world: World, serve: Serve) -> None:

@@ -17,11 +17,25 @@ from typing import Any
 
 import httpx
 import pytest
-from support.sim import ANALYTICS, LIST, MODELS, NOW, client
+from support.sim import (
+    ANALYTICS,
+    API_SCOPE_KEY,
+    BILLING_EVENTS,
+    KEYS,
+    LIST,
+    MODELS,
+    MODELS_ANALYTICS,
+    NOW,
+    PRICING,
+    USAGE,
+    client,
+)
 from support.spec import SpecChecker
 
 from mirror.simulator import DEFAULT_KEY, FaultConfig, ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.simulator import generate_world as gen
+from mirror.simulator.billing import BillingConfig, PriceBook
+from mirror.simulator.generate import MODEL_ENDPOINTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -425,3 +439,195 @@ def test_json_faults_conform(
 def test_generated_world_is_module_fixture_sized(world: World) -> None:
     """Guards the premise of the paging cases: enough data for several pages each."""
     assert 1500 < len(world) < 6000, f"conformance world has {len(world)} requests"
+
+
+# --------------------------------------------------------------------------- cost operations
+
+
+@pytest.fixture(scope="module")
+def model_api() -> Any:
+    """Two days of calls to hosted models and an own app, priced with a change 20 hours
+    before `NOW`, a discount on one model; the default key is ADMIN, `API_SCOPE_KEY` not."""
+    world = gen(
+        WorldConfig(clock=ManualClock(NOW)),
+        seed=12,
+        now=NOW,
+        days=2,
+        requests_per_hour=40,
+        endpoints={**MODEL_ENDPOINTS, "acme/app": 0.2},
+        future_minutes=20,
+        running=4,
+        big_tie_group=30,
+    )
+    billing = BillingConfig(
+        prices=PriceBook(changes=[NOW - timedelta(hours=20)]),
+        discounts={"fal-ai/flux/dev": 15},
+    )
+    with SimulatedAPI(
+        world, keys=KEYS, admin_keys=frozenset({DEFAULT_KEY}), billing=billing
+    ) as running:
+        yield running
+        assert not running.errors, f"the simulator raised while serving: {running.errors!r}"
+
+
+F = ("endpoint_id", "fal-ai/flux/dev")
+D = [("start", "2026-11-26T12:00:00Z"), ("end", "2026-11-28T12:00:00Z")]
+BOTH = [("expand", "auth_method"), ("expand", "auth_method_structured")]
+ADMIN_ONLY = "Access denied: this operation needs an ADMIN key"
+
+COST_CASES = [
+    # -- billing events
+    Case("events default", BILLING_EVENTS, []),
+    Case("events window, big page, callers", BILLING_EVENTS, [*D, ("limit", "10000"), *BOTH]),
+    Case("events limit over the cap", BILLING_EVENTS, [*D, ("limit", "20000")]),
+    Case("events expand comma-joined", BILLING_EVENTS, [("expand", "auth_method,auth_method_structured")]),
+    Case("events by endpoints", BILLING_EVENTS, [F, ("endpoint_id", "fal-ai/whisper,acme/app"), *D]),
+    Case("events by request id", BILLING_EVENTS, [("request_id", "abc123,def456")]),
+    Case("events by key and member", BILLING_EVENTS,
+         [*D, ("api_key_id", "sim-ci-key-id"), ("login_username", "alice"), *BOTH]),
+    Case("events date-only window", BILLING_EVENTS, [("start", "2026-11-27"), ("end", "2026-11-28")]),
+    Case("events exactly 90 days", BILLING_EVENTS, [("start", "2026-08-30T12:00:00Z"), ("end", "2026-11-28T12:00:00Z")]),
+    Case("events cursor past the end", BILLING_EVENTS, [("cursor", "OTk5")]),
+    Case("events limit 0", BILLING_EVENTS, [("limit", "0")], 400, False, message="limit"),
+    Case("events start not a date", BILLING_EVENTS, [("start", "last week")], 400, False,
+         message="start"),
+    Case("events over 90 days", BILLING_EVENTS, [("start", "2026-08-01"), ("end", "2026-11-28")],
+         400, message="capped at 90 days"),
+    Case("events open start over 90 days", BILLING_EVENTS, [("start", "2026-08-01")], 400,
+         message="capped at 90 days"),
+    Case("events 51 endpoints", BILLING_EVENTS,
+         [("endpoint_id", ",".join(f"fal-ai/m{k}" for k in range(51)))], 400, message="at most 50"),
+    Case("events 51 request ids", BILLING_EVENTS,
+         [("request_id", ",".join(f"r{k}" for k in range(51)))], 400, message="at most 50"),
+    Case("events unknown expand", BILLING_EVENTS, [("expand", "billing")], 400, message="expand"),
+    Case("events malformed endpoint", BILLING_EVENTS, [("endpoint_id", "flux")], 400,
+         message="endpoint_id"),
+    Case("events bad cursor", BILLING_EVENTS, [("cursor", "not*base64")], 400, message="cursor"),
+    Case("events start after end", BILLING_EVENTS, [("start", "2026-11-28"), ("end", "2026-11-27")],
+         400, message="start"),
+    Case("events no authorization", BILLING_EVENTS, [], 401, False, key=None,
+         message="Authentication required"),
+    Case("events unknown key", BILLING_EVENTS, [], 401, key="someone:else",
+         message="Invalid API key"),
+    Case("events not admin", BILLING_EVENTS, [], 403, key=API_SCOPE_KEY, message=ADMIN_ONLY),
+    # -- pricing
+    Case("pricing one", PRICING, [F]),
+    Case("pricing several, own app left out", PRICING,
+         [F, ("endpoint_id", "fal-ai/whisper,fal-ai/flux/schnell"), ("endpoint_id", "acme/app")]),
+    Case("pricing with an API key", PRICING, [F], key=API_SCOPE_KEY),
+    Case("pricing no endpoint", PRICING, [], 400, False, message="endpoint_id is required"),
+    Case("pricing 51 endpoints", PRICING,
+         [("endpoint_id", ",".join(f"fal-ai/m{k}" for k in range(51)))], 400, message="at most 50"),
+    Case("pricing malformed endpoint", PRICING, [("endpoint_id", "fal-ai/")], 400,
+         message="endpoint_id"),
+    Case("pricing no authorization", PRICING, [F], 401, False, key=None,
+         message="Authentication required"),
+    # -- usage
+    Case("usage default", USAGE, []),
+    Case("usage summary and series, callers", USAGE,
+         [*D, ("expand", "time_series,summary"), *BOTH, ("timeframe", "day")]),
+    Case("usage summary only", USAGE, [*D, ("expand", "summary"), F]),
+    *(
+        Case(f"usage timeframe {tf}", USAGE, [("timeframe", tf), *D, ("expand", "time_series")])
+        for tf in ("hour", "day", "week", "month")
+    ),
+    Case("usage timezone", USAGE, [("timezone", "America/New_York"), ("timeframe", "day"), *D]),
+    Case("usage unbound", USAGE, [("bound_to_timeframe", "false"), ("start", "2026-11-27T10:17:00Z")]),
+    Case("usage by key", USAGE, [*D, ("api_key_id", "sim-key-id"), ("expand", "summary")]),
+    Case("usage bad timeframe", USAGE, [("timeframe", "year")], 400, False, message="timeframe"),
+    Case("usage bad bound", USAGE, [("bound_to_timeframe", "maybe")], 400, False,
+         message="bound_to_timeframe"),
+    Case("usage limit 0", USAGE, [("limit", "0")], 400, False, message="limit"),
+    Case("usage callers only", USAGE, [("expand", "auth_method")], 400, message="time_series"),
+    Case("usage unknown expand", USAGE, [("expand", "request_count")], 400, message="expand"),
+    Case("usage bad timezone", USAGE, [("timezone", "Mars/Olympus")], 400, message="timezone"),
+    Case("usage minute buckets over a year", USAGE, [("timeframe", "minute"), ("start", "2025-11-01")],
+         400, message="buckets"),
+    Case("usage unknown key", USAGE, [], 401, key="someone:else", message="Invalid API key"),
+    Case("usage not admin", USAGE, [], 403, key=API_SCOPE_KEY, message=ADMIN_ONLY),
+    # -- model analytics
+    Case("model analytics default", MODELS_ANALYTICS, [F]),
+    Case("model analytics own app too", MODELS_ANALYTICS, [F, ("endpoint_id", "acme/app"),
+         ("expand", "time_series,summary,request_count,success_count,p50_duration")]),
+    Case("model analytics with an API key", MODELS_ANALYTICS, [F, ("timeframe", "day"), *D],
+         key=API_SCOPE_KEY),
+    Case("model analytics no endpoint", MODELS_ANALYTICS, [], 400, False,
+         message="endpoint_id is required"),
+    Case("model analytics bad timeframe", MODELS_ANALYTICS, [F, ("timeframe", "year")], 400, False,
+         message="timeframe"),
+    Case("model analytics no metric", MODELS_ANALYTICS, [F, ("expand", "summary")], 400,
+         message="metric"),
+    Case("model analytics no authorization", MODELS_ANALYTICS, [F], 401, False, key=None,
+         message="Authentication required"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", COST_CASES, ids=lambda c: c.name)
+def test_cost_answers_conform_to_the_spec(
+    model_api: SimulatedAPI, spec: SpecChecker, case: Case
+) -> None:
+    response = _send(model_api, case)
+    _check(spec, case, response)
+    if case.status == 200 and case.path in (BILLING_EVENTS, USAGE):
+        body = response.json()
+        lines = (
+            body.get("billing_events")
+            or body.get("summary")
+            or [line for bucket in body.get("time_series", []) for line in bucket["results"]]
+        )
+        if case.name not in ("events by request id", "events cursor past the end"):
+            assert lines, f"{case.name}: an empty answer proves little about its items"
+
+
+COST_PAGED = [
+    (BILLING_EVENTS, [*D, ("limit", "50"), *BOTH]),
+    (USAGE, [*D, ("limit", "5"), ("timeframe", "hour"), ("expand", "time_series,summary")]),
+    (MODELS_ANALYTICS, [F, ("limit", "10"), ("timeframe", "hour"),
+                        ("expand", "time_series,request_count,p99_duration")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "params"), COST_PAGED, ids=["billing-events", "usage", "model-analytics"]
+)
+def test_every_page_of_a_cost_walk_conforms(
+    model_api: SimulatedAPI, spec: SpecChecker, path: str, params: list[tuple[str, Any]]
+) -> None:
+    pages = 0
+    cursor: str | None = None
+    with client(model_api) as http:
+        while True:
+            response = http.get(path, params=params + ([("cursor", cursor)] if cursor else []))
+            _check(spec, Case(f"{path} page {pages + 1}", path, params), response)
+            pages += 1
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                break
+    assert pages >= 2, f"{path}: expected the walk to need several pages, it took {pages}"
+
+
+@pytest.mark.parametrize(
+    ("faults", "status", "message", "paths"),
+    [
+        (FaultConfig(p_429=1.0), 429, "Rate limit exceeded",
+         (BILLING_EVENTS, PRICING, USAGE, MODELS_ANALYTICS)),
+        (FaultConfig(p_429=1.0, retry_after=2), 429, "Rate limit exceeded",
+         (BILLING_EVENTS, PRICING, USAGE, MODELS_ANALYTICS)),
+        # only the analytics operation declares a 500; the others' 500 is outside the spec
+        (FaultConfig(p_json_500=1.0), 500, "Unexpected server error", (MODELS_ANALYTICS,)),
+    ],
+    ids=["429", "429-retry-after", "json-500"],
+)  # fmt: skip
+def test_json_faults_of_cost_operations_conform(
+    model_api: SimulatedAPI,
+    spec: SpecChecker,
+    serve: Callable[..., SimulatedAPI],
+    faults: FaultConfig,
+    status: int,
+    message: str,
+    paths: tuple[str, ...],
+) -> None:
+    api = serve(model_api.world, faults=faults)
+    for path in paths:
+        case = Case(f"{path} {faults}", path, [F], status, message=message)
+        _check(spec, case, _send(api, case))

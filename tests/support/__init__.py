@@ -6,7 +6,7 @@
 (bench/kill_bench.py, bench/first_backfill_bench.py) insert it themselves.
 
 - ``support.cli``: running the real CLI (a subprocess, a forked child, gated parallel
-  processes, `mirror browse`) and checking a one-line failure;
+  processes, `mirror browse`, on a pseudo-terminal) and checking a one-line failure;
 - ``support.sim``: the simulated API as tests use it: the environment that points `mirror`
   at it, static worlds, the readings of the API, what a complete mirror must hold,
   hand-made requests and a reference model for the simulator's own tests;
@@ -14,6 +14,7 @@
   the one check that the mirror equals the server, plus the consistency checks;
 - ``support.rows``: made-up rows written through the real write path, for query tests;
 - ``support.pg``: the PostgreSQL test server (reaching or starting it, fresh databases);
+- ``support.proxy``: a real forward proxy on loopback (tinyproxy), with its log;
 - ``support.spec``: checking requests and answers against fal's OpenAPI description;
 - ``support.figures``: the counts the reliability suite reports at the end of a session.
 

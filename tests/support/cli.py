@@ -1,6 +1,7 @@
 """Running the real `mirror` command, and checking how it failed.
 
 - ``mirror``/``spawn``: a real ``python -m mirror`` subprocess (run to the end, or started);
+  ``on_terminal``: the same on a pseudo-terminal, as a person at a terminal runs it;
 - ``run_cli``/``run_cli_parallel``: the CLI *forked* from the test process: the child is a
   real process that runs ``mirror.cli.main()`` with its own argv, environment and time
   zone, so a SIGKILL or SIGTERM hits real code at a real point, but without paying a
@@ -16,12 +17,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
+import pty
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -68,6 +74,41 @@ def mirror(args: list[str], env: dict[str, str], *, timeout: float = 240) -> Run
         timeout=timeout,
     )
     return Run(p.returncode, p.stdout, p.stderr)
+
+
+def on_terminal(
+    args: list[str], env: dict[str, str], *, columns: int = 80, lines: int = 24,
+    timeout: float = 120,
+) -> Run:  # fmt: skip
+    """``python -m mirror ARGS`` to the end, its stdin, stdout and stderr on a pseudo-terminal
+    of ``columns`` x ``lines``, as a person at a terminal runs it. ``Run.stdout`` is all the
+    terminal received, both streams as they interleaved (line ends as ``\r\n``)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mirror", *args], env=env, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    received: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                proc.kill()
+                pytest.fail(f"mirror {' '.join(args)} still running after {timeout}s")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                break
+            if not data:
+                break
+            received.append(data)
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+    return Run(code, b"".join(received).decode("utf-8", "replace"), "")
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

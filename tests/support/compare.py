@@ -315,7 +315,7 @@ def integrity_ok(db: Path | str) -> None:
 
 
 def histogram_ok(db: Path | str) -> None:
-    """If the mirror has ``duration_histogram`` (migration 0007), it counts every finished
+    """If the mirror has ``duration_histogram`` (migration 0011), it counts every finished
     request with a duration in its hour, endpoint, status and bucket: the bucket with the
     largest lower bound not above the duration (``duration_buckets``), worked out here."""
     exists = (

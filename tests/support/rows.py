@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from mirror.schema import derive_status
+from mirror.records import Row, derive_status
 from mirror.store import Store
 from mirror.timeparse import to_text
 from support.compare import db_query
@@ -35,8 +35,8 @@ WORDS = ("lighthouse", "harbor", "dusk", "neon", "forest", "castle", "dragon", "
 NON_ASCII = ("Leuchtturm über Kiel", "phare à Saint-Malo", "маяк на рассвете", "Ålesund fyrtårn")
 
 
-def make_rows(n: int, *, seed: int = 1, start: datetime | None = None) -> list[tuple[Any, ...]]:
-    """Rows for `Store.upsert`: API_FIELDS order plus status."""
+def make_rows(n: int, *, seed: int = 1, start: datetime | None = None) -> list[Row]:
+    """Rows for `Store.upsert`."""
     rnd = random.Random(seed)
     t0 = start or NOW - timedelta(days=3)
     rows = []
@@ -71,11 +71,11 @@ def make_rows(n: int, *, seed: int = 1, start: datetime | None = None) -> list[t
             to_text(started), to_text(ended) if ended else None, code, duration, billable,
             json_input, json_output,
         )  # fmt: skip
-        rows.append((*row, derive_status(row[5], row[6])))
+        rows.append(Row(*row, derive_status(row[5], row[6])))
     return rows
 
 
-def fill(path: Path, rows: Sequence[tuple[Any, ...]], *, now: datetime = NOW) -> None:
+def fill(path: Path, rows: Sequence[Row], *, now: datetime = NOW) -> None:
     store = Store.open(str(path))
     try:
         for i in range(0, len(rows), 500):

@@ -207,6 +207,14 @@ class IdentifyingAPI(SimulatedAPI):
 LIST = "/serverless/requests/by-endpoint"
 MODELS = "/models/requests/by-endpoint"
 ANALYTICS = "/serverless/analytics"
+MODELS_ANALYTICS = "/models/analytics"
+BILLING_EVENTS = "/models/billing-events"
+PRICING = "/models/pricing"
+USAGE = "/models/usage"
+#: a key the simulator accepts, without ADMIN scope when the API is started with
+#: ``keys=KEYS, admin_keys=frozenset({DEFAULT_KEY})``
+API_SCOPE_KEY = "sim-api-key-id:sim-api-key-secret"
+KEYS = frozenset({DEFAULT_KEY, API_SCOPE_KEY})
 
 
 def rid(n: int) -> str:

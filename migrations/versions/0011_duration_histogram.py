@@ -1,8 +1,8 @@
 """Durations per hour, endpoint and status in fixed log-spaced buckets: percentiles of any
 range without reading every request.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02
 
 - ``duration_buckets``: the scale, fixed once and for all. Bucket 0 holds durations below
@@ -35,8 +35,8 @@ import math
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

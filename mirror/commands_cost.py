@@ -1,0 +1,96 @@
+"""`mirror cost`: what was spent, by day, endpoint or key, offline.
+
+Click only: parse the flags, open the database read-only, call ``mirror.cost.spend``, print
+with ``mirror.output``. `register` adds the command to the `mirror` group.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+
+from mirror import cost, output, query
+from mirror.cliutil import (
+    check_since_until,
+    db_option,
+    endpoints_callback,
+    format_option,
+    print_notes,
+    when_callback,
+)
+from mirror.errors import ConfigError
+
+
+@click.command("cost")
+@db_option
+@click.option("--since", callback=when_callback, metavar="WHEN",
+              help="From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, or an age "
+              "such as 36h, 7d.")  # fmt: skip
+@click.option("--until", callback=when_callback, metavar="WHEN",
+              help="Before this time (exclusive); same forms as --since.")  # fmt: skip
+@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
+              callback=endpoints_callback,
+              help="Only this endpoint (repeatable); an app id also matches its routes.")  # fmt: skip
+@click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
+              help="Group by day, endpoint and/or key (who made the call; combinable: "
+              "--by day,endpoint).")  # fmt: skip
+@click.option("--no-estimate", is_flag=True,
+              help="Only what fal billed: leave out the estimate for requests without a "
+              "billing event.")  # fmt: skip
+@format_option
+def cost_cmd(
+    db: str,
+    since: datetime | None,
+    until: datetime | None,
+    endpoints: tuple[str, ...],
+    by: tuple[str, ...],
+    no_estimate: bool,
+    fmt: str,
+) -> None:
+    """What was spent, exactly where fal billed it, estimated where it did not.
+
+    \b
+    billed_usd: the billing events fal recorded, summed exactly (events: how many).
+    estimated_usd: successful requests with no billing event, at the price seen
+    for their time (their billable units, else one unit each); estimated: how many.
+    unpriced: model requests with no billing event and no price in USD.
+    total_usd = billed_usd + estimated_usd. json/jsonl/csv add the same amounts as
+    integers of nano-USD (*_nano_usd). Days are UTC; key is the API key id, or
+    user:NAME for a team member's login.
+    Example: mirror cost --by day,endpoint --since 30d
+    """
+    check_since_until(since, until)
+    groups = [part.strip() for value in by for part in value.split(",") if part.strip()]
+    try:
+        groups = list(cost.check_groups(groups))
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--by") from None
+    filters = cost.CostFilters(since=since, until=until, endpoints=endpoints)
+    with query.open_reader(db) as conn:
+        rows = cost.spend(conn, filters, by=groups, estimate=not no_estimate)
+    columns = [*groups, *(cost.TABLE_COLUMNS if fmt == "table" else cost.COLUMNS)]
+    output.write(sys.stdout, columns, ([r[c] for c in columns] for r in rows), fmt)
+    if fmt == "table":
+        estimated = sum(r["estimated"] for r in rows)
+        unpriced = sum(r["unpriced"] for r in rows)
+        notes = []
+        if estimated:
+            notes.append(
+                f"estimated_usd is an estimate: {estimated} requests without a billing event, "
+                "priced at the price seen for their time"
+            )
+        if unpriced:
+            notes.append(f"{unpriced} model requests without a billing event have no price in USD")
+        print_notes(notes)
+
+
+COMMANDS = (cost_cmd,)
+
+
+def register(group: click.Group) -> None:
+    """Add `cost` to ``group``; calling it again changes nothing."""
+    for cmd in COMMANDS:
+        if group.commands.get(cmd.name or "") is not cmd:
+            group.add_command(cmd)

@@ -5,7 +5,8 @@ Everything a sync needs to carry on where the source left off comes along: every
 they are), what requests cost (``billing_events``, and ``prices``, a history nothing could
 fetch again) and the sync state (``sync_targets``, ``sync_windows``, ``sync_runs`` with their
 ids, ``sync_rechecks``), so the destination never re-downloads history. Derived tables
-(``summary_hourly``, the full-text index) are not copied: the destination's own triggers
+(``summary_hourly``, ``duration_histogram``, the full-text index) are not copied: the
+destination's own triggers
 build them as the rows go in.
 
 Rules, in the order they are checked (every refusal is one line and exit 2, with both

@@ -22,7 +22,7 @@ from support.sim import NOW
 
 from mirror import query, rollups
 from mirror.db import reader_engine
-from mirror.schema import derive_status
+from mirror.records import Row, derive_status
 from mirror.timeparse import to_text
 
 QUERIES = yaml.safe_load(
@@ -68,12 +68,12 @@ def test_every_bucket_stands_for_its_durations_within_the_stated_bound(scale):
         assert worst <= rollups.ALPHA + 1e-12, f"bucket {k} is {worst:.4%} off at an edge"
 
 
-def rows_with(durations: list[float], *, hour: int = 10, endpoint: str = "acme/app") -> list[Any]:
+def rows_with(durations: list[float], *, hour: int = 10, endpoint: str = "acme/app") -> list[Row]:
     out = []
     for i, d in enumerate(durations):
         ended = to_text(NOW.replace(hour=hour, minute=i % 60, second=0, microsecond=0))
-        out.append((f"r{hour}-{endpoint}-{i}", endpoint, None, ended, ended, ended, 200, d,
-                    None, None, None, derive_status(ended, 200)))  # fmt: skip
+        out.append(Row(f"r{hour}-{endpoint}-{i}", endpoint, None, ended, ended, ended, 200, d,
+                       None, None, None, derive_status(ended, 200)))  # fmt: skip
     return out
 
 

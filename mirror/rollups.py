@@ -1,9 +1,10 @@
 """The rollups: what the mirror keeps summed per hour as its rows change, and reading them.
 
 Two tables, both per hour (of ``ended_at``), endpoint and status, so that questions over
-long ranges read a few rows per hour instead of every request. `mirror stats`, Datasette's
-canned queries and facets (``mirror/datasette.yml``, ``mirror.datasette_plugin``) and, for
-`mirror report`, `duration_percentiles` all read these same tables:
+long ranges read a few rows per hour instead of every request. `mirror stats` and
+`mirror report` (through ``mirror.query.stats``: counts and billable units) and Datasette's
+canned queries and facets (``mirror/datasette.yml``, ``mirror.datasette_plugin``) read
+these same tables; `duration_percentiles` is the histogram's reading from Python:
 
 - ``summary_hourly`` (migration 0002): how many requests, and the exact integer sums of
   their durations (microseconds) and billable units (millionths), which stay exact under

@@ -143,8 +143,8 @@ def test_the_summaries_match_the_rows(server, synced_db):
 
 
 def test_canned_latency_percentiles_come_from_the_histogram(server, synced_db):
-    """Newest hour first; the figures `mirror.rollups` works out from the same histogram
-    (what `mirror report` shows), each within 2% of `mirror stats`' exact ones."""
+    """Newest hour first; the figures `mirror.rollups` works out from the same histogram,
+    each within 2% of `mirror stats`' exact ones."""
     since = (datetime.now(UTC) - timedelta(hours=12)).replace(minute=0, second=0, microsecond=0)
     rows = rows_of(server, "/latency_percentiles_per_hour.json", since=since.isoformat()[:19],
                    endpoint="acme/flux-lora")  # fmt: skip
@@ -225,7 +225,7 @@ def site_pages(site: Site) -> list[str]:
         v["name"] for v in data["views"]
     ]
     queries = [q["name"] for q in data["queries"]]
-    assert len(queries) == 5 and "requests" in names and "request_log" in names
+    assert len(queries) == 7 and "requests" in names and "request_log" in names
     return [
         "", *(f"/{n}" for n in names + queries),
         "/requests?_search=lighthouse", "/request_log?_search=lighthouse",
@@ -316,6 +316,8 @@ def test_a_canned_query_opened_before_its_parameters_are_filled_shows_its_form(s
         "latency_percentiles_per_hour": ("since", "endpoint"),
         "billable_units_per_day": ("endpoint",),
         "prompt_failures": ("words",),
+        "spend_per_day": ("since", "endpoint"),
+        "most_expensive_requests": ("since", "endpoint"),
     }.items():
         r = server.client.get(f"{server.db}/{name}")
         assert r.status_code == 200, f"{name}: {r.status_code} {r.text[:300]}"

@@ -68,6 +68,55 @@ def test_every_bucket_stands_for_its_durations_within_the_stated_bound(scale):
         assert worst <= rollups.ALPHA + 1e-12, f"bucket {k} is {worst:.4%} off at an edge"
 
 
+@pytest.mark.parametrize(
+    ("counts", "want"),
+    [
+        ([], [None, None, None, None]),
+        ([(3.5, 1)], [3.5, 3.5, 3.5, 3.5]),
+        # ranks [1, 1, 2, 4]: p50 between ranks 1 and 2, the others between 2 and 3
+        ([(1.0, 2), (2.0, 1), (4.0, 1)], [1.5, 3.4, 3.7, 3.94]),
+        # 100 values: p50's ranks 49 and 50 and p99's 98 and 99 fall in two buckets each
+        ([(0.0, 50), (10.0, 49), (20.0, 1)], [5.0, 10.0, 10.0, 10.1]),
+    ],
+    ids=["empty", "one", "interpolated", "across-buckets"],
+)
+def test_percentiles_of_buckets_is_percentile_cont_over_the_bucket_values(counts, want):
+    got = rollups.percentiles_of_buckets(counts)
+    assert got == pytest.approx(want, abs=1e-12), f"{counts}: {got}, want {want}"
+    expanded = sorted(v for v, n in counts for _ in range(n))
+    exact = [query.percentile_cont(expanded, p) for p in rollups.PERCENTILES]
+    assert got == pytest.approx(exact, abs=1e-12), "not percentile_cont over the same values"
+
+
+def test_duration_percentiles_by_status_count_only_rows_with_a_duration(tmp_path):
+    """Groups by status: a failure without a duration and an unfinished request count in no
+    group; a request updated to a new duration moves to its new bucket (the triggers)."""
+    ended = to_text(NOW.replace(hour=10, minute=0, second=0, microsecond=0))
+    rows = [
+        Row("a", "acme/app", None, ended, ended, ended, 200, 2.0, None, None, None, "success"),
+        Row("b", "acme/app", None, ended, ended, ended, 200, 4.0, None, None, None, "success"),
+        Row("c", "acme/app", None, ended, ended, ended, 500, 1.0, None, None, None, "error"),
+        Row("d", "acme/app", None, ended, ended, ended, 500, None, None, None, None, "error"),
+        Row("e", "acme/app", None, ended, None, None, None, None, None, None, None, "unfinished"),
+    ]  # fmt: skip
+    db = tmp_path / "m.db"
+    fill(db, rows)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE requests SET duration = 8.0 WHERE request_id = 'b'")  # another writer
+    con.commit()
+    con.close()
+    engine = reader_engine(str(db))
+    try:
+        with engine.connect() as conn:
+            got = rollups.duration_percentiles(conn, ("status",))
+    finally:
+        engine.dispose()
+    assert [(g["status"], g["requests"]) for g in got] == [("error", 1), ("success", 2)], got
+    error, success = got
+    assert within(error["p50"], 1.0) and within(error["max"], 1.0), error
+    assert within(success["max"], 8.0) and within(success["p50"], 5.0), success
+
+
 def rows_with(durations: list[float], *, hour: int = 10, endpoint: str = "acme/app") -> list[Row]:
     out = []
     for i, d in enumerate(durations):
@@ -121,7 +170,7 @@ def test_histogram_percentiles_are_within_the_bound_of_the_exact_ones(
 
 
 def test_percentiles_by_endpoint_and_day_on_both_backends(db_url):
-    """The reading `mirror report` uses, on SQLite and PostgreSQL alike: per endpoint and
+    """The histogram's reading from Python, on SQLite and PostgreSQL alike: per endpoint and
     day, app routes kept apart, within the bound of the exact figures; a range in hours."""
     from mirror.store import Store
 

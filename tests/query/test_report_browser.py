@@ -23,6 +23,7 @@ import pytest
 from support.cli import mirror
 from support.rows import fill, make_rows
 
+from mirror.records import Row
 from mirror.report import plot_x
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -219,7 +220,7 @@ HOSTILE_ENDPOINT = "acme/<img src=x onerror=alert(1)>"
 
 
 def test_text_from_the_server_is_shown_never_run(browser: Any, tmp_path: Path) -> None:
-    hostile = (HOSTILE_ID, HOSTILE_ENDPOINT, "runner-0", "2026-11-27T10:00:00.000000Z",
+    hostile = Row(HOSTILE_ID, HOSTILE_ENDPOINT, "runner-0", "2026-11-27T10:00:00.000000Z",
                "2026-11-27T10:00:01.000000Z", "2026-11-27T10:00:31.000000Z", 500, 30.0, 1.0,
                None, None, "error")  # fmt: skip
     db = tmp_path / "hostile.db"

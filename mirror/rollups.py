@@ -4,18 +4,17 @@ Two tables, both per hour (of ``ended_at``), endpoint and status, so that questi
 long ranges read a few rows per hour instead of every request. `mirror stats` and
 `mirror report` (through ``mirror.query.stats``: counts and billable units) and Datasette's
 canned queries and facets (``mirror/datasette.yml``, ``mirror.datasette_plugin``) read
-these same tables; `duration_percentiles` is the histogram's reading from Python:
+these same tables:
 
 - ``summary_hourly`` (migration 0002): how many requests, and the exact integer sums of
   their durations (microseconds) and billable units (millionths), which stay exact under
   the subtractions of updates and deletes.
 - ``duration_histogram`` (migration 0011): how many durations fell in each bucket of the
-  fixed log scale ``duration_buckets``. It is a mergeable sketch: the histograms of any hours
-  and endpoints add up bucket by bucket into the histogram of their union, so percentiles
-  over any range come from at most a few hundred rows per hour. A bucket's ``value`` is
-  within `ALPHA` (2%) of every duration in it, so each percentile worked out over bucket
-  values (`percentiles_of_buckets`) is within 2% of the exact ``percentile_cont`` figure
-  (durations under 1 µs: within 1 µs), and so is ``max`` (the value of the highest bucket).
+  fixed log scale ``duration_buckets`` (each bucket's value within 2% of every duration in
+  it; durations under 1 µs share bucket 0). It is a mergeable sketch: the histograms of any
+  hours and endpoints add up bucket by bucket into the histogram of their union, so
+  percentiles over any range come from at most a few hundred rows per hour, each within 2%
+  of the exact ``percentile_cont`` figure (Datasette's latency canned query reads them so).
 
 Both are kept exact by triggers on ``requests`` for every writer (a sync, ``mirror copy``,
 the ``sqlite3`` shell); a sync does the insert triggers' work once per batch instead of row
@@ -26,21 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mirror.schema import day_of, duration_buckets, duration_histogram, hour_of, summary_hourly
+from mirror.schema import day_of, hour_of, summary_hourly
 from mirror.timeparse import to_text
 
 #: the percentiles mirror reports
 PERCENTILES = (50, 90, 95, 99)
-#: a bucket's value is within this share of every duration in the bucket
-ALPHA = 0.02
-#: durations below this many seconds share bucket 0, whose value is 0
-SMALLEST = 1e-6
 
 # --------------------------------------------------------------------------- maintenance
 
@@ -111,7 +105,7 @@ def key_exprs(by: Sequence[str], endpoint: Any, status: Any, t: Any) -> list[Any
     return exprs
 
 
-def _where(
+def hour_filters(
     table: sa.Table,
     endpoint_ids: Sequence[str] | None,
     statuses: Sequence[str],
@@ -147,93 +141,6 @@ def summary_statement(
     return (
         sa.select(*exprs, s.status, sa.func.sum(s.requests), sa.func.sum(s.durations),
                   sa.func.sum(s.billable_micro))
-        .where(*_where(summary_hourly, endpoint_ids, statuses, since, until))
+        .where(*hour_filters(summary_hourly, endpoint_ids, statuses, since, until))
         .group_by(*exprs, s.status)
     )  # fmt: skip
-
-
-def histogram_statement(
-    by: Sequence[str],
-    *,
-    endpoint_ids: Sequence[str] | None = None,
-    statuses: Sequence[str] = (),
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> sa.Select[Any]:
-    """Per group of ``by``, each bucket's value and count, in group then bucket order."""
-    h = duration_histogram.c
-    b = duration_buckets.c
-    exprs = [e.label(f"k{i}") for i, e in enumerate(key_exprs(by, h.endpoint_id, h.status, h.hour))]
-    keys: list[Any] = [sa.literal_column(e.name) for e in exprs]
-    return (
-        sa.select(*exprs, b.value, sa.func.sum(h.requests))
-        .select_from(duration_histogram.join(duration_buckets, b.bucket == h.bucket))
-        .where(*_where(duration_histogram, endpoint_ids, statuses, since, until))
-        .group_by(*keys, h.bucket, b.value)
-        .order_by(*keys, h.bucket)
-    )
-
-
-def percentiles_of_buckets(
-    counts: Sequence[tuple[float, int]], percentiles: Sequence[int] = PERCENTILES
-) -> list[float | None]:
-    """Percentiles (0-100) of a histogram given as (bucket value, count), ascending.
-
-    ``percentile_cont``'s formula over the values the buckets stand for: with n durations and
-    ``h = p/100 * (n-1)``, the values of the buckets holding ranks ``floor(h)`` and ``ceil(h)``
-    interpolated. Each is within `ALPHA` of the exact figure over the durations themselves.
-    """
-    n = sum(c for _, c in counts)
-    out: list[float | None] = []
-    for p in percentiles:
-        if n == 0:
-            out.append(None)
-            continue
-        h = (p / 100) * (n - 1)
-        lo = int(h)
-        hi = lo + (h > lo)
-        lo_v = hi_v = None
-        seen = 0
-        for value, c in counts:
-            seen += c
-            if lo_v is None and seen > lo:
-                lo_v = value
-            if seen > hi:
-                hi_v = value
-                break
-        assert lo_v is not None and hi_v is not None
-        out.append(lo_v if hi == lo else lo_v + ((h - lo) * (hi_v - lo_v)))
-    return out
-
-
-def duration_percentiles(
-    conn: Connection,
-    by: Sequence[str] = ("hour",),
-    *,
-    endpoint_ids: Sequence[str] | None = None,
-    statuses: Sequence[str] = (),
-    since: datetime | None = None,
-    until: datetime | None = None,
-    percentiles: Sequence[int] = PERCENTILES,
-) -> list[dict[str, Any]]:
-    """Per group of ``by`` (any of ``endpoint``, ``status``, and ``hour`` or ``day`` of
-    ``ended_at``), in ascending key order: ``requests`` (how many have a duration, exact),
-    ``p50`` … (within `ALPHA`), ``max`` (the highest bucket's value, within `ALPHA`).
-
-    ``endpoint_ids`` are exact ids (``mirror.query.resolve_endpoints`` turns app ids into
-    their routes); ``since`` / ``until`` are taken to their hour. SQLite and PostgreSQL.
-    """
-    k = len(by)
-    stmt = histogram_statement(
-        by, endpoint_ids=endpoint_ids, statuses=statuses, since=since, until=until
-    )
-    out = []
-    for key, rows in groupby(conn.execute(stmt), key=lambda r: tuple(r[:k])):
-        counts = [(float(r[k]), int(r[k + 1])) for r in rows]
-        row: dict[str, Any] = dict(zip(by, key, strict=True))
-        row["requests"] = sum(c for _, c in counts)
-        for p, v in zip(percentiles, percentiles_of_buckets(counts, percentiles), strict=True):
-            row[f"p{p}"] = v
-        row["max"] = counts[-1][0]
-        out.append(row)
-    return out

@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from support import histogram
 from support.cli import serve_browse, terminate
 from support.rows import fill, make_rows, read_all
 
-from mirror import query, rollups
+from mirror import query
 from mirror.db import reader_engine
 
 pytestmark = pytest.mark.skipif(
@@ -151,7 +152,7 @@ def test_canned_latency_percentiles_come_from_the_histogram(server, synced_db):
     engine = reader_engine(str(synced_db))
     with engine.connect() as conn:  # min_duration=0: the rows that have a duration
         ids = query.resolve_endpoints(conn, ["acme/flux-lora"])
-        sketch = rollups.duration_percentiles(conn, ["hour"], endpoint_ids=ids, since=since)
+        sketch = histogram.duration_percentiles(conn, ["hour"], endpoint_ids=ids, since=since)
         f = query.Filters(endpoints=("acme/flux-lora",), since=since, min_duration=0)
         stats = query.stats(conn, f, by=["hour"])
     engine.dispose()
@@ -162,7 +163,7 @@ def test_canned_latency_percentiles_come_from_the_histogram(server, synced_db):
     ]
     for r, s in zip(reversed(rows), stats, strict=True):
         for k in fields[2:]:
-            assert abs(r[k] - s[k]) <= rollups.ALPHA * s[k], f"{r['hour']} {k}: {r[k]} vs {s[k]}"
+            assert abs(r[k] - s[k]) <= histogram.ALPHA * s[k], f"{r['hour']} {k}: {r[k]} vs {s[k]}"
 
 
 def test_canned_failures_slowest_billing_and_prompt_search(server, synced_db):

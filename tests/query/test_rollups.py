@@ -17,6 +17,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import histogram
 from support.rows import fill, make_rows, read_all
 from support.sim import NOW
 
@@ -47,7 +48,7 @@ def within(approx: float | None, exact: float | None) -> bool:
     """The histogram's stated bound: within ALPHA of the exact figure, or 1 µs below 1 µs."""
     if approx is None or exact is None:
         return approx is exact
-    return abs(approx - exact) <= rollups.ALPHA * exact + rollups.SMALLEST + 1e-12 * exact
+    return abs(approx - exact) <= histogram.ALPHA * exact + histogram.SMALLEST + 1e-12 * exact
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +61,12 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[float, int, fl
 def test_every_bucket_stands_for_its_durations_within_the_stated_bound(scale):
     lowers = [lo for lo, _, _ in scale]
     assert [b for _, b, _ in scale] == list(range(len(scale))), "buckets are not numbered in order"
-    assert scale[0] == (0.0, 0, 0.0) and scale[1][0] == rollups.SMALLEST
+    assert scale[0] == (0.0, 0, 0.0) and scale[1][0] == histogram.SMALLEST
     assert lowers[-1] > LONGEST, "the last bucket must start above the longest duration"
     for (lo, k, value), nxt in zip(scale[1:], lowers[2:], strict=False):
         assert lo < value < nxt, f"bucket {k}: value {value} outside [{lo}, {nxt})"
         worst = max((value - lo) / lo, (nxt - value) / nxt)
-        assert worst <= rollups.ALPHA + 1e-12, f"bucket {k} is {worst:.4%} off at an edge"
+        assert worst <= histogram.ALPHA + 1e-12, f"bucket {k} is {worst:.4%} off at an edge"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_every_bucket_stands_for_its_durations_within_the_stated_bound(scale):
     ids=["empty", "one", "interpolated", "across-buckets"],
 )
 def test_percentiles_of_buckets_is_percentile_cont_over_the_bucket_values(counts, want):
-    got = rollups.percentiles_of_buckets(counts)
+    got = histogram.percentiles_of_buckets(counts)
     assert got == pytest.approx(want, abs=1e-12), f"{counts}: {got}, want {want}"
     expanded = sorted(v for v, n in counts for _ in range(n))
     exact = [query.percentile_cont(expanded, p) for p in rollups.PERCENTILES]
@@ -108,7 +109,7 @@ def test_duration_percentiles_by_status_count_only_rows_with_a_duration(tmp_path
     engine = reader_engine(str(db))
     try:
         with engine.connect() as conn:
-            got = rollups.duration_percentiles(conn, ("status",))
+            got = histogram.duration_percentiles(conn, ("status",))
     finally:
         engine.dispose()
     assert [(g["status"], g["requests"]) for g in got] == [("error", 1), ("success", 2)], got
@@ -147,21 +148,21 @@ def test_histogram_percentiles_are_within_the_bound_of_the_exact_ones(
     """Two hours of two endpoints written through the real write path: per hour, and merged
     over both hours and endpoints (the sketch's point), the histogram's percentiles and max
     are within ALPHA of `mirror stats`' exact figures, and the canned query's equal
-    `rollups.duration_percentiles` exactly."""
+    `histogram.duration_percentiles` exactly."""
     db = tmp_path_factory.mktemp("p") / "m.db"
     fill(db, rows_with(first, hour=10) + rows_with(second, hour=11, endpoint="acme/app/turbo"))
     engine = reader_engine(str(db))
     try:
         with engine.connect() as conn:
             for by in (("hour",), ()):
-                approx = rollups.duration_percentiles(conn, by)
+                approx = histogram.duration_percentiles(conn, by)
                 exact = query.stats(conn, query.Filters(min_duration=0), by=by)
                 assert [a.get("hour") for a in approx] == [e.get("hour") for e in exact]
                 for a, e in zip(approx, exact, strict=True):
                     assert a["requests"] == e["requests"], (a, e)
                     for f in ("p50", "p90", "p95", "p99", "max"):
                         assert within(a[f], e[f]), f"{by} {f}: {a[f]} vs exact {e[f]}"
-            per_hour = rollups.duration_percentiles(conn, ("hour",))
+            per_hour = histogram.duration_percentiles(conn, ("hour",))
     finally:
         engine.dispose()
     got = canned(db, "latency_percentiles_per_hour", since="", endpoint="acme/app")
@@ -182,7 +183,7 @@ def test_percentiles_by_endpoint_and_day_on_both_backends(db_url):
         since = (NOW - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
         with store.engine.connect() as conn:
             ids = query.resolve_endpoints(conn, ["acme/flux-lora"])
-            approx = rollups.duration_percentiles(
+            approx = histogram.duration_percentiles(
                 conn, ("endpoint", "day"), endpoint_ids=ids, since=since
             )
             exact = query.stats(

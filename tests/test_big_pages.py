@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import base64
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
 
+from mirror import oversize
 from mirror.api import FalClient, RetryPolicy
 from mirror.errors import BadDataError
-from mirror.oversize import Stretch
+from mirror.oversize import Stretch, TooBig
+from mirror.records import Row
+from mirror.schema import oversized_requests
+from mirror.store import Store
 from mirror.timeparse import api_param
 from mirror.walk import Lister, Notes, PageLimits, Stop, WindowWalk
 
@@ -179,3 +185,31 @@ def test_a_request_looked_up_by_id_too_big_is_read_without_payloads() -> None:
     assert [a[2] for a in asked(seen)] == [True, False]
     rows, _, calls, big = pages.look_up(TARGET, "r001", T0, T1)
     assert (len(rows), calls, big) == (1, 1, ()) and rows[0].json_output is not None
+
+
+def test_what_a_sync_keeps_of_them_on_either_backend(db_url: str) -> None:
+    """Requests read without payloads: recorded once, seen again updates when and how big;
+    stretches: a stretch learned again keeps its smallest limit, and each target reads
+    back only its own."""
+    store = Store.open(db_url)
+    try:
+        big = TooBig(Row("r1", TARGET, None, "2025-01-01T00:00:01.000000Z", None, None, None,
+                         None, None, None, None, "unfinished"), None, 1_000)  # fmt: skip
+        for now, seen in (("2025-01-02T00:00:00.000000Z", big),
+                          ("2025-01-03T00:00:00.000000Z", replace(big, page_bytes=5_000))):  # fmt: skip
+            with store.engine.begin() as conn:
+                oversize.record(conn, [seen, seen], now)
+        m = timedelta(minutes=1)
+        with store.engine.begin() as conn:
+            oversize.save_stretches(conn, [Stretch(TARGET, T0, T0 + m, 12),
+                                           Stretch("other/app", T0, T1, 3)], "2025-01-02T00:00:00.000000Z")  # fmt: skip
+            oversize.save_stretches(conn, [Stretch(TARGET, T0, T0 + m, 50),
+                                           Stretch(TARGET, T0, T0 + m, 6)], "2025-01-03T00:00:00.000000Z")  # fmt: skip
+        with store.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(sa.select(oversized_requests))]
+            kept = oversize.load_stretches(conn, [TARGET])
+    finally:
+        store.close()
+    assert rows == [("r1", TARGET, "2025-01-01T00:00:01.000000Z", 5_000, 1_000,
+                     "2025-01-02T00:00:00.000000Z", "2025-01-03T00:00:00.000000Z")]  # fmt: skip
+    assert kept == [Stretch(TARGET, T0, T0 + m, 6)]

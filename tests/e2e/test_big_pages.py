@@ -67,7 +67,7 @@ def test_a_window_too_big_for_pages_of_100_completes_in_pages_of_50(tmp_path: Pa
         assert over and all(c[2] == 100 for c in over), f"pages over the cap: {over}"
         start, end, _, page, _ = over[0]
         i = [c for c, _ in calls].index(over[0])
-        again = [c for c, _ in calls[i + 1 :] if c[:2] == (start, end)][0]
+        again = next(c for c, _ in calls[i + 1 :] if c[:2] == (start, end))
         assert again[:4] == (start, end, 50, 1), (
             f"after the page {page} of 100 of {start}..{end} came {again}, not that window "
             "again from its first page in pages of 50"
@@ -96,7 +96,9 @@ def test_a_request_too_big_for_a_page_of_one_is_stored_without_payloads_and_list
     (rid,) = [r for r, rec in expected.items() if len(json.dumps(rec["json_output"])) > CAP]
     with SimulatedAPI(w) as api:
         first = sync(db, api, tmp_path / "out")
-        assert first.code == 0, f"the sync failed on one request over the cap: {first.stderr[-1500:]}"
+        assert first.code == 0, (
+            f"the sync failed on one request over the cap: {first.stderr[-1500:]}"
+        )
         calls = [call(e) for e in list_calls(api)]
         without = [c for c in calls if not c[4]]
         assert without and all(c[2] == 1 for c in without), without

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mirror.records import Row
@@ -52,21 +53,18 @@ class Stretch:
 
 def record(conn: Connection, found: Iterable[TooBig], now: str) -> None:
     """Record requests read without payloads (seen again: ``last_seen_at`` and sizes
-    updated), in the caller's transaction."""
-    o = oversized_requests.c
+    updated), in the caller's transaction. One statement per request, an upsert: two
+    PostgreSQL writers recording the same request at once cannot collide on its key."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     for big in {b.row.request_id: b for b in found}.values():
         r = big.row
         values = {"endpoint_id": r.endpoint_id, "sent_at": r.sent_at,
                   "page_bytes": big.page_bytes, "cap_bytes": big.cap, "last_seen_at": now}  # fmt: skip
-        seen = conn.execute(
-            oversized_requests.update().where(o.request_id == r.request_id).values(**values)
+        conn.execute(
+            insert(oversized_requests)
+            .values(request_id=r.request_id, first_seen_at=now, **values)
+            .on_conflict_do_update(index_elements=["request_id"], set_=values)
         )
-        if not seen.rowcount:
-            conn.execute(
-                oversized_requests.insert().values(
-                    request_id=r.request_id, first_seen_at=now, **values
-                )
-            )
 
 
 def save_stretches(conn: Connection, stretches: Iterable[Stretch], now: str) -> None:

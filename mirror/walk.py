@@ -240,11 +240,11 @@ class Lister:
             calls += 1
             big = tuple(TooBig(r, e.size, e.cap) for r in page.rows if r.request_id == request_id)
             if big:
-                self.notes.add(too_big_note(target, e.cap))
+                self.notes.add(_too_big_note(target, e.cap))
         return [r for r in page.rows if r.request_id == request_id], billing, calls, big
 
 
-def too_big_note(target: str, cap: int) -> str:
+def _too_big_note(target: str, cap: int) -> str:
     """What the user hears once per target of which a request was read without payloads."""
     return (
         f"some requests of {target} are too big to read with their payloads (a page of one "
@@ -268,7 +268,7 @@ class Step:
     page: Page
     #: whether the page was asked for with billing (the API's refusal drops it: ``Lister``)
     billing: bool
-    #: the page's place in the walk, 1 for the first
+    #: the page's place in the walk, 1 for the first (again after a page over the cap)
     number: int
     #: whether an id has been read twice in this walk so far (rows moved: ``until_stable``)
     repeated: bool
@@ -399,7 +399,7 @@ class WindowWalk:
             log.info("%s: request %s is too big for a page with its payloads; read without",
                      self.what, b.row.request_id)  # fmt: skip
         if big:
-            lister.notes.add(too_big_note(self.target, over.cap))
+            lister.notes.add(_too_big_note(self.target, over.cap))
         self.too_big.extend(big)
         return page, billing, big
 

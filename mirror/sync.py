@@ -28,12 +28,14 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end.
 
-A window's walk (the cursor and its rules, the list call with its billing fallback, the
-re-walk of a window whose rows moved), the stop signal and the notes are ``mirror.walk``'s,
-shared with verify; what a row is, ``mirror.records``'s; the analytics calls are
-``FalClient.hourly_counts``. Walkers hand the writer their rows, and the end of each task
-with what failed it or the work it leaves (a dense window's parts), through one queue; only
-the calling thread submits work and writes.
+A window's walk (the cursor and its rules, the list call with its billing fallback, pages
+over the body cap asked for in smaller ones, the re-walk of a window whose rows moved), the
+stop signal and the notes are ``mirror.walk``'s, shared with verify; what a row is,
+``mirror.records``'s; the analytics calls are ``FalClient.hourly_counts``. Walkers hand
+the writer their rows (and those read without payloads, which it records:
+``mirror.oversize``), and the end of each task with what failed it or the work it leaves
+(a dense window's parts), through one queue; only the calling thread submits work and
+writes.
 """
 
 from __future__ import annotations

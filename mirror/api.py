@@ -8,12 +8,13 @@ row is and how a page is checked: ``mirror.records``), or raises one of ``mirror
   ``ApiUnavailable``;
 - 400/401/403/404 and other 4xx fail at once (``ApiError`` / ``AuthError``) with the API's
   ``error.message``, or a short description of a non-JSON (e.g. proxy HTML) body;
-- a body over the size cap, nesting beyond the JSON depth limit, wrong types, a missing
-  ``request_id``, ``has_more`` without a cursor, a timestamp that is not a real time
-  between 2000 and 2100, a status code outside 100-599, a duration or unit count that is
-  negative or past its bound, an ``ended_at`` before its ``started_at``, or a row the call
-  did not ask for (another endpoint, outside the window) raise ``BadDataError`` at once:
-  the page is never handed to the store;
+- a body over the size cap (``PageTooLarge``: never read past the cap; a walk asks for
+  the window again in smaller pages, ``mirror.walk``), nesting beyond the JSON depth
+  limit, wrong types, a missing ``request_id``, ``has_more`` without a cursor, a
+  timestamp that is not a real time between 2000 and 2100, a status code outside
+  100-599, a duration or unit count that is negative or past its bound, an ``ended_at``
+  before its ``started_at``, or a row the call did not ask for (another endpoint, outside
+  the window) raise ``BadDataError`` at once: the page is never handed to the store;
 - every attempt has a total deadline, from connecting to the body's last byte, so a server
   or proxy trickling its headers or body in a byte at a time cannot hold a sync (and its
   lock) forever: httpx's own timeouts are per read, which a trickle never trips.
@@ -56,6 +57,7 @@ from mirror.errors import (
     AuthError,
     BadDataError,
     ConfigError,
+    PageTooLarge,
     ProxyRefused,
     UntrustedCertificate,
 )
@@ -89,6 +91,7 @@ class RetryPolicy:
     deadline: float = 120.0  # total seconds for one attempt, body included
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    #: the largest answer body read, in bytes (``MIRROR_MAX_PAGE_BYTES``)
     max_body: int = 64 * 1024 * 1024
 
     #: first wait after a 429 without Retry-After (equal jitter, doubling per retry)
@@ -717,16 +720,21 @@ class FalClient:
                 code = str(resp.status_code)
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > policy.max_body:
-                    raise BadDataError(
-                        f"the API sent a {int(declared)}-byte page, over the {policy.max_body}-byte cap"
+                    raise PageTooLarge(
+                        f"the API sent a {int(declared)}-byte page, over the {policy.max_body}-byte cap",
+                        size=int(declared),
+                        cap=policy.max_body,
                     )
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
                     size += len(chunk)
                     if size > policy.max_body:
-                        raise BadDataError(
-                            f"the API sent a page over the {policy.max_body}-byte cap"
+                        # read no further: memory stays bounded by the cap, not by the page
+                        raise PageTooLarge(
+                            f"the API sent a page over the {policy.max_body}-byte cap",
+                            size=None,
+                            cap=policy.max_body,
                         )
                     if time.monotonic() > deadline:
                         raise Retryable(f"answer still incomplete after {policy.deadline:g}s")

@@ -337,6 +337,8 @@ def status_cmd(
     reach; gaps: every stretch of the requested range that no sync has completed yet
     (a backfill that stopped short of its start shows here until a sync finishes it);
     clock_skew: this machine's clock minus the API's, in seconds, as the last sync saw it.
+    oversized (a line per target under the table): requests stored without their
+    payloads because a page of that one request is over the body cap with them.
 
     \b
     A last line sums up the media archive (mirror media), if there is one.
@@ -389,9 +391,11 @@ def status_cmd(
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "requested_from", "covered_from", "covered_to", "gaps", "last_run",
             "last_run_started_at", "last_run_ended_at", "last_run_error",
-            "clock_skew"]  # fmt: skip
+            "clock_skew", "oversized"]  # fmt: skip
+    too_big = [(r["target"], r["oversized"]) for r in result if r["oversized"]]
     if fmt == "table":  # to the minute, and the run's end left to json: it has to fit
         cols.remove("last_run_ended_at")
+        cols.remove("oversized")  # a line of its own, under the table
         for r in result:
             for c in cols:
                 if c.endswith(("_at", "_from", "_to")) and r[c]:
@@ -401,9 +405,31 @@ def status_cmd(
     elif fmt == "csv":
         for r in result:
             r["gaps"] = json.dumps(r["gaps"])
+            r["oversized"] = json.dumps([b["request_id"] for b in r["oversized"]])
     _print(cols, ([r[c] for c in cols] for r in result), fmt)
+    if fmt == "table":
+        for target, found in too_big:
+            click.echo(shown(_oversized_text(target, found)))
     if fmt == "table" and media is not None and any(media.values()):
         click.echo(_media_text(media))
+
+
+#: oversized requests named in the table's line per target (all of them: -f json)
+OVERSIZED_SHOWN = 5
+
+
+def _oversized_text(target: str, found: list[dict[str, Any]]) -> str:
+    """A target's requests stored without payloads (too big for a page) in one line."""
+    from mirror.media import human_bytes
+
+    n = len(found)
+    ids = ", ".join(b["request_id"] for b in found[:OVERSIZED_SHOWN])
+    more = f" and {n - OVERSIZED_SHOWN} more (-f json lists all)" if n > OVERSIZED_SHOWN else ""
+    cap = human_bytes(found[0]["cap_bytes"])
+    return (
+        f"{target}: {n} request{'s' if n != 1 else ''} stored without payloads, too big for "
+        f"a page with them (over the {cap} cap): {ids}{more}"
+    )
 
 
 def _media_text(m: dict[str, Any]) -> str:

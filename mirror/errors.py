@@ -11,6 +11,7 @@
     ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
     ├── UntrustedCertificate     the API's TLS certificate does not verify
     ├── BadDataError             the API's answer is malformed; nothing of it was committed
+    │   └── PageTooLarge         a page over the body cap (a walk asks again in smaller pages)
     ├── StoreError               local storage: disk full, read-only, corrupt, foreign file
     │   └── SchemaTooNewError    the database was written by a newer mirror
     └── OutputError              a file a command writes (report, metrics) could not be written
@@ -134,6 +135,16 @@ class BadDataError(MirrorError):
         return (
             "nothing of that page was stored; the next run tries again (report it if it persists)"
         )
+
+
+class PageTooLarge(BadDataError):
+    """A page whose body is over the cap (``RetryPolicy.max_body``); nothing of it was read
+    past the cap. ``size``: the length the answer declared (``Content-Length``), if it did."""
+
+    def __init__(self, message: str, *, size: int | None, cap: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.cap = cap
 
 
 class StoreError(MirrorError):

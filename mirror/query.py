@@ -41,7 +41,15 @@ from sqlalchemy.engine import Connection
 from mirror.db import ensure_schema, reader_engine, sqlite_path, tidy_wal, translate_errors
 from mirror.errors import ConfigError, StoreError
 from mirror.rollups import PERCENTILES, key_exprs, summary_statement
-from mirror.schema import ROW_COLUMNS, STATUSES, requests, sync_runs, sync_targets, sync_windows
+from mirror.schema import (
+    ROW_COLUMNS,
+    STATUSES,
+    oversized_requests,
+    requests,
+    sync_runs,
+    sync_targets,
+    sync_windows,
+)
 from mirror.timeparse import to_text, utcnow
 
 #: every column a listing may show, in table order; nothing else is ever put in SQL
@@ -554,6 +562,10 @@ class TargetStatus:
     last_run_error: str | None = None
     #: this machine's clock minus the API's, seconds, as the last run that measured it saw
     clock_skew: float | None = None
+    #: requests stored without payloads because a page of one was over the body cap with
+    #: them (``oversized_requests``): request_id, endpoint_id, sent_at, page_bytes,
+    #: cap_bytes, first_seen_at, last_seen_at; oldest first
+    oversized: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -571,6 +583,7 @@ class TargetStatus:
             "last_run_ended_at": self.last_run_ended_at,
             "last_run_error": self.last_run_error,
             "clock_skew": self.clock_skew,
+            "oversized": self.oversized,
         }
 
 
@@ -580,7 +593,8 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
     A gap is any stretch of the requested range (from ``requested_from`` to the end of the
     last completed window) that no sync has completed: between completed windows, and
     before the first one when a backfill stopped short of its start. A target with a
-    requested start but no completed window at all is one gap, up to ``now``.
+    requested start but no completed window at all is one gap, up to ``now``. Oversized
+    requests are a target's as its rows are (its own endpoint id and its routes).
     """
     r = requests.c
     w = sync_windows.c
@@ -609,6 +623,12 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
             sa.select(w.window_start, w.window_end).where(w.target == t).order_by(w.window_start)
         ).all()
         gaps = [(a[1], b[0]) for a, b in pairwise(windows) if a[1] < b[0]]
+        o = oversized_requests.c
+        big = conn.execute(
+            sa.select(oversized_requests)
+            .where(endpoint_clause(o.endpoint_id, [t]))
+            .order_by(o.sent_at, o.request_id)
+        )
         if requested is not None and windows and requested < windows[0][0]:
             gaps.insert(0, (requested, windows[0][0]))
         elif requested is not None and not windows:
@@ -624,6 +644,7 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
             gaps=gaps,
             requested_from=requested,
             clock_skew=skew,
+            oversized=[dict(b._mapping) for b in big],
         )
         for run in runs:
             if t in run.targets.split(","):

@@ -69,7 +69,19 @@ def retry_policy_from_env(env: Mapping[str, str] = os.environ) -> RetryPolicy:
         read_timeout=min(
             d.read_timeout, _env_float(env, "MIRROR_REQUEST_DEADLINE", d.read_timeout)
         ),
+        max_body=_env_page_bytes(env, d.max_body),
     )
+
+
+def _env_page_bytes(env: Mapping[str, str], default: int) -> int:
+    """``MIRROR_MAX_PAGE_BYTES``: the body cap, in whole bytes (tests lower it, so that a
+    page over it need not be 64 MiB)."""
+    raw = env.get("MIRROR_MAX_PAGE_BYTES")
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"MIRROR_MAX_PAGE_BYTES={raw!r} is not a whole number of bytes")
+    return int(raw)
 
 
 def _writer_lock(path: Path | None, *, wait: bool) -> contextlib.AbstractContextManager[None]:

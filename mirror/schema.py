@@ -236,6 +236,33 @@ sync_rechecks = sa.Table(
     sa.Column("checked_at", Instant, nullable=False),
 )
 
+#: stretches of a target's history whose pages must hold at most ``page_limit`` requests to
+#: stay under the body cap, as a walk learned them (migration 0012, ``mirror.oversize``)
+sync_page_limits = sa.Table(
+    "sync_page_limits",
+    metadata,
+    sa.Column("target", sa.Text, primary_key=True),
+    sa.Column("window_start", Instant, primary_key=True),
+    sa.Column("window_end", Instant, primary_key=True),
+    sa.Column("page_limit", sa.Integer, nullable=False),
+    sa.Column("learned_at", Instant, nullable=False),
+)
+
+#: one row per request stored without its payloads because a page of that one request was
+#: over the body cap with them (migration 0012, ``mirror.oversize``); ``page_bytes`` is the
+#: size that page declared, when it did, ``cap_bytes`` the cap it was over
+oversized_requests = sa.Table(
+    "oversized_requests",
+    metadata,
+    sa.Column("request_id", Key, primary_key=True),
+    sa.Column("endpoint_id", Key, nullable=False),
+    sa.Column("sent_at", Instant, nullable=False),
+    sa.Column("page_bytes", sa.BigInteger),
+    sa.Column("cap_bytes", sa.BigInteger, nullable=False),
+    sa.Column("first_seen_at", Instant, nullable=False),
+    sa.Column("last_seen_at", Instant, nullable=False),
+)
+
 #: one row per file a request's payload refers to (migration 0008, ``mirror.media_refs``):
 #: where it is, what the payload declares, and what became of it (``state``: pending,
 #: archived, gone, failed, refused)

@@ -28,12 +28,14 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end.
 
-A window's walk (the cursor and its rules, the list call with its billing fallback, the
-re-walk of a window whose rows moved), the stop signal and the notes are ``mirror.walk``'s,
-shared with verify; what a row is, ``mirror.records``'s; the analytics calls are
-``FalClient.hourly_counts``. Walkers hand the writer their rows, and the end of each task
-with what failed it or the work it leaves (a dense window's parts), through one queue; only
-the calling thread submits work and writes.
+A window's walk (the cursor and its rules, the list call with its billing fallback, pages
+over the body cap asked for in smaller ones, the re-walk of a window whose rows moved), the
+stop signal and the notes are ``mirror.walk``'s, shared with verify; what a row is,
+``mirror.records``'s; the analytics calls are ``FalClient.hourly_counts``. Walkers hand
+the writer their rows (and those read without payloads, which it records:
+``mirror.oversize``), and the end of each task with what failed it or the work it leaves
+(a dense window's parts), through one queue; only the calling thread submits work and
+writes.
 """
 
 from __future__ import annotations
@@ -48,14 +50,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Protocol
 
 import sqlalchemy as sa
 
-from mirror import interrupts
+from mirror import interrupts, oversize
 from mirror.api import FalClient
 from mirror.errors import AuthError, MirrorError
 from mirror.records import Page, Row
@@ -63,7 +65,16 @@ from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.store import Store, Tally, UpsertResult
 from mirror.timeparse import from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Step, Stop, Stopped, WindowWalk, until_stable
+from mirror.walk import (
+    Lister,
+    Notes,
+    PageLimits,
+    Step,
+    Stop,
+    Stopped,
+    WindowWalk,
+    until_stable,
+)
 from mirror.windows import Window, ceil_s, floor_s, pack, plan, split
 
 log = logging.getLogger("mirror.sync")
@@ -190,12 +201,14 @@ class _Refresh:
 # events on the queue, walkers -> writer
 @dataclass(frozen=True)
 class Rows:
-    """Rows of one page for the writer (and with ``complete``, the window they finish)."""
+    """Rows of one page for the writer (and with ``complete``, the window they finish;
+    ``too_big``: those of its rows read without payloads, recorded with them)."""
 
     target: str
     rows: list[Row]
     billing: bool
     complete: Window | None = None
+    too_big: tuple[oversize.TooBig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -476,6 +489,9 @@ class Syncer:
         self._refused: set[str] = set()
         self._skew = SkewEstimate()
         self._notes = Notes(log)
+        with store.engine.connect() as conn:
+            known = oversize.load_stretches(conn, opts.targets)
+            conn.rollback()
         self._lister = Lister(
             self.client,
             payloads=opts.payloads,
@@ -485,6 +501,7 @@ class Syncer:
             without_billing="continuing without billable_units",
             skew=self._skew,
             clock=clock,
+            limits=PageLimits(known),
         )
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
@@ -541,6 +558,10 @@ class Syncer:
         """One walk of the task's window, each page handed to the writer as it comes: (the
         walks it was split into, if it was dense; whether no id was read twice)."""
         w, target = task.window, task.target
+        pieces = self._lister.limits.cut(target, w.start, w.end)
+        if len(pieces) > 1:  # only the stretches that need small pages are walked in them
+            log.info("%s %s: cut in %d where pages must be smaller", target, w, len(pieces))
+            return [replace(task, window=Window(a, b)) for a, b in pieces], True
         walk = WindowWalk(self._lister, target, w.start, w.end, turn=self.client.turn)
         with contextlib.closing(walk.pages()) as pages:
             for step in pages:
@@ -548,13 +569,13 @@ class Syncer:
                 parts = self._parts(task, step)
                 if parts:
                     log.info("%s %s: dense, split into %d windows", target, w, len(parts))
-                    self._put(Rows(target, page.rows, step.billing))
+                    self._put(Rows(target, page.rows, step.billing, too_big=step.too_big))
                     return parts, True
                 done = None
                 if not page.has_more and not step.repeated:
                     # the API's present when the walk began: nothing after it is complete yet
                     done = _complete_part(w, walk.present)
-                self._put(Rows(target, page.rows, step.billing, complete=done))
+                self._put(Rows(target, page.rows, step.billing, done, step.too_big))
         return [], not walk.repeated
 
     def _parts(self, task: _Walk, step: Step) -> list[_Walk]:
@@ -616,9 +637,11 @@ class Syncer:
             if start >= task.until:
                 continue
             with self.client.turn():
-                rows, billing, _ = self._lister.look_up(task.target, request_id, start, task.until)
+                rows, billing, _, big = self._lister.look_up(
+                    task.target, request_id, start, task.until
+                )
                 if rows:
-                    self._put(Rows(task.target, rows, billing))
+                    self._put(Rows(task.target, rows, billing, too_big=big))
         if unreadable:
             rid, sent_at = unreadable[0]
             self._notes.add(
@@ -724,6 +747,7 @@ class Syncer:
                 report.seconds = time.monotonic() - t0
                 report.clock_skew = self._skew.seconds()
                 self._note_skew(report.clock_skew)
+                self._keep_page_limits(now)
                 if isinstance(error, AuthError) and error.status == 403:
                     try:
                         error = self._forget_refused(error)
@@ -861,6 +885,7 @@ class Syncer:
                     payloads=self.opts.payloads,
                     billing=self._lister.billing_for(target),
                     clock=lambda: now,
+                    limits=self._lister.limits,
                 )
                 for t in result.targets:
                     report.rechecked_hours += t.hours
@@ -945,6 +970,7 @@ class Syncer:
                         conn, ev.target, to_text(ev.complete.start), to_text(ev.complete.end), stamp
                     )
                     done += 1
+            oversize.record(conn, (b for ev in row_events for b in ev.too_big), stamp)
         return written, done
 
     def _forget_refused(self, error: AuthError) -> AuthError:
@@ -961,6 +987,17 @@ class Syncer:
             f"{error.message}; not kept as a sync target: {', '.join(dropped)}",
             error.url,
         )
+
+    def _keep_page_limits(self, now: datetime) -> None:
+        """Keep the page sizes this run's walks learned, for the next run's walks there."""
+        learned = self._lister.limits.learned
+        if not learned:
+            return
+        try:
+            with self.store.engine.begin() as conn:
+                oversize.save_stretches(conn, learned, to_text(now))
+        except Exception as e:  # only a saving: the next run learns them again
+            log.warning("could not keep the page sizes learned: %s", e)
 
     def _note_skew(self, skew: float | None) -> None:
         """Say how far this clock is from the API's: under -v when it is more than a few

@@ -53,7 +53,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mirror import lock
+from mirror import lock, oversize
 from mirror.api import FalClient
 from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
@@ -61,7 +61,7 @@ from mirror.records import Row, differing_fields
 from mirror.schema import hour_of, requests, target_clause
 from mirror.store import Store, Tally
 from mirror.timeparse import api_param, from_text, to_text, utcnow
-from mirror.walk import Lister, Notes, Stop, Stopped, WindowWalk, until_stable
+from mirror.walk import Lister, Notes, PageLimits, Stop, Stopped, WindowWalk, until_stable
 from mirror.windows import align_down, ceil_s, floor_s
 
 log = logging.getLogger("mirror.verify")
@@ -248,6 +248,8 @@ class _Walked:
     billing: bool
     calls: int
     stable: bool
+    #: rows read without payloads: a page of one was over the body cap with them
+    too_big: list[oversize.TooBig] = field(default_factory=list)
 
 
 @dataclass
@@ -286,7 +288,10 @@ class Verifier:
         concurrency: int = 4,
         examples: int = 5,
         clock: Callable[[], datetime] = utcnow,
+        limits: PageLimits | None = None,
     ) -> None:
+        """``limits``: the page sizes learned for stretches of the targets' history (a
+        sync's own, which it keeps); by default those the mirror kept."""
         if delete_extra and not repair:
             raise ConfigError("--delete-extra needs --repair")
         if sample is not None and sample < 1:
@@ -309,6 +314,10 @@ class Verifier:
         self.examples = examples
         self.clock = clock
         self._notes = Notes(log)
+        if limits is None:
+            with store.engine.connect() as conn:
+                limits = PageLimits(oversize.load_stretches(conn, self.targets))
+                conn.rollback()
         self._lister = Lister(
             self.client,
             payloads=payloads,
@@ -316,28 +325,39 @@ class Verifier:
             stop=self._stop,
             notes=self._notes,
             without_billing="billable_units not compared",
+            limits=limits,
         )
 
     # -- the API side ---------------------------------------------------------------------
 
     def _walk(self, slot: Slot) -> _Walked:
-        """Every row the server lists in the slot, walked again while rows move under it."""
+        """Every row the server lists in the slot, walked again while rows move under it.
+
+        A slot is walked in pieces cut where the page sizes learned change
+        (``PageLimits.cut``), so that only a stretch that needs small pages is walked in them."""
         calls = 0
 
         def once() -> tuple[_Walked, bool | None]:
             nonlocal calls
-            walk = WindowWalk(self._lister, slot.target, slot.start, slot.end)
             rows: dict[str, Row] = {}
             billing = self.billing
-            for step in walk.pages():
-                rows.update((r.request_id, r) for r in step.page.rows)
-                billing = step.billing
-            calls += walk.calls
-            mixed = len(walk.billing) > 1
-            walked = _Walked(slot, rows, billing and not mixed, calls, False)
+            flags: set[bool] = set()
+            repeated = False
+            too_big: list[oversize.TooBig] = []
+            for a, b in self._lister.limits.cut(slot.target, slot.start, slot.end):
+                walk = WindowWalk(self._lister, slot.target, a, b)
+                for step in walk.pages():
+                    rows.update((r.request_id, r) for r in step.page.rows)
+                    billing = step.billing
+                calls += walk.calls
+                flags |= walk.billing
+                repeated = repeated or walk.repeated
+                too_big += walk.too_big
+            mixed = len(flags) > 1
+            walked = _Walked(slot, rows, billing and not mixed, calls, False, too_big)
             if mixed:  # billing was refused half-way: walk it again without
                 return walked, None
-            return walked, not walk.repeated
+            return walked, not repeated
 
         walked, stable = until_stable(once, MAX_WALKS, f"{slot.target} {slot.label}", log)
         walked.stable = stable
@@ -591,7 +611,8 @@ class Verifier:
             if tr.found > before:
                 tr.hours_with_differences.append(slot.label)
             if self.repair and (writes or deletes):
-                self._write(slot, writes, deletes, tr, stamp)
+                big = [b for b in w.too_big if b.row.request_id in done]
+                self._write(slot, writes, deletes, tr, stamp, big)
 
     def _check_suspect(
         self,
@@ -613,7 +634,8 @@ class Verifier:
                 start = floor_s(min(from_text(sent_at), slot.start) - LOOKUP_MARGIN)
             except (ValueError, OverflowError):  # stored before timestamps were parsed whole
                 start = floor_s(slot.start - LOOKUP_MARGIN)
-            found, billing, calls = self._lister.look_up(
+            # (one read without payloads compares and repairs without them, as in a walk)
+            found, billing, calls, _ = self._lister.look_up(
                 slot.target, rid, start, ceil_s(now) + timedelta(seconds=1)
             )
             row = found[0] if found else None
@@ -642,8 +664,10 @@ class Verifier:
         deletes: list[str],
         tr: TargetReport,
         stamp: str,
+        too_big: list[oversize.TooBig],
     ) -> None:
-        """One transaction per hour: upsert what was missing or different, delete extras."""
+        """One transaction per hour: upsert what was missing or different (recording those
+        read without payloads, as a sync does), delete extras."""
         with self.store.engine.begin() as conn:
             for billing in (True, False):
                 rows = [r for r, b in writes if b == billing]
@@ -656,6 +680,7 @@ class Verifier:
                     requests.delete().where(requests.c.request_id.in_(deletes[i : i + 500]))
                 )
                 tr.deleted += max(0, res2.rowcount or 0)
+            oversize.record(conn, too_big, stamp)
         log.info("%s %s: repaired %d rows", slot.target, slot.label, len(writes) + len(deletes))
 
 

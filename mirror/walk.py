@@ -3,7 +3,13 @@
 - ``WindowWalk``: one walk of one target's window along the list cursor, page after page,
   under the rules every walk obeys (a cursor given twice, a run of empty pages that still
   give a cursor, or more pages than the window can plausibly hold are bad data), noting
-  as it goes whether any id was read twice (rows moved under the offset pages).
+  as it goes whether any id was read twice (rows moved under the offset pages). A page
+  over the body cap is asked for again in smaller pages, from the window's first page
+  (halving the ``limit`` down to 1); a request too big for a page of one is read without
+  its payloads (``TooBig``) and the walk goes on past it.
+- ``PageLimits``: the smaller page sizes walks learned, per stretch of a target's history
+  (``Stretch``), so that later walks there start small; ``cut`` cuts a window at their
+  bounds.
 - ``until_stable``: a walk repeated while rows move under its offset pages.
 - ``Lister``: the list call as every walk makes it, with the billing fallback:
   ``expand=billing`` is asked for until the API refuses it for a target with a 403; that
@@ -19,10 +25,10 @@ one of the pacer's turns per page (``turn``), split a dense window and stream it
 the writer, and re-walk a window ``1 + rewalks`` times; verify collects an hour's rows,
 walks it again when billing was refused half-way, and up to ``MAX_WALKS`` times.
 
-Threads: sync's walkers and verify's walks call a ``Lister`` and ``Notes`` concurrently;
-both keep their own lock. A ``WindowWalk`` belongs to the thread that walks it. How each
-engine runs its walks (sync's walkers feeding one writer, verify's bounded pool) stays
-with the engine.
+Threads: sync's walkers and verify's walks call a ``Lister``, its ``PageLimits`` and
+``Notes`` concurrently; each keeps its own lock. A ``WindowWalk`` belongs to the thread
+that walks it. How each engine runs its walks (sync's walkers feeding one writer,
+verify's bounded pool) stays with the engine.
 """
 
 from __future__ import annotations
@@ -31,19 +37,22 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import TypeVar
 
 from mirror.api import FalClient
-from mirror.errors import AuthError, BadDataError
+from mirror.errors import AuthError, BadDataError, PageTooLarge
+from mirror.oversize import Stretch, TooBig
 from mirror.records import PAGE_LIMIT, Page, Row
 from mirror.serverclock import SkewEstimate
 from mirror.timeparse import api_param, utcnow
 
 T = TypeVar("T")
+log = logging.getLogger("mirror.walk")
 
 #: empty pages with a cursor, in a row, that end a walk as bad data. Offset pages come back
 #: empty before the end only if rows left the part not yet read (never deleted, a row leaves
@@ -72,6 +81,46 @@ class Stop(threading.Event):
         """Wait ``seconds``, or raise ``Stopped`` as soon as the run stops."""
         if self.wait(seconds):
             raise Stopped
+
+
+class PageLimits:
+    """The page sizes walks learned, per stretch of a target's history. Thread-safe.
+
+    A walk that had to ask for smaller pages (a page was over the body cap) and got to its
+    end teaches its window and the page size it ended with (``learn``); a later walk of a
+    window inside that stretch starts with that size (``limit``), instead of meeting the
+    cap again. ``cut`` cuts a window at the stretches' bounds, so that only the part inside
+    one is walked in small pages. ``learned``: what was learned since this was made (the
+    sync keeps it across runs, ``mirror.oversize``).
+    """
+
+    def __init__(self, known: Iterable[Stretch] = ()) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, list[Stretch]] = {}
+        for s in known:
+            self._known.setdefault(s.target, []).append(s)
+        self.learned: list[Stretch] = []
+
+    def learn(self, stretch: Stretch) -> None:
+        with self._lock:
+            self._known.setdefault(stretch.target, []).append(stretch)
+            self.learned.append(stretch)
+
+    def limit(self, target: str, start: datetime, end: datetime) -> int:
+        """The page size a walk of ``[start, end)`` starts with: the smallest of the
+        stretches it overlaps (``PAGE_LIMIT`` outside them)."""
+        with self._lock:
+            known = self._known.get(target, ())
+            return min((s.limit for s in known if s.start < end and start < s.end),
+                       default=PAGE_LIMIT)  # fmt: skip
+
+    def cut(self, target: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """``[start, end)`` cut at every bound of a stretch that falls inside it, in order
+        (the window itself when none does)."""
+        with self._lock:
+            known = self._known.get(target, ())
+            bounds = {b for s in known for b in (s.start, s.end) if start < b < end}
+        return list(pairwise([start, *sorted(bounds), end]))
 
 
 class Notes:
@@ -116,6 +165,8 @@ class Lister:
     clock: Callable[[], datetime] = utcnow
     #: targets whose billing the API refused (403): listed without it from then on
     refused: set[str] = field(default_factory=set)
+    #: the page sizes learned for stretches of the targets' history (``WindowWalk``)
+    limits: PageLimits = field(default_factory=PageLimits)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def billing_for(self, target: str) -> bool:
@@ -128,10 +179,15 @@ class Lister:
         end: datetime,
         cursor: str | None = None,
         request_id: str | None = None,
+        *,
+        limit: int = PAGE_LIMIT,
+        payloads: bool | None = None,
     ) -> tuple[Page, bool, int]:
-        """One page: (the page, whether billing was asked for, calls made)."""
+        """One page of at most ``limit`` requests: (the page, whether billing was asked
+        for, calls made). ``payloads``: False to leave them out where the run asks for them."""
         self.stop.check()
         billing = self.billing_for(target)
+        with_payloads = self.payloads if payloads is None else payloads and self.payloads
         skew, clock = self.skew, self.clock
 
         def call(billing: bool) -> Page:
@@ -141,9 +197,10 @@ class Lister:
                 start=api_param(start),
                 end=api_param(end),
                 cursor=cursor,
-                payloads=self.payloads,
+                payloads=with_payloads,
                 billing=billing,
                 request_id=request_id,
+                limit=limit,
             )
             if skew is not None and sent is not None and page.server_time is not None:
                 skew.add(sent, clock(), page.server_time)
@@ -166,17 +223,42 @@ class Lister:
 
     def look_up(
         self, target: str, request_id: str, start: datetime, end: datetime
-    ) -> tuple[list[Row], bool, int]:
+    ) -> tuple[list[Row], bool, int, tuple[TooBig, ...]]:
         """The request ``request_id`` of ``target``, asked for by id over ``[start, end)``:
-        (the rows of the answer that are it, whether billing was asked for, calls made)."""
-        page, billing, calls = self.fetch(target, start, end, request_id=request_id)
-        return [r for r in page.rows if r.request_id == request_id], billing, calls
+        (the rows of the answer that are it, whether billing was asked for, calls made, and
+        those rows again if the answer was over the body cap with payloads and they were
+        read without)."""
+        try:
+            page, billing, calls = self.fetch(target, start, end, request_id=request_id)
+            big: tuple[TooBig, ...] = ()
+        except PageTooLarge as e:
+            if not self.payloads:
+                raise
+            page, billing, calls = self.fetch(
+                target, start, end, request_id=request_id, payloads=False
+            )
+            calls += 1
+            big = tuple(TooBig(r, e.size, e.cap) for r in page.rows if r.request_id == request_id)
+            if big:
+                self.notes.add(_too_big_note(target, e.cap))
+        return [r for r in page.rows if r.request_id == request_id], billing, calls, big
 
 
-def page_cap(length: timedelta) -> int:
-    """The most pages a walk of a window this long may take: 120 for one second."""
-    per_second = PLAUSIBLE_RATE / PAGE_LIMIT
-    return min(MAX_PAGE_CAP, MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second))
+def _too_big_note(target: str, cap: int) -> str:
+    """What the user hears once per target of which a request was read without payloads."""
+    return (
+        f"some requests of {target} are too big to read with their payloads (a page of one "
+        f"is over the {cap:,}-byte cap): read without them; mirror status lists those a "
+        "sync stored"
+    )
+
+
+def page_cap(length: timedelta, limit: int = PAGE_LIMIT) -> int:
+    """The most pages of ``limit`` requests a walk of a window this long may take: 120 of
+    100 for one second."""
+    per_second = PLAUSIBLE_RATE / limit
+    cap = MIN_PAGE_CAP + math.ceil(length.total_seconds() * per_second)
+    return min(MAX_PAGE_CAP * PAGE_LIMIT // limit, cap)
 
 
 @dataclass(frozen=True)
@@ -186,10 +268,12 @@ class Step:
     page: Page
     #: whether the page was asked for with billing (the API's refusal drops it: ``Lister``)
     billing: bool
-    #: the page's place in the walk, 1 for the first
+    #: the page's place in the walk, 1 for the first (again after a page over the cap)
     number: int
     #: whether an id has been read twice in this walk so far (rows moved: ``until_stable``)
     repeated: bool
+    #: the page's requests that were read without payloads: a page of one was over the cap
+    too_big: tuple[TooBig, ...] = ()
 
 
 class WindowWalk:
@@ -200,10 +284,22 @@ class WindowWalk:
     or more pages than the window can plausibly hold (``page_cap``) are ``BadDataError``; a
     cursor that never ends would otherwise be followed for hours.
 
+    Pages hold ``limit`` requests: ``PAGE_LIMIT``, or less where the lister's
+    ``PageLimits`` know the stretch needs it. A page over the body cap (``PageTooLarge``)
+    is asked for again with half the limit, down to 1; the cursor numbers pages, not rows,
+    so no cursor of the old size can be followed with the new one, and the walk starts
+    again from the window's first page (the pages handed on before stay good: the same
+    rows again are upserted the same, and the walk that decides is the one that ends). A
+    request whose page of one is still over the cap is asked for once more without
+    payloads, at the same cursor: it is handed on as it comes, in ``Step.too_big``, and
+    the walk goes on along that page's cursor. A walk that ends with a smaller limit than
+    it began with teaches it to the ``PageLimits`` for its window.
+
     ``turn``: what each page is fetched and handed on in (sync: ``FalClient.turn``, so that
     no more walkers than the pacer allows fetch, decode and hand over pages at once).
     After (or during) the walk: ``calls`` made, the ``billing`` flags its pages were asked
-    with, whether it ``repeated`` an id, and ``present``, the API's clock at its first answer.
+    with, whether it ``repeated`` an id, ``present``, the API's clock at its first answer,
+    the ``limit`` it ended with and the requests it read without payloads (``too_big``).
     """
 
     def __init__(
@@ -220,14 +316,19 @@ class WindowWalk:
         self.start = start
         self.end = end
         self.what = f"{target} {api_param(start)}..{api_param(end)}"
-        self.cap = page_cap(end - start)
+        #: requests per page asked for
+        self.limit = lister.limits.limit(target, start, end)
+        self._first_limit = self.limit
+        self.cap = page_cap(end - start, self.limit)
         self._turn = turn
-        #: pages read so far
+        #: pages read so far (since the walk last started again from the first page)
         self.read = 0
         self.calls = 0
         self.billing: set[bool] = set()
         self.repeated = False
         self.present: datetime | None = None
+        self._answered = False
+        self.too_big: list[TooBig] = []
         #: the cursor of the next page to ask for (None: the first page)
         self._cursor: str | None = None
         self._given: set[str] = set()
@@ -237,24 +338,82 @@ class WindowWalk:
     def pages(self) -> Generator[Step, None, None]:
         """The walk's pages in order, up to the one without a next cursor. Each is handed on
         within its ``turn``; a consumer that has what it needs stops early by closing the
-        iterator (``contextlib.closing``), which ends the turn."""
+        iterator (``contextlib.closing``), which ends the turn. After a page over the cap
+        the pages start again from the first (``Step.number`` 1)."""
         while True:
             with self._turn():
-                page, billing, calls = self.lister.fetch(
-                    self.target, self.start, self.end, self._cursor
-                )
-                self.calls += calls
+                fetched = self._fetch()
+                if fetched is None:
+                    continue  # asked for in smaller pages, from the first
+                page, billing, big = fetched
                 self.billing.add(billing)
-                if not self.read:
+                if not self._answered:
                     self.present = page.server_time
+                    self._answered = True
                 ids = [r.request_id for r in page.rows]
                 if not self._seen.isdisjoint(ids) or len(set(ids)) < len(ids):
                     self.repeated = True
                 self._seen.update(ids)
                 more = self._follow(page)
-                yield Step(page, billing, self.read, self.repeated)
+                yield Step(page, billing, self.read, self.repeated, big)
             if not more:
+                if self.limit < self._first_limit:
+                    self.lister.limits.learn(Stretch(self.target, self.start, self.end, self.limit))
                 return
+
+    def _fetch(self) -> tuple[Page, bool, tuple[TooBig, ...]] | None:
+        """The page at the cursor: (the page, whether billing was asked for, its requests
+        read without payloads); None if it was over the cap and the walk starts again."""
+        lister = self.lister
+        try:
+            page, billing, calls = lister.fetch(
+                self.target, self.start, self.end, self._cursor, limit=self.limit
+            )
+            self.calls += calls
+            return page, billing, ()
+        except PageTooLarge as e:
+            self.calls += 1
+            over = e
+        if self.limit > 1:
+            smaller = self.limit // 2
+            log.info("%s: a page of %d requests is over the %d-byte cap; walking it again "
+                     "in pages of %d", self.what, self.limit, over.cap, smaller)  # fmt: skip
+            self._start_again(smaller)
+            return None
+        if not lister.payloads:
+            raise over
+        try:
+            page, billing, calls = lister.fetch(
+                self.target, self.start, self.end, self._cursor, limit=1, payloads=False
+            )
+        except PageTooLarge as e:
+            raise PageTooLarge(
+                f"a page of one request of {self.what} is over the {e.cap}-byte cap even "
+                f"without payloads ({e})",
+                size=e.size,
+                cap=e.cap,
+            ) from None
+        self.calls += calls
+        big = tuple(TooBig(r, over.size, over.cap) for r in page.rows)
+        for b in big:
+            log.info("%s: request %s is too big for a page with its payloads; read without",
+                     self.what, b.row.request_id)  # fmt: skip
+        if big:
+            lister.notes.add(_too_big_note(self.target, over.cap))
+        self.too_big.extend(big)
+        return page, billing, big
+
+    def _start_again(self, limit: int) -> None:
+        """From the window's first page, in pages of ``limit``: a new walk in all but its
+        counts of calls, so an id read again is no repeat and the page cap is the new size's."""
+        self.limit = limit
+        self.cap = page_cap(self.end - self.start, limit)
+        self.read = 0
+        self.repeated = False
+        self._cursor = None
+        self._given.clear()
+        self._empty = 0
+        self._seen.clear()
 
     def _follow(self, page: Page) -> bool:
         """Count ``page`` (the answer for the current cursor) under the rules; whether a
@@ -274,7 +433,7 @@ class WindowWalk:
         if self.read >= self.cap:
             raise BadDataError(
                 f"the API gave {self.read} pages for {self.what} and no end: more than "
-                f"{self.cap * PAGE_LIMIT:,} requests in {self.end - self.start} is not plausible"
+                f"{self.cap * self.limit:,} requests in {self.end - self.start} is not plausible"
             )
         self._given.add(nxt)
         self._cursor = nxt

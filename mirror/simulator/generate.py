@@ -470,6 +470,7 @@ def generate_world(
     running: int = 10,
     big_tie_group: int = 150,
     late_fraction: float = 0.005,
+    huge_outputs: tuple[int, int] | None = None,
 ) -> World:
     """A realistic, deterministic history of `days` days up to `now`.
 
@@ -482,6 +483,10 @@ def generate_world(
     `big_tie_group` requests (0: none) end at one microsecond about five hours before `now`,
     with identical durations too, so ties straddle a page boundary in either sort.
     `late_fraction` of the history is recorded minutes to hours after it ended.
+    `huge_outputs=(count, size)` gives `count` successful requests of the history (drawn
+    apart, so the rest of the world is what the seed always gave) a `json_output` with a
+    text of `size` bytes: long LLM answers, so pages and single requests can be made larger
+    than a client's cap on a page.
     """
     if endpoints is None:
         weights: Mapping[str, float] = DEFAULT_ENDPOINTS
@@ -512,6 +517,9 @@ def generate_world(
     if big_tie_group > 0:
         rows.extend(_big_tie_group(factory, big_tie_group, now_us, start_us))
 
+    if huge_outputs is not None:
+        _huge_outputs(rows, *huge_outputs, random.Random(f"{seed}-huge"), now_us)
+
     for _ in range(running):
         r = row(pick(), now_us - int(rng.uniform(1, 480) * _S))
         r[_STARTED] = min(r[_STARTED], now_us - 1)
@@ -530,6 +538,30 @@ def generate_world(
     mat = factory.materialize
     world._extend(mat(r, now_us) for r in rows)
     return world
+
+
+#: what the long answers of `huge_outputs` are written with
+_WORDS = ("the", "model", "answer", "token", "context", "window", "long", "text", "über",
+          "naïve", "日本語", "mirror", "page", "request", "output", "stream")  # fmt: skip
+
+
+def _huge_outputs(
+    rows: list[list[Any]], count: int, size: int, rng: random.Random, now_us: int
+) -> None:
+    """`count` successful requests of `rows` that ended by `now_us`, within payload
+    retention, get an output text of `size` bytes (UTF-8)."""
+    kept = now_us - _PAYLOAD_RETENTION
+    done = [r for r in rows if r[_CODE] < 300 and kept <= r[_ENDED] <= now_us]
+    for r in rng.sample(done, min(count, len(done))):
+        words: list[str] = []
+        n = 0
+        while n < size:
+            w = rng.choice(_WORDS)
+            words.append(w)
+            n += len(w.encode()) + 1
+        text = " ".join(words).encode()[:size].decode(errors="ignore")
+        r[_OUT] = {"text": text, "finish_reason": "length"}
+        r[_IN] = r[_IN] or {"prompt": "write at length"}
 
 
 def _big_tie_group(factory: _Factory, size: int, now_us: int, start_us: int) -> list[list[Any]]:

@@ -456,11 +456,17 @@ def datasette_metadata(database_name: str) -> dict[str, Any]:
               help="Port on 127.0.0.1 (0: any free port).")  # fmt: skip
 @click.option("--print-metadata", is_flag=True,
               help="Print the Datasette metadata (JSON) instead of serving.")  # fmt: skip
-def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
+@click.option("--media-dir", type=click.Path(path_type=Path), envvar="MIRROR_MEDIA_DIR",
+              metavar="DIR",
+              help="The media archive's folder, if not <db>.media beside the mirror "
+              "(mirror media). Env: MIRROR_MEDIA_DIR.")  # fmt: skip
+def browse_cmd(db: str, port: int, print_metadata: bool, media_dir: Path | None) -> None:
     """Browse the mirror in Datasette, on 127.0.0.1 only (needs: pip install datasette).
 
     Titles, column descriptions and units, newest-first sorting, facets on
     endpoint and status, search, and canned queries for everyday questions.
+    With a media archive (mirror media), each request's archived images show as
+    thumbnails in the requests table and on its page, linked to the files.
     """
     path = sqlite_path(db)
     if path is None:
@@ -471,6 +477,9 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
         )
     datasette_cli = _datasette_cli()
     meta = datasette_metadata(path.stem)
+    media = _media_plugin(path, media_dir)
+    if media is not None:
+        meta.setdefault("plugins", {}).update(media)
     if print_metadata:
         click.echo(json.dumps(meta, indent=2))
         return
@@ -506,6 +515,33 @@ def _serve(datasette_cli: Any, db: str, path: Path, meta: dict[str, Any], port: 
         where = f"http://127.0.0.1:{port}/" if port else "a free port on 127.0.0.1"
         click.echo(f"serving {path} with Datasette on {where} (Ctrl-C to stop)", err=True)
         datasette_cli.main(args, prog_name="datasette", standalone_mode=True)
+
+
+def _media_plugin(path: Path, media_dir: Path | None) -> dict[str, Any] | None:
+    """The metadata's plugin settings that show the media archive of the mirror ``path``
+    (``mirror.datasette_media``, registered here), or None when it has none to show."""
+    from mirror.media_files import default_media_dir
+
+    root = media_dir or default_media_dir(path)
+    if not root.is_dir():
+        if media_dir is not None:
+            raise click.BadParameter(f"{media_dir} is not a folder", param_hint="--media-dir")
+        return None
+    try:
+        import datasette_media  # noqa: F401
+    except ImportError:
+        print_notes(
+            ["the media archive's thumbnails and files need datasette-media: "
+             "pip install 'fal-mirror[datasette]' (or pip install datasette-media)"]
+        )  # fmt: skip
+        return None
+    from datasette.plugins import pm
+
+    from mirror import datasette_media as plugin
+
+    if not pm.is_registered(plugin):
+        pm.register(plugin, name=plugin.PLUGIN)
+    return plugin.plugin_settings(root.resolve())
 
 
 COMMANDS = (query_cmd, stats_cmd, sql_cmd, status_cmd, browse_cmd)

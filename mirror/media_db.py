@@ -50,13 +50,15 @@ STATES = ("pending", "archived", "gone", "failed", "refused")
 class MediaFilters:
     """Which requests' files a run archives, as `mirror query` reads its flags: endpoints
     (an app id covers its routes), statuses, ``ended_at`` in ``[since, until)``; ``sides``:
-    output, and input when asked."""
+    output, and input when asked; ``request_ids``: these requests only."""
 
     endpoints: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
     sides: tuple[str, ...] = ("output",)
+    #: only these requests (none: any)
+    request_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ def _filter_clauses(f: MediaFilters) -> list[sa.ColumnElement[bool]]:
         out.append(r.ended_at >= to_text(f.since))
     if f.until is not None:
         out.append(r.ended_at < to_text(f.until))
+    if f.request_ids:
+        out.append(media_refs.c.request_id.in_(f.request_ids))
     return out
 
 
@@ -327,24 +331,43 @@ def urls_of(conn: Connection, sha: str) -> list[str]:
     ]
 
 
-def state_counts(conn: Connection) -> dict[str, int]:
-    """References per state (every state, zero included)."""
+def _among(among: sa.Select[Any] | None) -> list[sa.ColumnElement[bool]]:
+    """The references of the requests ``among`` selects (their ``request_id``; None: all)."""
+    return [] if among is None else [media_refs.c.request_id.in_(among.order_by(None))]
+
+
+def state_counts(conn: Connection, among: sa.Select[Any] | None = None) -> dict[str, int]:
+    """References per state (every state, zero included), of the requests ``among``
+    selects (a statement selecting ``request_id``; None: every request)."""
     counts = dict.fromkeys(STATES, 0)
     m = media_refs.c
-    for state, n in conn.execute(sa.select(m.state, sa.func.count()).group_by(m.state)):
+    q = sa.select(m.state, sa.func.count()).where(*_among(among)).group_by(m.state)
+    for state, n in conn.execute(q):
         counts[state] = n
     return counts
 
 
-def totals(conn: Connection) -> dict[str, Any]:
-    """The whole archive in figures: files and bytes archived, references per state, and
-    when a file was last found gone (``mirror status``)."""
+def totals(conn: Connection, among: sa.Select[Any] | None = None) -> dict[str, Any]:
+    """The archive in figures: files and bytes archived, references per state, and when a
+    file was last found gone (``mirror status``); of the requests ``among`` selects (as in
+    `state_counts`), whose files are counted once however many of them refer to each."""
     f = media_files.c
-    files, size = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0))
-    ).one()
-    last_gone = conn.execute(sa.select(sa.func.max(media_refs.c.gone_at))).scalar()
-    return {"files": files, "bytes": int(size), "last_gone_at": last_gone, **state_counts(conn)}
+    m = media_refs.c
+    if among is None:
+        counted = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0))
+    else:
+        shas = (
+            sa.select(m.sha256).where(m.state == "archived", *_among(among)).distinct().subquery()
+        )
+        counted = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0)).select_from(
+            shas.join(media_files, f.sha256 == shas.c.sha256)
+        )
+    files, size = conn.execute(counted).one()
+    last_gone = conn.execute(sa.select(sa.func.max(m.gone_at)).where(*_among(among))).scalar()
+    return {
+        "files": files, "bytes": int(size), "last_gone_at": last_gone,
+        **state_counts(conn, among),
+    }  # fmt: skip
 
 
 #: the columns of `endpoint_figures`' rows
@@ -353,9 +376,10 @@ FIGURE_COLUMNS = (
 )  # fmt: skip
 
 
-def endpoint_figures(conn: Connection) -> list[dict[str, Any]]:
+def endpoint_figures(conn: Connection, among: sa.Select[Any] | None = None) -> list[dict[str, Any]]:
     """Per endpoint: files archived (distinct), their bytes, references pending, gone,
-    failed and refused, and when a file was last found gone."""
+    failed and refused, and when a file was last found gone; of the requests ``among``
+    selects (as in `state_counts`)."""
     m = media_refs.c
     r = requests.c
     joined = media_refs.join(requests, r.request_id == m.request_id)
@@ -367,12 +391,13 @@ def endpoint_figures(conn: Connection) -> list[dict[str, Any]]:
             sa.func.max(m.gone_at).label("last_gone_at"),
         )
         .select_from(joined)
+        .where(*_among(among))
         .group_by(r.endpoint_id)
     )
     distinct_files = (
         sa.select(r.endpoint_id, m.sha256)
         .select_from(joined)
-        .where(m.state == "archived")
+        .where(m.state == "archived", *_among(among))
         .distinct()
         .subquery()
     )

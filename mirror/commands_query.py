@@ -79,8 +79,8 @@ def media_dir_option(fn: F) -> F:
     return click.option(
         "--media-dir", type=click.Path(path_type=Path), envvar="MIRROR_MEDIA_DIR",
         metavar="DIR",
-        help="The media archive's folder, if not <db>.media beside a SQLite mirror "
-        "(mirror media; required for PostgreSQL). Env: MIRROR_MEDIA_DIR.",
+        help="The media archive's folder (mirror media), if not <db>.media beside a SQLite "
+        "mirror. Env: MIRROR_MEDIA_DIR.",
     )(fn)  # fmt: skip
 
 

@@ -55,14 +55,10 @@ _SERVED_TYPE = (
 )
 _THUMB_TYPES = ", ".join(f"'{t}'" for t in THUMB_TYPES)
 _FILES_OF = """
-SELECT r.sha256, r.path, r.file_name, f.content_type, r.content_type AS declared_type
-FROM media_refs r JOIN media_files f ON f.sha256 = r.sha256
-WHERE r.request_id = :request_id AND r.side = 'output' AND r.state = 'archived'
+SELECT r.state, r.sha256, r.path, r.file_name, f.content_type, r.content_type AS declared_type
+FROM media_refs r LEFT JOIN media_files f ON f.sha256 = r.sha256
+WHERE r.request_id = :request_id AND r.side = 'output' AND r.state IN ('archived', 'gone')
 ORDER BY r.path
-"""
-_GONE_OF = """
-SELECT count(*) FROM media_refs
-WHERE request_id = :request_id AND side = 'output' AND state = 'gone'
 """
 
 #: the path of the page being drawn (set by `asgi_wrapper`)
@@ -145,10 +141,13 @@ def render_cell(
 async def _cell(
     datasette: Any, database: str, store: MediaDir, request_id: str, value: Any, limit: int
 ) -> markupsafe.Markup | None:
-    db = datasette.get_database(database)
-    files = (await db.execute(_FILES_OF, {"request_id": request_id})).rows
-    gone = (await db.execute(_GONE_OF, {"request_id": request_id})).single_value()
-    shown = [f for f in files if stored_file(store, f["sha256"]) is not None]
+    refs = (
+        await datasette.get_database(database).execute(_FILES_OF, {"request_id": request_id})
+    ).rows
+    gone = sum(1 for f in refs if f["state"] == "gone")
+    shown = [
+        f for f in refs if f["state"] == "archived" and stored_file(store, f["sha256"]) is not None
+    ]
     if not shown and not gone:
         return None
     parts = [_link(datasette, f) for f in shown[:MAX_SHOWN]]

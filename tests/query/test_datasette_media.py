@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -172,3 +174,36 @@ def _get_as_written(base: httpx.URL, target: str) -> tuple[int, bytes]:
                        target=target.encode())  # fmt: skip
     r = httpcore.request("GET", url, extensions={"timeout": {"read": 30}})
     return r.status, r.content
+
+
+def test_print_metadata_carries_the_archive_when_there_is_one(run_cli, tmp_path):
+    (tmp_path / "m.db").touch()
+    bare = json.loads(
+        run_cli(["browse", "--db", str(tmp_path / "m.db"), "--print-metadata"]).stdout
+    )
+    assert "datasette-media" not in bare.get("plugins", {}), "no archive, yet files are served"
+    (tmp_path / "m.db.media").mkdir()
+    r = run_cli(["browse", "--db", str(tmp_path / "m.db"), "--print-metadata"])
+    assert r.exit_code == 0, r.output
+    plugins = json.loads(r.stdout)["plugins"]
+    assert plugins["mirror-media"] == {"media_dir": str((tmp_path / "m.db.media").resolve())}
+    assert set(plugins["datasette-media"]) == {"file", "thumb"}
+
+
+def test_browse_without_datasette_media_says_how_to_get_it(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "m.db").touch()
+    (tmp_path / "m.db.media").mkdir()
+    monkeypatch.setitem(sys.modules, "datasette_media", None)  # as if not installed
+    r = run_cli(["browse", "--db", str(tmp_path / "m.db"), "--print-metadata"])
+    assert r.exit_code == 0, r.output
+    assert "plugins" not in json.loads(r.stdout)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pip install" in lines[0] and "datasette-media" in lines[0], lines
+
+
+def test_a_media_dir_that_is_not_a_folder_is_one_line_and_exit_2(run_cli, tmp_path):
+    (tmp_path / "m.db").touch()
+    r = run_cli(["browse", "--db", str(tmp_path / "m.db"), "--media-dir", str(tmp_path / "no")])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--media-dir" in lines[0] and "Traceback" not in r.output, lines

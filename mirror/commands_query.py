@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mirror import health, media_db, metrics, output, query, termchart
+from mirror import health, media_db, media_query, metrics, output, query, termchart
 from mirror.cliutil import (
     db_option,
     duration_callback,
@@ -32,6 +32,7 @@ from mirror.cliutil import (
     print_notes,
     shown,
     sigterm_as_interrupt,
+    usage_errors,
     when_callback,
 )
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
@@ -71,6 +72,16 @@ def filter_options(fn: F) -> F:
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def media_dir_option(fn: F) -> F:
+    """Where the media archive is, for the offline commands that show it."""
+    return click.option(
+        "--media-dir", type=click.Path(path_type=Path), envvar="MIRROR_MEDIA_DIR",
+        metavar="DIR",
+        help="The media archive's folder (mirror media), if not <db>.media beside a SQLite "
+        "mirror. Env: MIRROR_MEDIA_DIR.",
+    )(fn)  # fmt: skip
 
 
 def _filters(kw: dict[str, Any]) -> query.Filters:
@@ -133,6 +144,11 @@ def _print(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, **kw
               f"Default: {','.join(query.DEFAULT_COLUMNS)}.")  # fmt: skip
 @click.option("--payloads", is_flag=True,
               help="Add json_input and json_output (decoded, in json/jsonl).")  # fmt: skip
+@click.option("--media", is_flag=True,
+              help="Add media: each request's archived files (mirror media), their place in "
+              "the store; in json/jsonl a list of {side, path, file, file_name, "
+              "content_type}, in csv that list as JSON text, in a table the files.")  # fmt: skip
+@media_dir_option
 @format_option
 def query_cmd(
     db: str,
@@ -142,6 +158,8 @@ def query_cmd(
     offset: int,
     columns: tuple[str, ...],
     payloads: bool,
+    media: bool,
+    media_dir: Path | None,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -163,12 +181,43 @@ def query_cmd(
         )
     if payloads:
         cols += [c for c in query.PAYLOAD_COLUMNS if c not in cols]
+    store = _media_store(db, media_dir) if media else None
+    # the files are found by request id, which is read even when not shown
+    read = cols if store is None or "request_id" in cols else ["request_id", *cols]
     with query.open_reader(db) as conn:
-        rows = query.select_requests(
-            conn, filters, columns=cols, sort=sort, descending=not asc,
+        rows: Iterable[Sequence[Any]] = query.select_requests(
+            conn, filters, columns=read, sort=sort, descending=not asc,
             limit=limit or None, offset=offset,
         )  # fmt: skip
+        if store is not None:
+            from mirror.media_query import with_files
+
+            shown_from = len(read) - len(cols)
+            rows = (
+                (*row[shown_from:], _files_shown(files, fmt))
+                for row, files in with_files(conn, rows, read.index("request_id"), store)
+            )
+            cols = [*cols, "media"]
         _print(cols, rows, fmt, json_columns=query.PAYLOAD_COLUMNS)
+
+
+def _media_store(db: str, media_dir: Path | None) -> Any:
+    """The media store of the mirror ``db`` (a `mirror.media_files.MediaDir`)."""
+    from mirror.media_files import MediaDir
+    from mirror.runs import media_dir_for
+
+    with usage_errors():
+        return MediaDir(media_dir_for(db, media_dir))
+
+
+def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
+    """A request's archived files as ``fmt`` shows them: a list in JSON, its JSON text in
+    CSV, the files' paths in a table."""
+    if fmt in ("json", "jsonl"):
+        return files
+    if fmt == "csv":
+        return json.dumps(files)
+    return " ".join(f["file"] for f in files)
 
 
 # --------------------------------------------------------------------------- stats
@@ -189,6 +238,10 @@ def query_cmd(
 @click.option("--chart", is_flag=True,
               help="Add a bar column of each group's requests (table format only; "
               "never drawn unless asked).")  # fmt: skip
+@click.option("--media", is_flag=True,
+              help="Add the media archive's figures (mirror media) of the requests counted: "
+              "media_files and media_bytes archived, media_gone (deleted by fal before they "
+              "were archived). With no --by or --by endpoint.")  # fmt: skip
 @format_option
 def stats_cmd(
     db: str,
@@ -196,6 +249,7 @@ def stats_cmd(
     columns: tuple[str, ...],
     wide: bool,
     chart: bool,
+    media: bool,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -228,13 +282,19 @@ def stats_cmd(
         raise click.UsageError(
             f"--chart draws bars in the table: it does not mix with --format {fmt}"
         )
+    if media and groups not in ([], ["endpoint"]):
+        raise click.UsageError("--media counts files per endpoint: give --by endpoint, or no --by")
     with query.open_reader(db) as conn:
         result = query.stats(conn, filters, by=groups)
-    cols = [*groups, *(figures or query.STATS_FIELDS)]
+        if media:
+            _add_media_figures(conn, filters, groups, result, human=fmt == "table")
+    extra = list(media_query.STATS_COLUMNS) if media else []
+    cols = [*groups, *(figures or query.STATS_FIELDS), *extra]
     rows = [[r[c] for c in cols] for r in result]
     width = shutil.get_terminal_size().columns
     if fmt == "table" and not wide and not figures:
-        cols, rows, hidden = output.narrow(cols, rows, query.STATS_RANKED, width)
+        ranked = [*query.STATS_RANKED[:1], *extra, *query.STATS_RANKED[1:]]
+        cols, rows, hidden = output.narrow(cols, rows, ranked, width)
         if hidden:
             print_notes(
                 [
@@ -248,6 +308,21 @@ def stats_cmd(
         for row, bar in zip(rows, drawn, strict=True):
             row.insert(len(groups) + 1, bar)
     _print(cols, rows, fmt, width=width)
+
+
+def _add_media_figures(
+    conn: Any, filters: query.Filters, groups: list[str], result: list[dict[str, Any]], *,
+    human: bool,
+) -> None:  # fmt: skip
+    """``media_query.STATS_COLUMNS`` into each stats row (bytes for people in a table)."""
+    from mirror.media import human_bytes
+
+    figures = media_query.stats_figures(conn, filters, by_endpoint=bool(groups))
+    zero = dict.fromkeys(media_query.STATS_COLUMNS, 0)
+    for r in result:
+        r.update(figures.get(r["endpoint"] if groups else None, zero))
+        if human:
+            r["media_bytes"] = human_bytes(r["media_bytes"])
 
 
 # --------------------------------------------------------------------------- sql
@@ -341,7 +416,9 @@ def status_cmd(
     payloads because a page of that one request is over the body cap with them.
 
     \b
-    A last line sums up the media archive (mirror media), if there is one.
+    A last line sums up the media archive (mirror media), if there is one; in
+    json, jsonl and csv each target has its own archive's figures (media: files,
+    bytes, pending, gone, failed, refused, last_gone_at).
 
     \b
     Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,
@@ -378,11 +455,11 @@ def status_cmd(
             return
         result = [t.as_dict() for t in snap.targets]
         with query.open_reader(db) as conn:
-            media = media_db.totals(conn) if fmt == "table" else None
+            media = _status_media(conn, result, fmt)
     else:
         with query.open_reader(db) as conn:
             result = [t.as_dict() for t in query.sync_status(conn)]
-            media = media_db.totals(conn) if fmt == "table" else None
+            media = _status_media(conn, result, fmt)
     if not result:
         click.echo(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
@@ -402,16 +479,19 @@ def status_cmd(
                     r[c] = _minute(r[c])
             r["gaps"] = _gaps_text(r["gaps"])
             r["clock_skew"] = _skew_text(r["clock_skew"])
-    elif fmt == "csv":
-        for r in result:
-            r["gaps"] = json.dumps(r["gaps"])
-            r["oversized"] = json.dumps([b["request_id"] for b in r["oversized"]])
+    else:
+        cols.append("media")
+        if fmt == "csv":
+            for r in result:
+                r["gaps"] = json.dumps(r["gaps"])
+                r["oversized"] = json.dumps([b["request_id"] for b in r["oversized"]])
+                r["media"] = json.dumps(r["media"])
     _print(cols, ([r[c] for c in cols] for r in result), fmt)
     if fmt == "table":
         for target, found in too_big:
             click.echo(shown(_oversized_text(target, found)))
-    if fmt == "table" and media is not None and any(media.values()):
-        click.echo(_media_text(media))
+        if any(media.values()):
+            click.echo(_media_text(media))
 
 
 #: oversized requests named in the table's line per target (all of them: -f json)
@@ -430,6 +510,17 @@ def _oversized_text(target: str, found: list[dict[str, Any]]) -> str:
         f"{target}: {n} request{'s' if n != 1 else ''} stored without payloads, too big for "
         f"a page with them (over the {cap} cap): {ids}{more}"
     )
+
+
+def _status_media(conn: Any, result: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
+    """The media archive for `status`: in a table, the whole archive's figures (its last
+    line); in the other formats, each target's, put into its row as ``media``."""
+    if fmt == "table":
+        return media_db.totals(conn)
+    per_target = media_query.target_figures(conn, [r["target"] for r in result])
+    for r in result:
+        r["media"] = per_target[r["target"]]
+    return {}
 
 
 def _media_text(m: dict[str, Any]) -> str:
@@ -483,12 +574,15 @@ def datasette_metadata(database_name: str) -> dict[str, Any]:
               help="Port on 127.0.0.1 (0: any free port).")  # fmt: skip
 @click.option("--print-metadata", is_flag=True,
               help="Print the Datasette metadata (JSON) instead of serving.")  # fmt: skip
-def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
+@media_dir_option
+def browse_cmd(db: str, port: int, print_metadata: bool, media_dir: Path | None) -> None:
     """Browse the mirror in Datasette, on 127.0.0.1 only (needs: pip install datasette).
 
     Titles and column descriptions, newest-first sorting, facets on endpoint,
     status and day summed from the rollups, search, and canned queries for
-    everyday questions: every page stays fast on millions of requests.
+    everyday questions: every page stays fast on millions of requests. With a
+    media archive (mirror media), each request's archived images show as
+    thumbnails in the requests table and on its page, linked to the files.
     """
     path = sqlite_path(db)
     if path is None:
@@ -499,6 +593,9 @@ def browse_cmd(db: str, port: int, print_metadata: bool) -> None:
         )
     datasette_cli = _datasette_cli()
     meta = datasette_metadata(path.stem)
+    media = _media_plugin(path, media_dir)
+    if media is not None:
+        meta.setdefault("plugins", {}).update(media)
     if print_metadata:
         click.echo(json.dumps(meta, indent=2))
         return
@@ -540,6 +637,33 @@ def _serve(datasette_cli: Any, db: str, path: Path, meta: dict[str, Any], port: 
         where = f"http://127.0.0.1:{port}/" if port else "a free port on 127.0.0.1"
         click.echo(f"serving {path} with Datasette on {where} (Ctrl-C to stop)", err=True)
         datasette_cli.main(args, prog_name="datasette", standalone_mode=True)
+
+
+def _media_plugin(path: Path, media_dir: Path | None) -> dict[str, Any] | None:
+    """The metadata's plugin settings that show the media archive of the mirror ``path``
+    (``mirror.datasette_media``, registered here), or None when it has none to show."""
+    from mirror.media_files import default_media_dir
+
+    root = media_dir or default_media_dir(path)
+    if not root.is_dir():
+        if media_dir is not None:
+            raise click.BadParameter(f"{media_dir} is not a folder", param_hint="--media-dir")
+        return None
+    try:
+        import datasette_media  # noqa: F401
+    except ImportError:
+        print_notes(
+            ["the media archive's thumbnails and files need datasette-media: "
+             "pip install 'fal-mirror[datasette]' (or pip install datasette-media)"]
+        )  # fmt: skip
+        return None
+    from datasette.plugins import pm
+
+    from mirror import datasette_media as plugin
+
+    if not pm.is_registered(plugin):
+        pm.register(plugin, name=plugin.PLUGIN)
+    return plugin.plugin_settings(root.resolve())
 
 
 COMMANDS = (query_cmd, stats_cmd, sql_cmd, status_cmd, browse_cmd)

@@ -237,8 +237,7 @@ def _record(
     writer: Engine, results: list[tuple[Work, Fetched]], report: MediaReport, now: str
 ) -> None:
     with interrupts.deferred(), writer.begin() as conn:
-        for item, fetched in results:
-            media_db.record(conn, item.url, fetched, now)
+        media_db.record(conn, [(item.url, fetched) for item, fetched in results], now)
     for item, fetched in results:
         _count(report, item, fetched)
 

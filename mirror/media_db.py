@@ -15,14 +15,14 @@ on SQLite and PostgreSQL alike; it does no HTTP and touches no file.
   `MAX_ATTEMPTS` times, or refused without a host being contacted (the URL policy is
   checked again, since the user may have added a host), oldest request first (fal deletes
   the oldest first).
-- `record` writes what became of one URL into all of its references.
+- `record` writes what became of a batch of URLs into all of their references.
 - `endpoint_figures`, `totals`, `state_counts`, `archived_files`, `archived_paths` answer
   the questions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.media_fetch import Fetched
 from mirror.media_refs import FileRef, extract
-from mirror.schema import media_files, media_refs, media_scan, requests, target_clause
+from mirror.schema import Instant, media_files, media_refs, media_scan, requests, target_clause
 from mirror.timeparse import from_text, to_text
 
 #: a failed reference is tried again by this many runs in all, then left failed
@@ -50,13 +50,15 @@ STATES = ("pending", "archived", "gone", "failed", "refused")
 class MediaFilters:
     """Which requests' files a run archives, as `mirror query` reads its flags: endpoints
     (an app id covers its routes), statuses, ``ended_at`` in ``[since, until)``; ``sides``:
-    output, and input when asked."""
+    output, and input when asked; ``request_ids``: these requests only."""
 
     endpoints: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
     sides: tuple[str, ...] = ("output",)
+    #: only these requests (none: any)
+    request_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ def _filter_clauses(f: MediaFilters) -> list[sa.ColumnElement[bool]]:
         out.append(r.ended_at >= to_text(f.since))
     if f.until is not None:
         out.append(r.ended_at < to_text(f.until))
+    if f.request_ids:
+        out.append(media_refs.c.request_id.in_(f.request_ids))
     return out
 
 
@@ -227,33 +231,75 @@ def plan(conn: Connection, filters: MediaFilters) -> list[Work]:
     return [Work(url, size, n, bool(refused)) for url, size, n, refused in conn.execute(q)]
 
 
-def record(conn: Connection, url: str, fetched: Fetched, now: str) -> None:
-    """What became of ``url``, into every reference to it still to be fetched."""
+#: the states of references still to be fetched
+_TO_FETCH = ("pending", "failed", "refused")
+
+
+def _outcome(**values: Any) -> sa.Update:
+    """The update that records one outcome into every reference to ``:b_url`` still to be
+    fetched, built once: `record` runs it for a whole batch of URLs in one executemany
+    (built and compiled per URL, the statements cost more than the downloads themselves,
+    bench/media_bench.py)."""
     m = media_refs.c
-    where = [m.url == url, m.state.in_(("pending", "failed", "refused"))]
-    bump = m.attempts + (1 if fetched.contacted else 0)
-    if fetched.outcome == "archived":
-        assert fetched.sha256 is not None and fetched.size is not None
-        exists = conn.execute(
-            sa.select(media_files.c.sha256).where(media_files.c.sha256 == fetched.sha256)
-        ).first()
-        if exists is None:
-            conn.execute(
-                media_files.insert().values(
-                    sha256=fetched.sha256,
-                    size=fetched.size,
-                    content_type=fetched.content_type,
-                    fetched_at=now,
-                )
-            )
-        values: dict[str, Any] = {"state": "archived", "sha256": fetched.sha256, "error": None}
-    elif fetched.outcome == "gone":
-        values = {"state": "gone", "gone_at": now, "error": fetched.reason}
-    elif fetched.outcome in ("failed", "refused"):
-        values = {"state": fetched.outcome, "error": fetched.reason}
-    else:  # deferred: left as it was, for the next run
-        return
-    conn.execute(media_refs.update().where(*where).values(attempts=bump, tried_at=now, **values))
+    return (
+        media_refs.update()
+        .where(
+            m.url == sa.bindparam("b_url", type_=sa.Text()),
+            # not in_(): executemany takes no expanding parameter
+            sa.or_(*(m.state == state for state in _TO_FETCH)),
+        )
+        .values(
+            attempts=m.attempts + sa.bindparam("b_bump", type_=sa.Integer()),
+            tried_at=sa.bindparam("b_now", type_=Instant()),
+            **values,
+        )
+    )
+
+
+_ARCHIVED = _outcome(
+    state="archived", sha256=sa.bindparam("b_sha", type_=sa.Text()), error=sa.null()
+)
+_GONE = _outcome(
+    state="gone",
+    gone_at=sa.bindparam("b_now", type_=Instant()),
+    error=sa.bindparam("b_error", type_=sa.Text()),
+)
+_NOT_FETCHED = _outcome(
+    state=sa.bindparam("b_state", type_=sa.Text()),
+    error=sa.bindparam("b_error", type_=sa.Text()),
+)
+
+
+def record(conn: Connection, results: Sequence[tuple[str, Fetched]], now: str) -> None:
+    """What became of each URL, into every reference to it still to be fetched; a new
+    file's row into ``media_files``. A deferred URL is left as it was, for the next run."""
+    files: dict[str, dict[str, Any]] = {}
+    archived: list[dict[str, Any]] = []
+    gone: list[dict[str, Any]] = []
+    not_fetched: list[dict[str, Any]] = []
+    for url, fetched in results:
+        common = {"b_url": url, "b_bump": 1 if fetched.contacted else 0, "b_now": now}
+        if fetched.outcome == "archived":
+            assert fetched.sha256 is not None and fetched.size is not None
+            files.setdefault(
+                fetched.sha256,
+                {"sha256": fetched.sha256, "size": fetched.size,
+                 "content_type": fetched.content_type, "fetched_at": now},
+            )  # fmt: skip
+            archived.append({**common, "b_sha": fetched.sha256})
+        elif fetched.outcome == "gone":
+            gone.append({**common, "b_error": fetched.reason})
+        elif fetched.outcome in ("failed", "refused"):
+            not_fetched.append({**common, "b_state": fetched.outcome, "b_error": fetched.reason})
+    if files:
+        f = media_files.c
+        known = set(conn.execute(sa.select(f.sha256).where(f.sha256.in_(list(files)))).scalars())
+        new = [row for sha, row in files.items() if sha not in known]
+        if new:
+            conn.execute(media_files.insert(), new)
+    for statement, params in ((_ARCHIVED, archived), (_GONE, gone), (_NOT_FETCHED, not_fetched)):
+        if params:
+            conn.execute(statement, params)
 
 
 def mark_missing(conn: Connection, sha: str) -> int:
@@ -285,24 +331,43 @@ def urls_of(conn: Connection, sha: str) -> list[str]:
     ]
 
 
-def state_counts(conn: Connection) -> dict[str, int]:
-    """References per state (every state, zero included)."""
+def _among(among: sa.Select[Any] | None) -> list[sa.ColumnElement[bool]]:
+    """The references of the requests ``among`` selects (their ``request_id``; None: all)."""
+    return [] if among is None else [media_refs.c.request_id.in_(among.order_by(None))]
+
+
+def state_counts(conn: Connection, among: sa.Select[Any] | None = None) -> dict[str, int]:
+    """References per state (every state, zero included), of the requests ``among``
+    selects (a statement selecting ``request_id``; None: every request)."""
     counts = dict.fromkeys(STATES, 0)
     m = media_refs.c
-    for state, n in conn.execute(sa.select(m.state, sa.func.count()).group_by(m.state)):
+    q = sa.select(m.state, sa.func.count()).where(*_among(among)).group_by(m.state)
+    for state, n in conn.execute(q):
         counts[state] = n
     return counts
 
 
-def totals(conn: Connection) -> dict[str, Any]:
-    """The whole archive in figures: files and bytes archived, references per state, and
-    when a file was last found gone (``mirror status``)."""
+def totals(conn: Connection, among: sa.Select[Any] | None = None) -> dict[str, Any]:
+    """The archive in figures: files and bytes archived, references per state, and when a
+    file was last found gone (``mirror status``); of the requests ``among`` selects (as in
+    `state_counts`), whose files are counted once however many of them refer to each."""
     f = media_files.c
-    files, size = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0))
-    ).one()
-    last_gone = conn.execute(sa.select(sa.func.max(media_refs.c.gone_at))).scalar()
-    return {"files": files, "bytes": int(size), "last_gone_at": last_gone, **state_counts(conn)}
+    m = media_refs.c
+    if among is None:
+        counted = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0))
+    else:
+        shas = (
+            sa.select(m.sha256).where(m.state == "archived", *_among(among)).distinct().subquery()
+        )
+        counted = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(f.size), 0)).select_from(
+            shas.join(media_files, f.sha256 == shas.c.sha256)
+        )
+    files, size = conn.execute(counted).one()
+    last_gone = conn.execute(sa.select(sa.func.max(m.gone_at)).where(*_among(among))).scalar()
+    return {
+        "files": files, "bytes": int(size), "last_gone_at": last_gone,
+        **state_counts(conn, among),
+    }  # fmt: skip
 
 
 #: the columns of `endpoint_figures`' rows
@@ -311,9 +376,10 @@ FIGURE_COLUMNS = (
 )  # fmt: skip
 
 
-def endpoint_figures(conn: Connection) -> list[dict[str, Any]]:
+def endpoint_figures(conn: Connection, among: sa.Select[Any] | None = None) -> list[dict[str, Any]]:
     """Per endpoint: files archived (distinct), their bytes, references pending, gone,
-    failed and refused, and when a file was last found gone."""
+    failed and refused, and when a file was last found gone; of the requests ``among``
+    selects (as in `state_counts`)."""
     m = media_refs.c
     r = requests.c
     joined = media_refs.join(requests, r.request_id == m.request_id)
@@ -325,12 +391,13 @@ def endpoint_figures(conn: Connection) -> list[dict[str, Any]]:
             sa.func.max(m.gone_at).label("last_gone_at"),
         )
         .select_from(joined)
+        .where(*_among(among))
         .group_by(r.endpoint_id)
     )
     distinct_files = (
         sa.select(r.endpoint_id, m.sha256)
         .select_from(joined)
-        .where(m.state == "archived")
+        .where(m.state == "archived", *_among(among))
         .distinct()
         .subquery()
     )

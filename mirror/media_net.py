@@ -128,7 +128,9 @@ class UrlPolicy:
 
     def check(self, url: str) -> str:
         """``url`` if a download may fetch it; `Refused` naming the first reason if not."""
-        if any(c.isspace() or not c.isprintable() for c in url) or "\\" in url:
+        # every whitespace character but the space is unprintable: one pass in C, not a
+        # Python loop over the characters (it showed in the cost of each small file)
+        if not url.isprintable() or " " in url or "\\" in url:
             raise Refused("the URL has whitespace, control characters or a backslash")
         try:
             parts = urlsplit(url)

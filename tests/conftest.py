@@ -27,6 +27,8 @@ MIRROR_ENV = (
     "MIRROR_RETRY_ATTEMPTS",
     "MIRROR_RETRY_CAP",
     "MIRROR_REQUEST_DEADLINE",
+    "MIRROR_MEDIA_DIR",
+    "MIRROR_MEDIA_HOSTS",
 )
 #: what mirror reads of the network settings (mirror.netenv), in both cases, and curl's and
 #: requests' CA variables: a machine's proxy or CA bundle must not reach the simulated API

@@ -20,18 +20,19 @@ from pathlib import Path
 
 import pytest
 from support.cli import assert_one_line, run_cli
+from support.compare import db_query
 from support.media import APP, files_on_disk, media_site, refs
 from support.proxy import forward_proxy, tinyproxy_missing
 
 SYNC = ["sync", "--since", "1h", "-e", APP, "-q"]
 
 
-def _sync(db: Path, env: dict[str, str], out: Path, *extra: str) -> None:
+def _sync(db: Path | str, env: dict[str, str], out: Path, *extra: str) -> None:
     r = run_cli([*SYNC, "--db", str(db), *extra], env, out, no_second_wait=True)
     assert r.code == 0, f"sync failed: {r.stderr}"
 
 
-def _media(db: Path, env: dict[str, str], out: Path, *extra: str, **kw):
+def _media(db: Path | str, env: dict[str, str], out: Path, *extra: str, **kw):
     return run_cli(["media", "--db", str(db), *extra], env, out, **kw)
 
 
@@ -338,3 +339,46 @@ def test_downloads_go_through_the_proxy_the_environment_names(tmp_path):
     assert "1 files archived" in done.stdout, done.stdout
     assert file_url in carried, f"the download did not go through the proxy: {carried}"
     assert set(_stored(tmp_path / "m.db.media").values()) == {want}
+
+
+def test_a_postgresql_mirror_archives_into_its_media_dir(tmp_path, pg_url):
+    """The same archive on PostgreSQL, its files in the folder --media-dir names: each file
+    once, a tombstone, a second run that asks nothing, and the offline commands' answers."""
+    with media_site() as site:
+        a = site.file("pg/a.png", 5000)
+        gone = site.file("pg/gone.png", expires_at=site.now - timedelta(hours=1))
+        first_id = site.request({"images": [a, gone]})
+        second_id = site.request({"image": a})
+        env = site.env()
+        store = tmp_path / "store"
+        _sync(pg_url, env, tmp_path / "out")
+        first = _media(pg_url, env, tmp_path / "out", "--media-dir", str(store))
+        assert first.code == 0 and first.stderr == "", first.stderr
+        assert "1 files archived" in first.stdout and "1 gone" in first.stdout, first.stdout
+        hits = len(site.cdn.log)
+        again = _media(pg_url, env, tmp_path / "out", "--media-dir", str(store))
+        assert again.code == 0 and "0 files archived" in again.stdout, again.stdout
+        assert len(site.cdn.log) == hits, "a second run asked the CDN again"
+        want = site.cdn.sha256("pg/a.png")
+    assert set(_stored(store).values()) == {want}
+    assert db_query(pg_url, "SELECT request_id, path, state, sha256, gone_at IS NOT NULL "
+                            "FROM media_refs ORDER BY 1, 2") == [
+        (first_id, "$.images[0]", "archived", want, False),
+        (first_id, "$.images[1]", "gone", None, True),
+        (second_id, "$.image", "archived", want, False),
+    ]  # fmt: skip
+    assert db_query(pg_url, "SELECT sha256, size, content_type FROM media_files") == [
+        (want, 5000, "image/png")
+    ]
+    file = str(store / want[:2] / want)
+    listed = run_cli(["query", "--db", pg_url, "--media", "--media-dir", str(store),
+                      "-c", "request_id", "-f", "json"], env, tmp_path / "out")  # fmt: skip
+    assert {r["request_id"]: [f["file"] for f in r["media"]]
+            for r in json.loads(listed.stdout)} == {first_id: [file], second_id: [file]}  # fmt: skip
+    status = run_cli(["status", "--db", pg_url, "-f", "json"], env, tmp_path / "out")
+    ((target, media),) = [(t["target"], t["media"]) for t in json.loads(status.stdout)]
+    got = (target, media["files"], media["bytes"], media["archived"], media["gone"])
+    assert got == (APP, 1, 5000, 2, 1), media
+    check = run_cli(["verify", "--media", "--db", pg_url, "--media-dir", str(store)], env,
+                    tmp_path / "out")  # fmt: skip
+    assert check.code == 0 and "1 files checked" in check.stdout, check.stdout + check.stderr

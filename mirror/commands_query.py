@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -348,18 +348,7 @@ def status_cmd(
         if metrics_file is not None:
             metrics.write_metrics(metrics_file, snap)
         if check:
-            found = health.problems(
-                snap, health.Thresholds(
-                    max_age=max_age, max_failures=max_failures or health.DEFAULT_MAX_FAILURES,
-                    unfinished_age=snap.unfinished_age,
-                ),
-            )  # fmt: skip
-            with _stdout():
-                for line in found:
-                    click.echo(shown(line))
-                if not found and not quiet:
-                    click.echo(health.healthy_line(snap))
-            click.get_current_context().exit(1 if found else 0)
+            _exit_checked(snap, max_age, max_failures, quiet)
         if quiet:
             return
         result = [t.as_dict() for t in snap.targets]
@@ -374,6 +363,30 @@ def status_cmd(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
             err=True,
         )
+    _print_status(result, media, fmt)
+
+
+def _exit_checked(
+    snap: health.Health, max_age: timedelta | None, max_failures: int | None, quiet: bool
+) -> NoReturn:
+    """``status --check``: one line per problem (or, unless ``quiet``, the healthy line),
+    then exit 1 or 0."""
+    found = health.problems(
+        snap, health.Thresholds(
+            max_age=max_age, max_failures=max_failures or health.DEFAULT_MAX_FAILURES,
+            unfinished_age=snap.unfinished_age,
+        ),
+    )  # fmt: skip
+    with _stdout():
+        for line in found:
+            click.echo(shown(line))
+        if not found and not quiet:
+            click.echo(health.healthy_line(snap))
+    click.get_current_context().exit(1 if found else 0)
+
+
+def _print_status(result: list[dict[str, Any]], media: dict[str, Any] | None, fmt: str) -> None:
+    """The status rows (``TargetStatus.as_dict``) in ``fmt``, then the media archive's line."""
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "requested_from", "covered_from", "covered_to", "gaps", "last_run",
             "last_run_started_at", "last_run_ended_at", "last_run_error",

@@ -40,6 +40,9 @@ EXIT_INTERRUPTED = 130
 #: the longest endpoint id a command accepts (fal's own are far shorter)
 MAX_ENDPOINT_ID = 256
 
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def _debug() -> bool:
     return os.environ.get("MIRROR_DEBUG", "") not in ("", "0")
@@ -174,10 +177,6 @@ def usage_errors() -> Iterator[None]:
 # --------------------------------------------------------------------------- flag values
 
 
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
 def _parsed(value: str | None, parse: Callable[[str], T]) -> T | None:
     """A flag's ``value`` through ``parse`` (None when the flag is not given); its
     ``ValueError`` is click's one-line error about the flag."""
@@ -247,6 +246,20 @@ def check_since_until(since: datetime | None, until: datetime | None) -> None:
         )
 
 
+def split_values(values: Iterable[str]) -> list[str]:
+    """``a,b`` and repeated flags alike: ``--by endpoint,day`` == ``--by endpoint --by day``."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def checked_groups(by: Iterable[str], check: Callable[[list[str]], Iterable[str]]) -> list[str]:
+    """``--by``'s groups, each value split at commas, passed through ``check``; its
+    `mirror.errors.ConfigError` is click's one-line error about ``--by``."""
+    try:
+        return list(check(split_values(by)))
+    except errors.ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--by") from None
+
+
 # --------------------------------------------------------------------------- shared options
 
 
@@ -269,6 +282,11 @@ metrics_file_option = click.option(
     help="Also write Prometheus metrics here (for node-exporter's textfile collector: "
     "a *.prom file in its directory), atomically.",
 )  # fmt: skip
+format_option = click.option(
+    "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",
+    show_default=True, help="table for people; json (one array), jsonl (one object a line) "
+    "or csv (with a header row) for programs.",
+)  # fmt: skip
 
 
 def endpoints_option(help: str, *more_names: str) -> Callable[[F], F]:
@@ -286,27 +304,6 @@ def when_option(flag: str, help: str) -> Callable[[F], F]:
 def by_option(help: str) -> Callable[[F], F]:
     """``-b/--by GROUP[,GROUP…]`` (repeatable); `checked_groups` reads it."""
     return click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]", help=help)
-
-
-def split_values(values: Iterable[str]) -> list[str]:
-    """``a,b`` and repeated flags alike: ``--by endpoint,day`` == ``--by endpoint --by day``."""
-    return [part.strip() for v in values for part in v.split(",") if part.strip()]
-
-
-def checked_groups(by: Iterable[str], check: Callable[[list[str]], Iterable[str]]) -> list[str]:
-    """``--by``'s groups, each value split at commas, passed through ``check``; its
-    `mirror.errors.ConfigError` is click's one-line error about ``--by``."""
-    try:
-        return list(check(split_values(by)))
-    except errors.ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--by") from None
-
-
-format_option = click.option(
-    "-f", "--format", "fmt", type=click.Choice(output.FORMATS), default="table",
-    show_default=True, help="table for people; json (one array), jsonl (one object a line) "
-    "or csv (with a header row) for programs.",
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- logging

@@ -38,6 +38,7 @@ class Served:
         return self
 
     def stop(self) -> None:
+        """Stop serving and close the socket (then `closed`); a stopped host may start again."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return

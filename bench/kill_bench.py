@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the kill trials of the reliability suite, and support
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package: its kill trials
 
-from reliability.kill_trials import ChainResult, kill_chain  # noqa: E402
+from support.kill_trials import ChainResult, kill_chain  # noqa: E402
 
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}
 

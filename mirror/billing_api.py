@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from mirror.api import FalClient
 from mirror.errors import AdminRequired, AuthError, BadDataError
+from mirror.records import page_cursor, page_items
 from mirror.timeparse import api_param, normalize, to_text
 
 __all__ = [
@@ -143,6 +144,13 @@ class UsageLine(NamedTuple):
 # --------------------------------------------------------------------------- field checks
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else `BadDataError` naming ``what`` it was to be."""
+    if not isinstance(value, dict):
+        raise BadDataError(f"{what} is {type(value).__name__}, not an object")
+    return value
+
+
 def _what(item: Mapping[str, Any], kind: str) -> str:
     rid = item.get("request_id") if kind == "billing event" else item.get("endpoint_id")
     return f"{kind} {str(rid)[:80]!r}" if isinstance(rid, str) else kind
@@ -171,6 +179,15 @@ def _amount(
     if not 0 <= v <= hi:  # NaN compares false
         raise BadDataError(f"{_what(item, kind)}: {name} {v!r} is not between 0 and {hi:g}")
     return float(v)
+
+
+def _currency(item: Mapping[str, Any], kind: str) -> str:
+    v = item.get("currency")
+    if not isinstance(v, str) or not _CURRENCY.match(v):
+        raise BadDataError(
+            f"{_what(item, kind)}: currency {str(v)[:20]!r} is not a three-letter ISO 4217 code"
+        )
+    return v
 
 
 def usd_to_nano(amount: float) -> int:
@@ -232,8 +249,7 @@ def _auth(item: Mapping[str, Any], kind: str) -> tuple[str | None, str | None, s
 def event_from_item(item: Any) -> BillingEvent:
     """One ``billing_events`` record, every field checked (``BadDataError`` otherwise)."""
     kind = "billing event"
-    if not isinstance(item, dict):
-        raise BadDataError(f"a billing event is {type(item).__name__}, not an object")
+    item = _object(item, "a billing event")
     request_id = _text(item, "request_id", kind, required=True)
     endpoint_id = _text(item, "endpoint_id", kind, required=True)
     timestamp = _timestamp(item, kind)
@@ -266,19 +282,6 @@ def _covers(asked: Sequence[str], endpoint_id: str) -> bool:
     return endpoint_id in asked or endpoint_id.startswith(tuple(e + "/" for e in asked))
 
 
-def _cursor(data: Mapping[str, Any], what: str) -> str | None:
-    has_more = data.get("has_more")
-    cursor = data.get("next_cursor")
-    if not isinstance(has_more, bool):
-        raise BadDataError(f"the {what} answer's has_more is not a boolean")
-    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
-        raise BadDataError(f"the {what} answer's next_cursor is not a string")
-    if has_more and cursor is None:
-        raise BadDataError(f"the {what} answer says has_more but gives no next_cursor")
-    # a cursor with has_more false is followed anyway: stopping early could lose records
-    return cursor
-
-
 # --------------------------------------------------------------------------- billing events
 
 
@@ -292,16 +295,10 @@ def parse_billing_page(
     """A ``/models/billing-events`` answer, checked whole: no more records than ``limit``,
     each valid and one the call asked for (``endpoint_ids``, routes included, and
     ``request_ids``, when the call named some)."""
-    if not isinstance(data, dict):
-        raise BadDataError(f"the billing-events answer is {type(data).__name__}, not an object")
-    items = data.get("billing_events")
-    if not isinstance(items, list):
-        raise BadDataError("the billing-events answer has no billing_events list")
-    if len(items) > limit:
-        raise BadDataError(
-            f"the billing-events answer has {len(items)} records, more than the {limit} asked for"
-        )
-    cursor = _cursor(data, "billing-events")
+    data = _object(data, "the billing-events answer")
+    items, cursor = page_items(
+        data, "billing_events", limit, "the billing-events answer", "records"
+    )
     events = [event_from_item(item) for item in items]
     asked_ids = set(request_ids)
     for e in events:
@@ -378,10 +375,9 @@ def _pages(
     for _ in range(MAX_PAGES):
         call = [*params, *([("cursor", cursor)] if cursor else [])]
         data = _admin(client, path, call)[0] if admin else client.get_page(path, call)[0]
-        if not isinstance(data, dict):
-            raise BadDataError(f"the {what} answer is {type(data).__name__}, not an object")
+        data = _object(data, f"the {what} answer")
         yield data
-        cursor = _cursor(data, what)
+        cursor = page_cursor(data, f"the {what} answer")
         if cursor is None:
             return
         if cursor in given:
@@ -398,26 +394,19 @@ def parse_prices(data: Any, asked: Iterable[str]) -> list[Price]:
     with a unit, a price per unit from 0 to ``MAX_UNIT_PRICE`` and an ISO 4217 currency.
     An endpoint given twice with different prices is refused (which one is charged?)."""
     kind = "price"
-    if not isinstance(data, dict):
-        raise BadDataError(f"the pricing answer is {type(data).__name__}, not an object")
+    data = _object(data, "the pricing answer")
     items = data.get("prices")
     if not isinstance(items, list):
         raise BadDataError("the pricing answer has no prices list")
     wanted = set(asked)
     out: dict[str, Price] = {}
     for item in items:
-        if not isinstance(item, dict):
-            raise BadDataError(f"a price is {type(item).__name__}, not an object")
+        item = _object(item, "a price")
         endpoint_id = _text(item, "endpoint_id", kind, required=True)
         unit = _text(item, "unit", kind, required=True)
         unit_price = _amount(item, "unit_price", kind, MAX_UNIT_PRICE, required=True)
-        currency = item.get("currency")
+        currency = _currency(item, kind)
         assert endpoint_id is not None and unit is not None and unit_price is not None
-        if not isinstance(currency, str) or not _CURRENCY.match(currency):
-            raise BadDataError(
-                f"{_what(item, kind)}: currency {str(currency)[:20]!r} is not a three-letter "
-                "ISO 4217 code"
-            )
         if endpoint_id not in wanted:
             raise BadDataError(f"price for endpoint {endpoint_id}, which the call did not ask for")
         price = Price(endpoint_id, unit, unit_price, currency)
@@ -463,22 +452,16 @@ def parse_usage(data: Any, endpoint_ids: Sequence[str] = ()) -> list[UsageLine]:
         if not isinstance(results, list):
             raise BadDataError("a usage bucket's results are not a list")
         for line in results:
-            if not isinstance(line, dict):
-                raise BadDataError(f"a usage line is {type(line).__name__}, not an object")
+            line = _object(line, "a usage line")
             endpoint_id = _text(line, "endpoint_id", kind, required=True)
             unit = _text(line, "unit", kind, required=True)
             quantity = _amount(line, "quantity", kind, MAX_UNITS, required=True)
             unit_price = _amount(line, "unit_price", kind, MAX_UNIT_PRICE, required=True)
             percent = _amount(line, "percent_discount", kind, 100, required=False)
             total = _amount(line, "cost_total", kind, MAX_EVENT_USD * 1e6, required=True)
-            currency = line.get("currency")
+            currency = _currency(line, kind)
             assert endpoint_id is not None and unit is not None
             assert quantity is not None and unit_price is not None and total is not None
-            if not isinstance(currency, str) or not _CURRENCY.match(currency):
-                raise BadDataError(
-                    f"{_what(line, kind)}: currency {str(currency)[:20]!r} is not a "
-                    "three-letter ISO 4217 code"
-                )
             if endpoint_ids and not _covers(endpoint_ids, endpoint_id):
                 raise BadDataError(
                     f"usage line for endpoint {endpoint_id}, which was not asked for"

@@ -33,14 +33,14 @@ from mirror.cliutil import (
     check_since_until,
     db_option,
     duration_callback,
-    endpoints_callback,
+    endpoints_option,
     metrics_file_option,
     print_notes,
     setup_logging,
     sigterm_as_interrupt,
     usage_errors,
     verbose_option,
-    when_callback,
+    when_option,
 )
 from mirror.db import display_db
 from mirror.timeparse import utcnow
@@ -58,19 +58,15 @@ def cli() -> None:
 
 @cli.command()
 @db_option
-@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
-              callback=endpoints_callback,
-              help="Endpoint id to sync (repeatable); an app id also covers its routes. "
-              "Default: every target already in the database.")  # fmt: skip
-@click.option("--since", callback=when_callback, metavar="WHEN",
-              help="Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d ago. "
-              "Default the first time: 24h. Stored with each target: every later run covers "
-              "it until done; a later --since never shrinks it.")  # fmt: skip
+@endpoints_option("Endpoint id to sync (repeatable); an app id also covers its routes. "
+                  "Default: every target already in the database.")  # fmt: skip
+@when_option("--since", "Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d "
+             "ago. Default the first time: 24h. Stored with each target: every later run "
+             "covers it until done; a later --since never shrinks it.")  # fmt: skip
 @click.option("--narrow", is_flag=True,
               help="With --since: move the targets' stored start forward to it, on purpose "
               "(rows before it stay; that stretch is no longer walked or shown as a gap).")  # fmt: skip
-@click.option("--until", callback=when_callback, metavar="WHEN",
-              help="End of history to cover (default: now).")  # fmt: skip
+@when_option("--until", "End of history to cover (default: now).")
 @click.option("--lookback", callback=duration_callback, default="2h", show_default=True, metavar="DURATION",
               help="Re-walk this much before the last completed point, to catch late changes.")  # fmt: skip
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")

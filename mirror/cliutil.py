@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -39,6 +39,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: the longest endpoint id a command accepts (fal's own are far shorter)
 MAX_ENDPOINT_ID = 256
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _debug() -> bool:
@@ -174,26 +177,27 @@ def usage_errors() -> Iterator[None]:
 # --------------------------------------------------------------------------- flag values
 
 
-def when_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """``--since`` / ``--until``: a time or an age (``mirror.timeparse.parse_when``); every
-    age in one command counts back from the same moment."""
+def _parsed(value: str | None, parse: Callable[[str], T]) -> T | None:
+    """A flag's ``value`` through ``parse`` (None when the flag is not given); its
+    ``ValueError`` is click's one-line error about the flag."""
     if value is None:
         return None
     try:
-        return parse_when(value, ctx.meta.setdefault("mirror.now", utcnow()))
+        return parse(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def when_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """``--since`` / ``--until``: a time or an age (``mirror.timeparse.parse_when``); every
+    age in one command counts back from the same moment."""
+    return _parsed(value, lambda v: parse_when(v, ctx.meta.setdefault("mirror.now", utcnow())))
 
 
 def duration_callback(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    return _parsed(value, parse_duration)
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -217,12 +221,7 @@ def parse_size(text: str) -> int:
 
 def size_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """A size flag (`parse_size`)."""
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    return _parsed(value, parse_size)
 
 
 def validate_endpoint_id(value: str) -> str:
@@ -245,6 +244,20 @@ def check_since_until(since: datetime | None, until: datetime | None) -> None:
         raise click.UsageError(
             f"--until ({until:%Y-%m-%dT%H:%M:%SZ}) must be after --since ({since:%Y-%m-%dT%H:%M:%SZ})"
         )
+
+
+def split_values(values: Iterable[str]) -> list[str]:
+    """``a,b`` and repeated flags alike: ``--by endpoint,day`` == ``--by endpoint --by day``."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def checked_groups(by: Iterable[str], check: Callable[[list[str]], Iterable[str]]) -> list[str]:
+    """``--by``'s groups, each value split at commas, passed through ``check``; its
+    `mirror.errors.ConfigError` is click's one-line error about ``--by``."""
+    try:
+        return list(check(split_values(by)))
+    except errors.ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--by") from None
 
 
 # --------------------------------------------------------------------------- shared options
@@ -274,6 +287,23 @@ format_option = click.option(
     show_default=True, help="table for people; json (one array), jsonl (one object a line) "
     "or csv (with a header row) for programs.",
 )  # fmt: skip
+
+
+def endpoints_option(help: str, *more_names: str) -> Callable[[F], F]:
+    """``-e/--endpoint ID`` (repeatable; each value passes `validate_endpoint_id`), with the
+    command's own help and any ``more_names`` for the flag."""
+    return click.option("-e", "--endpoint", *more_names, "endpoints", multiple=True,
+                        metavar="ID", callback=endpoints_callback, help=help)  # fmt: skip
+
+
+def when_option(flag: str, help: str) -> Callable[[F], F]:
+    """``--since WHEN`` or ``--until WHEN`` (`when_callback`), with the command's own help."""
+    return click.option(flag, callback=when_callback, metavar="WHEN", help=help)
+
+
+def by_option(help: str) -> Callable[[F], F]:
+    """``-b/--by GROUP[,GROUP…]`` (repeatable); `checked_groups` reads it."""
+    return click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]", help=help)
 
 
 # --------------------------------------------------------------------------- logging

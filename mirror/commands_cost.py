@@ -13,29 +13,24 @@ import click
 
 from mirror import cost, output, query
 from mirror.cliutil import (
+    by_option,
     check_since_until,
+    checked_groups,
     db_option,
-    endpoints_callback,
+    endpoints_option,
     format_option,
     print_notes,
-    when_callback,
+    when_option,
 )
-from mirror.errors import ConfigError
 
 
 @click.command("cost")
 @db_option
-@click.option("--since", callback=when_callback, metavar="WHEN",
-              help="From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, or an age "
-              "such as 36h, 7d.")  # fmt: skip
-@click.option("--until", callback=when_callback, metavar="WHEN",
-              help="Before this time (exclusive); same forms as --since.")  # fmt: skip
-@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
-              callback=endpoints_callback,
-              help="Only this endpoint (repeatable); an app id also matches its routes.")  # fmt: skip
-@click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
-              help="Group by day, endpoint and/or key (who made the call; combinable: "
-              "--by day,endpoint).")  # fmt: skip
+@when_option("--since", "From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, or an "
+             "age such as 36h, 7d.")  # fmt: skip
+@when_option("--until", "Before this time (exclusive); same forms as --since.")
+@endpoints_option("Only this endpoint (repeatable); an app id also matches its routes.")
+@by_option("Group by day, endpoint and/or key (who made the call; combinable: --by day,endpoint).")
 @click.option("--no-estimate", is_flag=True,
               help="Only what fal billed: leave out the estimate for requests without a "
               "billing event.")  # fmt: skip
@@ -62,11 +57,7 @@ def cost_cmd(
     Example: mirror cost --by day,endpoint --since 30d
     """
     check_since_until(since, until)
-    groups = [part.strip() for value in by for part in value.split(",") if part.strip()]
-    try:
-        groups = list(cost.check_groups(groups))
-    except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--by") from None
+    groups = checked_groups(by, cost.check_groups)
     filters = cost.CostFilters(since=since, until=until, endpoints=endpoints)
     with query.open_reader(db) as conn:
         rows = cost.spend(conn, filters, by=groups, estimate=not no_estimate)

@@ -74,14 +74,10 @@ def archive_options(kw: dict[str, Any], filters: MediaFilters, **extra: Any) -> 
 
 @click.command("media")
 @cliutil.db_option
-@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
-              callback=cliutil.endpoints_callback,
-              help="Only this endpoint's requests (repeatable); an app id also covers its routes.")  # fmt: skip
-@click.option("--since", callback=cliutil.when_callback, metavar="WHEN",
-              help="Only requests that ended from this time on: 2026-11-01, 2026-11-01T12:00Z, "
-              "or 90m/36h/7d ago.")  # fmt: skip
-@click.option("--until", callback=cliutil.when_callback, metavar="WHEN",
-              help="Only requests that ended before this time.")  # fmt: skip
+@cliutil.endpoints_option("Only this endpoint's requests (repeatable); an app id also covers its routes.")  # fmt: skip
+@cliutil.when_option("--since", "Only requests that ended from this time on: 2026-11-01, "
+                     "2026-11-01T12:00Z, or 90m/36h/7d ago.")  # fmt: skip
+@cliutil.when_option("--until", "Only requests that ended before this time.")
 @click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
               help="Only requests of this status (repeatable).")  # fmt: skip
 @click.option("--inputs", is_flag=True,

@@ -18,22 +18,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from mirror import health, media_db, media_query, metrics, output, query, termchart
 from mirror.cliutil import (
+    by_option,
+    checked_groups,
     db_option,
     duration_callback,
-    endpoints_callback,
+    endpoints_option,
     format_option,
     metrics_file_option,
     print_notes,
     shown,
     sigterm_as_interrupt,
+    split_values,
     usage_errors,
-    when_callback,
+    when_option,
 )
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
@@ -46,18 +49,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def filter_options(fn: F) -> F:
     """The filters shared by `query` and `stats`, in the order --help shows them."""
     opts = [
-        click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
-                     callback=endpoints_callback,
-                     help="Only this endpoint (repeatable); an app id also matches its routes."),
+        endpoints_option("Only this endpoint (repeatable); an app id also matches its routes."),
         click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
                      help="Only this status (repeatable)."),
         click.option("--status-code", "status_codes", multiple=True, type=int, metavar="CODE",
                      help="Only this HTTP status code (repeatable)."),
-        click.option("--since", callback=when_callback, metavar="WHEN",
-                     help="From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, "
-                     "or an age such as 90m, 36h, 7d."),
-        click.option("--until", callback=when_callback, metavar="WHEN",
-                     help="Before this time (exclusive); same forms as --since."),
+        when_option("--since", "From this time on (inclusive): 2026-11-01, 2026-11-01T18:00Z, "
+                    "or an age such as 90m, 36h, 7d."),
+        when_option("--until", "Before this time (exclusive); same forms as --since."),
         click.option("--time-field", type=click.Choice(query.TIME_FIELDS), default="ended_at",
                      show_default=True, help="Which time --since/--until (and hour/day) use."),
         click.option("--id", "request_ids", multiple=True, metavar="REQUEST_ID",
@@ -100,11 +99,6 @@ def _filters(kw: dict[str, Any]) -> query.Filters:
         )
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-
-
-def _split(values: Iterable[str]) -> list[str]:
-    """``a,b`` and repeated flags alike: ``--by endpoint,day`` == ``--by endpoint --by day``."""
-    return [part.strip() for v in values for part in v.split(",") if part.strip()]
 
 
 @contextlib.contextmanager
@@ -172,7 +166,7 @@ def query_cmd(
       mirror query --search lighthouse -s error --payloads --format json
     """
     filters = _filters(kw)
-    cols = _split(columns) or list(query.DEFAULT_COLUMNS)
+    cols = split_values(columns) or list(query.DEFAULT_COLUMNS)
     unknown = [c for c in cols if c not in query.COLUMNS]
     if unknown:
         raise click.BadParameter(
@@ -226,8 +220,7 @@ def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
 @click.command("stats")
 @db_option
 @filter_options
-@click.option("-b", "--by", "by", multiple=True, metavar="GROUP[,GROUP…]",
-              help="Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")  # fmt: skip
+@by_option("Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")
 @click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
               help=f"Figures to show, in this order, after the groups: "
               f"{', '.join(query.STATS_FIELDS)}. Default: all of them, except in a table too "
@@ -264,12 +257,8 @@ def stats_cmd(
     Requests per hour at a glance: mirror stats --by hour --since 2d --chart
     """
     filters = _filters(kw)
-    groups = _split(by)
-    try:
-        groups = list(query.check_groups(groups))
-    except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--by") from None
-    figures = list(dict.fromkeys(c for c in _split(columns) if c not in groups))
+    groups = checked_groups(by, query.check_groups)
+    figures = list(dict.fromkeys(c for c in split_values(columns) if c not in groups))
     unknown = [c for c in figures if c not in query.STATS_FIELDS]
     if unknown:
         raise click.BadParameter(
@@ -439,18 +428,7 @@ def status_cmd(
         if metrics_file is not None:
             metrics.write_metrics(metrics_file, snap)
         if check:
-            found = health.problems(
-                snap, health.Thresholds(
-                    max_age=max_age, max_failures=max_failures or health.DEFAULT_MAX_FAILURES,
-                    unfinished_age=snap.unfinished_age,
-                ),
-            )  # fmt: skip
-            with _stdout():
-                for line in found:
-                    click.echo(shown(line))
-                if not found and not quiet:
-                    click.echo(health.healthy_line(snap))
-            click.get_current_context().exit(1 if found else 0)
+            _exit_checked(snap, max_age, max_failures, quiet)
         if quiet:
             return
         result = [t.as_dict() for t in snap.targets]
@@ -465,6 +443,30 @@ def status_cmd(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
             err=True,
         )
+    _print_status(result, media, fmt)
+
+
+def _exit_checked(
+    snap: health.Health, max_age: timedelta | None, max_failures: int | None, quiet: bool
+) -> NoReturn:
+    """``status --check``: one line per problem (or, unless ``quiet``, the healthy line),
+    then exit 1 or 0."""
+    found = health.problems(
+        snap, health.Thresholds(
+            max_age=max_age, max_failures=max_failures or health.DEFAULT_MAX_FAILURES,
+            unfinished_age=snap.unfinished_age,
+        ),
+    )  # fmt: skip
+    with _stdout():
+        for line in found:
+            click.echo(shown(line))
+        if not found and not quiet:
+            click.echo(health.healthy_line(snap))
+    click.get_current_context().exit(1 if found else 0)
+
+
+def _print_status(result: list[dict[str, Any]], media: dict[str, Any], fmt: str) -> None:
+    """The status rows (``TargetStatus.as_dict``) in ``fmt``, then the media archive's line."""
     cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "requested_from", "covered_from", "covered_to", "gaps", "last_run",
             "last_run_started_at", "last_run_ended_at", "last_run_error",

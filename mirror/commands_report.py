@@ -12,20 +12,16 @@ from pathlib import Path
 import click
 
 from mirror import report
-from mirror.cliutil import check_since_until, db_option, endpoints_callback, when_callback
+from mirror.cliutil import check_since_until, db_option, endpoints_option, when_option
 
 
 @click.command("report")
 @db_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default="mirror-report.html",
               show_default=True, metavar="PATH", help="Where to write the HTML file.")  # fmt: skip
-@click.option("-e", "--endpoint", "--model", "endpoints", multiple=True, metavar="ID",
-              callback=endpoints_callback,
-              help="Only this endpoint (repeatable); an app id also covers its routes.")  # fmt: skip
-@click.option("--since", callback=when_callback, metavar="WHEN",
-              help="From this time on (ended_at; widened to the whole hour). Default: 7d.")  # fmt: skip
-@click.option("--until", callback=when_callback, metavar="WHEN",
-              help="Before this time (widened to the whole hour). Default: now.")  # fmt: skip
+@endpoints_option("Only this endpoint (repeatable); an app id also covers its routes.", "--model")
+@when_option("--since", "From this time on (ended_at; widened to the whole hour). Default: 7d.")
+@when_option("--until", "Before this time (widened to the whole hour). Default: now.")
 @click.option("--by", type=click.Choice(report.BUCKETS),
               help="Points per hour or per day (default: hour for ranges up to 14 days).")  # fmt: skip
 @click.option("--browse-url", default=report.DEFAULT_BROWSE_URL, show_default=True, metavar="URL",

@@ -23,14 +23,10 @@ from mirror import cliutil, commands_media
 
 @click.command("verify")
 @cliutil.db_option
-@click.option("-e", "--endpoint", "endpoints", multiple=True, metavar="ID",
-              callback=cliutil.endpoints_callback,
-              help="Target to verify (repeatable). Default: every target in the database.")  # fmt: skip
-@click.option("--since", callback=cliutil.when_callback, metavar="WHEN",
-              help="Verify completed history from here: 2026-11-01, 2026-11-01T12:00Z, or "
-              "90m/36h/7d ago. Default: all of it.")  # fmt: skip
-@click.option("--until", callback=cliutil.when_callback, metavar="WHEN",
-              help="Verify completed history before here (default: now).")  # fmt: skip
+@cliutil.endpoints_option("Target to verify (repeatable). Default: every target in the database.")
+@cliutil.when_option("--since", "Verify completed history from here: 2026-11-01, "
+                     "2026-11-01T12:00Z, or 90m/36h/7d ago. Default: all of it.")  # fmt: skip
+@cliutil.when_option("--until", "Verify completed history before here (default: now).")
 @click.option("--sample", type=click.IntRange(min=1), metavar="N",
               help="Check N random hours instead of all of them.")  # fmt: skip
 @click.option("--seed", type=int,

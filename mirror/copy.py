@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mirror import lock
+from mirror import lock, schema
 from mirror.db import (
     display_db,
     is_url,
@@ -50,23 +50,17 @@ from mirror.db import (
     upgrade,
 )
 from mirror.errors import ConfigError, StoreError
-from mirror.schema import (
-    STORED_COLUMNS,
-    billing_events,
-    prices,
-    requests,
-    sync_rechecks,
-    sync_runs,
-    sync_targets,
-    sync_windows,
-)
+from mirror.schema import STORED_COLUMNS, requests
 from mirror.store import Store
 
 #: rows read from the source per round trip (and held in memory at once)
 BATCH_ROWS = 5_000
 #: copied after the requests, in this order, row for row: what requests cost, then the
 #: sync state
-TABLES = (billing_events, prices, sync_targets, sync_windows, sync_runs, sync_rechecks)
+TABLES = (
+    schema.billing_events, schema.prices, schema.sync_targets, schema.sync_windows,
+    schema.sync_runs, schema.sync_rechecks,
+)  # fmt: skip
 MIRROR_TABLES = (requests, *TABLES)
 
 

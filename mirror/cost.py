@@ -32,8 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mirror.billing_api import UsageLine
-from mirror.errors import ConfigError
-from mirror.query import endpoint_clause
+from mirror.query import check_time_range, endpoint_clause, named_groups
 from mirror.schema import billing_events, day_of, prices, requests
 from mirror.timeparse import to_text
 
@@ -80,22 +79,11 @@ class CostFilters:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
-        for name in ("since", "until"):
-            v = getattr(self, name)
-            if v is not None and v.tzinfo is None:
-                raise ValueError(f"{name} must be timezone-aware")
-        if self.since and self.until and self.until <= self.since:
-            raise ConfigError("--until must be after --since")
+        check_time_range(self.since, self.until)
 
 
 def check_groups(by: Iterable[str]) -> tuple[str, ...]:
-    groups = tuple(by)
-    for g in groups:
-        if g not in GROUPS:
-            raise ConfigError(f"cannot group spend by {g!r}; use {', '.join(GROUPS)}")
-    if len(set(groups)) != len(groups):
-        raise ConfigError("each --by group may be named once")
-    return groups
+    return named_groups(by, GROUPS, "group spend")
 
 
 def usd_text(nano: int) -> str:

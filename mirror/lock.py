@@ -30,6 +30,10 @@ def lock_path(db_path: Path) -> Path:
 #: opens the store, whose migration step takes the same lock)
 _held: dict[str, int] = {}
 _held_guard = threading.Lock()
+# In a child process made by ``os.fork`` the locks counted as held are the parent's, not
+# the child's: its own `hold` must take them again. One thread runs after a fork: no guard
+# to take (it may be the parent's).
+os.register_at_fork(after_in_child=_held.clear)
 
 
 @contextlib.contextmanager
@@ -92,12 +96,6 @@ def is_held(db_path: Path) -> bool:
     key = str(lock_path(db_path))
     with _held_guard:
         return bool(_held.get(key))
-
-
-def forget_held() -> None:
-    """In a child process made by ``os.fork``: the locks counted as held are the parent's,
-    not this process's; its own `hold` must take them again."""
-    _held.clear()  # one thread after a fork: no guard to take (it may be the parent's)
 
 
 def read_holder(fd: int, *, settle: float = 0.0) -> str:

@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -156,32 +156,22 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB" if n >= 1048576 else f"{n} bytes"
 
 
+@dataclass(eq=False)
 class Fetcher:
     """Downloads into one `MediaDir` through one key-less client (``media_net.media_client``);
     thread-safe: several workers share it."""
 
-    def __init__(
-        self,
-        http: httpx.Client,
-        files: MediaDir,
-        policy: UrlPolicy,
-        *,
-        retry: RetryPolicy,
-        pacer: Pacer,
-        limits: FetchLimits,
-        budget: Budget,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.http = http
-        self.files = files
-        self.policy = policy
-        self.retry = retry
-        self.pacer = pacer
-        self.limits = limits
-        self.budget = budget
-        self.sleep = sleep
-        self._rng = random.Random()
-        self._ttfb = threading.local()
+    http: httpx.Client
+    files: MediaDir
+    policy: UrlPolicy
+    _: KW_ONLY
+    retry: RetryPolicy
+    pacer: Pacer
+    limits: FetchLimits
+    budget: Budget
+    sleep: Callable[[float], None] = time.sleep
+    _rng: random.Random = field(default_factory=random.Random, init=False, repr=False)
+    _ttfb: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def fetch(
         self, url: str, declared_size: int | None = None, expect_sha: str | None = None

@@ -25,6 +25,7 @@ from typing import Any
 from mirror.api import CallStats
 from mirror.errors import ConfigError, OutputError
 from mirror.health import Health, Thresholds, problems, snapshot
+from mirror.outfile import check_writable
 from mirror.timeparse import from_text, utcnow
 
 #: the families that only a syncing process can know, carried over by other writers
@@ -47,13 +48,7 @@ def _prometheus() -> Any:
 
 def check_path(path: Path) -> None:
     """Refuse, before any work, a metrics path that cannot be written (ConfigError)."""
-    if path.is_dir():
-        raise ConfigError(f"--metrics-file {path} is a directory; name a file such as mirror.prom")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--metrics-file {path}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--metrics-file {path}: cannot write in {parent} (permissions)")
+    check_writable(path, "--metrics-file", "mirror.prom")
 
 
 def _ts(text: str | None) -> float:

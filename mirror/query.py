@@ -100,17 +100,22 @@ class Filters:
             raise ConfigError(f"unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
         if self.time_field not in TIME_FIELDS:
             raise ConfigError(f"cannot filter on {self.time_field!r}; use ended_at or sent_at")
-        for name in ("since", "until"):
-            v = getattr(self, name)
-            if v is not None and v.tzinfo is None:
-                raise ValueError(f"{name} must be timezone-aware")
-        if self.since and self.until and self.until <= self.since:
-            raise ConfigError("--until must be after --since")
+        check_time_range(self.since, self.until)
         lo, hi = self.min_duration, self.max_duration
         if lo is not None and hi is not None and hi < lo:
             raise ConfigError("--max-duration must not be below --min-duration")
         if self.search is not None and not self.search.split():
             raise ConfigError("--search needs at least one word")
+
+
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    """A filter's ``since`` and ``until``: timezone-aware (a caller's `ValueError`), and
+    ``until`` after ``since`` (`ConfigError`)."""
+    for name, v in (("since", since), ("until", until)):
+        if v is not None and v.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware")
+    if since and until and until <= since:
+        raise ConfigError("--until must be after --since")
 
 
 def where_clauses(
@@ -236,22 +241,11 @@ def select_statement(
     return stmt
 
 
-def select_requests(
-    conn: Connection,
-    filters: Filters,
-    *,
-    columns: Sequence[str] = DEFAULT_COLUMNS,
-    sort: str = "ended_at",
-    descending: bool = True,
-    limit: int | None = None,
-    offset: int = 0,
-) -> Iterator[tuple[Any, ...]]:
-    """The matching requests, streamed as tuples in ``columns`` order."""
-    stmt = listing_statement(
-        conn, filters, columns=columns, sort=sort, descending=descending, limit=limit,
-        offset=offset,
-    )  # fmt: skip
-    for row in conn.execute(stmt):
+def select_requests(conn: Connection, filters: Filters, **kw: Any) -> Iterator[tuple[Any, ...]]:
+    """The matching requests, streamed as tuples in ``columns`` order; ``kw``: the listing's
+    keywords of `select_statement` (``columns``, ``sort``, ``descending``, ``limit``,
+    ``offset``)."""
+    for row in conn.execute(listing_statement(conn, filters, **kw)):
         yield tuple(row)
 
 
@@ -295,13 +289,20 @@ def micro_units(value: float) -> int:
     return int(r + 0.5) if r >= 0 else -int(-r + 0.5)
 
 
-def check_groups(by: Iterable[str]) -> tuple[str, ...]:
+def named_groups(by: Iterable[str], known: Sequence[str], what: str = "group") -> tuple[str, ...]:
+    """``by`` if each is one of ``known`` and named once; else `ConfigError` ("cannot
+    ``what`` by ...")."""
     groups = tuple(by)
     for g in groups:
-        if g not in GROUPS:
-            raise ConfigError(f"cannot group by {g!r}; use {', '.join(GROUPS)}")
+        if g not in known:
+            raise ConfigError(f"cannot {what} by {g!r}; use {', '.join(known)}")
     if len(set(groups)) != len(groups):
         raise ConfigError("each --by group may be named once")
+    return groups
+
+
+def check_groups(by: Iterable[str]) -> tuple[str, ...]:
+    groups = named_groups(by, GROUPS)
     if "hour" in groups and "day" in groups:
         raise ConfigError("group by hour or by day, not both")
     return groups

@@ -481,12 +481,6 @@ class PgReadOnlyDatabase:
         return SqlError(text)
 
 
-class _Described(Exception):
-    def __init__(self, sqlstate: str | None, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
 def _describe(pgconn: Any, sql: bytes) -> int:
     """How many columns the statement returns, from Parse + Describe (nothing runs).
 

@@ -147,29 +147,44 @@ class Page:
         return self.next_cursor is not None
 
 
+def page_cursor(data: Mapping[str, Any], what: str) -> str | None:
+    """The next cursor of a decoded page of any paged call, checked against its
+    ``has_more``; ``what``: the page as errors name it ("the page")."""
+    has_more = data.get("has_more")
+    cursor = data.get("next_cursor")
+    if not isinstance(has_more, bool):
+        raise BadDataError(f"{what}'s has_more is not a boolean")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
+        raise BadDataError(f"{what}'s next_cursor is not a string")
+    if has_more and cursor is None:
+        raise BadDataError(f"{what} says has_more but gives no next_cursor")
+    # A cursor with has_more=false is followed anyway: stopping early could lose rows.
+    return cursor
+
+
+def page_items(
+    data: Mapping[str, Any], key: str, limit: int, what: str, noun: str
+) -> tuple[list[Any], str | None]:
+    """The ``key`` list of a decoded page (at most ``limit`` ``noun``) and its next cursor
+    (`page_cursor`); ``what``: the page as errors name it."""
+    items = data.get(key)
+    if not isinstance(items, list):
+        raise BadDataError(f"{what} has no {key} list")
+    if len(items) > limit:
+        raise BadDataError(f"{what} has {len(items)} {noun}, more than the {limit} asked for")
+    return items, page_cursor(data, what)
+
+
 def parse_page(data: Any, *, payloads: bool, billing: bool) -> Page:
     """A decoded page of the list call, asked for with or without payloads and billing."""
     if not isinstance(data, dict):
         raise BadDataError(f"the page is {type(data).__name__}, not a JSON object")
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise BadDataError("the page has no items list")
-    if len(items) > PAGE_LIMIT:
-        raise BadDataError(f"the page has {len(items)} items, more than the {PAGE_LIMIT} asked for")
-    has_more = data.get("has_more")
-    cursor = data.get("next_cursor")
-    if not isinstance(has_more, bool):
-        raise BadDataError("the page's has_more is not a boolean")
-    if cursor is not None and (not isinstance(cursor, str) or not cursor or len(cursor) > 4096):
-        raise BadDataError("the page's next_cursor is not a string")
-    if has_more and cursor is None:
-        raise BadDataError("the page says has_more but gives no next_cursor")
+    items, cursor = page_items(data, "items", PAGE_LIMIT, "the page", "items")
     fast, checked = _fast_row, _checked_row
     rows = [
         (type(it) is dict and fast(it, payloads, billing)) or checked(it, payloads, billing)
         for it in items
     ]
-    # A cursor with has_more=false is followed anyway: stopping early could lose rows.
     return Page(rows=rows, next_cursor=cursor)
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection
 from mirror import health, query, report_html
 from mirror.db import display_db, sqlite_path
 from mirror.errors import ConfigError, OutputError
+from mirror.outfile import check_writable
 from mirror.schema import STATUSES
 from mirror.timeparse import to_text, utcnow
 
@@ -370,13 +371,7 @@ def _health_data(snap: health.Health) -> dict[str, Any]:
 
 def check_output(path: Path) -> None:
     """Refuse, before any work, an output path that cannot be written (ConfigError)."""
-    if path.is_dir():
-        raise ConfigError(f"--output {path} is a directory; name a file such as report.html")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--output {path}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {path}: cannot write in {parent} (permissions)")
+    check_writable(path, "--output", "report.html")
 
 
 def write_atomically(path: Path, text: str) -> int:

@@ -479,12 +479,6 @@ class Store:
             conn.rollback()
         return out
 
-    def add_targets_in(self, conn: Connection, targets: Iterable[str], now: str) -> None:
-        have = {r[0] for r in conn.execute(sa.select(sync_targets.c.target))}
-        new = [{"target": t, "added_at": now} for t in targets if t not in have]
-        if new:
-            conn.execute(sync_targets.insert(), new)
-
     def request_range(
         self,
         conn: Connection,

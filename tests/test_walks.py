@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from support.rows import add_targets
 
 from mirror.api import FalClient, RetryPolicy
 from mirror.errors import BadDataError
@@ -108,7 +109,7 @@ def test_verify_refuses_a_cursor_that_never_ends(tmp_path, kind: str) -> None:
     store = Store.open(str(tmp_path / "m.db"))
     try:
         with store.engine.begin() as conn:
-            store.add_targets_in(conn, [TARGET], to_text(T0))
+            add_targets(conn, [TARGET], to_text(T0))
             store.mark_complete(conn, TARGET, to_text(T0), to_text(T0 + length), to_text(T0))
         err = outcome(lambda: verify(store, client(endless(kind, calls)), targets=[TARGET],
                                      since=T0, until=T0 + length, use_analytics=False,

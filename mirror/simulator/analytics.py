@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal, TypeVar
 
+from mirror.simulator.params import invalid
 from mirror.simulator.world import SimRequest, World, to_us
 
 T = TypeVar("T")
@@ -25,6 +26,7 @@ __all__ = [
     "METRICS",
     "TIMEFRAMES",
     "AnalyticsRange",
+    "asked_range",
     "auto_timeframe",
     "bucket_starts",
     "compute",
@@ -166,6 +168,23 @@ def resolve_range(
         floor_end = _floor(end, tf, tz)
         end = floor_end if floor_end == end else _next(floor_end, tf, tz)
     return AnalyticsRange(start, end, tf, bucket_starts(start, end, tf, tz))
+
+
+def asked_range(
+    start: datetime, end: datetime, timeframe: str | None, tz: tzinfo, bound: str
+) -> AnalyticsRange:
+    """`resolve_range` of a call's parameters (``timeframe`` one of `TIMEFRAMES` or None,
+    ``bound`` the text of ``bound_to_timeframe``); a range it cannot resolve is a 400."""
+    try:
+        return resolve_range(
+            start,
+            end,
+            timeframe,  # type: ignore[arg-type]
+            tz,
+            bound_to_timeframe=bound == "true",
+        )
+    except (ValueError, OverflowError) as err:
+        raise invalid(str(err)) from None
 
 
 def _percentile(values: Sequence[float], p: float) -> float:

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from mirror.simulator.serving import Served
 from mirror.simulator.world import World, real_clock
 
 __all__ = ["Attached", "CdnFile", "CdnHit", "MediaMix", "SimulatedCDN", "attach_media"]
@@ -174,13 +174,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the log is `SimulatedCDN.log`."""
 
 
-class SimulatedCDN:
+class SimulatedCDN(Served):
     """The CDN over HTTP on loopback; a context manager, like ``SimulatedAPI``.
 
     ``clock``: the CDN's time (the world's, for expiries at known instants); ``latency``:
     seconds before each answer; ``canaries``: secrets whose appearance in a request is
     logged; ``p_5xx``, ``p_429``, ``p_reset``: faults per request, from ``seed``.
     """
+
+    what = "the simulated CDN"
 
     def __init__(
         self,
@@ -208,46 +210,17 @@ class SimulatedCDN:
         self._lock = threading.Lock()
         self._log: list[CdnHit] = []
         self._arrivals: list[str] = []
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> SimulatedCDN:
-        if self._httpd is None:
-            httpd = _Server((self._host, self._port), _Handler)
-            httpd.cdn = self
-            self._httpd = httpd
-            self._thread = threading.Thread(
-                target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-
-    def __enter__(self) -> SimulatedCDN:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def bind(self) -> _Server:
+        httpd = _Server((self._host, self._port), _Handler)
+        httpd.cdn = self
+        return httpd
 
     @property
     def base_url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("the simulated CDN is not running; call start() first")
-        return f"http://{self._host}:{self._httpd.server_address[1]}"
+        return f"http://{self._host}:{self.port}"
 
     # -- files ----------------------------------------------------------------------------
 

@@ -150,16 +150,7 @@ def usage(ledger: Ledger, params: Mapping[str, list[str]], now: datetime) -> dic
     expand = _expand(params, _USAGE_EXPAND) if "expand" in params else ["time_series"]
     if not {"time_series", "summary"} & set(expand):
         raise invalid("expand must name time_series and/or summary")
-    try:
-        rng = analytics.resolve_range(
-            start,
-            end,
-            timeframe,  # type: ignore[arg-type]
-            tz,
-            bound_to_timeframe=bound == "true",
-        )
-    except (ValueError, OverflowError) as err:
-        raise invalid(str(err)) from None
+    rng = analytics.asked_range(start, end, timeframe, tz, bound)
     events = ledger.select(_query(params, rng.start, rng.end, by_request=False), now)
     show = {"auth_method": "auth_method" in expand,
             "structured": "auth_method_structured" in expand}  # fmt: skip

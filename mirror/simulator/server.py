@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import signal
 import socket
 import ssl
 import struct
@@ -40,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,6 +62,7 @@ from mirror.simulator.faults import (
     bad_body,
 )
 from mirror.simulator.params import ApiError, encode_cursor, parse_time
+from mirror.simulator.serving import Served
 from mirror.simulator.world import ItemView, Query, World, app_id_of
 
 __all__ = [
@@ -188,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the request log is `SimulatedAPI.log`, not stderr."""
 
 
-class SimulatedAPI:
+class SimulatedAPI(Served):
     """fal's request-history API over HTTP, backed by a `World`, with optional faults.
 
     Use as a context manager (or `start()`/`stop()`); `base_url` is the `/v1` root to give
@@ -200,6 +199,8 @@ class SimulatedAPI:
     network. With `tls` (a server-side context holding a certificate) it serves https, as
     fal does.
     """
+
+    what = "the simulated API"
 
     def __init__(
         self,
@@ -234,15 +235,10 @@ class SimulatedAPI:
         self._log: list[LoggedRequest] = []
         self._errors: list[BaseException] = []
         self._connections: set[socket.socket] = set()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> SimulatedAPI:
-        """Bind and serve in a daemon thread; returns self so `api = SimulatedAPI(w).start()`."""
-        if self._httpd is not None:
-            return self
+    def bind(self) -> _Server:
         server_cls = _Server6 if ":" in self._host else _Server
         httpd = server_cls((self._host, self._port), _Handler)
         httpd.api = self
@@ -252,67 +248,15 @@ class SimulatedAPI:
             httpd.socket = self._tls.wrap_socket(
                 httpd.socket, server_side=True, do_handshake_on_connect=False
             )
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
-        return self
+        return httpd
 
-    def stop(self) -> None:
-        """Stop serving and cut open keep-alive connections, so clients see the server go."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.server_close()
+    def closed(self) -> None:
+        """Cut open keep-alive connections, so clients see the server go."""
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def serve_forever(self) -> None:
-        """Serve until Ctrl-C or SIGTERM (for `mirror fake-api`), then stop cleanly.
-
-        Both signals stop it whatever disposition the process inherited: a shell starts a
-        background job with SIGINT ignored, and it must still stop when told to.
-        """
-        self.start()
-        restore = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                restore[sig] = signal.signal(sig, _raise_interrupt)
-        try:
-            while self._thread is not None and self._thread.is_alive():
-                self._thread.join(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for sig, previous in restore.items():
-                signal.signal(sig, previous)
-            self.stop()
-
-    def __enter__(self) -> SimulatedAPI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port (an ephemeral one when constructed with port 0)."""
-        if self._httpd is None:
-            raise RuntimeError("the simulated API is not running; call start() first")
-        return int(self._httpd.server_address[1])
 
     @property
     def base_url(self) -> str:
@@ -580,16 +524,7 @@ class SimulatedAPI:
             )
         if owned:
             self._check_owner(endpoint_ids)
-        try:
-            rng = analytics.resolve_range(
-                start,
-                end,
-                timeframe,  # type: ignore[arg-type]
-                tz,
-                bound_to_timeframe=bound == "true",
-            )
-        except (ValueError, OverflowError) as err:
-            raise parse.invalid(str(err)) from None
+        rng = analytics.asked_range(start, end, timeframe, tz, bound)
         series, summary = analytics.compute(self.world, endpoint_ids, rng, tz, metrics, now=now)
         body: dict[str, Any] = {}
         next_cursor = None
@@ -610,10 +545,6 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _ERROR_KINDS = {404: "not_found", 501: "not_implemented", 505: "not_implemented"}
 #: the only methods the API answers; any other gets a 405 naming them
 _ALLOWED = ("GET", "HEAD")
-
-
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _send(

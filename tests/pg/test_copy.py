@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from support.cli import assert_one_line
 from support.compare import db_query
+from support.rows import add_targets
 
 from mirror import lock
 from mirror.billing_api import BillingEvent
@@ -155,7 +156,7 @@ def source_db(tmp_path_factory) -> Path:
         ]  # fmt: skip
         with store.engine.begin() as conn:
             store.upsert(conn, rows, payloads=True, billing=True, now=now)
-            store.add_targets_in(conn, ["acme/odd"], now)
+            add_targets(conn, ["acme/odd"], now)
             store.mark_complete(conn, "acme/odd", "2025-12-31T00:00:00.000000Z",
                                 "2026-01-01T12:00:00.000000Z", now)  # fmt: skip
             store.upsert(conn, MODEL_ROWS, payloads=True, billing=True, now=now)

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from support.rows import fill, make_rows, read_all
+from support.rows import add_targets, fill, make_rows, read_all
 from support.sim import NOW
 
 from mirror import query
@@ -152,7 +152,7 @@ def test_status_reports_each_target(run_cli, tmp_path):
     fill(db, rows)
     store = Store.open(str(db))
     with store.engine.begin() as conn:
-        store.add_targets_in(conn, ["acme/flux-lora", "beta/sdaxl"], to_text(NOW))
+        add_targets(conn, ["acme/flux-lora", "beta/sdaxl"], to_text(NOW))
         # asked for more than it covers: the stretch before the first window is a gap too
         store.request_range(conn, ["acme/flux-lora"], to_text(NOW),
                             since="2026-11-24T00:00:00.000000Z", default_from=to_text(NOW))  # fmt: skip

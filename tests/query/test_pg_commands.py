@@ -7,7 +7,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from support.rows import fill, make_rows
+from support.rows import add_targets, fill, make_rows
 
 from mirror import query
 from mirror.db import reader_engine
@@ -90,9 +90,7 @@ def test_status_prints_the_same_on_both(run_cli, tmp_path, pg_url):
     for db in (str(tmp_path / "m.db"), pg_url):
         store = Store.open(db)
         with store.engine.begin() as conn:
-            store.add_targets_in(
-                conn, ["acme/flux-lora", "beta/sd_xl"], "2026-11-25T00:00:00.000000Z"
-            )
+            add_targets(conn, ["acme/flux-lora", "beta/sd_xl"], "2026-11-25T00:00:00.000000Z")
             store.mark_complete(conn, "acme/flux-lora", "2026-11-25T00:00:00.000000Z",
                                 "2026-11-26T00:00:00.000000Z", "2026-11-28T12:00:00.000000Z")  # fmt: skip
             store.mark_complete(conn, "acme/flux-lora", "2026-11-26T06:00:00.123456Z",

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 from support.figures import count
-
-from .kill_trials import ChainResult, kill_chain
+from support.kill_trials import ChainResult, kill_chain
 
 CHAINS = 8
 KILLS_PER_CHAIN = 7

@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from support.cli import Run
 from support.compare import assert_mirror_equals as compare
 from support.compare import server_record
+from support.rows import add_targets
 from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, fast_env
 
 from mirror import lock
@@ -568,7 +569,7 @@ def test_usage_errors_exit_2_and_touch_nothing(tmp_path: Path, cli: Any) -> None
     db = tmp_path / "m.db"
     store = Store.open(str(db))
     with store.engine.begin() as conn:
-        store.add_targets_in(conn, ["acme/flux-lora"], to_text(datetime.now(UTC)))
+        add_targets(conn, ["acme/flux-lora"], to_text(datetime.now(UTC)))
     store.close()
     env = {"FAL_KEY": DEFAULT_KEY, "MIRROR_BASE_URL": "http://127.0.0.1:9/v1"}
     cases = {

@@ -356,9 +356,6 @@ def _fork_cli(
 
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (rlimit_fsize, rlimit_fsize))
-            import mirror.lock
-
-            mirror.lock.forget_held()
             if no_second_wait:
                 _skip_second_wait()
             if patch is not None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import terminate
+
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 
 tinyproxy_missing = pytest.mark.skipif(
@@ -118,9 +120,4 @@ def forward_proxy(
     try:
         yield ForwardProxy(port, log_file, credentials)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)

@@ -10,14 +10,16 @@ non-ASCII prompts.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import Connection
 
 from mirror.records import Row, derive_status
+from mirror.schema import sync_targets
 from mirror.store import Store
 from mirror.timeparse import to_text
 from support.compare import db_query
@@ -98,3 +100,9 @@ def read_all(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any
 def folder_state(folder: Path) -> dict[str, bytes]:
     """Every file of a folder and its bytes (the -shm index of a WAL file excluded)."""
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.endswith("-shm")}
+
+
+def add_targets(conn: Connection, targets: Iterable[str], now: str) -> None:
+    """Sync targets with no stored start (``requested_from`` NULL), as a mirror synced before
+    targets stored one holds them; the start a sync stores: ``Store.request_range``."""
+    conn.execute(sync_targets.insert(), [{"target": t, "added_at": now} for t in targets])

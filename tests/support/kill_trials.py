@@ -1,4 +1,5 @@
-"""Seeded kill trials, shared by the CI test (`test_kill_random.py`) and `bench/kill_bench.py`.
+"""Seeded kill trials, shared by the CI test (`tests/reliability/test_kill_random.py`) and
+`bench/kill_bench.py`.
 
 A *chain* is one mirror file and one static simulated world with light faults and latency.
 Each trial starts the real CLI (forked, see `support.cli.run_cli`) on that file and kills
@@ -20,11 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirror.simulator import FaultConfig, SimulatedAPI
 from support.cli import run_cli
 from support.compare import assert_mirror_equals, check_consistent, has_schema, query
 from support.sim import READINGS, env_for, listable, static_world, sync_args
-
-from mirror.simulator import FaultConfig, SimulatedAPI
 
 READING_NAMES = list(READINGS)
 INTERRUPTED = "mirror: interrupted; everything committed so far is kept"

@@ -87,7 +87,12 @@ class MirrorGroup(click.Group):
         except click.ClickException as e:
             click.echo(f"mirror: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
+        except click.Abort as e:
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                # Ctrl-C or SIGTERM while click still parsed the options: the same line and
+                # exit code as during the command (click turns it into Abort there)
+                click.echo("mirror: interrupted; everything committed so far is kept", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             click.echo("mirror: aborted", err=True)
             sys.exit(1)
         if isinstance(rv, int) and not isinstance(rv, bool):

@@ -93,3 +93,19 @@ def test_db_upgrade_reports_revision(tmp_path):
     assert result.stdout.startswith(f"{tmp_path / 'u.db'}: upgraded to schema revision ")
     again = run(["db", "upgrade", "--db", str(tmp_path / "u.db")])
     assert "already at schema revision" in again.stdout
+
+
+def test_an_interrupt_while_options_are_parsed_is_exit_130_not_aborted(monkeypatch):
+    """Ctrl-C or SIGTERM (which mirror turns into an interrupt) can land while click still
+    parses the command line, where click turns it into Abort: it is the same interruption
+    as during the command, exit 130 with its one line, not "aborted" and exit 1."""
+
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(cli), "parse_args", interrupted)
+    result = run(["status"])
+    assert (result.exit_code, result.stderr.strip()) == (
+        130,
+        "mirror: interrupted; everything committed so far is kept",
+    ), f"an interrupt during parsing: exit {result.exit_code}: {result.stderr!r}"

@@ -461,7 +461,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(db_url: str, conf
 def test_a_second_sync_exits_75_while_one_runs(tmp_path: Path) -> None:
     world = world_for(WorldConfig(), days=1, dense_hour=None)
     db = tmp_path / "m.db"
-    with SimulatedAPI(world, faults=FaultConfig(latency=0.3)) as api:
+    # each call takes a second, so the first sync still runs while a second starts up on a
+    # loaded machine (a fresh interpreter can take seconds there)
+    with SimulatedAPI(world, faults=FaultConfig(latency=1.0)) as api:
         env = fast_env(api.base_url)
         first = spawn(
             [

@@ -72,9 +72,10 @@ def cli() -> None:
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
 @click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
 @base_url_option
-@click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="At most this many pages fetched at once (fewer on 429s, slow answers, "
-                   "or while the database writer is behind).")  # fmt: skip
+@click.option("--max-concurrency", type=click.IntRange(1, 64), default=16, show_default=True,
+              help="At most this many pages fetched at once: starts at 4 and grows while "
+                   "answers are healthy; fewer on 429s (the call rate then follows the API's "
+                   "limit), slow answers, or while the database writer is behind.")  # fmt: skip
 @click.option("--recheck/--no-recheck", default=True, show_default=True,
               help="Re-check older history on a schedule: the last day hourly, the last week daily "
               "(analytics first, then only hours whose counts differ).")  # fmt: skip

@@ -4,7 +4,10 @@ Worker threads call ``acquire()`` before every HTTP attempt and ``release()`` af
 what happened. A 429 halves the limit and pauses *every* worker until the backoff (or the
 server's ``Retry-After``) has passed, so one refusal is not followed by a burst of retries
 that are refused too; a run of healthy answers raises the limit by one, up to the user's
-``--max-concurrency``. A slow answer (over four times the fastest seen, plus half a second)
+``--max-concurrency``. Until the first sign of strain (a 429, a slow answer, the consumer
+behind) the limit grows faster, by one per healthy answer (a slow start, as TCP's: it
+doubles every round of answers), so a run reaches the rate the API allows within its first
+second instead of creeping up to it. A slow answer (over four times the fastest seen, plus half a second)
 takes one off the limit, at most once a second.
 
 Threads rather than asyncio: the client is a plain ``httpx.Client`` passed in, the writer is
@@ -83,6 +86,8 @@ class Pacer:
         self._last_backlog_cut = float("-inf")
         #: workers in the middle of a turn
         self.active = 0
+        #: no sign of strain yet: the limit grows by one per healthy answer
+        self.slow_start = True
 
     def acquire(self, *, retry: bool = False) -> None:
         """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""
@@ -134,6 +139,7 @@ class Pacer:
                 self.consumer_waiting = True
                 return
             self.consumer_waiting = False
+            self.slow_start = False
             now = self._clock()
             if self.limit > 1 and now - self._last_backlog_cut >= BACKLOG_CUT_INTERVAL:
                 self._set(self.limit - 1)
@@ -166,6 +172,7 @@ class Pacer:
             now = self._clock()
             if outcome == "throttled":
                 self.throttles += 1
+                self.slow_start = False
                 # one cut per pause: several workers refused at once are one signal
                 if now >= self.pause_until:
                     if self.learn_rate:
@@ -196,13 +203,14 @@ class Pacer:
                 if latency > 4 * self._fastest + 0.5:
                     # the API is straining: one fewer in flight, at most once a second
                     self._streak = 0
+                    self.slow_start = False
                     if self.limit > 1 and now - self._last_slow_cut >= 1.0:
                         self._set(self.limit - 1)
                         self._last_slow_cut = now
                 else:
                     self._streak += 1
                     if (
-                        self._streak >= 2 * self.limit
+                        self._streak >= (1 if self.slow_start else 2 * self.limit)
                         and self.limit < self.max
                         and self.consumer_waiting
                     ):

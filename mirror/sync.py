@@ -59,6 +59,7 @@ import sqlalchemy as sa
 
 from mirror import interrupts, oversize
 from mirror.api import FalClient
+from mirror.cuts import FilterProbe, Reach, plan_cut
 from mirror.errors import AuthError, MirrorError
 from mirror.records import Page, Row
 from mirror.redact import redact
@@ -104,7 +105,7 @@ class SyncOptions:
     #: the longest window planned; a dense one is split by history or by its first page
     window: timedelta = timedelta(days=1)
     walk_rows: int = 2_000
-    max_concurrency: int = 4
+    max_concurrency: int = 16
     unfinished_limit: int = 500
     rewalks: int = 2
     #: re-check older history on a schedule (RECHECK_TIERS), analytics first
@@ -221,6 +222,8 @@ class _Finished:
     more: tuple[_Walk, ...] = ()
     unstable: bool = False
     error: BaseException | None = None
+    #: the task completed part of its window and left ``more`` for the rest (a cut)
+    cut: bool = False
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -480,7 +483,7 @@ class Syncer:
         self.clock = clock
         self.progress = progress
         self._q: queue.Queue[object] = queue.Queue(
-            maxsize=max(QUEUE_PAGES, 4 * opts.max_concurrency)
+            maxsize=max(QUEUE_PAGES, 2 * opts.max_concurrency)
         )
         self._writer_gone = threading.Event()
         #: targets whose analytics answer was refused or empty: split by first pages only
@@ -503,6 +506,7 @@ class Syncer:
             clock=clock,
             limits=PageLimits(known),
         )
+        self._probe = FilterProbe(self._lister)
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -531,13 +535,13 @@ class Syncer:
         with what failed it or the work it leaves (a dense window's parts), goes last, as one
         event."""
         more: tuple[_Walk, ...] = ()
-        unstable = False
+        unstable = cut = False
         error: BaseException | None = None
         try:
             if isinstance(task, _Refresh):
                 self._refresh(task)
             else:
-                parts, stable = until_stable(
+                (parts, cut), stable = until_stable(
                     lambda: self._walk_once(task),
                     1 + self.opts.rewalks,
                     f"{task.target} {task.window}",
@@ -552,31 +556,69 @@ class Syncer:
         finally:
             # (put even once the run stops, for as long as the writer takes events)
             with contextlib.suppress(Stopped):
-                self._put(_Finished(task.target, more, unstable, error))
+                self._put(_Finished(task.target, more, unstable, error, cut))
 
-    def _walk_once(self, task: _Walk) -> tuple[list[_Walk], bool]:
-        """One walk of the task's window, each page handed to the writer as it comes: (the
-        walks it was split into, if it was dense; whether no id was read twice)."""
+    def _walk_once(self, task: _Walk) -> tuple[tuple[list[_Walk], bool], bool]:
+        """One walk of the task's window, each page handed to the writer as it comes: ((the
+        walks it was split or cut into, if it was dense; whether it was cut, its part read
+        marked complete), whether no id was read twice)."""
         w, target = task.window, task.target
         pieces = self._lister.limits.cut(target, w.start, w.end)
         if len(pieces) > 1:  # only the stretches that need small pages are walked in them
             log.info("%s %s: cut in %d where pages must be smaller", target, w, len(pieces))
-            return [replace(task, window=Window(a, b)) for a, b in pieces], True
+            return ([replace(task, window=Window(a, b)) for a, b in pieces], False), True
         walk = WindowWalk(self._lister, target, w.start, w.end, turn=self.client.turn)
+        reach = Reach(w)
         with contextlib.closing(walk.pages()) as pages:
             for step in pages:
                 page = step.page
+                if step.number == 1:  # (again after a page over the cap)
+                    reach = Reach(w)
+                reach.add(page.rows)
+                cut = self._cut(task, step, reach)
+                if cut is not None:
+                    done, rest = cut
+                    self._put(
+                        Rows(
+                            target,
+                            page.rows,
+                            step.billing,
+                            _complete_part(done, walk.present),
+                            step.too_big,
+                        )
+                    )
+                    return (rest, True), True
                 parts = self._parts(task, step)
                 if parts:
                     log.info("%s %s: dense, split into %d windows", target, w, len(parts))
                     self._put(Rows(target, page.rows, step.billing, too_big=step.too_big))
-                    return parts, True
+                    return (parts, False), True
                 done = None
                 if not page.has_more and not step.repeated:
                     # the API's present when the walk began: nothing after it is complete yet
                     done = _complete_part(w, walk.present)
                 self._put(Rows(target, page.rows, step.billing, done, step.too_big))
-        return [], not walk.repeated
+        return ([], False), not walk.repeated
+
+    def _cut(self, task: _Walk, step: Step, reach: Reach) -> tuple[Window, list[_Walk]] | None:
+        """After a page past the first: the part read whole and the walks the rest is cut
+        into, if the rest looks like more than a walk (``mirror.cuts``); None: walk on."""
+        page = step.page
+        if step.number < 2 or step.repeated or not page.has_more:
+            return None
+        cut = plan_cut(reach, self.opts.walk_rows)
+        if cut is None or not self._probe.on_ended_at(task.target, page.rows):
+            return None
+        log.info(
+            "%s %s: denser than planned after %d pages (%.1f requests/s); %s read, the rest "
+            "cut into %d windows",
+            task.target, task.window, step.number, reach.rate or 0.0, cut.done, len(cut.rest),
+        )  # fmt: skip
+        walks = [
+            _Walk(task.target, piece, sized=i < cut.near, blind=task.blind and i >= cut.near)
+            for i, piece in enumerate(cut.rest)
+        ]
+        return cut.done, walks
 
     def _parts(self, task: _Walk, step: Step) -> list[_Walk]:
         """The walks a window is split into after this page of its walk (none: walk on).
@@ -715,7 +757,8 @@ class Syncer:
                             for task in ev.more:
                                 pool.submit(self._work, task)
                             outstanding += len(ev.more)
-                            report.windows.planned += len(ev.more) - 1
+                            # a cut completed part of its window; a split none of it
+                            report.windows.planned += len(ev.more) - (0 if ev.cut else 1)
                 self._write(batch, report, now)
                 if error is None and not self._stop.is_set():
                     outstanding += self._claim(pool, report, now, tails, outstanding)

@@ -577,13 +577,13 @@ class Syncer:
                 reach.add(page.rows)
                 cut = self._cut(task, step, reach)
                 if cut is not None:
-                    done, rest = cut
+                    read, rest = cut
                     self._put(
                         Rows(
                             target,
                             page.rows,
                             step.billing,
-                            _complete_part(done, walk.present),
+                            _complete_part(read, walk.present),
                             step.too_big,
                         )
                     )

@@ -5,6 +5,7 @@ of which timestamp the API's windows filter on."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import timedelta
 
@@ -77,7 +78,7 @@ def test_the_rest_is_cut_without_gap_or_overlap_and_nothing_unread_is_outside_it
     tiles = sorted([cut.done, *cut.rest], key=lambda w: w.start)
     bounds = [(w.start, w.end) for w in tiles]
     assert tiles[0].start == START and tiles[-1].end == END, f"{order}: {bounds}"
-    gaps = [(a.end, b.start) for a, b in zip(tiles, tiles[1:], strict=False) if a.end != b.start]
+    gaps = [(a.end, b.start) for a, b in itertools.pairwise(tiles) if a.end != b.start]
     assert not gaps, f"{order}: gaps or overlaps between the cut's parts: {gaps}"
     assert all(w.start.microsecond == 0 == w.end.microsecond for w in tiles), bounds
     # every row not read lies in the rest; every row in the part called done was read

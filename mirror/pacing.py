@@ -4,11 +4,12 @@ Worker threads call ``acquire()`` before every HTTP attempt and ``release()`` af
 what happened. A 429 halves the limit and pauses *every* worker until the backoff (or the
 server's ``Retry-After``) has passed, so one refusal is not followed by a burst of retries
 that are refused too; a run of healthy answers raises the limit by one, up to the user's
-``--max-concurrency``. Until the first sign of strain (a 429, a slow answer, the consumer
-behind) the limit grows faster, by one per healthy answer (a slow start, as TCP's: it
-doubles every round of answers), so a run reaches the rate the API allows within its first
-second instead of creeping up to it. A slow answer (over four times the fastest seen, plus half a second)
-takes one off the limit, at most once a second.
+``--max-concurrency``. With ``slow_start`` (what ``mirror sync`` uses), until the first
+sign of strain (a 429, a slow answer, the consumer behind) the limit grows by one per
+healthy answer instead (a slow start, as TCP's: it doubles every round of answers), so a
+run reaches the rate the API allows within its first second instead of creeping up to it.
+A slow answer (over four times the fastest seen, plus half a second) takes one off the
+limit, at most once a second.
 
 Threads rather than asyncio: the client is a plain ``httpx.Client`` passed in, the writer is
 SQLite in one thread, and the parallelism needed is a handful of calls waiting on latency;
@@ -58,6 +59,7 @@ class Pacer:
         initial: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         learn_rate: bool = False,
+        slow_start: bool = False,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -87,7 +89,7 @@ class Pacer:
         #: workers in the middle of a turn
         self.active = 0
         #: no sign of strain yet: the limit grows by one per healthy answer
-        self.slow_start = True
+        self.slow_start = slow_start
 
     def acquire(self, *, retry: bool = False) -> None:
         """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""

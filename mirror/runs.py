@@ -163,7 +163,7 @@ def _sync_mirror(
                     f"{display_db(db)} has no sync targets yet: name one with --endpoint ID"
                 )
             n = opts.max_concurrency
-            pacer = Pacer(n, initial=min(4, n), learn_rate=True)
+            pacer = Pacer(n, initial=min(4, n), learn_rate=True, slow_start=True)
             with _client(key, base_url, retry, pacer, env, calls) as client:
                 return sync(
                     store, client, dataclasses.replace(opts, targets=targets), progress=progress

@@ -246,3 +246,47 @@ def test_a_refused_call_is_admitted_before_new_calls():
         p._cond.notify_all()
     newcomer.join(2)
     assert order == ["retry", "new"]
+
+
+def test_slow_start_doubles_each_round_until_a_429_then_grows_by_one():
+    """With ``slow_start`` (sync's pacer) the limit grows by one per healthy answer, from 4
+    to the ceiling of 16 in 12 answers; a 429 ends that, and afterwards it grows by one per
+    ``2 x limit`` healthy answers, as without it."""
+    clock = FakeClock()
+    p = Pacer(16, initial=4, clock=clock, slow_start=True)
+    for _ in range(12):
+        p.acquire()
+        p.release("ok", latency=0.05)
+    assert [lim for _, lim in p.history] == list(range(4, 17)), p.history
+    p.acquire()
+    p.release("throttled", pause=0.1)
+    assert (p.limit, p.slow_start) == (8, False), f"a 429 did not halve it: {p.history}"
+    clock.t = 1.0
+    for _ in range(2 * 8 - 1):
+        p.acquire()
+        p.release("ok", latency=0.05)
+    assert p.limit == 8, f"grew before 2 x 8 healthy answers after the 429: {p.history}"
+    p.acquire()
+    p.release("ok", latency=0.05)
+    assert p.limit == 9, f"did not grow by one after 2 x 8 healthy answers: {p.history}"
+
+
+def test_slow_start_ends_at_the_first_sign_of_strain():
+    """A slow answer, or the consumer behind, ends the slow start as a 429 does; without
+    ``slow_start`` (verify, media) the limit grows by one per ``2 x limit`` answers."""
+    clock = FakeClock()
+    slow = Pacer(16, initial=4, clock=clock, slow_start=True)
+    slow.acquire()
+    slow.release("ok", latency=0.05)
+    slow.acquire()
+    slow.release("ok", latency=5.0)  # over four times the fastest plus half a second
+    behind = Pacer(16, initial=4, clock=clock, slow_start=True)
+    behind.backlog(behind=True)
+    behind.backlog(behind=False)
+    plain = Pacer(16, initial=4, clock=clock)
+    for p in (slow, behind, plain):
+        for _ in range(5):  # fewer than 2 x limit: no growth without a slow start
+            p.acquire()
+            p.release("ok", latency=0.05)
+    got = [(p.slow_start, p.limit) for p in (slow, behind, plain)]
+    assert got == [(False, 4), (False, 3), (False, 4)], got

@@ -1,0 +1,62 @@
+"""A dense hour hidden in a long window, with analytics refused (404): the real command cuts
+the rest of the window once its pages show the density and spreads it over several walkers,
+and the mirror equals the server. Under a reading where the window filters on another time
+than the pages' ``ended_at`` it does not cut (the probe says so), and the mirror is complete
+all the same."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from support.cli import mirror
+from support.compare import assert_mirror_equals
+from support.sim import READING_PARAMS, IdentifyingAPI, fast_env, listable, static_world
+
+from mirror.simulator import FaultConfig, WorldConfig
+from mirror.simulator.faults import ANALYTICS_PATH, SERVERLESS_LIST_PATH
+
+TARGET = "acme/app"
+DENSE = 3_000
+
+
+@pytest.mark.parametrize("config", READING_PARAMS)
+def test_a_dense_hour_in_a_long_window_without_analytics_is_cut_and_walked_whole(
+    tmp_path: Path, config: WorldConfig
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=2)
+    # the dense hour, 12 h back: one day-long window holds the whole history, and its
+    # first page (either order) sees only the sparse hours
+    world = static_world(config, hours=20, per_hour=60, endpoints=[TARGET], running=3,
+                         late_fraction=0.0, big_tie_group=120, now=now,
+                         dense_hour=(now - timedelta(hours=12), DENSE))  # fmt: skip
+    refused = FaultConfig(latency=0.02, answer_with=(404, b'{"detail": "Not Found"}'),
+                          fault_paths=frozenset({ANALYTICS_PATH}))  # fmt: skip
+    db = tmp_path / "m.db"
+    with IdentifyingAPI(world, faults=refused) as api:
+        r = mirror(["sync", "--db", str(db), "--since", "21h", "-e", TARGET, "-v"],
+                   fast_env(api.base_url))  # fmt: skip
+        lists = [c for c in api.calls if c.path == SERVERLESS_LIST_PATH]
+        refusals = [e for e in api.log if e.path == ANALYTICS_PATH and e.status == 404]
+    assert r.code == 0, f"sync failed: {r.stderr[-2000:]}"
+    expected = listable(world)
+    assert len(expected) > DENSE, f"the world holds only {len(expected)} requests"
+    assert_mirror_equals(db, expected, context=config.filter_field)
+    assert refusals, "analytics was never asked for: the run did not plan blind"
+    cut = "denser than planned" in r.stderr
+    if config.filter_field == "ended_at":
+        assert cut, f"the dense window was not cut mid-walk: {r.stderr[-3000:]}"
+        # the cut's pieces were walked at once: several list calls in flight together
+        events = sorted([(c.began, 1) for c in lists] + [(c.ended, -1) for c in lists])
+        in_flight = peak = 0
+        for _, d in events:
+            in_flight += d
+            peak = max(peak, in_flight)
+        assert peak >= 3, f"at most {peak} list calls in flight: walked by one walker"
+        ideal = math.ceil(len(expected) / 100)
+        # the cut's own second, each piece's partial last page and the probe's two look-ups
+        assert len(lists) <= 1.3 * ideal, f"{len(lists)} list calls for {ideal} pages of rows"
+    else:
+        assert not cut, f"cut under a reading where the cut is unsound: {r.stderr[-3000:]}"

@@ -70,6 +70,8 @@ class WorldSpec:
     rate_limit: float | None = None
     burst: float = 10.0
     endpoints: dict[str, float] = field(default_factory=lambda: dict(ENDPOINTS))
+    #: False: ``/serverless/analytics`` answers 404 (a key without its scope)
+    analytics: bool = True
 
 
 def build_world(spec: WorldSpec, now: datetime) -> Any:
@@ -109,8 +111,20 @@ def _serve(spec: WorldSpec) -> None:
     world = build_world(spec, now)
     since, until = world_window(spec, now)
     rows = world.count(Query(endpoint_ids=TARGETS, start=since, end=until), now=now)
+    from mirror.simulator.faults import ANALYTICS_PATH
+    from mirror.simulator.server import Answer
+
+    class AnalyticsRefused(SimulatedAPI):
+        """Analytics answers 404, after the same latency and rate limit as every call."""
+
+        def respond(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+            if path == ANALYTICS_PATH:
+                return Answer(404, b'{"detail": "Not Found"}')
+            return super().respond(method, path, *args, **kwargs)
+
     faults = FaultConfig(latency=spec.latency, rate_limit=spec.rate_limit, burst=spec.burst)
-    api = SimulatedAPI(world, faults, host="127.0.0.1").start()
+    api_class = SimulatedAPI if spec.analytics else AnalyticsRefused
+    api = api_class(world, faults, host="127.0.0.1").start()
     info = {
         "base_url": api.base_url,
         "since": iso(since),
@@ -222,13 +236,15 @@ class ProcResult:
     stderr: str
 
 
-def run_measured(cmd: Sequence[str], env: dict[str, str], timeout: float = 1800) -> ProcResult:
+def run_measured(
+    cmd: Sequence[str], env: dict[str, str], timeout: float = 1800, cwd: Path = REPO
+) -> ProcResult:
     """Run a child to the end: wall time, and its own peak RSS (wait4, children not counted)."""
     import tempfile
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=err, cwd=cwd)
         deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -259,9 +275,15 @@ def sim_env(base_url: str) -> dict[str, str]:
 
 
 def mirror_sync(
-    server: SimServer, db: Path, *, max_concurrency: int | None = None, extra: Sequence[str] = ()
+    server: SimServer,
+    db: Path,
+    *,
+    max_concurrency: int | None = None,
+    extra: Sequence[str] = (),
+    code: Path = REPO,
 ) -> ProcResult:
-    """``mirror sync`` of the whole world into ``db``, as a user would run it."""
+    """``mirror sync`` of the whole world into ``db``, as a user would run it; ``code``: the
+    source tree whose ``mirror`` runs (another commit's, to compare with in the same run)."""
     cmd = [PY, "-m", "mirror", "sync", "--db", str(db), "--since", server.since]
     cmd += ["--until", server.until]
     for t in server.targets:
@@ -269,7 +291,9 @@ def mirror_sync(
     if max_concurrency is not None:
         cmd += ["--max-concurrency", str(max_concurrency)]
     cmd += list(extra)
-    res = run_measured(cmd, sim_env(server.base_url))
+    env = sim_env(server.base_url)
+    env["PYTHONPATH"] = str(code)
+    res = run_measured(cmd, env, cwd=code)
     if res.code != 0:
         raise RuntimeError(f"mirror sync failed ({res.code}): {res.stderr.strip()[-2000:]}")
     return res

@@ -54,7 +54,9 @@ class Reach:
     """What one walk's pages say about its window ``[start, end)``, page after page.
 
     ``order``: "desc" or "asc" by ``ended_at`` (None until a page shows it); ``edge``: the
-    ``ended_at`` furthest along; ``rate``: rows per second of the last page; ``usable``:
+    ``ended_at`` furthest along; ``rate``: rows per second of the last two pages (one page
+    of a tie group alone would look infinitely dense; a span under a second counts as one,
+    the finest a window can be cut); ``usable``:
     False once a page contradicts the reading a cut needs (a row without ``ended_at`` or
     outside the window by it, or pages out of order).
     """
@@ -65,6 +67,8 @@ class Reach:
         self.edge: datetime | None = None
         self.rate: float | None = None
         self.usable = True
+        #: (first ended_at, rows) of the last page
+        self._last: tuple[datetime, int] | None = None
 
     def add(self, rows: Sequence[Row]) -> None:
         if not self.usable or not rows:
@@ -99,8 +103,10 @@ class Reach:
             return
         self.order = order
         self.edge = ends[-1]
-        span = abs((ends[0] - ends[-1]).total_seconds())
-        self.rate = len(rows) / max(span, 0.001) if len(rows) > 1 else None
+        first, n = (ends[0], 0) if self._last is None else self._last
+        span = abs((first - ends[-1]).total_seconds())
+        self.rate = (n + len(rows)) / max(span, 1.0)
+        self._last = (ends[0], len(rows))
 
 
 @dataclass(frozen=True)

@@ -174,10 +174,10 @@ class Pacer:
             now = self._clock()
             if outcome == "throttled":
                 self.throttles += 1
-                self.slow_start = False
+                ramping, self.slow_start = self.slow_start, False
                 # one cut per pause: several workers refused at once are one signal
                 if now >= self.pause_until:
-                    if self.learn_rate:
+                    if self.learn_rate and not ramping:
                         answered = self._answered_rate(now)
                         base = answered if answered is not None else self.rate
                         if base is None:

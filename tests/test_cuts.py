@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from datetime import timedelta
 
 import httpx
@@ -125,8 +126,9 @@ def test_a_cut_on_a_tie_keeps_the_rows_of_that_second_not_yet_read(order: str) -
 
 
 def test_the_estimate_is_revised_as_pages_arrive_and_the_pieces_follow_it() -> None:
-    """Sparse pages (one request a minute over 10 h) ask for no cut; the first dense page
-    (one request a second) does, and the pieces next to it are sized to one walk at that
+    """Sparse pages (one request a minute over 10 h) ask for no cut, nor does one dense page
+    after them (the last two pages together are still sparse); the second dense page (one
+    request a second) does, and the pieces next to the cut are sized to one walk at that
     density, the farther ones doubling."""
     reach = Reach(WINDOW)
     sparse = [row(n, 36_000 - 60.0 * (n + 1)) for n in range(200)]
@@ -135,19 +137,31 @@ def test_the_estimate_is_revised_as_pages_arrive_and_the_pieces_follow_it() -> N
     reach.add(sparse[100:])
     assert plan_cut(reach, WALK_ROWS) is None, "a second sparse page asked for a cut"
     edge = 36_000 - 60.0 * 200
-    dense = [row(1000 + n, edge - 1.0 * (n + 1)) for n in range(100)]
-    reach.add(dense)
-    assert reach.rate == pytest.approx(100 / 99), reach.rate
+    dense = [row(1000 + n, edge - 1.0 * (n + 1)) for n in range(200)]
+    reach.add(dense[:100])
+    assert plan_cut(reach, WALK_ROWS) is None, f"one dense page after sparse ones: {reach.rate}"
+    reach.add(dense[100:])
+    assert reach.rate == pytest.approx(200 / 199), reach.rate
     cut = plan_cut(reach, WALK_ROWS)
-    assert cut is not None, "a dense page over 6 hours left did not ask for a cut"
+    assert cut is not None, "two dense pages with 6 hours left did not ask for a cut"
     lengths = [int(w.length.total_seconds()) for w in cut.rest]
-    size = WALK_ROWS * 99 // 100  # seconds for one walk at 100 requests in 99 s
+    size = math.ceil(WALK_ROWS / (200 / 199))  # seconds of one walk at 200 requests in 199 s
     assert lengths[:NEAR_PIECES] == [size] * NEAR_PIECES, lengths
     far = lengths[NEAR_PIECES:]
     assert far[:-1] == [size * 2 ** (i + 1) for i in range(len(far) - 1)], lengths
-    assert cut.near == NEAR_PIECES and sum(lengths) == int(
-        (cut.rest[0].end - START).total_seconds()
-    )
+    assert 0 < far[-1] <= size * 2 ** len(far), lengths
+    left = int((cut.rest[0].end - START).total_seconds())
+    assert cut.near == NEAR_PIECES and sum(lengths) == left, (cut.near, sum(lengths), left)
+
+
+def test_a_page_of_one_tie_group_is_not_taken_for_a_dense_stretch() -> None:
+    """A page whose 100 rows ended in the same instant, after a sparse page: the two pages
+    together set the density, and no cut follows."""
+    reach = Reach(WINDOW)
+    reach.add([row(n, 36_000 - 60.0 * (n + 1)) for n in range(100)])
+    tie = 36_000 - 60.0 * 101
+    reach.add([row(500 + n, tie) for n in range(100)])
+    assert plan_cut(reach, WALK_ROWS) is None, f"a tie group asked for a cut: {reach.rate}"
 
 
 def test_no_cut_when_what_is_left_is_about_one_walk() -> None:

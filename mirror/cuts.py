@@ -7,7 +7,8 @@ direction (undocumented, so read from the pages themselves), how far along the w
 walk has come (the ``ended_at`` furthest along) and the density of the last page, the
 estimate revised as pages arrive. ``plan_cut`` then cuts the window at that point: the
 part read whole is complete, and the rest is handed out in pieces, the nearest sized by the
-density just measured, the farther ones doubling in length.
+density just measured, the farther ones doubling in length. With walkers idle, pieces are
+smaller, so that a dense tail is shared among them.
 
 The cut is sound only if the window filters on the timestamp the pages are sorted by
 (``ended_at``): then every row not yet read lies on the far side of the furthest
@@ -43,8 +44,11 @@ from mirror.windows import Window, floor_s
 log = logging.getLogger("mirror.cuts")
 
 SECOND = timedelta(seconds=1)
-#: the rest of a walk is cut only if it looks like more than this many walks
+#: the rest of a walk is cut only if it looks like more than this many pieces
 CUT_SLACK = 2
+#: with walkers idle, the rest is cut into pieces of this many rows at least (fewer rows
+#: per piece cost more in partial last pages than the walkers gain)
+MIN_PIECE_ROWS = 300
 #: pieces sized by the measured density next to the cut (one per idle walker, roughly);
 #: beyond them, pieces double in length, and a dense one is cut again by its own walk
 NEAR_PIECES = 8
@@ -120,9 +124,13 @@ class Cut:
     near: int
 
 
-def plan_cut(reach: Reach, walk_rows: int) -> Cut | None:
-    """The cut after the pages ``reach`` has seen, or None: the rest is about one walk (or
-    ``CUT_SLACK`` walks), or the pages do not say enough (see ``Reach``)."""
+def plan_cut(reach: Reach, walk_rows: int, idle: int = 0) -> Cut | None:
+    """The cut after the pages ``reach`` has seen, or None: the rest is no more than
+    ``CUT_SLACK`` pieces, or the pages do not say enough (see ``Reach``).
+
+    A piece is one walk (``walk_rows``) at the density measured; with ``idle`` walkers
+    waiting for work, smaller, so that the rest is shared among them (``MIN_PIECE_ROWS`` at
+    least): a dense tail no longer keeps one walker paging while the others wait."""
     w = reach.window
     if not reach.usable or reach.order is None or reach.edge is None or reach.rate is None:
         return None
@@ -135,9 +143,13 @@ def plan_cut(reach: Reach, walk_rows: int) -> Cut | None:
     else:
         done, left = Window(w.start, at), Window(at, w.end)
     seconds = left.length.total_seconds()
-    if reach.rate * seconds <= CUT_SLACK * walk_rows:
+    rows = reach.rate * seconds
+    piece_rows = walk_rows
+    if idle > 0:
+        piece_rows = max(MIN_PIECE_ROWS, min(walk_rows, math.ceil(rows / (idle + 1))))
+    if rows <= CUT_SLACK * piece_rows:
         return None
-    size = max(1, math.ceil(walk_rows / reach.rate))
+    size = max(1, math.ceil(piece_rows / reach.rate))
     pieces: list[Window] = []
     near = 0
     covered = 0

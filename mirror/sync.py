@@ -507,6 +507,9 @@ class Syncer:
             limits=PageLimits(known),
         )
         self._probe = FilterProbe(self._lister)
+        #: tasks submitted and not finished, as the writer last counted them (walkers read
+        #: it to tell whether others are idle)
+        self._tasks = 0
         self._locks = TargetLocks(store)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
@@ -606,7 +609,8 @@ class Syncer:
         page = step.page
         if step.number < 2 or step.repeated or not page.has_more:
             return None
-        cut = plan_cut(reach, self.opts.walk_rows)
+        idle = max(0, self.client.pacer.limit - self._tasks)
+        cut = plan_cut(reach, self.opts.walk_rows, idle)
         if cut is None or not self._probe.on_ended_at(task.target, page.rows):
             return None
         log.info(
@@ -742,6 +746,7 @@ class Syncer:
             )
             outstanding = self._claim(pool, report, now, tails, 0)
             while outstanding:
+                self._tasks = outstanding
                 batch = self._drain()
                 for ev in batch:
                     if isinstance(ev, _Finished):

@@ -15,7 +15,7 @@ import pytest
 from support.sim import DEFAULT_KEY, NOW, req
 
 from mirror.api import FalClient, RetryPolicy
-from mirror.cuts import CUT_SLACK, NEAR_PIECES, FilterProbe, Reach, plan_cut
+from mirror.cuts import CUT_SLACK, MIN_PIECE_ROWS, NEAR_PIECES, FilterProbe, Reach, plan_cut
 from mirror.records import Row
 from mirror.simulator import ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.timeparse import to_text
@@ -229,3 +229,18 @@ def test_the_probe_finds_which_time_windows_filter_on_in_two_calls_once(
     assert (first, second) == (expected, expected), f"{filter_field}: {first}, {second}"
     asked = [(c.url.params["start"], c.url.params["end"]) for c in calls]
     assert len(asked) == 2, f"{filter_field}: the probe made {len(asked)} calls: {asked}"
+
+
+def test_with_walkers_idle_a_rest_of_a_few_pages_is_shared_among_them() -> None:
+    """About 1,300 rows left (13 pages, under two walks): one walker would page through
+    them alone; with 15 walkers idle they are cut into pieces of MIN_PIECE_ROWS or more."""
+    reach = Reach(WINDOW)
+    reach.add([row(n, 1_300 - 1.0 * n) for n in range(100)])  # 1 a second, from 1,300 s
+    reach.add([row(200 + n, 1_200 - 1.0 * n) for n in range(100)])
+    assert plan_cut(reach, WALK_ROWS) is None, "cut with no walker idle"
+    cut = plan_cut(reach, WALK_ROWS, idle=15)
+    assert cut is not None, "not cut although 15 walkers are idle"
+    lengths = [int(w.length.total_seconds()) for w in cut.rest]
+    size = math.ceil(MIN_PIECE_ROWS / reach.rate)  # about 300 rows each
+    assert lengths[:-1] == [size] * (len(lengths) - 1) and 0 < lengths[-1] <= size, lengths
+    assert cut.done == Window(START + timedelta(seconds=1_102), END), cut.done

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from mirror.api import FalClient, RetryPolicy
 from mirror.pacing import Pacer
@@ -290,3 +291,28 @@ def test_slow_start_ends_at_the_first_sign_of_strain():
             p.release("ok", latency=0.05)
     got = [(p.slow_start, p.limit) for p in (slow, behind, plain)]
     assert got == [(False, 4), (False, 3), (False, 4)], got
+
+
+def test_a_429_during_the_slow_start_halves_the_limit_the_next_one_learns_the_rate():
+    """A refusal while the slow start ramps up says the burst was too much, not what rate
+    the API allows (the rate answered so far is the ramp's): it halves the limit. The next
+    429, after healthy answers at a steady pace, caps the rate at 97% of the rate answered."""
+    from mirror.pacing import RATE_CUT
+
+    clock = FakeClock()
+    p = Pacer(16, initial=4, clock=clock, learn_rate=True, slow_start=True)
+    for i in range(12):
+        clock.t = i * 0.01
+        p.acquire()
+        p.release("ok", latency=0.05)
+    assert p.limit == 16, p.history
+    p.acquire()
+    p.release("throttled", pause=0.05)
+    assert (p.limit, p.rate, p.slow_start) == (8, None, False), (p.history, p.rate)
+    for i in range(80):  # 80 answers a second, one every 12.5 ms
+        clock.t = 1.0 + i * 0.0125
+        p.acquire()
+        p.release("ok", latency=0.05)
+    p.acquire()
+    p.release("throttled", pause=0.05)
+    assert p.rate == pytest.approx(RATE_CUT * 80, rel=0.05), p.rate

@@ -90,6 +90,9 @@ BATCH_ROWS = 10_000
 QUEUE_PAGES = 32
 #: a walk longer than this many pages without end is abandoned and its window split
 MAX_WALK_PAGES = 50
+#: on PostgreSQL, a process takes another target only while fewer tasks than this are
+#: outstanding: the walkers the pacer starts with, whatever ``max_concurrency`` allows
+TAKE_ROOM = 4
 
 
 @dataclass
@@ -830,12 +833,13 @@ class Syncer:
         """Take targets and submit their work while the pool has room; returns tasks submitted.
 
         SQLite: every target at once (the file lock already excludes other writers).
-        PostgreSQL: one target after another, taken only when fewer than ``max_concurrency``
-        tasks are outstanding, so that processes started together spread the targets
-        between them instead of the first one taking all. A target is planned only after
-        its lock is taken, so it sees every window a previous holder completed.
+        PostgreSQL: one target after another, taken only when fewer than ``TAKE_ROOM``
+        tasks are outstanding (or ``max_concurrency``, if lower), so that processes started
+        together spread the targets between them instead of the first one taking all. A
+        target is planned only after its lock is taken, so it sees every window a previous
+        holder completed.
         """
-        room = self.opts.max_concurrency if self._locks.enabled else math.inf
+        room = min(self.opts.max_concurrency, TAKE_ROOM) if self._locks.enabled else math.inf
         submitted = 0
         while self._untried and outstanding + submitted < room:
             target = self._untried.pop(0)

@@ -26,7 +26,8 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   nothing (a backfill) that needs more than one page is cut instead by the server's hourly
   request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
   not see does not cost a long walk read twice; the counts only shape the windows, every
-  window is still walked to its end.
+  window is still walked to its end. Without counts, a walk whose later pages turn dense
+  is cut there (``mirror.cuts``): the part read is complete, the rest spread over walkers.
 
 A window's walk (the cursor and its rules, the list call with its billing fallback, pages
 over the body cap asked for in smaller ones, the re-walk of a window whose rows moved), the

@@ -75,8 +75,6 @@ class Narrowed:
 
     windows: list[Window]
     by_id: list[tuple[str, str, str]] = field(default_factory=list)
-    #: seconds of the lookback left out as unchanged (0: walked whole)
-    trusted: float = 0.0
 
 
 def _text(v: Any) -> str:
@@ -165,15 +163,14 @@ def _merge(ws: Sequence[Window]) -> list[Window]:
 class Steady:
     """Narrows each target's lookback for one sync run (see the module's docstring)."""
 
-    def __init__(
-        self, store: Store, client: FalClient, notes: Notes, *, lookback: timedelta
-    ) -> None:
+    def __init__(self, store: Store, client: FalClient, notes: Notes) -> None:
         self.store = store
         self.client = client
         self.notes = notes
-        self.lookback = lookback
-        #: calls the narrowing made (analytics), for the report
-        self.calls = 0
+        #: why analytics could not be used, per target (the run's note names them once)
+        self.fell_back: dict[str, str] = {}
+        #: the API has no analytics at all (404): not asked again this run
+        self._absent = False
 
     def narrow(
         self,
@@ -214,7 +211,7 @@ class Steady:
             len(by_id),
             left_out,
         )
-        return Narrowed(out, by_id, left_out)
+        return Narrowed(out, by_id)
 
     # -- the server's counts ------------------------------------------------------------
 
@@ -236,11 +233,13 @@ class Steady:
             ("limit", "1000"),
         ]
         buckets = math.ceil((hi - lo) / MINUTE)
+        if self._absent:
+            self._fall_back(target, "HTTP 404")
+            return None
         counts: dict[str, Counts] = {}
         cursor: str | None = None
         try:
             for _ in range(MAX_ANALYTICS_PAGES):
-                self.calls += 1
                 data = self.client.get_json(
                     ANALYTICS_PATH, params + ([("cursor", cursor)] if cursor else []), attempts=3
                 )
@@ -257,16 +256,22 @@ class Steady:
             if len(counts) < buckets:
                 raise BadDataError(f"the analytics answer gave {len(counts)} of {buckets} minutes")
         except (ApiError, ApiUnavailable, BadDataError) as e:
-            why = f"HTTP {e.status}" if isinstance(e, ApiError) else str(e)
-            log.info("%s: analytics not usable for the lookback (%s)", target, why)
-            self.notes.add(
-                "/serverless/analytics did not give usable counts "
-                f"(e.g. {target}: {why}); the whole lookback was walked, as with --full-lookback"
-            )
+            self._absent = self._absent or (isinstance(e, ApiError) and e.status == 404)
+            self._fall_back(target, f"HTTP {e.status}" if isinstance(e, ApiError) else str(e))
             return None
         except Stopped:
             return None
         return counts
+
+    def _fall_back(self, target: str, why: str) -> None:
+        """Say once per run that the lookback was walked whole, and why (first target's)."""
+        log.info("%s: analytics not usable for the lookback (%s)", target, why)
+        if not self.fell_back:
+            self.notes.add(
+                f"/serverless/analytics gave no usable counts ({why}); the whole lookback "
+                "is walked, as with --full-lookback"
+            )
+        self.fell_back[target] = why
 
     # -- the mirror's side --------------------------------------------------------------
 

@@ -508,7 +508,7 @@ class Syncer:
             limits=PageLimits(known),
         )
         self._locks = TargetLocks(store)
-        self._steady = Steady(store, self.client, self._notes, lookback=opts.lookback)
+        self._steady = Steady(store, self.client, self._notes)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
         self._held_elsewhere: list[str] = []

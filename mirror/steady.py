@@ -53,7 +53,9 @@ FIELDS = ("ended_at", "sent_at", "started_at")
 Counts = tuple[int, int, int, int]
 #: rows a list page holds
 PAGE_ROWS = 100
-#: analytics pages read for one target's lookback (a page holds 1,000 minutes)
+#: minutes asked for per analytics page, and pages read for one target's lookback: a
+#: longer lookback is walked whole (counting that many minutes is a heavy call for the API)
+ANALYTICS_PAGE = 1000
 MAX_ANALYTICS_PAGES = 4
 #: the most rows asked for by id in one run (the rest wait for their next age)
 MAX_BY_ID = 200
@@ -189,6 +191,9 @@ class Steady:
         if hi - lo < MINUTE:
             return Narrowed(windows)
         first = align_down(lo, MINUTE)
+        if hi - first > MAX_ANALYTICS_PAGES * ANALYTICS_PAGE * MINUTE:
+            log.info("%s: a lookback this long is walked whole (no per-minute counts)", target)
+            return Narrowed(windows)
         server = self._server_counts(target, first, hi)
         if server is None:
             return Narrowed(windows)
@@ -234,7 +239,7 @@ class Steady:
             ("expand", "success_count"),
             ("expand", "user_error_count"),
             ("expand", "error_count"),
-            ("limit", "1000"),
+            ("limit", str(ANALYTICS_PAGE)),
         ]
         buckets = math.ceil((hi - lo) / MINUTE)
         if self._absent:

@@ -143,12 +143,16 @@ def test_an_incremental_run_walks_what_changed_and_catches_every_change(
         if config.unfinished_visible and config.filter_field != "ended_at":
             assert ended and ended_stored, "no stored row was running: the scenario proves nothing"
 
-        # what it walked of the lookback's completed part: the minutes of the late records,
-        # and the stretch from the oldest row stored unbilled or running, nothing else
+        # what it walked of the lookback's completed part: the minutes of the late records
+        # and of the rows stored running (their counts moved), and the stretch from the
+        # oldest row stored unbilled or running, nothing else
+        changed = [(r.sent_at, r.started_at, r.ended_at) for r in late] + [
+            (row["sent_at"], row["started_at"], None)
+            for row in before.values()
+            if row["ended_at"] is None
+        ]
         late_minutes = {
-            t.replace(second=0, microsecond=0)
-            for r in late
-            for t in (r.sent_at, r.started_at, r.ended_at)
+            t.replace(second=0, microsecond=0) for ts in changed for t in ts if t is not None
         }
         for target, a, b in walks(api):
             a, b = max(a, lo[target]), min(b, last[target])
@@ -158,8 +162,8 @@ def test_an_incremental_run_walks_what_changed_and_catches_every_change(
             in_stretch = oldest is not None and a >= oldest.replace(microsecond=0)
             in_late = any(m <= a and b <= m + timedelta(minutes=1) for m in late_minutes)
             assert in_stretch or in_late, (
-                f"{target} walked {a}..{b} of its lookback: no late record there, and it is "
-                f"before the oldest unbilled or running row ({oldest})"
+                f"{target} walked {a}..{b} of its lookback: no late record nor running row "
+                f"there, and it is before the oldest unbilled or running row ({oldest})"
             )
         narrowed = walked_seconds(api, lo, last)
         assert narrowed["acme/upscaler"] < LOOKBACK.total_seconds(), narrowed

@@ -69,6 +69,9 @@ def cli() -> None:
 @when_option("--until", "End of history to cover (default: now).")
 @click.option("--lookback", callback=duration_callback, default="2h", show_default=True, metavar="DURATION",
               help="Re-walk this much before the last completed point, to catch late changes.")  # fmt: skip
+@click.option("--full-lookback", is_flag=True,
+              help="Walk the whole lookback on every run, as before analytics narrowed it to "
+              "the minutes whose counts differ and the rows that may still change.")  # fmt: skip
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
 @click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
 @base_url_option
@@ -97,6 +100,7 @@ def sync(
     narrow: bool,
     until: datetime | None,
     lookback: timedelta,
+    full_lookback: bool,
     no_payloads: bool,
     no_billing: bool,
     base_url: str,
@@ -127,7 +131,7 @@ def sync(
     opts = SyncOptions(
         targets=endpoints, since=since, narrow=narrow, until=until, lookback=lookback,
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
-        recheck=recheck,
+        recheck=recheck, steady=not full_lookback,
     )  # fmt: skip
     archive = None
     if media:

@@ -65,6 +65,7 @@ from mirror.errors import AuthError, MirrorError
 from mirror.records import Page, Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
+from mirror.steady import Steady
 from mirror.store import Store, Tally, UpsertResult
 from mirror.timeparse import from_text, to_text, utcnow
 from mirror.walk import (
@@ -114,6 +115,9 @@ class SyncOptions:
     rewalks: int = 2
     #: re-check older history on a schedule (RECHECK_TIERS), analytics first
     recheck: bool = True
+    #: walk of the lookback narrowed by analytics to what may have changed (``mirror.steady``);
+    #: off: walked whole on every run (``--full-lookback``)
+    steady: bool = True
     #: with ``since``: move the targets' stored start forward to it (on purpose), instead
     #: of only ever reaching further back
     narrow: bool = False
@@ -515,6 +519,7 @@ class Syncer:
         #: it to tell whether others are idle)
         self._tasks = 0
         self._locks = TargetLocks(store)
+        self._steady = Steady(store, self.client, self._notes)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
         self._held_elsewhere: list[str] = []
@@ -892,7 +897,16 @@ class Syncer:
                 self.store, target, opts, now, gaps_only=gaps_only, blind=blind
             )
         tails[target] = tail
+        by_id: list[tuple[str, str, str]] = []
+        if opts.steady and not gaps_only:
+            narrowed = self._steady.narrow(
+                target, windows, tail, now, billing=self._lister.billing_for(target)
+            )
+            windows, by_id = narrowed.windows, narrowed.by_id
         tasks: list[_Walk | _Refresh] = [_Walk(target, w, blind=w in blind) for w in windows]
+        for i in range(0, len(by_id), 50):
+            tasks.append(_Refresh(target, tuple(by_id[i : i + 50]), now))
+        report.refreshed += len(by_id)
         report.windows.planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
             with interrupts.deferred():

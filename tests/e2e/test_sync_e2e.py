@@ -570,6 +570,11 @@ def test_fake_api_command_serves_a_world_to_sync_against(tmp_path: Path, stop: i
         assert code == 0, f"fake-api did not stop on {stop!r}: {code}"
 
 
+def is_recheck_analytics(e) -> bool:
+    """A re-check's analytics call (hourly counts; the lookback's own are per minute)."""
+    return e.path.endswith("/analytics") and e.params.get("timeframe") == ["hour"]
+
+
 @pytest.mark.parametrize("config", [READING_PARAMS[0], READING_PARAMS[1]])
 def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
     db_url: str, config
@@ -585,7 +590,7 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         api.clear_log()
         quiet = mirror(args, env)
         assert quiet.code == 0 and "re-checked" not in quiet.stdout, quiet.stdout
-        assert not [e for e in api.log if e.path.endswith("/analytics")]
+        assert not [e for e in api.log if is_recheck_analytics(e)]
         assert not {r.request_id for r in late} & set(mirror_rows(db))
         # an hour later the day tier is due
         db_execute(
@@ -600,7 +605,7 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
             r.stdout,
             r.stderr,
         )
-        analytics = [e for e in api.log if e.path.endswith("/analytics")]
+        analytics = [e for e in api.log if is_recheck_analytics(e)]
         assert len(analytics) == len(TARGETS), (
             f"expected one analytics call per target, saw {len(analytics)}"
         )
@@ -629,4 +634,4 @@ def test_scheduled_recheck_finds_late_backfills_walking_only_changed_hours(
         # --no-recheck: nothing older than the lookback is asked for
         api.clear_log()
         assert mirror([*args, "--no-recheck"], env).code == 0
-        assert not [e for e in api.log if e.path.endswith("/analytics")]
+        assert not [e for e in api.log if is_recheck_analytics(e)]

@@ -40,7 +40,7 @@ from mirror.cliutil import (
 )
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
-from mirror.schema import STATUSES
+from mirror.schema import HISTORIES, STATUSES
 from mirror.timeparse import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +50,9 @@ def filter_options(fn: F) -> F:
     """The filters shared by `query` and `stats`, in the order --help shows them."""
     opts = [
         endpoints_option("Only this endpoint (repeatable); an app id also matches its routes."),
+        click.option("--history", "histories", multiple=True, type=click.Choice(HISTORIES),
+                     help="Only this history (repeatable): serverless (calls to your own apps) "
+                     "or model (your key's calls to fal's hosted models). Default: both."),
         click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
                      help="Only this status (repeatable)."),
         click.option("--status-code", "status_codes", multiple=True, type=int, metavar="CODE",
@@ -87,6 +90,7 @@ def _filters(kw: dict[str, Any]) -> query.Filters:
     try:
         return query.Filters(
             endpoints=kw["endpoints"],
+            histories=kw["histories"],
             statuses=kw["statuses"],
             status_codes=kw["status_codes"],
             request_ids=kw["request_ids"],

@@ -178,7 +178,7 @@ def test_verify_of_a_model_target_uses_its_counts_and_repairs_it(tmp_path: Path)
         gone = stored[len(stored) // 2][0]
         db_execute(db, f"DELETE FROM requests WHERE request_id = '{gone}'")
         api.clear_log()
-        check = mirror(["verify", "--db", db, "--since", "7h", "--json"], env)
+        check = mirror(["verify", "--db", db, "--since", "7h", "--format", "json"], env)
         assert check.code == 1, f"a missing request is a difference (exit 1): {check.stderr}"
         assert gone in check.stdout, f"the missing request is not reported: {check.stdout[:500]}"
         paths = {e.path for e in api.log}

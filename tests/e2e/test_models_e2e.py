@@ -23,8 +23,8 @@ from support.compare import (
     db_execute,
     db_query,
     has_schema,
-    is_server,
     integrity_ok,
+    is_server,
     mirror_rows,
 )
 from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, fast_env, listable, static_world
@@ -66,7 +66,9 @@ def assert_histories(db: Path | str, models=MODELS) -> None:
     """Every stored request says the history it came from."""
     wrong = [
         (rid, ep, history)
-        for rid, ep, history in db_query(db, "SELECT request_id, endpoint_id, history FROM requests")
+        for rid, ep, history in db_query(
+            db, "SELECT request_id, endpoint_id, history FROM requests"
+        )
         if history != ("model" if any(covers(m, ep) for m in models) else "serverless")
     ]
     assert not wrong, f"{len(wrong)} requests stored with the wrong history, e.g. {wrong[:3]}"
@@ -251,7 +253,9 @@ def test_all_models_adds_what_usage_lists_and_a_key_without_admin_gets_a_note(
     key = "plain-key:secret"
     with SimulatedAPI(world, keys=frozenset({key}), admin_keys=frozenset()) as api:
         env = {**fast_env(api.base_url), "FAL_KEY": key}
-        r = mirror(["sync", "--db", db2, "--since", "5h", "--all-models", "-e", "acme/upscaler"], env)
+        r = mirror(
+            ["sync", "--db", db2, "--since", "5h", "--all-models", "-e", "acme/upscaler"], env
+        )
         assert r.code == 0, f"a key without ADMIN must not fail --all-models: {r.stderr}"
         notes = [line for line in r.stderr.splitlines() if "--all-models" in line]
         assert len(notes) == 1 and "ADMIN" in notes[0], r.stderr

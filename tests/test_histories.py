@@ -116,10 +116,9 @@ def test_rows_and_targets_are_stored_with_their_history(db_url: str) -> None:
             ).all()
         assert [tuple(r) for r in got] == [("m1", "model"), ("s1", "serverless")]
         assert store.target_histories() == {"acme/app": "serverless", "fal-ai/flux/dev": "model"}
-        with pytest.raises(ValueError, match="unknown history"):
-            with store.engine.begin() as conn:
-                store.upsert(conn, [_row("x", "a/b")], payloads=True, billing=True, now=NOW,
-                             history="other")  # fmt: skip
+        with pytest.raises(ValueError, match="unknown history"), store.engine.begin() as conn:
+            store.upsert(conn, [_row("x", "a/b")], payloads=True, billing=True, now=NOW,
+                         history="other")  # fmt: skip
         with store.engine.connect() as conn:
             f = query.Filters(histories=("model",))
             ids = conn.execute(

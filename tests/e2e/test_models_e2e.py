@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import mirror, spawn
+from support.cli import gated_syncs, mirror, spawn
 from support.compare import (
     assert_mirror_equals,
     covers,
@@ -27,7 +27,15 @@ from support.compare import (
     is_server,
     mirror_rows,
 )
-from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, fast_env, listable, static_world
+from support.sim import (
+    ENDPOINTS,
+    READING_PARAMS,
+    TARGETS,
+    IdentifyingAPI,
+    fast_env,
+    listable,
+    static_world,
+)
 
 from mirror.simulator import FaultConfig, SimulatedAPI, World, WorldConfig
 
@@ -290,3 +298,31 @@ def test_query_and_stats_answer_each_history_or_both(tmp_path: Path) -> None:
     assert len(lines) == n_model and all(line.endswith(",model") for line in lines), lines[:3]
     bad = mirror(["stats", "--db", db, "--history", "other"], env)
     assert bad.code == 2 and "other" in bad.stderr, bad.stderr
+
+
+def test_two_processes_share_model_targets_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    models = ("fal-ai/flux/dev", "fal-ai/flux/schnell", "fal-ai/recraft-v3", "fal-ai/veo3")
+    world = static_world(seed=9, hours=12, per_hour=200, endpoints=models, running=0,
+                         big_tie_group=0, late_fraction=0.0)  # fmt: skip
+    keys = ("proc-0:secret-0", "proc-1:secret-1")
+    args = ["sync", "--db", pg_url, "--since", "13h", "--max-concurrency", "2", "--no-recheck"]
+    args += [a for m in models for a in ("-m", m)]
+    with IdentifyingAPI(world, faults=FaultConfig(latency=0.1), keys=frozenset(keys)) as api:
+        envs = [{**fast_env(api.base_url), "FAL_KEY": k} for k in keys]
+        procs = gated_syncs(2, lambda _i: args, envs.__getitem__, tmp_path / "gate")
+        outs = [p.communicate(timeout=240) for p in procs]
+        calls = [c for c in api.calls if c.path == "/v1/models/requests/by-endpoint"]
+    for i, (p, (_out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"process {i} exited {p.returncode}: {err[-2000:]}"
+    assert_mirror_equals(pg_url, expected(world, apps=(), models=models))
+    assert_histories(pg_url, models)
+    spans: dict[str, dict[str, tuple[float, float]]] = {}
+    for c in calls:
+        (target,) = c.endpoint_ids
+        a, b = spans.setdefault(target, {}).get(c.key, (c.began, c.ended))
+        spans[target][c.key] = (min(a, c.began), max(b, c.ended))
+    assert set(spans) == set(models), f"model targets never walked: {set(models) - set(spans)}"
+    for target, by_key in spans.items():
+        if len(by_key) == 2:
+            (k1, (a1, b1)), (k2, (a2, b2)) = sorted(by_key.items())
+            assert b1 <= a2 or b2 <= a1, f"{target} was walked by {k1} and {k2} at once"

@@ -400,6 +400,7 @@ def status_cmd(
     """What the mirror holds per sync target, how complete it is, and the last run.
 
     \b
+    history: serverless (an app of yours, --endpoint) or model (a hosted model, --model);
     requested_from: where the history each target was asked to cover starts
     (the earliest --since); covered_from/covered_to: the span the completed windows
     reach; gaps: every stretch of the requested range that no sync has completed yet
@@ -471,7 +472,7 @@ def _exit_checked(
 
 def _print_status(result: list[dict[str, Any]], media: dict[str, Any], fmt: str) -> None:
     """The status rows (``TargetStatus.as_dict``) in ``fmt``, then the media archive's line."""
-    cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
+    cols = ["target", "history", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "requested_from", "covered_from", "covered_to", "gaps", "last_run",
             "last_run_started_at", "last_run_ended_at", "last_run_error",
             "clock_skew", "oversized"]  # fmt: skip

@@ -576,10 +576,13 @@ class TargetStatus:
     #: them (``oversized_requests``): request_id, endpoint_id, sent_at, page_bytes,
     #: cap_bytes, first_seen_at, last_seen_at; oldest first
     oversized: list[dict[str, Any]] = field(default_factory=list)
+    #: which of fal's histories the target is (``sync_targets.history``)
+    history: str = "serverless"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "history": self.history,
             "rows": self.rows,
             "unfinished": self.unfinished,
             "oldest_ended_at": self.oldest_ended_at,
@@ -610,7 +613,9 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
     w = sync_windows.c
     c = sync_runs.c
     t_ = sync_targets.c
-    targets = conn.execute(sa.select(t_.target, t_.requested_from).order_by(t_.target)).all()
+    targets = conn.execute(
+        sa.select(t_.target, t_.requested_from, t_.history).order_by(t_.target)
+    ).all()
     runs = conn.execute(
         sa.select(c.targets, c.outcome, c.started_at, c.ended_at, c.error).order_by(c.id.desc())
     ).all()
@@ -618,7 +623,7 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
         sa.select(c.clock_skew).where(c.clock_skew.is_not(None)).order_by(c.id.desc()).limit(1)
     ).scalar_one_or_none()
     out = []
-    for t, requested in targets:
+    for t, requested, history in targets:
         n, oldest, newest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(r.ended_at), sa.func.max(r.ended_at)).where(
                 endpoint_clause(r.endpoint_id, [t])
@@ -655,6 +660,7 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
             requested_from=requested,
             clock_skew=skew,
             oversized=[dict(b._mapping) for b in big],
+            history=history,
         )
         for run in runs:
             if t in run.targets.split(","):

@@ -11,7 +11,7 @@ import random
 import signal
 import sqlite3
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +124,10 @@ def test_both_histories_equal_the_servers_and_a_bare_sync_keeps_both(
         }, "each target is stored with its history"
 
         # later, from cron: late records of both histories; a bare sync walks both
+        # the API's clock catches up with this one (never ahead of it: a run's windows end
+        # at its own clock, and one behind the API's is the next run's to correct)
         clock = world.config.clock
-        clock.set(clock() + timedelta(minutes=2))  # type: ignore[attr-defined]
+        clock.set(datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1))  # type: ignore[attr-defined]
         late = [
             *world.backdate(6, hours_ago=0.5, endpoint_id="fal-ai/flux/dev", seed=3),
             *world.backdate(4, hours_ago=0.5, endpoint_id="acme/upscaler", seed=4),

@@ -24,9 +24,12 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   ``ended_at`` span; a window that would take more than ``walk_rows`` rows is split (its
   first page is still stored), so no walk is long. A window planned where the mirror holds
   nothing (a backfill) that needs more than one page is cut instead by the server's hourly
-  request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
-  not see does not cost a long walk read twice; the counts only shape the windows, every
-  window is still walked to its end.
+  request counts (one analytics call, of the target's history), so a dense hour its first
+  page did not see does not cost a long walk read twice; the counts only shape the
+  windows, every window is still walked to its end.
+- *Two histories.* A target is an app of the key's account or one of fal's hosted models
+  (``SyncOptions.histories``, ``mirror.histories``): the same walk, through the list and
+  analytics operations of its history, its rows stored with that history.
 
 A window's walk (the cursor and its rules, the list call with its billing fallback, pages
 over the body cap asked for in smaller ones, the re-walk of a window whose rows moved), the

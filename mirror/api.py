@@ -72,9 +72,16 @@ T = TypeVar("T")
 
 DEFAULT_BASE_URL = "https://api.fal.ai/v1"
 LIST_PATH = "/serverless/requests/by-endpoint"
+#: the calls the key made to fal's hosted models: the same parameters and pages, items
+#: without ``runner_id`` and ``billable_units`` (no ``expand=billing``)
+MODELS_LIST_PATH = "/models/requests/by-endpoint"
+#: which operation lists each history (``mirror.schema.HISTORIES``)
+LIST_PATHS = {"serverless": LIST_PATH, "model": MODELS_LIST_PATH}
 ANALYTICS_PATH = "/serverless/analytics"
 #: the same counts for the key's calls to fal's hosted models (any endpoint, no ownership)
 MODELS_ANALYTICS_PATH = "/models/analytics"
+#: which operation counts each history per hour
+ANALYTICS_PATHS = {"serverless": ANALYTICS_PATH, "model": MODELS_ANALYTICS_PATH}
 #: analytics buckets asked for per page (the server may give fewer; the cursor is followed)
 ANALYTICS_LIMIT = 1000
 #: analytics pages followed at most (``FalClient.hourly_counts``)
@@ -573,7 +580,11 @@ class FalClient:
         billing: bool = True,
         request_id: str | None = None,
         limit: int = PAGE_LIMIT,
+        history: str = "serverless",
     ) -> Page:
+        """One page of ``history``'s list (``LIST_PATHS``). The model list has no billing
+        to expand: ``billing`` is never asked of it."""
+        billing = billing and history == "serverless"
         params: list[tuple[str, str]] = [("endpoint_id", e) for e in endpoint_ids]
         params += [("start", start), ("end", end), ("limit", str(limit))]
         if payloads:
@@ -584,7 +595,7 @@ class FalClient:
             params.append(("request_id", request_id))
         if cursor:
             params.append(("cursor", cursor))
-        data, date = self._get(LIST_PATH, params)
+        data, date = self._get(LIST_PATHS[history], params)
         page = parse_page(data, payloads=payloads, billing=billing)
         check_asked(page.rows, endpoint_ids, start, end)
         if date is not None:

@@ -33,6 +33,7 @@ from mirror.cliutil import (
     check_since_until,
     db_option,
     duration_callback,
+    endpoints_callback,
     endpoints_option,
     metrics_file_option,
     print_notes,
@@ -58,8 +59,14 @@ def cli() -> None:
 
 @cli.command()
 @db_option
-@endpoints_option("Endpoint id to sync (repeatable); an app id also covers its routes. "
-                  "Default: every target already in the database.")  # fmt: skip
+@endpoints_option("Endpoint id of your own app to sync (repeatable); an app id also covers its "
+                  "routes. Default: every target already in the database.")  # fmt: skip
+@click.option("-m", "--model", "models", multiple=True, metavar="ID", callback=endpoints_callback,
+              help="Hosted model whose calls by this key to sync (repeatable), e.g. "
+              "fal-ai/flux/dev: the model-API history. Stored as a target like --endpoint.")  # fmt: skip
+@click.option("--all-models", is_flag=True,
+              help="Also add every model the key was billed for since --since (or the last "
+              "24h): needs a key with ADMIN scope (/models/usage); without it, a note.")  # fmt: skip
 @when_option("--since", "Start of history to cover: 2026-11-01, 2026-11-01T12:00Z, or 90m/36h/7d "
              "ago. Default the first time: 24h. Stored with each target: every later run "
              "covers it until done; a later --since never shrinks it.")  # fmt: skip
@@ -96,6 +103,8 @@ def cli() -> None:
 def sync(
     db: str,
     endpoints: tuple[str, ...],
+    models: tuple[str, ...],
+    all_models: bool,
     since: datetime | None,
     narrow: bool,
     until: datetime | None,
@@ -139,14 +148,21 @@ def sync(
         from mirror.media_db import MediaFilters
 
         media_dir = os.environ.get("MIRROR_MEDIA_DIR")
-        archive = ArchiveOptions(filters=MediaFilters(endpoints=endpoints),
+        archive = ArchiveOptions(filters=MediaFilters(endpoints=endpoints + models),
                                  media_dir=Path(media_dir) if media_dir else None)  # fmt: skip
     # the live line only on a terminal (never under cron), and -v's log lines above it
     line = LiveLine(sys.stderr) if sys.stderr.isatty() and not quiet else None
     with sigterm_as_interrupt(), usage_errors():
         with line or contextlib.nullcontext():
             report = sync_mirror(
-                db, opts, base_url=base_url, wait=wait, progress=line, metrics_file=metrics_file
+                db,
+                opts,
+                models=models,
+                all_models=all_models,
+                base_url=base_url,
+                wait=wait,
+                progress=line,
+                metrics_file=metrics_file,
             )
         print_notes(report.notes)
         if not quiet:

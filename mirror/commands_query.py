@@ -40,7 +40,7 @@ from mirror.cliutil import (
 )
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
-from mirror.schema import STATUSES
+from mirror.schema import HISTORIES, STATUSES
 from mirror.timeparse import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,6 +50,9 @@ def filter_options(fn: F) -> F:
     """The filters shared by `query` and `stats`, in the order --help shows them."""
     opts = [
         endpoints_option("Only this endpoint (repeatable); an app id also matches its routes."),
+        click.option("--history", "histories", multiple=True, type=click.Choice(HISTORIES),
+                     help="Only this history (repeatable): serverless (calls to your own apps) "
+                     "or model (your key's calls to fal's hosted models). Default: both."),
         click.option("-s", "--status", "statuses", multiple=True, type=click.Choice(STATUSES),
                      help="Only this status (repeatable)."),
         click.option("--status-code", "status_codes", multiple=True, type=int, metavar="CODE",
@@ -87,6 +90,7 @@ def _filters(kw: dict[str, Any]) -> query.Filters:
     try:
         return query.Filters(
             endpoints=kw["endpoints"],
+            histories=kw["histories"],
             statuses=kw["statuses"],
             status_codes=kw["status_codes"],
             request_ids=kw["request_ids"],
@@ -396,6 +400,7 @@ def status_cmd(
     """What the mirror holds per sync target, how complete it is, and the last run.
 
     \b
+    history: serverless (an app of yours, --endpoint) or model (a hosted model, --model);
     requested_from: where the history each target was asked to cover starts
     (the earliest --since); covered_from/covered_to: the span the completed windows
     reach; gaps: every stretch of the requested range that no sync has completed yet
@@ -467,7 +472,7 @@ def _exit_checked(
 
 def _print_status(result: list[dict[str, Any]], media: dict[str, Any], fmt: str) -> None:
     """The status rows (``TargetStatus.as_dict``) in ``fmt``, then the media archive's line."""
-    cols = ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
+    cols = ["target", "history", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
             "requested_from", "covered_from", "covered_to", "gaps", "last_run",
             "last_run_started_at", "last_run_ended_at", "last_run_error",
             "clock_skew", "oversized"]  # fmt: skip

@@ -23,7 +23,9 @@ from mirror import cliutil, commands_media
 
 @click.command("verify")
 @cliutil.db_option
-@cliutil.endpoints_option("Target to verify (repeatable). Default: every target in the database.")
+@cliutil.endpoints_option(
+    "Target to verify, an app or a model (repeatable). Default: every target in the database."
+)
 @cliutil.when_option("--since", "Verify completed history from here: 2026-11-01, "
                      "2026-11-01T12:00Z, or 90m/36h/7d ago. Default: all of it.")  # fmt: skip
 @cliutil.when_option("--until", "Verify completed history before here (default: now).")

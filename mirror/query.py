@@ -42,6 +42,7 @@ from mirror.db import ensure_schema, reader_engine, sqlite_path, tidy_wal, trans
 from mirror.errors import ConfigError, StoreError
 from mirror.rollups import PERCENTILES, key_exprs, summary_statement
 from mirror.schema import (
+    HISTORIES,
     ROW_COLUMNS,
     STATUSES,
     oversized_requests,
@@ -53,7 +54,7 @@ from mirror.schema import (
 from mirror.timeparse import to_text, utcnow
 
 #: every column a listing may show, in table order; nothing else is ever put in SQL
-COLUMNS: tuple[str, ...] = ROW_COLUMNS
+COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "history")
 DEFAULT_COLUMNS = ("request_id", "endpoint_id", "status", "status_code", "duration", "ended_at")
 PAYLOAD_COLUMNS = ("json_input", "json_output")
 SORTS = ("ended_at", "sent_at", "duration")
@@ -79,9 +80,12 @@ class Filters:
     unless asked otherwise, so unfinished requests drop out of any time range). An endpoint
     that is an app id (``owner/app``) also matches its routes (``owner/app/...``), as in sync.
     ``search`` is full-text over the payloads: every word must occur, in any order.
+    ``histories``: which of fal's histories (``HISTORIES``: the calls to the user's own
+    apps, ``serverless``, or the key's calls to hosted models, ``model``); empty: both.
     """
 
     endpoints: tuple[str, ...] = ()
+    histories: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     status_codes: tuple[int, ...] = ()
     request_ids: tuple[str, ...] = ()
@@ -93,8 +97,11 @@ class Filters:
     search: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("endpoints", "statuses", "status_codes", "request_ids"):
+        for name in ("endpoints", "histories", "statuses", "status_codes", "request_ids"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [h for h in self.histories if h not in HISTORIES]
+        if unknown:
+            raise ConfigError(f"unknown history {unknown[0]!r}; use one of {', '.join(HISTORIES)}")
         bad = [s for s in self.statuses if s not in STATUSES]
         if bad:
             raise ConfigError(f"unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
@@ -133,6 +140,8 @@ def where_clauses(
             out.append(endpoint_clause(r.endpoint_id, filters.endpoints))
         else:
             out.append(r.endpoint_id.in_(endpoint_ids))
+    if filters.histories:
+        out.append(r.history.in_(filters.histories))
     if filters.statuses:
         status = _status_column(dialect, steer=bool(filters.endpoints))
         out.append(status.in_(filters.statuses))
@@ -457,7 +466,7 @@ def summary_applies(conn: Connection, f: Filters) -> bool:
         and f.time_field == "ended_at"
         and whole_hour(f.since)
         and whole_hour(f.until)
-        and not (f.status_codes or f.request_ids or f.search)
+        and not (f.status_codes or f.request_ids or f.search or f.histories)
         and f.min_duration is None
         and f.max_duration is None
     )
@@ -567,10 +576,13 @@ class TargetStatus:
     #: them (``oversized_requests``): request_id, endpoint_id, sent_at, page_bytes,
     #: cap_bytes, first_seen_at, last_seen_at; oldest first
     oversized: list[dict[str, Any]] = field(default_factory=list)
+    #: which of fal's histories the target is (``sync_targets.history``)
+    history: str = "serverless"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "history": self.history,
             "rows": self.rows,
             "unfinished": self.unfinished,
             "oldest_ended_at": self.oldest_ended_at,
@@ -601,7 +613,9 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
     w = sync_windows.c
     c = sync_runs.c
     t_ = sync_targets.c
-    targets = conn.execute(sa.select(t_.target, t_.requested_from).order_by(t_.target)).all()
+    targets = conn.execute(
+        sa.select(t_.target, t_.requested_from, t_.history).order_by(t_.target)
+    ).all()
     runs = conn.execute(
         sa.select(c.targets, c.outcome, c.started_at, c.ended_at, c.error).order_by(c.id.desc())
     ).all()
@@ -609,7 +623,7 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
         sa.select(c.clock_skew).where(c.clock_skew.is_not(None)).order_by(c.id.desc()).limit(1)
     ).scalar_one_or_none()
     out = []
-    for t, requested in targets:
+    for t, requested, history in targets:
         n, oldest, newest = conn.execute(
             sa.select(sa.func.count(), sa.func.min(r.ended_at), sa.func.max(r.ended_at)).where(
                 endpoint_clause(r.endpoint_id, [t])
@@ -646,6 +660,7 @@ def sync_status(conn: Connection, now: str | None = None) -> list[TargetStatus]:
             requested_from=requested,
             clock_skew=skew,
             oversized=[dict(b._mapping) for b in big],
+            history=history,
         )
         for run in runs:
             if t in run.targets.split(","):

@@ -31,6 +31,7 @@ from mirror.api import (
 from mirror.auth import load_key
 from mirror.db import display_db, reader_engine, sqlite_path
 from mirror.errors import ConfigError, UsageError
+from mirror.histories import Resolved, discover_models, resolve
 from mirror.media import ArchiveOptions, MediaReport, MediaVerifyReport, archive, dry_run
 from mirror.media import verify as verify_media
 from mirror.media_fetch import Budget, Fetcher, FetchLimits
@@ -40,6 +41,7 @@ from mirror.metrics import check_path, write_for
 from mirror.pacing import Pacer
 from mirror.store import Store
 from mirror.sync import ProgressListener, SyncOptions, SyncReport, sync
+from mirror.timeparse import utcnow
 from mirror.verify import VerifyReport, verify
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ def sync_mirror(
     db: str,
     opts: SyncOptions,
     *,
+    models: Sequence[str] = (),
+    all_models: bool = False,
     base_url: str = DEFAULT_BASE_URL,
     wait: bool = False,
     env: Mapping[str, str] = os.environ,
@@ -116,19 +120,24 @@ def sync_mirror(
 ) -> SyncReport:
     """Sync ``opts.targets`` into the mirror ``db`` (a SQLite file or a database URL).
 
-    No targets: every target the database already has. ``wait``: if another sync holds
+    ``opts.targets`` are apps of the key's account, ``models`` hosted models (the model-API
+    history; ``mirror.histories``); none of either: every target the database already has,
+    each through its own history's operations. ``all_models``: also every model the key was
+    billed for since the run's start (``/models/usage``, ADMIN scope; without it, a note).
+    ``wait``: if another sync holds
     the database, wait for it instead of raising `mirror.errors.LockedError`. ``env``: where
     the key (``mirror.auth``), the retry knobs and the proxies and CA certificates
     (``mirror.netenv``) come from. ``metrics_file``: where to write the Prometheus metrics
     (``mirror.metrics``) once the run has ended, however it ended; a failure to write them
     after a failed run is logged, the run's error stands.
     """
+    named = _Named(tuple(models), all_models)
     if metrics_file is None:
-        return _sync_mirror(db, opts, base_url, wait, env, progress, None)
+        return _sync_mirror(db, opts, named, base_url, wait, env, progress, None)
     check_path(metrics_file)
     calls = CallStats()
     try:
-        report = _sync_mirror(db, opts, base_url, wait, env, progress, calls)
+        report = _sync_mirror(db, opts, named, base_url, wait, env, progress, calls)
     except BaseException:
         try:
             write_for(db, metrics_file, calls)
@@ -139,9 +148,18 @@ def sync_mirror(
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """The models a sync was named (``--model``), and whether it looks for the rest."""
+
+    models: tuple[str, ...]
+    all_models: bool
+
+
 def _sync_mirror(
     db: str,
     opts: SyncOptions,
+    named: _Named,
     base_url: str,
     wait: bool,
     env: Mapping[str, str],
@@ -150,26 +168,60 @@ def _sync_mirror(
 ) -> SyncReport:
     base_url = check_base_url(base_url)
     path = sqlite_path(db)
-    if not opts.targets and path is not None and not path.exists():
-        raise UsageError(f"{db} does not exist yet: name what to sync with --endpoint ID")
+    named_any = opts.targets or named.models or named.all_models
+    if not named_any and path is not None and not path.exists():
+        raise UsageError(
+            f"{db} does not exist yet: name what to sync with --endpoint ID or --model ID"
+        )
+    resolve({}, list(opts.targets), list(named.models))  # an id given as both: refused first
     key = load_key(env)
     retry = retry_policy_from_env(env)
     with _writer_lock(path, wait=wait):
         store = Store.open(db)
         try:
-            targets = list(dict.fromkeys(opts.targets)) or store.targets()
-            if not targets:
+            stored = store.target_histories()
+            run = resolve(
+                stored, list(dict.fromkeys(opts.targets)), list(dict.fromkeys(named.models))
+            )
+            if not run.targets and not named.all_models:
                 raise UsageError(
-                    f"{display_db(db)} has no sync targets yet: name one with --endpoint ID"
+                    f"{display_db(db)} has no sync targets yet: name one with --endpoint ID "
+                    "or --model ID"
                 )
             n = opts.max_concurrency
             pacer = Pacer(n, initial=min(4, n), learn_rate=True, slow_start=True)
             with _client(key, base_url, retry, pacer, env, calls) as client:
-                return sync(
-                    store, client, dataclasses.replace(opts, targets=targets), progress=progress
-                )
+                note = None
+                if named.all_models:
+                    note = _add_models(client, opts, stored, run)
+                if not run.targets:  # --all-models found none, and nothing else is named
+                    report = SyncReport(run_id=0, targets=[], started_at=utcnow(), outcome="ok")
+                else:
+                    run_opts = dataclasses.replace(
+                        opts, targets=run.targets, histories=run.histories
+                    )
+                    report = sync(store, client, run_opts, progress=progress)
+                if note is not None:
+                    report.notes.insert(0, note)
+                return report
         finally:
             store.close()
+
+
+def _add_models(
+    client: FalClient, opts: SyncOptions, stored: Mapping[str, str], run: Resolved
+) -> str | None:
+    """Add to ``run`` the models the key used since the run's start (``--all-models``); the
+    note to print, if any."""
+    now = utcnow()
+    start = opts.since or now - opts.first_since
+    apps = [t for t, h in stored.items() if h == "serverless"] + list(opts.targets)
+    found = discover_models(client, start, now, serverless=apps)
+    for m in found.models:
+        if m not in run.targets:
+            run.targets.append(m)
+            run.histories[m] = "model"
+    return found.note
 
 
 def verify_mirror(

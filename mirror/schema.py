@@ -197,6 +197,9 @@ sync_targets = sa.Table(
     sa.Column("added_at", Instant, nullable=False),
     #: the earliest start asked for; every sync plans from here until it is covered
     sa.Column("requested_from", Instant),
+    #: which history the target is (``HISTORIES``), and so which operation lists it
+    #: (migration 0013)
+    sa.Column("history", sa.Text, nullable=False, server_default="serverless"),
 )
 
 #: one row per coalesced completed interval [window_start, window_end) of a target

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain, repeat
@@ -42,6 +42,7 @@ from mirror.redact import redact
 from mirror.rollups import batch_statements
 from mirror.schema import (
     BILLING_EVENT_FIELDS,
+    HISTORIES,
     ROW_COLUMNS,
     STORED_COLUMNS,
     Instant,
@@ -132,7 +133,7 @@ class Store:
         self.engine = engine
         self.db = db
         self.dialect = engine.dialect.name
-        self._upsert_sql: dict[tuple[bool, bool, int, bool], str] = {}
+        self._upsert_sql: dict[tuple[bool, bool, int, bool, str], str] = {}
         self._events_sql: dict[int, str] = {}
         #: what a batch runs after its rows, on a schema with migration 0005's sync_batch
         #: (SQLite, at 0005 or later): the full-text index, then the rollups; None: not known
@@ -179,7 +180,13 @@ class Store:
     # -- the upsert -------------------------------------------------------------------
 
     def _upsert_statement(
-        self, payloads: bool, billing: bool, rows: int = 1, *, one_stamp: bool = False
+        self,
+        payloads: bool,
+        billing: bool,
+        rows: int = 1,
+        *,
+        one_stamp: bool = False,
+        history: str = "serverless",
     ) -> str:
         """INSERT … ON CONFLICT DO UPDATE of the fields this sync fetched, only when changed,
         by the upsert's field rules (``mirror.records.upsert_fields``): a field not fetched
@@ -188,8 +195,12 @@ class Store:
         ``rows`` > 1: one statement for that many rows (a multi-row VALUES list).
         ``one_stamp`` (SQLite): every row's ``first_seen_at`` and ``last_changed_at`` are
         parameter ``?1``, bound once, and the rows' own fields follow from ``?2``.
+        ``history``: what a new row's ``history`` is (a constant of ``HISTORIES``, so
+        written into the statement); an existing row keeps its own.
         """
-        key = (payloads, billing, rows, one_stamp)
+        if history not in HISTORIES:
+            raise ValueError(f"unknown history {history!r}")
+        key = (payloads, billing, rows, one_stamp, history)
         sql = self._upsert_sql.get(key)
         if sql is not None:
             return sql
@@ -201,19 +212,23 @@ class Store:
         changed += [
             f"(excluded.{c} IS NOT NULL AND requests.{c} IS NOT excluded.{c})" for c in kept
         ]
+        # the default needs no column; the other history is a constant of every new row
+        columns, extra = ROW_COLUMNS, ""
+        if history != "serverless":
+            columns, extra = (*ROW_COLUMNS, "history"), f", '{history}'"
         if self.dialect == "postgresql":
             changed = [c.replace(" IS NOT ", " IS DISTINCT FROM ") for c in changed]
-            values = ", ".join([f"({', '.join(['%s'] * len(ROW_COLUMNS))})"] * rows)
+            values = ", ".join([f"({', '.join(['%s'] * len(ROW_COLUMNS))}{extra})"] * rows)
         elif one_stamp:
             n = len(Row._fields)
             values = ", ".join(
-                "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + "?1, ?1)"
+                "(" + "".join(f"?{2 + i * n + j}, " for j in range(n)) + f"?1, ?1{extra})"
                 for i in range(rows)
             )
         else:
-            values = ", ".join([f"({', '.join(['?'] * len(ROW_COLUMNS))})"] * rows)
+            values = ", ".join([f"({', '.join(['?'] * len(ROW_COLUMNS))}{extra})"] * rows)
         sql = (
-            f"INSERT INTO requests ({', '.join(ROW_COLUMNS)}) VALUES {values} "
+            f"INSERT INTO requests ({', '.join(columns)}) VALUES {values} "
             f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(sets)} "
             f"WHERE {' OR '.join(changed)}"
         )
@@ -228,8 +243,10 @@ class Store:
         payloads: bool,
         billing: bool,
         now: str,
+        history: str = "serverless",
     ) -> UpsertResult:
         """Upsert rows (``mirror.records.Row``) fetched with or without payloads and billing.
+        ``history``: which of fal's histories new rows are of (``requests.history``).
 
         Returns how many rows were new and how many existing rows actually changed. On
         SQLite (revision 0005) the rows it inserts are indexed and summarized once, at the
@@ -244,7 +261,9 @@ class Store:
         # time indexes instead of on scattered pages (bench/ingest_bench.py).
         ordered = sorted(by_id.values(), key=_ended_at)
         if self.dialect == "postgresql":
-            return self._upsert_pg(conn, ordered, payloads=payloads, billing=billing, now=now)
+            return self._upsert_pg(
+                conn, ordered, payloads=payloads, billing=billing, now=now, history=history
+            )
         # SQLite: many rows per statement, not one statement per row (executemany). Triggers
         # make SQLite open a statement savepoint per statement, and FTS5 writes its pending
         # terms out at every savepoint: row by row that is one tiny segment per row to merge
@@ -265,7 +284,7 @@ class Store:
         try:
             for chunk in _chunks(len(ordered), most):
                 n = chunk.stop - chunk.start
-                sql = self._upsert_statement(payloads, billing, n, one_stamp=True)
+                sql = self._upsert_statement(payloads, billing, n, one_stamp=True, history=history)
                 # the stamp once, then the rows' fields, flattened without a Python loop
                 flat = (now, *chain.from_iterable(ordered[chunk]))
                 changed += conn.exec_driver_sql(sql, flat).rowcount
@@ -323,6 +342,7 @@ class Store:
         payloads: bool,
         billing: bool,
         now: str,
+        history: str,
     ) -> UpsertResult:
         """PostgreSQL: multi-row statements too, counted by ``RETURNING (xmax = 0)``.
 
@@ -332,7 +352,9 @@ class Store:
         inserted = updated = 0
         most = ROWS_PER_STATEMENT
         for chunk in _chunks(len(ordered), most):
-            sql = self._upsert_statement(payloads, billing, chunk.stop - chunk.start)
+            sql = self._upsert_statement(
+                payloads, billing, chunk.stop - chunk.start, history=history
+            )
             flat = tuple(chain.from_iterable(map(add, ordered[chunk], repeat((now, now)))))
             for (fresh,) in conn.exec_driver_sql(sql + " RETURNING (xmax = 0)", flat):
                 if fresh:
@@ -479,6 +501,14 @@ class Store:
             conn.rollback()
         return out
 
+    def target_histories(self) -> dict[str, str]:
+        """Every stored target and the history it is (``HISTORIES``), in target order."""
+        c = sync_targets.c
+        with self.engine.connect() as conn:
+            out = {t: h for t, h in conn.execute(sa.select(c.target, c.history).order_by(c.target))}
+            conn.rollback()
+        return out
+
     def request_range(
         self,
         conn: Connection,
@@ -488,6 +518,7 @@ class Store:
         since: str | None,
         default_from: str,
         narrow: bool = False,
+        histories: Mapping[str, str] | None = None,
     ) -> None:
         """Record what each target is asked to cover, before anything is fetched for it.
 
@@ -496,6 +527,8 @@ class Store:
         run with a later ``--since`` cannot silently drop what an interrupted one asked for;
         ``narrow`` moves the start to ``since`` on purpose. A target a migrated file knew
         nothing of (NULL) takes what it covers, or ``default_from`` when it covers nothing.
+        ``histories``: the history of each new target not of the default (``serverless``);
+        a stored target keeps the history it was added with.
         """
         t = sync_targets.c
         w = sync_windows.c
@@ -503,7 +536,12 @@ class Store:
             self._insert_ignore(
                 conn,
                 sync_targets,
-                {"target": target, "added_at": now, "requested_from": since or default_from},
+                {
+                    "target": target,
+                    "added_at": now,
+                    "requested_from": since or default_from,
+                    "history": (histories or {}).get(target, "serverless"),
+                },
             )
             mine = t.target == target
             if since is not None:
@@ -660,6 +698,7 @@ class Store:
         since: datetime | None = None,
         default_from: datetime | None = None,
         narrow: bool = False,
+        histories: Mapping[str, str] | None = None,
     ) -> int:
         """Log a new run as ``running``; returns its id.
 
@@ -686,6 +725,7 @@ class Store:
                     since=to_text(since) if since else None,
                     default_from=to_text(default_from),
                     narrow=narrow,
+                    histories=histories,
                 )
             res = conn.execute(
                 sync_runs.insert().values(

@@ -24,10 +24,13 @@ Correct under every reading of the API that fal leaves open (docs/fal-api.md, "T
   ``ended_at`` span; a window that would take more than ``walk_rows`` rows is split (its
   first page is still stored), so no walk is long. A window planned where the mirror holds
   nothing (a backfill) that needs more than one page is cut instead by the server's hourly
-  request counts (one ``/serverless/analytics`` call), so a dense hour its first page did
+  request counts (one analytics call, of the target's history), so a dense hour its first page did
   not see does not cost a long walk read twice; the counts only shape the windows, every
   window is still walked to its end. Without counts, a walk whose later pages turn dense
   is cut there (``mirror.cuts``): the part read is complete, the rest spread over walkers.
+- *Two histories.* A target is an app of the key's account or one of fal's hosted models
+  (``SyncOptions.histories``, ``mirror.histories``): the same walk, through the list and
+  analytics operations of its history, its rows stored with that history.
 
 A window's walk (the cursor and its rules, the list call with its billing fallback, pages
 over the body cap asked for in smaller ones, the re-walk of a window whose rows moved), the
@@ -49,7 +52,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -59,9 +62,9 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from mirror import interrupts, oversize
-from mirror.api import FalClient
+from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.cuts import FilterProbe, Reach, plan_cut
-from mirror.errors import AuthError, MirrorError
+from mirror.errors import ApiError, AuthError, MirrorError
 from mirror.records import Page, Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
@@ -121,6 +124,9 @@ class SyncOptions:
     #: with ``since``: move the targets' stored start forward to it (on purpose), instead
     #: of only ever reaching further back
     narrow: bool = False
+    #: the history of each target that is not ``serverless`` (a hosted model: ``model``),
+    #: which says through which operations it is listed and counted
+    histories: Mapping[str, str] = field(default_factory=dict)
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
@@ -334,7 +340,13 @@ SIZED_SLACK = 2
 
 
 def analytics_hourly(
-    client: FalClient, target: str, lo: datetime, hi: datetime, *, max_pages: int = 10
+    client: FalClient,
+    target: str,
+    lo: datetime,
+    hi: datetime,
+    *,
+    max_pages: int = 10,
+    history: str = "serverless",
 ) -> dict[datetime, int]:
     """The server's request count per UTC hour of ``[lo, hi)``, for planning only.
 
@@ -346,7 +358,13 @@ def analytics_hourly(
     out: dict[datetime, int] = {}
     try:
         for key, n in client.hourly_counts(
-            target, lo, hi, strict=False, max_pages=max_pages, attempts=3
+            target,
+            lo,
+            hi,
+            strict=False,
+            max_pages=max_pages,
+            attempts=3,
+            path=ANALYTICS_PATHS[history],
         ):
             h = from_text(key + ":00:00Z")
             out[h] = out.get(h, 0) + n
@@ -513,6 +531,7 @@ class Syncer:
             skew=self._skew,
             clock=clock,
             limits=PageLimits(known),
+            histories=opts.histories,
         )
         self._probe = FilterProbe(self._lister)
         #: tasks submitted and not finished, as the writer last counted them (walkers read
@@ -670,7 +689,9 @@ class Syncer:
         """
         if w.length < ANALYTICS_SPLIT_MIN or target in self._no_analytics:
             return None
-        hourly = analytics_hourly(self.client, target, w.start, w.end)
+        hourly = analytics_hourly(
+            self.client, target, w.start, w.end, history=self._lister.history_of(target)
+        )
         if not hourly:
             self._no_analytics.add(target)
             return None
@@ -749,6 +770,7 @@ class Syncer:
                     since=floor_s(opts.since) if opts.since else None,
                     default_from=now - opts.first_since,
                     narrow=opts.narrow,
+                    histories=opts.histories,
                 )
             pool = ThreadPoolExecutor(
                 max_workers=opts.max_concurrency, thread_name_prefix="mirror-walk"
@@ -762,7 +784,7 @@ class Syncer:
                         outstanding -= 1
                         if ev.error is not None:
                             error = error or ev.error
-                            if isinstance(ev.error, AuthError) and ev.error.status == 403:
+                            if self._refuses(ev.target, ev.error):
                                 self._refused.add(ev.target)
                         if ev.unstable:
                             report.windows.unstable += 1
@@ -805,7 +827,7 @@ class Syncer:
                 report.clock_skew = self._skew.seconds()
                 self._note_skew(report.clock_skew)
                 self._keep_page_limits(now)
-                if isinstance(error, AuthError) and error.status == 403:
+                if isinstance(error, ApiError) and self._refused:
                     try:
                         error = self._forget_refused(error)
                     except Exception as e:  # the refusal is what the user must hear
@@ -953,6 +975,7 @@ class Syncer:
                     billing=self._lister.billing_for(target),
                     clock=lambda: now,
                     limits=self._lister.limits,
+                    histories=self.opts.histories,
                 )
                 for t in result.targets:
                     report.rechecked_hours += t.hours
@@ -1022,13 +1045,24 @@ class Syncer:
         """(the rows written, the windows completed) in one transaction."""
         written, done = Tally(), 0
         with self.store.engine.begin() as conn:
-            for billing in (True, False):
-                rows = [r for ev in row_events if ev.billing == billing for r in ev.rows]
+            history_of = self._lister.history_of
+            for billing, history in ((True, "serverless"), (False, "serverless"), (False, "model")):
+                rows = [
+                    r
+                    for ev in row_events
+                    if ev.billing == billing and history_of(ev.target) == history
+                    for r in ev.rows
+                ]
                 if self._locks.enabled:
                     # the upsert sorts by ended_at, keeping this order among equals
                     rows.sort(key=attrgetter("request_id"))
                 res = self.store.upsert(
-                    conn, rows, payloads=self.opts.payloads, billing=billing, now=stamp
+                    conn,
+                    rows,
+                    payloads=self.opts.payloads,
+                    billing=billing,
+                    now=stamp,
+                    history=history,
                 )
                 written.wrote(res)
             for ev in row_events:
@@ -1040,15 +1074,25 @@ class Syncer:
             oversize.record(conn, (b for ev in row_events for b in ev.too_big), stamp)
         return written, done
 
-    def _forget_refused(self, error: AuthError) -> AuthError:
-        """A target the API refuses (403: not this key's account, or a mistyped id) that
-        holds nothing yet is not kept: otherwise every bare run from cron would fail on it.
-        One that holds rows or windows stays (the key may be what is wrong); so does the
-        requested range of every other target."""
+    def _refuses(self, target: str, error: BaseException) -> bool:
+        """Whether ``error`` is the API refusing ``target`` itself: a 403 (not this key's
+        account, or a mistyped id), or for a hosted model also a 400, 404 or 422 (an id the
+        model list does not know, such as an app's)."""
+        if not isinstance(error, ApiError):
+            return False
+        if self._lister.history_of(target) == "model":
+            return error.status in (400, 403, 404, 422)
+        return isinstance(error, AuthError) and error.status == 403
+
+    def _forget_refused(self, error: ApiError) -> ApiError:
+        """A target the API refuses (``_refuses``) that holds nothing yet is not kept:
+        otherwise every bare run from cron would fail on it. One that holds rows or windows
+        stays (the key may be what is wrong); so does the requested range of every other
+        target."""
         dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
         if not dropped:
             return error
-        return AuthError(
+        return type(error)(
             error.status,
             error.error_type,
             f"{error.message}; not kept as a sync target: {', '.join(dropped)}",

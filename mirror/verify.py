@@ -45,7 +45,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timedelta
@@ -54,7 +54,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mirror import lock, oversize
-from mirror.api import FalClient
+from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.db import sqlite_path
 from mirror.errors import ApiError, ApiUnavailable, BadDataError, ConfigError
 from mirror.records import Row, differing_fields
@@ -289,9 +289,11 @@ class Verifier:
         examples: int = 5,
         clock: Callable[[], datetime] = utcnow,
         limits: PageLimits | None = None,
+        histories: Mapping[str, str] | None = None,
     ) -> None:
         """``limits``: the page sizes learned for stretches of the targets' history (a
-        sync's own, which it keeps); by default those the mirror kept."""
+        sync's own, which it keeps); by default those the mirror kept. ``histories``: each
+        target's history (which operations list and count it); by default as stored."""
         if delete_extra and not repair:
             raise ConfigError("--delete-extra needs --repair")
         if sample is not None and sample < 1:
@@ -326,6 +328,7 @@ class Verifier:
             notes=self._notes,
             without_billing="billable_units not compared",
             limits=limits,
+            histories=store.target_histories() if histories is None else histories,
         )
 
     # -- the API side ---------------------------------------------------------------------
@@ -373,8 +376,9 @@ class Verifier:
             tr.api_calls += 1
 
         counts: dict[str, int | None] = {}
+        path = ANALYTICS_PATHS[self._lister.history_of(target)]
         for key, n in self.client.hourly_counts(
-            target, lo, hi, strict=True, before_call=before_call
+            target, lo, hi, strict=True, before_call=before_call, path=path
         ):
             counts[key] = n if counts.get(key, n) == n else None  # repeated and unequal
         return counts
@@ -669,10 +673,11 @@ class Verifier:
         """One transaction per hour: upsert what was missing or different (recording those
         read without payloads, as a sync does), delete extras."""
         with self.store.engine.begin() as conn:
+            history = self._lister.history_of(slot.target)
             for billing in (True, False):
                 rows = [r for r, b in writes if b == billing]
                 res = self.store.upsert(
-                    conn, rows, payloads=self.payloads, billing=billing, now=stamp
+                    conn, rows, payloads=self.payloads, billing=billing, now=stamp, history=history
                 )
                 tr.wrote(res)
             for i in range(0, len(deletes), 500):

@@ -11,7 +11,9 @@
   (``Stretch``), so that later walks there start small; ``cut`` cuts a window at their
   bounds.
 - ``until_stable``: a walk repeated while rows move under its offset pages.
-- ``Lister``: the list call as every walk makes it, with the billing fallback:
+- ``Lister``: the list call as every walk makes it, through the operation of the target's
+  history (a hosted model's calls, or an app's: ``FalClient.list_requests``), with the
+  billing fallback:
   ``expand=billing`` is asked for until the API refuses it for a target with a 403; that
   page is then asked for again without it, so is every later one of the target, and the
   refusal is noted once. ``Lister.look_up`` asks for one request by id.
@@ -37,7 +39,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -167,10 +169,20 @@ class Lister:
     refused: set[str] = field(default_factory=set)
     #: the page sizes learned for stretches of the targets' history (``WindowWalk``)
     limits: PageLimits = field(default_factory=PageLimits)
+    #: each target's history (``mirror.schema.HISTORIES``) where it is not ``serverless``:
+    #: which operation lists it
+    histories: Mapping[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def history_of(self, target: str) -> str:
+        return self.histories.get(target, "serverless")
+
     def billing_for(self, target: str) -> bool:
-        return self.billing and target not in self.refused
+        """Whether ``target``'s pages are asked for with billing: a model's never are (its
+        list has none to give)."""
+        return (
+            self.billing and target not in self.refused and self.history_of(target) == "serverless"
+        )
 
     def fetch(
         self,
@@ -187,6 +199,7 @@ class Lister:
         for, calls made). ``payloads``: False to leave them out where the run asks for them."""
         self.stop.check()
         billing = self.billing_for(target)
+        history = self.history_of(target)
         with_payloads = self.payloads if payloads is None else payloads and self.payloads
         skew, clock = self.skew, self.clock
 
@@ -201,6 +214,7 @@ class Lister:
                 billing=billing,
                 request_id=request_id,
                 limit=limit,
+                history=history,
             )
             if skew is not None and sent is not None and page.server_time is not None:
                 skew.add(sent, clock(), page.server_time)

@@ -454,6 +454,15 @@ class SimulatedAPI(Served):
         if foreign:
             raise ApiError(403, "authorization_error", "Access denied")
 
+    def _check_model(self, endpoint_ids: Sequence[str]) -> None:
+        """The models operations' refusal of the account's own endpoints, if it refuses
+        them (``WorldConfig.models_refuse_owned``)."""
+        status = self.world.config.models_refuse_owned
+        own = [e for e in endpoint_ids if self.world.owns(e)]
+        if status is not None and own:
+            kind = "not_found" if status == 404 else "validation_error"
+            raise ApiError(status, kind, f"Not a model endpoint: {own[0]}")
+
     def _list(self, params: Mapping[str, list[str]], *, serverless: bool, now: datetime) -> Answer:
         endpoint_ids = parse.endpoint_ids(params)
         limit = parse.integer(params, "limit", 50, 1, 100)
@@ -472,6 +481,8 @@ class SimulatedAPI(Served):
                 raise parse.invalid(
                     f"Invalid expand value {value!r}; allowed: {', '.join(allowed)}"
                 )
+        if not serverless:
+            self._check_model(endpoint_ids)
         if serverless:
             self._check_owner(endpoint_ids)
             refused = self.world.config.billing_refused
@@ -524,6 +535,8 @@ class SimulatedAPI(Served):
             )
         if owned:
             self._check_owner(endpoint_ids)
+        else:
+            self._check_model(endpoint_ids)
         rng = analytics.asked_range(start, end, timeframe, tz, bound)
         series, summary = analytics.compute(self.world, endpoint_ids, rng, tz, metrics, now=now)
         body: dict[str, Any] = {}

@@ -158,7 +158,10 @@ class WorldConfig:
     (where null sort keys go), `unfinished_visible` (whether in-flight requests are listed
     with nulls or hidden until they end), `owner` (the key's account: other owners' endpoints
     answer 403), `billing_refused` (app ids for which `expand=billing` answers 403, the other
-    reading of open question 5), and `clock` (tests pass a `ManualClock`).
+    reading of open question 5), `models_refuse_owned` (the status with which the models
+    operations refuse an endpoint of the key's own account, such as an app id given where a
+    hosted model belongs: 400 or 404; None, the default, lists the key's calls to it like
+    any other), and `clock` (tests pass a `ManualClock`).
     """
 
     filter_field: FilterField = "ended_at"
@@ -167,6 +170,7 @@ class WorldConfig:
     unfinished_visible: bool = True
     owner: str = "acme"
     billing_refused: frozenset[str] = frozenset()
+    models_refuse_owned: int | None = None
     clock: Callable[[], datetime] = field(default=real_clock)
 
     def __post_init__(self) -> None:
@@ -178,6 +182,10 @@ class WorldConfig:
             raise ValueError(f"sort_direction must be desc or asc, not {self.sort_direction!r}")
         if self.nulls not in ("last", "first"):
             raise ValueError(f"nulls must be last or first, not {self.nulls!r}")
+        if self.models_refuse_owned not in (None, 400, 404):
+            raise ValueError(
+                f"models_refuse_owned must be None, 400 or 404, not {self.models_refuse_owned!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

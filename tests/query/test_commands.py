@@ -173,7 +173,7 @@ def test_status_reports_each_target(run_cli, tmp_path):
                 "oldest_ended_at": ended[0], "newest_ended_at": ended[-1]}  # fmt: skip
 
     assert got["acme/flux-lora"] == {
-        "target": "acme/flux-lora", **expect("acme/flux-lora"),
+        "target": "acme/flux-lora", "history": "serverless", **expect("acme/flux-lora"),
         "requested_from": "2026-11-24T00:00:00.000000Z",
         "covered_from": "2026-11-25T00:00:00.000000Z", "covered_to": "2026-11-28T12:00:00.000000Z",
         "gaps": [["2026-11-24T00:00:00.000000Z", "2026-11-25T00:00:00.000000Z"],
@@ -182,18 +182,18 @@ def test_status_reports_each_target(run_cli, tmp_path):
         "last_run_error": None, "clock_skew": -7.5, "oversized": [], "media": NO_MEDIA,
     }  # fmt: skip
     assert got["beta/sdaxl"] == {
-        "target": "beta/sdaxl", **expect("beta/sdaxl"), "requested_from": None,
+        "target": "beta/sdaxl", "history": "serverless", **expect("beta/sdaxl"), "requested_from": None,
         "covered_from": None, "covered_to": None,
         "gaps": [], "last_run": "ok", "last_run_started_at": to_text(NOW),
         "last_run_ended_at": to_text(NOW), "last_run_error": None, "clock_skew": -7.5,
         "oversized": [], "media": NO_MEDIA,
     }  # fmt: skip
     table = run_cli(["status", "--db", str(db)], env={"COLUMNS": "250"}).stdout.splitlines()
-    assert table[0].split() == ["target", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
+    assert table[0].split() == ["target", "history", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",
                                 "requested_from", "covered_from", "covered_to", "gaps", "last_run",
                                 "last_run_started_at", "last_run_error", "clock_skew"]  # fmt: skip
-    assert table[2].split()[:10] == [
-        "acme/flux-lora", str(got["acme/flux-lora"]["rows"]), str(got["acme/flux-lora"]["unfinished"]),
+    assert table[2].split()[:11] == [
+        "acme/flux-lora", "serverless", str(got["acme/flux-lora"]["rows"]), str(got["acme/flux-lora"]["unfinished"]),
         got["acme/flux-lora"]["oldest_ended_at"][:16] + "Z", got["acme/flux-lora"]["newest_ended_at"][:16] + "Z",
         "2026-11-24T00:00Z", "2026-11-25T00:00Z", "2026-11-28T12:00Z", "2:",
         "2026-11-24T00:00Z…2026-11-25T00:00Z,",

@@ -71,6 +71,9 @@ def cli() -> None:
               help="Re-walk this much before the last completed point, to catch late changes.")  # fmt: skip
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
 @click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
+@click.option("--no-cost", is_flag=True,
+              help="Do not mirror billing events, prices and fal's usage totals (billing "
+              "events and usage need a key with ADMIN scope; without it the run says so once).")  # fmt: skip
 @base_url_option
 @click.option("--max-concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="At most this many pages fetched at once (fewer on 429s, slow answers, "
@@ -98,6 +101,7 @@ def sync(
     lookback: timedelta,
     no_payloads: bool,
     no_billing: bool,
+    no_cost: bool,
     base_url: str,
     max_concurrency: int,
     recheck: bool,
@@ -126,7 +130,7 @@ def sync(
     opts = SyncOptions(
         targets=endpoints, since=since, narrow=narrow, until=until, lookback=lookback,
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
-        recheck=recheck,
+        recheck=recheck, cost=not no_cost,
     )  # fmt: skip
     archive = None
     if media:

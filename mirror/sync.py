@@ -57,7 +57,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mirror import interrupts, oversize
+from mirror import cost_sync, interrupts, oversize
 from mirror.api import FalClient
 from mirror.errors import AuthError, MirrorError
 from mirror.records import Page, Row
@@ -112,6 +112,8 @@ class SyncOptions:
     #: with ``since``: move the targets' stored start forward to it (on purpose), instead
     #: of only ever reaching further back
     narrow: bool = False
+    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``)
+    cost: bool = False
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
@@ -151,6 +153,8 @@ class SyncReport(Tally):
     seconds: float = 0.0
     #: this machine's clock minus the API's, in seconds (None: no answer carried a date)
     clock_skew: float | None = None
+    #: what the run did about cost (None: not asked to, or it did not get that far)
+    cost: cost_sync.CostReport | None = None
 
     def summary(self) -> str:
         n = len(self.targets) - len(self.left_to_others)
@@ -163,6 +167,8 @@ class SyncReport(Tally):
             line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
         if self.windows.unstable:
             line += f"; {self.windows.unstable} windows kept changing and will be walked again"
+        if self.cost is not None and self.cost.refused is None:
+            line += f"; {self.cost.summary()}"
         if self.left_to_others:
             k = len(self.left_to_others)
             line += (
@@ -725,6 +731,11 @@ class Syncer:
                     self.progress(report)
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
+            if error is None and opts.cost and not self._stop.is_set():
+                report.cost = cost_sync.sync_cost(
+                    self.store, self.client, now=horizon,
+                    default_from=now - opts.first_since, note=self._notes.add,
+                )  # fmt: skip
         except BaseException as e:
             error = error or e
             self._stop.set()

@@ -38,6 +38,7 @@ from mirror.cliutil import (
     usage_errors,
     when_option,
 )
+from mirror.cost_status import cost_status
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
 from mirror.schema import STATUSES
@@ -410,6 +411,12 @@ def status_cmd(
     bytes, pending, gone, failed, refused, last_gone_at).
 
     \b
+    A line says whether cost (billing events, prices) is mirrored, or why not; in
+    json, jsonl and csv each row's cost: state (ok, refused, failed, never), reason,
+    checked_at, ok_at, covered_to, events, prices_checked_at, usage_checked_at,
+    usage_differences.
+
+    \b
     Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,
     2 usage. Example, from cron: mirror status --check -q || alert
     """
@@ -434,16 +441,31 @@ def status_cmd(
         result = [t.as_dict() for t in snap.targets]
         with query.open_reader(db) as conn:
             media = _status_media(conn, result, fmt)
+            cost = _status_cost(conn, result, fmt)
     else:
         with query.open_reader(db) as conn:
             result = [t.as_dict() for t in query.sync_status(conn)]
             media = _status_media(conn, result, fmt)
+            cost = _status_cost(conn, result, fmt)
     if not result:
         click.echo(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
             err=True,
         )
     _print_status(result, media, fmt)
+    if cost is not None:
+        click.echo(shown(cost))
+
+
+def _status_cost(conn: Any, result: list[dict[str, Any]], fmt: str) -> str | None:
+    """Whether cost is mirrored (``mirror.cost_status``): in a table, a line of its own
+    (returned); in the other formats, the same figures in each target's row as ``cost``."""
+    found = cost_status(conn)
+    if fmt == "table":
+        return found.text()
+    for r in result:
+        r["cost"] = json.dumps(found.as_dict()) if fmt == "csv" else found.as_dict()
+    return None
 
 
 def _exit_checked(
@@ -482,7 +504,7 @@ def _print_status(result: list[dict[str, Any]], media: dict[str, Any], fmt: str)
             r["gaps"] = _gaps_text(r["gaps"])
             r["clock_skew"] = _skew_text(r["clock_skew"])
     else:
-        cols.append("media")
+        cols += ["media", "cost"]
         if fmt == "csv":
             for r in result:
                 r["gaps"] = json.dumps(r["gaps"])

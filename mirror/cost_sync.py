@@ -48,6 +48,7 @@ from mirror.billing_api import (
     list_billing_events,
 )
 from mirror.cost import CURRENCY, CostFilters, usage_differences, usd_text
+from mirror.cost_status import STATE_ID, state_row
 from mirror.errors import AdminRequired, BadDataError
 from mirror.redact import redact
 from mirror.schema import (
@@ -69,8 +70,6 @@ __all__ = [
     "USAGE_EVERY",
     "WINDOW",
     "CostReport",
-    "CostStatus",
-    "cost_status",
     "differences_text",
     "model_endpoints",
     "sync_cost",
@@ -91,7 +90,6 @@ PRICE_EVERY = timedelta(days=1)
 USAGE_EVERY = timedelta(days=1)
 USAGE_DAYS = 7
 _DAY = timedelta(days=1)
-_STATE_ID = 1
 
 
 @dataclass
@@ -120,50 +118,6 @@ class CostReport:
         return line
 
 
-@dataclass(frozen=True)
-class CostStatus:
-    """``cost_state`` and what the mirror holds, as `mirror status` shows them."""
-
-    state: str  # "ok", "refused", "failed", or "never" (no sync has tried yet)
-    reason: str | None
-    checked_at: str | None
-    ok_at: str | None
-    covered_to: str | None
-    events: int
-    prices_checked_at: str | None
-    usage_checked_at: str | None
-    usage_differences: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "reason": self.reason,
-            "checked_at": self.checked_at,
-            "ok_at": self.ok_at,
-            "covered_to": self.covered_to,
-            "events": self.events,
-            "prices_checked_at": self.prices_checked_at,
-            "usage_checked_at": self.usage_checked_at,
-            "usage_differences": self.usage_differences,
-        }
-
-    def text(self) -> str:
-        """One line for `mirror status`'s table."""
-        if self.state == "never":
-            return "cost: not mirrored yet (mirror sync mirrors it unless --no-cost)"
-        if self.state == "refused":
-            return f"cost: NOT being mirrored: {self.reason}"
-        if self.state == "failed":
-            return f"cost: the last attempt failed: {self.reason}"
-        to = f" up to {self.covered_to[:16]}Z" if self.covered_to else ""
-        diff = (
-            f"; fal's usage totals differ on {self.usage_differences} day(s) and endpoint(s)"
-            if self.usage_differences
-            else ""
-        )
-        return f"cost: {self.events} billing events{to}{diff}"
-
-
 def _state_insert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite_insert
 
@@ -172,13 +126,9 @@ def _set_state(store: Store, now: str, state: str, reason: str | None, **more: s
     values: dict[str, Any] = {"state": state, "reason": reason, "checked_at": now, **more}
     if state == "ok":
         values["ok_at"] = now
-    insert = _state_insert(store.dialect)(cost_state).values(id=_STATE_ID, **values)
+    insert = _state_insert(store.dialect)(cost_state).values(id=STATE_ID, **values)
     with interrupts.deferred(), store.engine.begin() as conn:
         conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_=values))
-
-
-def _state_row(conn: Connection) -> Any:
-    return conn.execute(sa.select(cost_state).where(cost_state.c.id == _STATE_ID)).first()
 
 
 def model_endpoints(conn: Connection) -> list[str]:
@@ -311,7 +261,7 @@ def sync_cost(
     with store.engine.connect() as conn:
         start = _start(conn, default_from)
         completed = _completed(conn)
-        row = _state_row(conn)
+        row = state_row(conn)
         conn.rollback()
     reached = max((b for _, b in completed), default=None)
     windows = plan(start, now, completed, recheck_from=reached and reached - LOOKBACK,
@@ -370,26 +320,4 @@ def differences_text(diffs: list[dict[str, Any]]) -> str:
     return (
         f"cost: fal's usage totals differ from the mirror's billing events on {len(diffs)} "
         f"day(s) and endpoint(s) (table usage_checks): {shown}{more}"
-    )
-
-
-def cost_status(conn: Connection) -> CostStatus:
-    """What `mirror status` says about cost, read on ``conn``."""
-    row = _state_row(conn)
-    covered = conn.execute(sa.select(sa.func.max(cost_windows.c.window_end))).scalar()
-    events = conn.execute(sa.select(sa.func.count()).select_from(billing_events)).scalar() or 0
-    u = usage_checks.c
-    differing = conn.execute(
-        sa.select(sa.func.count()).where(u.usage_nano_usd != u.mirror_nano_usd)
-    ).scalar()
-    return CostStatus(
-        state=row.state if row is not None else "never",
-        reason=row.reason if row is not None else None,
-        checked_at=row.checked_at if row is not None else None,
-        ok_at=row.ok_at if row is not None else None,
-        covered_to=covered,
-        events=int(events),
-        prices_checked_at=row.prices_checked_at if row is not None else None,
-        usage_checked_at=row.usage_checked_at if row is not None else None,
-        usage_differences=int(differing or 0),
     )

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mirror import health, media_db, media_query, metrics, output, query, termchart
+from mirror import cost_stats, health, media_db, media_query, metrics, output, query, termchart
 from mirror.cliutil import (
     by_option,
     checked_groups,
@@ -236,6 +236,10 @@ def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
               help="Add the media archive's figures (mirror media) of the requests counted: "
               "media_files and media_bytes archived, media_gone (deleted by fal before they "
               "were archived). With no --by or --by endpoint.")  # fmt: skip
+@click.option("--cost", is_flag=True,
+              help="Add spend (docs/cost.md): cost_usd, billed and estimated, and "
+              "cost_per_request_usd (json, csv: also in nano-USD). With --by day, endpoint or "
+              "key (who made the call: spend alone, requests do not carry their key).")  # fmt: skip
 @format_option
 def stats_cmd(
     db: str,
@@ -244,6 +248,7 @@ def stats_cmd(
     wide: bool,
     chart: bool,
     media: bool,
+    cost: bool,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -258,7 +263,12 @@ def stats_cmd(
     Requests per hour at a glance: mirror stats --by hour --since 2d --chart
     """
     filters = _filters(kw)
-    groups = checked_groups(by, query.check_groups)
+    if cost:
+        groups = checked_groups(by, lambda g: cost_stats.check(g, filters))
+        if "key" in groups:
+            return _spend_by_key(db, filters, groups, fmt)
+    else:
+        groups = checked_groups(by, query.check_groups)
     figures = list(dict.fromkeys(c for c in split_values(columns) if c not in groups))
     unknown = [c for c in figures if c not in query.STATS_FIELDS]
     if unknown:
@@ -278,9 +288,13 @@ def stats_cmd(
         result = query.stats(conn, filters, by=groups)
         if media:
             _add_media_figures(conn, filters, groups, result, human=fmt == "table")
+        if cost:
+            result = cost_stats.add_spend(conn, filters, groups, result)
     extra = list(media_query.STATS_COLUMNS) if media else []
+    if cost:
+        extra += [*cost_stats.COLUMNS, *(cost_stats.EXACT_COLUMNS if fmt != "table" else ())]
     cols = [*groups, *(figures or query.STATS_FIELDS), *extra]
-    rows = [[r[c] for c in cols] for r in result]
+    rows = [[r.get(c) for c in cols] for r in result]
     width = shutil.get_terminal_size().columns
     if fmt == "table" and not wide and not figures:
         ranked = [*query.STATS_RANKED[:1], *extra, *query.STATS_RANKED[1:]]
@@ -298,6 +312,14 @@ def stats_cmd(
         for row, bar in zip(rows, drawn, strict=True):
             row.insert(len(groups) + 1, bar)
     _print(cols, rows, fmt, width=width)
+
+
+def _spend_by_key(db: str, filters: query.Filters, groups: list[str], fmt: str) -> None:
+    """``stats --cost --by key``: spend per caller, with no request figures."""
+    with query.open_reader(db) as conn:
+        result = cost_stats.add_spend(conn, filters, groups, [])
+    cols = [*groups, *cost_stats.COLUMNS, *(cost_stats.EXACT_COLUMNS if fmt != "table" else ())]
+    _print(cols, ([r[c] for c in cols] for r in result), fmt)
 
 
 def _add_media_figures(

@@ -133,6 +133,20 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
     assert out.code == 0, out.stderr
     spent = {(r["day"], r["endpoint"]): r["billed_nano_usd"] for r in json.loads(out.stdout)}
     assert spent == usage, "spend per day and endpoint differs from the server's usage totals"
+    stats = mirror(["stats", "--db", db_url, "--by", "day,endpoint", "--cost", "-f", "json"], env)
+    assert stats.code == 0, stats.stderr
+    per_day = {(r["day"], r["endpoint"]): r["cost_nano_usd"] for r in json.loads(stats.stdout)
+               if r["cost_nano_usd"] is not None}  # fmt: skip
+    assert per_day == usage, "stats --cost per day and endpoint differs from the usage totals"
+    by_key = mirror(["stats", "--db", db_url, "--by", "key", "--cost", "-f", "csv"], env)
+    lines = by_key.stdout.splitlines()
+    assert (
+        lines[0] == "key,cost_usd,cost_per_request_usd,cost_nano_usd,cost_per_request_nano_usd"
+    ), f"stats --cost --by key's columns: {lines[0]}"
+    callers = {line.split(",")[0]: int(line.split(",")[3]) for line in lines[1:]}
+    assert sum(callers.values()) == sum(usage.values()) and len(callers) == 3, (
+        f"spend by key does not add up to the usage totals over the three callers: {callers}"
+    )
     diffs = _table(db_url, "SELECT day FROM usage_checks WHERE usage_nano_usd <> mirror_nano_usd")
     assert diffs == [], f"the usage check found differences where there are none: {diffs}"
     status = mirror(["status", "--db", db_url, "-f", "json"], env)

@@ -4,7 +4,9 @@ Everything a sync needs to carry on where the source left off comes along: every
 ``requests`` (``first_seen_at`` / ``last_changed_at`` and the ``history`` it is of kept as
 they are), what requests cost (``billing_events``, and ``prices``, a history nothing could
 fetch again) and the sync state (``sync_targets``, ``sync_windows``, ``sync_runs`` with their
-ids, ``sync_rechecks``), so the destination never re-downloads history. Derived tables
+ids, ``sync_rechecks``) and what walks learned of requests too big for a page
+(``sync_page_limits``, ``oversized_requests``), so the destination never re-downloads history
+nor meets those pages' refusals again. Derived tables
 (``summary_hourly``, ``duration_histogram``, the full-text index) are not copied: the
 destination's own triggers
 build them as the rows go in.
@@ -59,7 +61,7 @@ BATCH_ROWS = 5_000
 #: sync state
 TABLES = (
     schema.billing_events, schema.prices, schema.sync_targets, schema.sync_windows,
-    schema.sync_runs, schema.sync_rechecks,
+    schema.sync_runs, schema.sync_rechecks, schema.sync_page_limits, schema.oversized_requests,
 )  # fmt: skip
 MIRROR_TABLES = (requests, *TABLES)
 

@@ -24,7 +24,7 @@ from support.cli import assert_one_line
 from support.compare import db_query
 from support.rows import add_targets
 
-from mirror import lock
+from mirror import lock, oversize
 from mirror.billing_api import BillingEvent
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
@@ -39,6 +39,8 @@ TABLES = {
     "sync_runs": "id",
     "sync_rechecks": "target, tier",
     "billing_events": "request_id",
+    "sync_page_limits": "target, window_start, window_end",
+    "oversized_requests": "request_id",
     "prices": "endpoint_id, seen_at",
     "summary_hourly": "hour, endpoint_id, status",  # derived: rebuilt by the triggers
     "duration_histogram": "hour, bucket, endpoint_id, status",  # derived, too
@@ -47,7 +49,7 @@ TABLES = {
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",
             "window_start", "window_end", "completed_at", "checked_at",
-            "requested_from", "timestamp", "seen_at"}  # fmt: skip
+            "requested_from", "timestamp", "seen_at", "learned_at", "last_seen_at"}  # fmt: skip
 
 TRICKY_JSON = (
     '{ "z": 1,  "a": [1.5, -0.0, 1e-300, 12345678901234567890, null, true],"ü": "日本\\n\\"q\\"" }'
@@ -173,6 +175,15 @@ def source_db(tmp_path_factory) -> Path:
             )
             store.record_prices(conn, [("fal-ai/odd", "image", 0.12, "USD")],
                                 "2026-01-02T04:00:00.000000Z")  # fmt: skip
+            # what walks learned of pages over the body cap: the copy must not meet them again
+            oversize.record(conn, [oversize.TooBig(rows[1], 9_000_000, 8_388_608),
+                                   oversize.TooBig(MODEL_ROWS[1], None, 8_388_608)], now)  # fmt: skip
+            oversize.save_stretches(
+                conn,
+                [oversize.Stretch("acme/odd", datetime(2026, 1, 1, tzinfo=UTC),
+                                  datetime(2026, 1, 1, 0, 30, tzinfo=UTC), 3)],
+                now,
+            )  # fmt: skip
         run = store.start_run(["acme/odd"], datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))
         store.finish_run(run, datetime(2026, 1, 2, 3, 5, tzinfo=UTC), "failed",
                          {"pages": 3, "api_calls": 9, "rows_inserted": 2, "rows_updated": 0},
@@ -213,7 +224,8 @@ def test_sqlite_to_postgresql_to_sqlite_round_trips_every_table(
     assert report.counts == {
         "requests": n, "billing_events": events, "prices": n_prices, "sync_targets": 4,
         "sync_windows": len(original["sync_windows"]), "sync_runs": 2,
-        "sync_rechecks": len(original["sync_rechecks"]),
+        "sync_rechecks": len(original["sync_rechecks"]), "sync_page_limits": 1,
+        "oversized_requests": 2,
     }, report.summary()  # fmt: skip
     assert_same(original, sqlite_dump(back), "back on SQLite")
     assert sqlite_dump(source_db) == original, "the source changed"

@@ -41,6 +41,9 @@ TABLES = {
     "billing_events": "request_id",
     "sync_page_limits": "target, window_start, window_end",
     "oversized_requests": "request_id",
+    "cost_windows": "window_start",
+    "cost_state": "id",
+    "usage_checks": "day, endpoint_id",
     "prices": "endpoint_id, seen_at",
     "summary_hourly": "hour, endpoint_id, status",  # derived: rebuilt by the triggers
     "duration_histogram": "hour, bucket, endpoint_id, status",  # derived, too
@@ -49,7 +52,8 @@ TABLES = {
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",
             "window_start", "window_end", "completed_at", "checked_at",
-            "requested_from", "timestamp", "seen_at", "learned_at", "last_seen_at"}  # fmt: skip
+            "requested_from", "timestamp", "seen_at", "learned_at", "last_seen_at", "ok_at",
+            "prices_checked_at", "usage_checked_at"}  # fmt: skip
 
 TRICKY_JSON = (
     '{ "z": 1,  "a": [1.5, -0.0, 1e-300, 12345678901234567890, null, true],"ü": "日本\\n\\"q\\"" }'

@@ -109,8 +109,13 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
         assert _mirror_events(db_url) == server, (
             "the mirror's billing events differ from the server's"
         )
+        api.clear_log()
         again = _sync(db_url, env)
         assert again.code == 0, f"second sync failed: {again.stderr}"
+        asked = sorted({c.path.split("/v1")[-1] for c in api.log if "/models/" in c.path})
+        assert asked == ["/models/billing-events"], (
+            f"prices and usage are checked at most once a day, yet the second run asked {asked}"
+        )
         assert "billing: 0 new events, 0 changed" in again.stdout, (
             f"a second run stored events again: {again.stdout}"
         )
@@ -166,8 +171,11 @@ def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: 
         assert run.code == 0, f"a non-ADMIN key failed the sync: {run.stderr}"
         line = assert_one_line(run.stderr, "note", context="non-ADMIN key")
         assert "ADMIN" in line and "cost is not mirrored" in line, line
+        api.clear_log()
         quiet = _sync(db, env, "--no-cost")
         assert (quiet.code, quiet.stderr) == (0, ""), f"--no-cost still spoke: {quiet.stderr}"
+        asked = [c.path for c in api.log if "/models/" in c.path]
+        assert asked == [], f"--no-cost still called the cost operations: {asked}"
         want = {rid for rid, item in listable(world).items() if item["endpoint_id"] == APP}
     got = {r[0] for r in _table(db, f"SELECT request_id FROM requests WHERE endpoint_id = '{APP}'")}
     assert got == want, (
@@ -259,3 +267,41 @@ def test_negative_or_absurd_amounts_are_refused_before_storing(
     assert _table(db, "SELECT count(*) FROM requests")[0][0] > 50, "the requests were lost"
     js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
     assert js[0]["cost"]["state"] == "failed" and "not between" in js[0]["cost"]["reason"], js
+
+
+def test_a_difference_from_fals_usage_totals_is_reported_not_hidden(tmp_path: Path) -> None:
+    """An event the mirror lost (or one that appeared after the day of lookback) makes the
+    day's sum differ from fal's usage total: the next day's check says so in one note, in
+    `mirror status`, and as a problem of `status --check`, and keeps both figures."""
+    db = str(tmp_path / "m.db")
+    world = _world(per_hour=15)
+    with SimulatedAPI(world, billing=_billing(world)) as api:
+        env = fast_env(api.base_url)
+        assert _sync(db, env).code == 0
+        usage = _usage_per_day(api)
+        engine = make_engine(db)
+        try:
+            with engine.begin() as conn:  # an old event gone, the usage check due again
+                e = billing_events.c
+                gone = conn.execute(
+                    sa.select(e.request_id, e.timestamp, e.endpoint_id, e.cost_estimate_nano_usd)
+                    .order_by(e.timestamp)
+                    .limit(1)
+                ).one()
+                conn.execute(billing_events.delete().where(e.request_id == gone.request_id))
+                conn.execute(sa.text("UPDATE cost_state SET usage_checked_at = NULL"))
+        finally:
+            engine.dispose()
+        run = _sync(db, env)
+    assert run.code == 0, run.stderr
+    day = gone.timestamp[:10]
+    line = assert_one_line(run.stderr, "note", context="a usage difference")
+    assert "differ" in line and f"{day} {gone.endpoint_id}" in line, line
+    kept = _table(db, "SELECT day, endpoint_id, usage_nano_usd, mirror_nano_usd FROM usage_checks "
+                      "WHERE usage_nano_usd <> mirror_nano_usd")  # fmt: skip
+    full = usage[(day, gone.endpoint_id)]
+    assert kept == [(day, gone.endpoint_id, full, full - gone.cost_estimate_nano_usd)], kept
+    status = mirror(["status", "--db", db], env)
+    assert "fal's usage totals differ on 1 day(s)" in status.stdout, status.stdout
+    check = mirror(["status", "--db", db, "--check"], env)
+    assert check.code == 1 and "usage totals differ" in check.stdout, check.stdout

@@ -19,6 +19,9 @@ through ``mirror.billing_api`` (every field checked before anything is stored) i
   at most once per `USAGE_EVERY`, stored per day and endpoint (``usage_checks``) beside the
   billing events' sum, and every day whose sums differ is one note of the run.
 
+On PostgreSQL, where several sync processes may share one database, one of them at a time
+does this step (a session advisory lock, `COST_LOCK_KEY`); the others leave it to it.
+
 A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
 it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), and the
 requests the run synced stand. Any other failure (bad data, the API failing) is recorded as
@@ -27,8 +30,9 @@ requests the run synced stand. Any other failure (bad data, the API failing) is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +68,7 @@ from mirror.timeparse import from_text, to_text
 from mirror.windows import Window, plan
 
 __all__ = [
+    "COST_LOCK_KEY",
     "LOOKBACK",
     "PRICE_EVERY",
     "USAGE_DAYS",
@@ -73,6 +78,7 @@ __all__ = [
     "differences_text",
     "model_endpoints",
     "sync_cost",
+    "sync_cost_now",
 ]
 
 log = logging.getLogger("mirror.cost_sync")
@@ -90,6 +96,8 @@ PRICE_EVERY = timedelta(days=1)
 USAGE_EVERY = timedelta(days=1)
 USAGE_DAYS = 7
 _DAY = timedelta(days=1)
+#: the PostgreSQL advisory lock of the cost step ("mirror" + 2; the migration's is + 1)
+COST_LOCK_KEY = 0x6D6972726F720002
 
 
 @dataclass
@@ -245,7 +253,44 @@ def _check_usage(
     return diffs
 
 
+@contextlib.contextmanager
+def _exclusive(store: Store) -> Iterator[bool]:
+    """Whether this process may do the cost step now: always on SQLite (the file's writer
+    lock already excludes other syncs); on PostgreSQL, if no other process is doing it."""
+    if store.dialect != "postgresql":
+        yield True
+        return
+    with store.engine.connect() as conn:
+        got = bool(
+            conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": COST_LOCK_KEY}).scalar()
+        )
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                with contextlib.suppress(Exception):  # the session's end releases it anyway
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": COST_LOCK_KEY})
+                    conn.commit()
+
+
 def sync_cost(
+    store: Store,
+    client: FalClient,
+    *,
+    now: datetime,
+    default_from: datetime,
+    note: Callable[[str], None],
+) -> CostReport | None:
+    """`sync_cost_now` unless another process is doing it (PostgreSQL): then None."""
+    with _exclusive(store) as mine:
+        if not mine:
+            log.info("another mirror sync is mirroring cost; left to it")
+            return None
+        return sync_cost_now(store, client, now=now, default_from=default_from, note=note)
+
+
+def sync_cost_now(
     store: Store,
     client: FalClient,
     *,

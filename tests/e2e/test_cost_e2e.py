@@ -148,6 +148,11 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
     assert (
         lines[0] == "key,cost_usd,cost_per_request_usd,cost_nano_usd,cost_per_request_nano_usd"
     ), f"stats --cost --by key's columns: {lines[0]}"
+    table = mirror(["stats", "--db", db_url, "--by", "endpoint", "--cost", "--wide"], env)
+    header = table.stdout.splitlines()[0].split()
+    assert header[-2:] == ["cost_usd", "cost_per_request_usd"], f"the table's columns: {header}"
+    refused = mirror(["stats", "--db", db_url, "--by", "status", "--cost"], env)
+    assert refused.code == 2 and "--cost" in refused.stderr, (refused.code, refused.stderr)
     callers = {line.split(",")[0]: int(line.split(",")[3]) for line in lines[1:]}
     assert sum(callers.values()) == sum(usage.values()) and len(callers) == 3, (
         f"spend by key does not add up to the usage totals over the three callers: {callers}"
@@ -305,3 +310,29 @@ def test_a_difference_from_fals_usage_totals_is_reported_not_hidden(tmp_path: Pa
     assert "fal's usage totals differ on 1 day(s)" in status.stdout, status.stdout
     check = mirror(["status", "--db", db, "--check"], env)
     assert check.code == 1 and "usage totals differ" in check.stdout, check.stdout
+
+
+def test_a_price_in_no_iso_currency_is_refused_and_nothing_of_it_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pricing answer names a currency that is no ISO 4217 code: one line, exit 1, no
+    price stored, the billing events and requests of the run kept."""
+    from mirror.simulator.billing import Ledger, Price
+
+    original = Ledger.price_at
+
+    def odd(self: Ledger, endpoint_id: str, when: datetime) -> Price | None:
+        price = original(self, endpoint_id, when)
+        return None if price is None else Price(price.nano, price.unit, "US$")
+
+    monkeypatch.setattr(Ledger, "price_at", odd)
+    db = str(tmp_path / "m.db")
+    world = _world(per_hour=10)
+    with SimulatedAPI(world, billing=_billing(world)) as api:
+        run = _sync(db, fast_env(api.base_url))
+        events = _server_events(api)
+    assert run.code == 1, f"an unknown currency was not refused (exit {run.code}): {run.stderr}"
+    line = assert_one_line(run.stderr, "bad data from api", context="unknown currency")
+    assert "'US$' is not a three-letter ISO 4217 code" in line, line
+    assert _table(db, "SELECT count(*) FROM prices") == [(0,)], "a price in no currency was stored"
+    assert _mirror_events(db) == events, "the run's billing events were not kept"

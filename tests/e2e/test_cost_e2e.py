@@ -148,7 +148,8 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
     assert (
         lines[0] == "key,cost_usd,cost_per_request_usd,cost_nano_usd,cost_per_request_nano_usd"
     ), f"stats --cost --by key's columns: {lines[0]}"
-    table = mirror(["stats", "--db", db_url, "--by", "endpoint", "--cost", "--wide"], env)
+    wide = {**env, "COLUMNS": "400"}
+    table = mirror(["stats", "--db", db_url, "--by", "endpoint", "--cost"], wide)
     header = table.stdout.splitlines()[0].split()
     assert header[-2:] == ["cost_usd", "cost_per_request_usd"], f"the table's columns: {header}"
     refused = mirror(["stats", "--db", db_url, "--by", "status", "--cost"], env)

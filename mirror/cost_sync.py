@@ -23,8 +23,8 @@ On PostgreSQL, where several sync processes may share one database, one of them 
 does this step (a session advisory lock, `COST_LOCK_KEY`); the others leave it to it.
 
 A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
-it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), and the
-requests the run synced stand. Any other failure (bad data, the API failing) is recorded as
+it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), the
+requests the run synced stand, and prices (which need no ADMIN scope) are still kept. Any other failure (bad data, the API failing) is recorded as
 ``failed`` and raised: the run fails as it would on requests.
 """
 
@@ -253,6 +253,13 @@ def _check_usage(
     return diffs
 
 
+def _refusal(e: AdminRequired) -> str:
+    return (
+        f"the key lacks ADMIN scope, which billing events and usage need (HTTP {e.status}); "
+        "requests are still mirrored, costs only estimated"
+    )
+
+
 @contextlib.contextmanager
 def _exclusive(store: Store) -> Iterator[bool]:
     """Whether this process may do the cost step now: always on SQLite (the file's writer
@@ -311,10 +318,14 @@ def sync_cost_now(
     reached = max((b for _, b in completed), default=None)
     windows = plan(start, now, completed, recheck_from=reached and reached - LOOKBACK,
                    size=WINDOW)  # fmt: skip
+    more: dict[str, str] = {}
     try:
-        for window in windows:
-            _walk(store, client, window, report, stamp)
-        more: dict[str, str] = {}
+        try:
+            for window in windows:
+                _walk(store, client, window, report, stamp)
+        except AdminRequired as e:
+            report.refused = _refusal(e)
+        # prices need no ADMIN scope: kept for the estimates whether events are read or not
         if _prices_due(row, now):
             with store.engine.connect() as conn:
                 models = model_endpoints(conn)
@@ -324,26 +335,25 @@ def sync_cost_now(
                 report.prices_added = store.record_prices(conn, quotes, stamp)
             report.prices_checked = True
             more["prices_checked_at"] = stamp
-        if _usage_due(row, now):
+        if report.refused is None and _usage_due(row, now):
             today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
             first = max(today - USAGE_DAYS * _DAY, min(start, today))
-            if first < today:
-                report.differences = _check_usage(store, client, first, today, stamp)
-            more["usage_checked_at"] = stamp
-    except AdminRequired as e:
-        report.refused = (
-            f"the key lacks ADMIN scope, which billing events and usage need (HTTP {e.status}); "
-            "requests are still mirrored, costs only estimated"
-        )
-        note(f"cost is not mirrored: {report.refused}")
-        _set_state(store, stamp, "refused", report.refused)
-        return report
+            try:
+                if first < today:
+                    report.differences = _check_usage(store, client, first, today, stamp)
+                more["usage_checked_at"] = stamp
+            except AdminRequired as e:
+                report.refused = _refusal(e)
     except Exception as e:
         try:
             _set_state(store, stamp, "failed", redact(str(e))[:500])
         except Exception as again:  # the cost's own error is what the user must hear
             log.warning("could not record that cost mirroring failed: %s", again)
         raise
+    if report.refused is not None:
+        note(f"cost is not mirrored: {report.refused}")
+        _set_state(store, stamp, "refused", report.refused, **more)
+        return report
     _set_state(store, stamp, "ok", None, **more)
     if report.differences:
         note(differences_text(report.differences))

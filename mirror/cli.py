@@ -81,6 +81,9 @@ def cli() -> None:
               "the minutes whose counts differ and the rows that may still change.")  # fmt: skip
 @click.option("--no-payloads", is_flag=True, help="Do not fetch json_input/json_output.")
 @click.option("--no-billing", is_flag=True, help="Do not fetch billable_units.")
+@click.option("--no-cost", is_flag=True,
+              help="Do not mirror billing events, prices and fal's usage totals (billing "
+              "events and usage need a key with ADMIN scope; without it the run says so once).")  # fmt: skip
 @base_url_option
 @click.option("--max-concurrency", type=click.IntRange(1, 64), default=16, show_default=True,
               help="At most this many pages fetched at once: starts at 4 and grows while "
@@ -112,6 +115,7 @@ def sync(
     full_lookback: bool,
     no_payloads: bool,
     no_billing: bool,
+    no_cost: bool,
     base_url: str,
     max_concurrency: int,
     recheck: bool,
@@ -140,7 +144,7 @@ def sync(
     opts = SyncOptions(
         targets=endpoints, since=since, narrow=narrow, until=until, lookback=lookback,
         payloads=not no_payloads, billing=not no_billing, max_concurrency=max_concurrency,
-        recheck=recheck, steady=not full_lookback,
+        recheck=recheck, steady=not full_lookback, cost=not no_cost,
     )  # fmt: skip
     archive = None
     if media:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mirror import health, media_db, media_query, metrics, output, query, termchart
+from mirror import cost_stats, health, media_db, media_query, metrics, output, query, termchart
 from mirror.cliutil import (
     by_option,
     checked_groups,
@@ -38,6 +38,7 @@ from mirror.cliutil import (
     usage_errors,
     when_option,
 )
+from mirror.cost_status import cost_status
 from mirror.db import display_db, ensure_schema, is_postgresql, reader_engine, sqlite_path
 from mirror.errors import ConfigError
 from mirror.schema import HISTORIES, STATUSES
@@ -239,6 +240,10 @@ def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
               help="Add the media archive's figures (mirror media) of the requests counted: "
               "media_files and media_bytes archived, media_gone (deleted by fal before they "
               "were archived). With no --by or --by endpoint.")  # fmt: skip
+@click.option("--cost", is_flag=True,
+              help="Add spend (docs/cost.md): cost_usd, billed and estimated, and "
+              "cost_per_request_usd (json, csv: also in nano-USD). With --by day, endpoint or "
+              "key (who made the call: spend alone, requests do not carry their key).")  # fmt: skip
 @format_option
 def stats_cmd(
     db: str,
@@ -247,6 +252,7 @@ def stats_cmd(
     wide: bool,
     chart: bool,
     media: bool,
+    cost: bool,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -261,7 +267,12 @@ def stats_cmd(
     Requests per hour at a glance: mirror stats --by hour --since 2d --chart
     """
     filters = _filters(kw)
-    groups = checked_groups(by, query.check_groups)
+    if cost:
+        groups = checked_groups(by, lambda g: cost_stats.check(g, filters))
+        if "key" in groups:
+            return _spend_by_key(db, filters, groups, fmt)
+    else:
+        groups = checked_groups(by, query.check_groups)
     figures = list(dict.fromkeys(c for c in split_values(columns) if c not in groups))
     unknown = [c for c in figures if c not in query.STATS_FIELDS]
     if unknown:
@@ -281,9 +292,13 @@ def stats_cmd(
         result = query.stats(conn, filters, by=groups)
         if media:
             _add_media_figures(conn, filters, groups, result, human=fmt == "table")
+        if cost:
+            result = cost_stats.add_spend(conn, filters, groups, result)
     extra = list(media_query.STATS_COLUMNS) if media else []
+    if cost:
+        extra += [*cost_stats.COLUMNS, *(cost_stats.EXACT_COLUMNS if fmt != "table" else ())]
     cols = [*groups, *(figures or query.STATS_FIELDS), *extra]
-    rows = [[r[c] for c in cols] for r in result]
+    rows = [[r.get(c) for c in cols] for r in result]
     width = shutil.get_terminal_size().columns
     if fmt == "table" and not wide and not figures:
         ranked = [*query.STATS_RANKED[:1], *extra, *query.STATS_RANKED[1:]]
@@ -301,6 +316,14 @@ def stats_cmd(
         for row, bar in zip(rows, drawn, strict=True):
             row.insert(len(groups) + 1, bar)
     _print(cols, rows, fmt, width=width)
+
+
+def _spend_by_key(db: str, filters: query.Filters, groups: list[str], fmt: str) -> None:
+    """``stats --cost --by key``: spend per caller, with no request figures."""
+    with query.open_reader(db) as conn:
+        result = cost_stats.add_spend(conn, filters, groups, [])
+    cols = [*groups, *cost_stats.COLUMNS, *(cost_stats.EXACT_COLUMNS if fmt != "table" else ())]
+    _print(cols, ([r[c] for c in cols] for r in result), fmt)
 
 
 def _add_media_figures(
@@ -415,6 +438,12 @@ def status_cmd(
     bytes, pending, gone, failed, refused, last_gone_at).
 
     \b
+    A line says whether cost (billing events, prices) is mirrored, or why not; in
+    json, jsonl and csv each row's cost: state (ok, refused, failed, never), reason,
+    checked_at, ok_at, covered_to, events, prices_checked_at, usage_checked_at,
+    usage_differences.
+
+    \b
     Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,
     2 usage. Example, from cron: mirror status --check -q || alert
     """
@@ -439,16 +468,31 @@ def status_cmd(
         result = [t.as_dict() for t in snap.targets]
         with query.open_reader(db) as conn:
             media = _status_media(conn, result, fmt)
+            cost = _status_cost(conn, result, fmt)
     else:
         with query.open_reader(db) as conn:
             result = [t.as_dict() for t in query.sync_status(conn)]
             media = _status_media(conn, result, fmt)
+            cost = _status_cost(conn, result, fmt)
     if not result:
         click.echo(
             f"{display_db(db)}: no sync targets yet (mirror sync --db {display_db(db)} --endpoint ID)",
             err=True,
         )
     _print_status(result, media, fmt)
+    if cost is not None:
+        click.echo(shown(cost))
+
+
+def _status_cost(conn: Any, result: list[dict[str, Any]], fmt: str) -> str | None:
+    """Whether cost is mirrored (``mirror.cost_status``): in a table, a line of its own
+    (returned); in the other formats, the same figures in each target's row as ``cost``."""
+    found = cost_status(conn)
+    if fmt == "table":
+        return found.text()
+    for r in result:
+        r["cost"] = json.dumps(found.as_dict()) if fmt == "csv" else found.as_dict()
+    return None
 
 
 def _exit_checked(
@@ -487,7 +531,7 @@ def _print_status(result: list[dict[str, Any]], media: dict[str, Any], fmt: str)
             r["gaps"] = _gaps_text(r["gaps"])
             r["clock_skew"] = _skew_text(r["clock_skew"])
     else:
-        cols.append("media")
+        cols += ["media", "cost"]
         if fmt == "csv":
             for r in result:
                 r["gaps"] = json.dumps(r["gaps"])

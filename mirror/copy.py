@@ -6,7 +6,8 @@ they are), what requests cost (``billing_events``, and ``prices``, a history not
 fetch again) and the sync state (``sync_targets``, ``sync_windows``, ``sync_runs`` with their
 ids, ``sync_rechecks``) and what walks learned of requests too big for a page
 (``sync_page_limits``, ``oversized_requests``), so the destination never re-downloads history
-nor meets those pages' refusals again. Derived tables
+nor meets those pages' refusals again, and what the sync keeps about mirroring cost
+(``cost_windows``, ``cost_state``, ``usage_checks``). Derived tables
 (``summary_hourly``, ``duration_histogram``, the full-text index) are not copied: the
 destination's own triggers
 build them as the rows go in.
@@ -62,6 +63,7 @@ BATCH_ROWS = 5_000
 TABLES = (
     schema.billing_events, schema.prices, schema.sync_targets, schema.sync_windows,
     schema.sync_runs, schema.sync_rechecks, schema.sync_page_limits, schema.oversized_requests,
+    schema.cost_windows, schema.cost_state, schema.usage_checks,
 )  # fmt: skip
 MIRROR_TABLES = (requests, *TABLES)
 

@@ -3,7 +3,8 @@
 Starts the simulated API and its media CDN on free loopback ports, syncs a few days of
 several endpoints into a fresh file over real HTTP, stores what the key's calls to fal's
 hosted models were billed and the prices it is quoted (``mirror.billing_api`` into the
-store: the sync does not fetch them yet), archives the files of the latest requests'
+store, in one pass over the whole range, as ``mirror.cost_sync`` does window by window in a
+sync), archives the files of the latest requests'
 outputs (``mirror media``), and prints what a user can now ask offline, spend per day
 included.
 """

@@ -16,6 +16,10 @@ What counts as a problem:
 - **gaps**: a stretch of a target's requested range that no sync has completed.
 - **failing**: the last ``max_failures`` finished runs all ended other than ``ok``.
 - **stuck rows**: requests still unfinished ``unfinished_age`` after they were sent.
+- **cost**: billing events refused (the key lacks ADMIN scope) or their last sync failed;
+  their completed windows ending longer than ``max_age`` ago (cost behind); fal's usage
+  totals differing from the billing events held (``mirror.cost_status``). Nothing while no
+  sync has tried to mirror cost (``--no-cost``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from itertools import pairwise
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mirror.cost_status import CostStatus, cost_status
 from mirror.db import sqlite_path
 from mirror.query import TargetStatus, endpoint_clause, open_reader, sync_status
 from mirror.schema import requests, sync_runs
@@ -93,6 +98,8 @@ class Health:
     #: bytes the database takes: the SQLite file and its WAL, or PostgreSQL's database
     size_bytes: int | None = None
     unfinished_age: timedelta = DEFAULT_UNFINISHED_AGE
+    #: whether cost is mirrored (None: not read)
+    cost: CostStatus | None = None
 
     @property
     def last_run(self) -> Run | None:
@@ -156,6 +163,7 @@ def read_health(
         last_success=_run(ok) if ok is not None else None,
         size_bytes=_size(conn, db),
         unfinished_age=unfinished_age,
+        cost=cost_status(conn),
     )
     cutoff = to_text(now - unfinished_age)
     r = requests.c
@@ -250,6 +258,29 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
                 f"{t.target}: {n} request{'s' if n != 1 else ''} unfinished for over "
                 f"{describe_age(health.unfinished_age)} (the oldest sent {minute(oldest)})"
             )
+    if health.cost is not None:
+        out += _cost_problems(health.cost, now, max_age, how)
+    return out
+
+
+def _cost_problems(cost: CostStatus, now: datetime, max_age: timedelta, how: str) -> list[str]:
+    if cost.state == "refused":
+        return [f"cost is not being mirrored: {cost.reason}"]
+    out = []
+    if cost.state == "failed":
+        out.append(f"cost: the last sync of billing events failed: {cost.reason}")
+    if cost.covered_to is not None and cost.state != "never":
+        lag = now - from_text(cost.covered_to)
+        if lag > max_age:
+            out.append(
+                f"cost: billing events covered only up to {minute(cost.covered_to)}, "
+                f"{describe_age(lag)} behind, over {how} ({describe_age(max_age)})"
+            )
+    if cost.usage_differences:
+        out.append(
+            f"cost: fal's usage totals differ from the billing events held on "
+            f"{cost.usage_differences} day(s) and endpoint(s) (table usage_checks)"
+        )
     return out
 
 

@@ -266,6 +266,43 @@ oversized_requests = sa.Table(
     sa.Column("last_seen_at", Instant, nullable=False),
 )
 
+#: the completed intervals [window_start, window_end) of billing events, by their
+#: ``timestamp`` (migration 0014, ``mirror.cost_sync``), coalesced as ``sync_windows``
+cost_windows = sa.Table(
+    "cost_windows",
+    metadata,
+    sa.Column("window_start", Instant, primary_key=True),
+    sa.Column("window_end", Instant, nullable=False),
+    sa.Column("completed_at", Instant, nullable=False),
+)
+
+#: one row (``id`` 1): whether `mirror sync` mirrors cost (``state`` ok, refused, failed),
+#: why not (``reason``), when it last tried and last succeeded, and when prices and usage
+#: totals were last checked (migration 0014, ``mirror.cost_sync``)
+cost_state = sa.Table(
+    "cost_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("checked_at", Instant, nullable=False),
+    sa.Column("ok_at", Instant),
+    sa.Column("prices_checked_at", Instant),
+    sa.Column("usage_checked_at", Instant),
+)
+
+#: fal's usage total per UTC day and endpoint as the last check fetched it, beside what the
+#: mirror's billing events summed to then, in nano-USD (migration 0014, ``mirror.cost_sync``)
+usage_checks = sa.Table(
+    "usage_checks",
+    metadata,
+    sa.Column("day", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", Key, primary_key=True),
+    sa.Column("usage_nano_usd", sa.BigInteger, nullable=False),
+    sa.Column("mirror_nano_usd", sa.BigInteger, nullable=False),
+    sa.Column("checked_at", Instant, nullable=False),
+)
+
 #: one row per file a request's payload refers to (migration 0008, ``mirror.media_refs``):
 #: where it is, what the payload declares, and what became of it (``state``: pending,
 #: archived, gone, failed, refused)

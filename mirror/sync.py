@@ -61,7 +61,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mirror import interrupts, oversize
+from mirror import cost_sync, interrupts, oversize
 from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.cuts import FilterProbe, Reach, plan_cut
 from mirror.errors import ApiError, AuthError, MirrorError
@@ -127,6 +127,8 @@ class SyncOptions:
     #: the history of each target that is not ``serverless`` (a hosted model: ``model``),
     #: which says through which operations it is listed and counted
     histories: Mapping[str, str] = field(default_factory=dict)
+    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``)
+    cost: bool = False
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
@@ -166,6 +168,8 @@ class SyncReport(Tally):
     seconds: float = 0.0
     #: this machine's clock minus the API's, in seconds (None: no answer carried a date)
     clock_skew: float | None = None
+    #: what the run did about cost (None: not asked to, or it did not get that far)
+    cost: cost_sync.CostReport | None = None
 
     def summary(self) -> str:
         n = len(self.targets) - len(self.left_to_others)
@@ -178,6 +182,8 @@ class SyncReport(Tally):
             line += f"; re-checked {self.rechecked_hours} older hours ({self.recheck_calls} calls)"
         if self.windows.unstable:
             line += f"; {self.windows.unstable} windows kept changing and will be walked again"
+        if self.cost is not None and self.cost.refused is None:
+            line += f"; {self.cost.summary()}"
         if self.left_to_others:
             k = len(self.left_to_others)
             line += (
@@ -804,6 +810,11 @@ class Syncer:
                     self.progress(report)
             if error is None and opts.recheck:
                 self._recheck(report, now, tails)
+            if error is None and opts.cost and not self._stop.is_set():
+                report.cost = cost_sync.sync_cost(
+                    self.store, self.client, now=horizon,
+                    default_from=now - opts.first_since, note=self._notes.add,
+                )  # fmt: skip
         except BaseException as e:
             error = error or e
             self._stop.set()

@@ -29,7 +29,7 @@ from mirror.billing_api import BillingEvent
 from mirror.copy import copy_mirror
 from mirror.demo import run_demo
 from mirror.records import Row
-from mirror.schema import requests
+from mirror.schema import cost_state, cost_windows, requests, usage_checks
 from mirror.store import Store
 
 TABLES = {
@@ -41,6 +41,9 @@ TABLES = {
     "billing_events": "request_id",
     "sync_page_limits": "target, window_start, window_end",
     "oversized_requests": "request_id",
+    "cost_windows": "window_start",
+    "cost_state": "id",
+    "usage_checks": "day, endpoint_id",
     "prices": "endpoint_id, seen_at",
     "summary_hourly": "hour, endpoint_id, status",  # derived: rebuilt by the triggers
     "duration_histogram": "hour, bucket, endpoint_id, status",  # derived, too
@@ -49,7 +52,8 @@ TABLES = {
 JSON_COLUMNS = {"json_input", "json_output"}
 INSTANTS = {"sent_at", "started_at", "ended_at", "first_seen_at", "last_changed_at", "added_at",
             "window_start", "window_end", "completed_at", "checked_at",
-            "requested_from", "timestamp", "seen_at", "learned_at", "last_seen_at"}  # fmt: skip
+            "requested_from", "timestamp", "seen_at", "learned_at", "last_seen_at", "ok_at",
+            "prices_checked_at", "usage_checked_at"}  # fmt: skip
 
 TRICKY_JSON = (
     '{ "z": 1,  "a": [1.5, -0.0, 1e-300, 12345678901234567890, null, true],"ü": "日本\\n\\"q\\"" }'
@@ -189,6 +193,28 @@ def source_db(tmp_path_factory) -> Path:
                          {"pages": 3, "api_calls": 9, "rows_inserted": 2, "rows_updated": 0},
                          "the API said: «no» (500)")  # fmt: skip
         store.mark_rechecked("acme/odd", ["day"], now)
+        with store.engine.begin() as conn:  # what the sync keeps about mirroring cost
+            conn.execute(
+                cost_windows.insert().values(
+                    window_start="2025-12-01T00:00:00.000000Z",
+                    window_end="2026-01-02T03:04:05.000000Z",
+                    completed_at=now,
+                )
+            )
+            conn.execute(
+                cost_state.insert().values(
+                    id=1,
+                    state="refused",
+                    reason="the key lacks «ADMIN» scope",
+                    checked_at=now,
+                    ok_at="2026-01-01T00:00:00.000001Z",
+                    prices_checked_at=now,
+                    usage_checked_at=None,
+                )
+            )
+            conn.execute(usage_checks.insert().values(
+                day="2026-01-01", endpoint_id="fal-ai/odd", usage_nano_usd=10**15 + 1,
+                mirror_nano_usd=10**15, checked_at=now))  # fmt: skip
     finally:
         store.close()
     return db
@@ -225,7 +251,7 @@ def test_sqlite_to_postgresql_to_sqlite_round_trips_every_table(
         "requests": n, "billing_events": events, "prices": n_prices, "sync_targets": 4,
         "sync_windows": len(original["sync_windows"]), "sync_runs": 2,
         "sync_rechecks": len(original["sync_rechecks"]), "sync_page_limits": 1,
-        "oversized_requests": 2,
+        "oversized_requests": 2, "cost_windows": 1, "cost_state": 1, "usage_checks": 1,
     }, report.summary()  # fmt: skip
     assert_same(original, sqlite_dump(back), "back on SQLite")
     assert sqlite_dump(source_db) == original, "the source changed"

@@ -23,6 +23,10 @@ NEWEST_SQL = (
 #: a target's media archive in `mirror status --format json` when nothing is archived
 NO_MEDIA = {"files": 0, "bytes": 0, "last_gone_at": None, "pending": 0, "archived": 0,
             "gone": 0, "failed": 0, "refused": 0}  # fmt: skip
+#: what status says of cost in a mirror no sync has mirrored cost into
+NO_COST = {"state": "never", "reason": None, "checked_at": None, "ok_at": None,
+           "covered_to": None, "events": 0, "prices_checked_at": None,
+           "usage_checked_at": None, "usage_differences": 0}  # fmt: skip
 
 
 def one_line(result) -> str:
@@ -179,14 +183,14 @@ def test_status_reports_each_target(run_cli, tmp_path):
         "gaps": [["2026-11-24T00:00:00.000000Z", "2026-11-25T00:00:00.000000Z"],
                  ["2026-11-26T00:00:00.000000Z", "2026-11-26T06:00:00.000000Z"]],
         "last_run": "ok", "last_run_started_at": to_text(NOW), "last_run_ended_at": to_text(NOW),
-        "last_run_error": None, "clock_skew": -7.5, "oversized": [], "media": NO_MEDIA,
+        "last_run_error": None, "clock_skew": -7.5, "oversized": [], "media": NO_MEDIA, "cost": NO_COST,
     }  # fmt: skip
     assert got["beta/sdaxl"] == {
         "target": "beta/sdaxl", "history": "serverless", **expect("beta/sdaxl"), "requested_from": None,
         "covered_from": None, "covered_to": None,
         "gaps": [], "last_run": "ok", "last_run_started_at": to_text(NOW),
         "last_run_ended_at": to_text(NOW), "last_run_error": None, "clock_skew": -7.5,
-        "oversized": [], "media": NO_MEDIA,
+        "oversized": [], "media": NO_MEDIA, "cost": NO_COST,
     }  # fmt: skip
     table = run_cli(["status", "--db", str(db)], env={"COLUMNS": "250"}).stdout.splitlines()
     assert table[0].split() == ["target", "history", "rows", "unfinished", "oldest_ended_at", "newest_ended_at",

@@ -5,7 +5,7 @@ catch requests fal recorded late, billing that landed late and requests that end
 Walking all of it on every run costs the whole lookback's pages with payloads, whatever
 changed. Here the part of the lookback a previous run completed is narrowed to:
 
-- *the minutes whose counts differ*: one ``/serverless/analytics`` call per target gives
+- *the minutes whose counts differ*: one analytics call per target (of its history) gives
   the server's request count (and success, user error and error counts) per minute; the
   mirror counts its own rows the same way under each timestamp a bucket may count by, and
   the timestamp that agrees best decides (as ``mirror.verify`` does by the hour). A minute
@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from mirror.api import ANALYTICS_PATH, FalClient
+from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.errors import ApiError, ApiUnavailable, BadDataError
 from mirror.schema import requests, target_clause
 from mirror.store import Store
@@ -165,14 +165,23 @@ def _merge(ws: Sequence[Window]) -> list[Window]:
 class Steady:
     """Narrows each target's lookback for one sync run (see the module's docstring)."""
 
-    def __init__(self, store: Store, client: FalClient, notes: Notes) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: FalClient,
+        notes: Notes,
+        histories: Mapping[str, str] | None = None,
+    ) -> None:
         self.store = store
         self.client = client
         self.notes = notes
+        #: each target's history, when not ``serverless``: its counts come from its own
+        #: analytics operation
+        self.histories = dict(histories or {})
         #: why analytics could not be used, per target (the run's note names them once)
         self.fell_back: dict[str, str] = {}
-        #: the API has no analytics at all (404): not asked again this run
-        self._absent = False
+        #: histories whose analytics the API lacks (404): not asked again this run
+        self._absent: set[str] = set()
 
     def narrow(
         self,
@@ -242,7 +251,8 @@ class Steady:
             ("limit", str(ANALYTICS_PAGE)),
         ]
         buckets = math.ceil((hi - lo) / MINUTE)
-        if self._absent:
+        history = self.histories.get(target, "serverless")
+        if history in self._absent:
             self._fall_back(target, "HTTP 404")
             return None
         counts: dict[str, Counts] = {}
@@ -250,7 +260,9 @@ class Steady:
         try:
             for _ in range(MAX_ANALYTICS_PAGES):
                 data = self.client.get_json(
-                    ANALYTICS_PATH, params + ([("cursor", cursor)] if cursor else []), attempts=3
+                    ANALYTICS_PATHS[history],
+                    params + ([("cursor", cursor)] if cursor else []),
+                    attempts=3,
                 )
                 page = parse_counts(data)
                 if counts.keys() & page.keys():
@@ -265,7 +277,8 @@ class Steady:
             if len(counts) < buckets:
                 raise BadDataError(f"the analytics answer gave {len(counts)} of {buckets} minutes")
         except (ApiError, ApiUnavailable, BadDataError) as e:
-            self._absent = self._absent or (isinstance(e, ApiError) and e.status == 404)
+            if isinstance(e, ApiError) and e.status == 404:
+                self._absent.add(history)
             self._fall_back(target, f"HTTP {e.status}" if isinstance(e, ApiError) else str(e))
             return None
         except Stopped:

@@ -544,7 +544,7 @@ class Syncer:
         #: it to tell whether others are idle)
         self._tasks = 0
         self._locks = TargetLocks(store)
-        self._steady = Steady(store, self.client, self._notes)
+        self._steady = Steady(store, self.client, self._notes, opts.histories)
         #: targets not yet tried, and those another process held when tried (PostgreSQL)
         self._untried: list[str] = list(dict.fromkeys(opts.targets))
         self._held_elsewhere: list[str] = []

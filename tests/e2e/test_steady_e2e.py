@@ -19,11 +19,18 @@ from typing import Any
 import pytest
 from support.cli import mirror
 from support.compare import assert_mirror_equals, completed_windows, covers
-from support.sim import READING_PARAMS, TARGETS, fast_env, listable, static_world, sync_args
+from support.sim import (
+    READING_PARAMS,
+    TARGETS,
+    analytics_refusing,
+    fast_env,
+    listable,
+    static_world,
+    sync_args,
+)
 
 from mirror.simulator import SimulatedAPI, WorldConfig
 from mirror.simulator.faults import ANALYTICS_PATH
-from mirror.simulator.server import Answer, ApiError
 
 LOOKBACK = timedelta(hours=2)
 
@@ -190,30 +197,13 @@ def test_an_incremental_run_walks_what_changed_and_catches_every_change(
         assert_mirror_equals(db, listable(world), context=" after --full-lookback")
 
 
-def _refusing(status: int) -> type[SimulatedAPI]:
-    class Refusing(SimulatedAPI):
-        """The simulated API, but analytics answers ``status``: 403 (a key without
-        access), 404 (no such operation) or 200 with a body that is not analytics."""
-
-        def respond(self, method: str, path: str, params: Any, authorization: Any, **kw: Any):  # type: ignore[no-untyped-def]
-            if path != ANALYTICS_PATH:
-                return super().respond(method, path, params, authorization, **kw)
-            if status == 200:
-                return Answer(200, b'{"time_series": "soon", "next_cursor": null}')
-            kind = "not_found" if status == 404 else "authorization_error"
-            message = "Resource not found" if status == 404 else "Access denied"
-            return Answer(status, ApiError(status, kind, message).body())
-
-    return Refusing
-
-
 @pytest.mark.parametrize("status", [404, 403, 200])
 def test_without_analytics_the_whole_lookback_is_walked_and_said_once(
     tmp_path: Path, status: int
 ) -> None:
     world = static_world(hours=4, per_hour=300, late_fraction=0)
     db = tmp_path / "mirror.sqlite"
-    with _refusing(status)(world) as api:
+    with analytics_refusing(status)(world) as api:
         env = fast_env(api.base_url)
         assert mirror(sync_args(db, "--since", "5h"), env).code == 0
         lo, last = lookback_of(db)

@@ -31,7 +31,7 @@ from support.cli import Run
 from support.compare import assert_mirror_equals as compare
 from support.compare import server_record
 from support.rows import add_targets
-from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, fast_env
+from support.sim import ENDPOINTS, READING_PARAMS, TARGETS, analytics_refusing, fast_env
 
 from mirror import lock
 from mirror.api import FalClient, make_http_client
@@ -46,7 +46,6 @@ from mirror.simulator import (
     generate_world,
 )
 from mirror.simulator.faults import ANALYTICS_PATH
-from mirror.simulator.server import Answer, ApiError
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
 from mirror.timeparse import api_param, from_text, to_text
@@ -460,26 +459,9 @@ def test_analytics_rewalks_only_the_hours_whose_counts_differ(
         assert rep == want, "the analytics-guided report is not what changed"
 
 
-def _refusing(status: int) -> type[SimulatedAPI]:
-    class Refusing(SimulatedAPI):
-        """The simulated API, but analytics answers `status`: 403 (a key without access),
-        404 (no such operation) or 200 with a body that is not an analytics answer."""
-
-        def respond(self, method: str, path: str, params: Any, authorization: Any, **kw: Any):  # type: ignore[no-untyped-def]
-            if path != ANALYTICS_PATH:
-                return super().respond(method, path, params, authorization, **kw)
-            if status == 200:
-                return Answer(200, b'{"time_series": "soon", "next_cursor": null}')
-            kind = "not_found" if status == 404 else "authorization_error"
-            message = "Resource not found" if status == 404 else "Access denied"
-            return Answer(status, ApiError(status, kind, message).body())
-
-    return Refusing
-
-
 @pytest.mark.parametrize("status", [403, 404, 200])
 def test_analytics_refused_falls_back_to_walking_every_hour(tmp_path: Path, status: int) -> None:
-    with synced_mirror(tmp_path, WorldConfig(), api_cls=_refusing(status)) as m:
+    with synced_mirror(tmp_path, WorldConfig(), api_cls=analytics_refusing(status)) as m:
         back = m.world.backdate(2, hours_ago=9.5, endpoint_id="acme/flux-lora", seed=2)
         hour = back[0].ended_at.replace(minute=0, second=0, microsecond=0)
         r = verify(m.db, m.env)

@@ -37,6 +37,8 @@ from mirror.simulator import (
     WorldConfig,
     generate_world,
 )
+from mirror.simulator.faults import ANALYTICS_PATH
+from mirror.simulator.server import Answer, ApiError
 from support.compare import server_record
 
 CANARY_KEY = "sim-key-id:sim-key-secret"  # the simulator's key doubles as the canary
@@ -343,3 +345,22 @@ def walk(
         if cursor is None:
             return items, cursors
     raise AssertionError("paging did not end after 10,000 pages")
+
+
+def analytics_refusing(status: int) -> type[SimulatedAPI]:
+    """A simulated API whose analytics refuses, or answers nonsense, with ``status``."""
+
+    class Refusing(SimulatedAPI):
+        """The simulated API, but analytics answers ``status``: 403 (a key without
+        access), 404 (no such operation) or 200 with a body that is not an analytics answer."""
+
+        def respond(self, method: str, path: str, params: Any, authorization: Any, **kw: Any):  # type: ignore[no-untyped-def]
+            if path != ANALYTICS_PATH:
+                return super().respond(method, path, params, authorization, **kw)
+            if status == 200:
+                return Answer(200, b'{"time_series": "soon", "next_cursor": null}')
+            kind = "not_found" if status == 404 else "authorization_error"
+            message = "Resource not found" if status == 404 else "Access denied"
+            return Answer(status, ApiError(status, kind, message).body())
+
+    return Refusing

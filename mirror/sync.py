@@ -65,7 +65,7 @@ from mirror import cost_sync, interrupts, oversize
 from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.cuts import FilterProbe, Reach, plan_cut
 from mirror.errors import ApiError, AuthError, MirrorError
-from mirror.records import Page, Row
+from mirror.records import Row
 from mirror.redact import redact
 from mirror.serverclock import NOTABLE_SKEW, SkewEstimate, describe
 from mirror.steady import Steady
@@ -471,22 +471,26 @@ def _complete_part(w: Window, present: datetime | None) -> Window | None:
     return Window(w.start, present)
 
 
-def estimate_parts(page: Page, window: Window, walk_rows: int) -> int:
-    """How many parts a window should be split into, judging by its first (full) page.
+def estimate_parts(rows: Sequence[Row], window: Window, walk_rows: int) -> int | None:
+    """How many parts a window should be split into, judging by its first (full) pages.
 
-    The page's ``ended_at`` values tell how much of the window 100 rows span. Order is
-    detected from the page itself, since fal does not document the sort direction.
+    The rows' ``ended_at`` values tell how much of the window they span. Order is detected
+    from the rows themselves, since fal does not document the sort direction. None: they all
+    ended in one second, a tie group that says nothing of the rest of the window (split by
+    it, a sparse window would be cut into dozens of near-empty walks); read the next page.
     """
-    ends = [r.ended_at for r in page.rows if r.ended_at is not None]
+    ends = [r.ended_at for r in rows if r.ended_at is not None]
     length = window.length.total_seconds()
     if len(ends) < 2:
         return 2
+    if ends[0][:19] == ends[-1][:19]:
+        return None
     if ends[0] >= ends[-1]:  # newest first: the page covers [oldest on page, end)
         span = (window.end - from_text(ends[-1])).total_seconds()
     else:  # oldest first: the page covers [start, newest on page)
         span = (from_text(ends[-1]) - window.start).total_seconds()
     span = min(max(span, 0.001), length)
-    estimate = len(page.rows) * length / span
+    estimate = len(rows) * length / span
     if estimate <= walk_rows:
         return 1
     # aim each child at a full walk: fewer windows, fewer partial last pages
@@ -606,12 +610,16 @@ class Syncer:
             return ([replace(task, window=Window(a, b)) for a, b in pieces], False), True
         walk = WindowWalk(self._lister, target, w.start, w.end, turn=self.client.turn)
         reach = Reach(w)
+        #: the rows read while the window's density is still unknown (None: it is known)
+        sizing: list[Row] | None = []
         with contextlib.closing(walk.pages()) as pages:
             for step in pages:
                 page = step.page
                 if step.number == 1:  # (again after a page over the cap)
-                    reach = Reach(w)
+                    reach, sizing = Reach(w), []
                 reach.add(page.rows)
+                if sizing is not None:
+                    sizing += page.rows
                 cut = self._cut(task, step, reach)
                 if cut is not None:
                     read, rest = cut
@@ -625,7 +633,11 @@ class Syncer:
                         )
                     )
                     return (rest, True), True
-                parts = self._parts(task, step)
+                parts = self._parts(task, step, sizing)
+                if parts is None:  # a tie group so far: the next page tells more
+                    parts = []
+                else:
+                    sizing = None
                 if parts:
                     log.info("%s %s: dense, split into %d windows", target, w, len(parts))
                     self._put(Rows(target, page.rows, step.billing, too_big=step.too_big))
@@ -658,22 +670,25 @@ class Syncer:
         ]
         return cut.done, walks
 
-    def _parts(self, task: _Walk, step: Step) -> list[_Walk]:
+    def _parts(self, task: _Walk, step: Step, sizing: Sequence[Row] | None) -> list[_Walk] | None:
         """The walks a window is split into after this page of its walk (none: walk on).
 
-        After the first page: as many as its density says, or as the server's hourly
-        counts say for a window planned blind; after ``MAX_WALK_PAGES``: four.
+        Once ``sizing`` (the rows read so far, None once sized) tells the density: as many
+        as it says, or as the server's hourly counts say for a window planned blind; None
+        while they are one tie group; after ``MAX_WALK_PAGES``: four.
         """
         w, page = task.window, step.page
         # (an empty page says nothing of the window's density: its cursor is followed, and
         # the walk refuses a run of them)
         if not (page.has_more and page.rows and w.length > timedelta(seconds=1)):
             return []
-        if step.number > 1:
-            if step.number < MAX_WALK_PAGES:
-                return []
+        if step.number >= MAX_WALK_PAGES:
             return [_Walk(task.target, c) for c in split(w, 4)]
-        parts = estimate_parts(page, w, self.opts.walk_rows * (SIZED_SLACK if task.sized else 1))
+        if sizing is None:
+            return []
+        parts = estimate_parts(sizing, w, self.opts.walk_rows * (SIZED_SLACK if task.sized else 1))
+        if parts is None:
+            return None
         if task.blind:
             # more than a page over hours: the server's hourly counts say how to cut it,
             # whatever its first page happened to see

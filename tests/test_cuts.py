@@ -18,6 +18,7 @@ from mirror.api import FalClient, RetryPolicy
 from mirror.cuts import CUT_SLACK, MIN_PIECE_ROWS, NEAR_PIECES, FilterProbe, Reach, plan_cut
 from mirror.records import Row
 from mirror.simulator import ManualClock, SimulatedAPI, World, WorldConfig
+from mirror.sync import estimate_parts
 from mirror.timeparse import to_text
 from mirror.walk import Lister, Notes, Stop
 from mirror.windows import Window
@@ -162,6 +163,18 @@ def test_a_page_of_one_tie_group_is_not_taken_for_a_dense_stretch() -> None:
     tie = 36_000 - 60.0 * 101
     reach.add([row(500 + n, tie) for n in range(100)])
     assert plan_cut(reach, WALK_ROWS) is None, f"a tie group asked for a cut: {reach.rate}"
+
+
+def test_a_first_page_of_one_tie_group_does_not_split_its_window() -> None:
+    """Newest first, a page of 100 rows that ended in one second, then a sparse page: the
+    first says nothing of the window (split by it, ten sparse hours would be 64 near-empty
+    walks); with the second the estimate is about a walk, so the window is walked whole."""
+    tie = [row(n, 35_990.0) for n in range(100)]
+    sparse = [row(100 + n, 35_990.0 - 60.0 * (n + 1)) for n in range(100)]
+    assert estimate_parts(tie, WINDOW, WALK_ROWS) is None, "a tie group alone sized the window"
+    assert estimate_parts(tie + sparse, WINDOW, WALK_ROWS) == 1, "a sparse window was split"
+    dense = [row(n, 35_990.0 - n) for n in range(100)]
+    assert estimate_parts(dense, WINDOW, WALK_ROWS) > 1, "100 rows in 110 s of 10 h: not split"
 
 
 def test_no_cut_when_what_is_left_is_about_one_walk() -> None:

@@ -33,8 +33,9 @@ from sqlalchemy.engine import Connection
 
 from mirror.billing_api import UsageLine
 from mirror.query import check_time_range, endpoint_clause, named_groups
-from mirror.schema import billing_events, day_of, prices, requests
+from mirror.schema import billing_events, day_of, prices
 from mirror.timeparse import to_text
+from mirror.unbilled import unbilled
 
 __all__ = [
     "COLUMNS",
@@ -49,6 +50,8 @@ __all__ = [
 
 GROUPS = ("day", "endpoint", "key")
 NANO = 1_000_000_000
+#: units are counted in millionths (``mirror.unbilled``)
+MICRO = 1_000_000
 #: every column of a `spend` row after its group keys, in output order
 COLUMNS = (
     "events",
@@ -165,19 +168,6 @@ def _billed(conn: Connection, filters: CostFilters, by: Sequence[str]) -> Iterab
     return conn.execute(q)
 
 
-def _unbilled(filters: CostFilters) -> list[Any]:
-    """Successful requests without a billing event, in the filters' range and endpoints."""
-    r = requests.c
-    where = [
-        r.status == "success",
-        ~sa.exists().where(billing_events.c.request_id == r.request_id),
-        *_range(r.ended_at, filters),
-    ]
-    if filters.endpoints:
-        where.append(endpoint_clause(r.endpoint_id, filters.endpoints))
-    return where
-
-
 def _price_periods(conn: Connection) -> dict[str, list[tuple[str | None, str | None, Any]]]:
     """Per endpoint: (from, until, price row) of each price seen, the first from the start
     of time and the last until the end of it."""
@@ -197,37 +187,44 @@ def _estimated(
 ) -> None:
     """Add the estimated part: per endpoint and period of one price, the unbilled requests'
     units at that price (in USD; any other currency leaves them unpriced), then the model
-    requests of endpoints with no price at all, unpriced."""
-    r = requests.c
-    keys = [_key_expr(g, endpoint=r.endpoint_id, at=r.ended_at, who=sa.null()).label(g) for g in by]
-    # estimates have no caller: a constant column, which PostgreSQL refuses to group by
-    grouped = [k for g, k in zip(by, keys, strict=True) if g != "key"]
-    units = sa.func.sum(sa.func.coalesce(r.billable_units, 1.0))
+    requests of endpoints with no price at all, unpriced. The requests come counted per
+    hour (``mirror.unbilled``); each group's units are priced once, rounded half to even."""
+
+    def keys(endpoint: Any, at: Any) -> tuple[list[Any], list[Any]]:
+        exprs = [_key_expr(g, endpoint=endpoint, at=at, who=sa.null()).label(g) for g in by]
+        # estimates have no caller: a constant column, which PostgreSQL refuses to group by
+        return exprs, [k for g, k in zip(by, exprs, strict=True) if g != "key"]
+
+    def chosen(column: Any) -> list[Any]:
+        return [endpoint_clause(column, filters.endpoints)] if filters.endpoints else []
+
+    since = filters.since and to_text(filters.since)
+    until = filters.until and to_text(filters.until)
     periods = _price_periods(conn)
     for endpoint_id, spans in periods.items():
         for lo, hi, price in spans:
-            where = [r.endpoint_id == endpoint_id, *_unbilled(filters),
-                     *_range(r.ended_at, CostFilters(), lo, hi)]  # fmt: skip
-            q = sa.select(*keys, sa.func.count(), units).where(*where).group_by(*grouped)
+            lo = max((b for b in (lo, since) if b), default=None)
+            hi = min((b for b in (hi, until) if b), default=None)
+            found = unbilled(conn, keys, lo=lo, hi=hi,
+                             endpoints=lambda c, e=endpoint_id: [c == e, *chosen(c)])  # fmt: skip
             unit_nano = Decimal(repr(price.unit_price)) * NANO
-            for *key, n, amount in conn.execute(q):
-                if not n:  # the one row an aggregate without groups gives for no rows
-                    continue
-                s = _slot(acc, by, tuple(key))
+            for key, (n, micro) in found.items():
+                s = _slot(acc, by, key)
                 if price.currency != CURRENCY:
                     s.unpriced += n
                     continue
                 s.estimated += n
                 s.estimated_nano += int(
-                    (Decimal(repr(float(amount))) * unit_nano).to_integral_value(ROUND_HALF_EVEN)
+                    (micro * unit_nano / MICRO).to_integral_value(ROUND_HALF_EVEN)
                 )
-    where = [r.history == "model", *_unbilled(filters)]
-    if periods:
-        where.append(r.endpoint_id.not_in(list(periods)))
-    q = sa.select(*keys, sa.func.count()).where(*where).group_by(*grouped)
-    for *key, n in conn.execute(q):
-        if n:
-            _slot(acc, by, tuple(key)).unpriced += n
+    priced = list(periods)
+
+    def unpriced(c: Any) -> list[Any]:
+        return [*chosen(c), *([c.not_in(priced)] if priced else [])]
+
+    found = unbilled(conn, keys, lo=since, hi=until, endpoints=unpriced, history="model")
+    for key, (n, _micro) in found.items():
+        _slot(acc, by, key).unpriced += n
 
 
 def _slot(acc: dict[tuple[Any, ...], _Spend], by: Sequence[str], key: tuple[Any, ...]) -> _Spend:

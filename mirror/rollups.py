@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.schema import day_of, hour_of, summary_hourly
 from mirror.timeparse import to_text
+from mirror.unbilled import BATCH_NEW
 
 #: the percentiles mirror reports
 PERCENTILES = (50, 90, 95, 99)
@@ -74,11 +75,20 @@ ON CONFLICT (hour, bucket, endpoint_id, status) DO UPDATE SET
 def batch_statements(conn: Connection) -> tuple[str, ...]:
     """The statements that add a batch's inserted rows (parameter: the largest rowid before
     the batch) to the rollups this SQLite file has: the summary from revision 0005 on, the
-    histogram from 0011 on (benchmarks and tests also write to older revisions)."""
-    has_histogram = conn.exec_driver_sql(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'duration_histogram'"
-    ).first()
-    return (SUMMARIZE_NEW, HISTOGRAM_NEW) if has_histogram else (SUMMARIZE_NEW,)
+    histogram from 0011 on, the unbilled requests (``mirror.unbilled``) from 0015 on
+    (benchmarks and tests also write to older revisions)."""
+    tables = {
+        name
+        for (name,) in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('duration_histogram', 'unbilled_hourly')"
+        )
+    }
+    return (
+        SUMMARIZE_NEW,
+        *((HISTOGRAM_NEW,) if "duration_histogram" in tables else ()),
+        *((BATCH_NEW,) if "unbilled_hourly" in tables else ()),
+    )
 
 
 # --------------------------------------------------------------------------- reading

@@ -189,6 +189,20 @@ prices = sa.Table(
     sa.Column("checked_at", Instant, nullable=False),
 )
 
+#: successful requests that have no billing event (migration 0015), per hour of
+#: ``ended_at``, endpoint and history: how many, and their units in exact integer
+#: millionths (``billable_units``, one where a row has none). Kept by triggers on
+#: ``requests`` and ``billing_events`` (see ``mirror.unbilled``), read by ``mirror cost``.
+unbilled_hourly = sa.Table(
+    "unbilled_hourly",
+    metadata,
+    sa.Column("endpoint_id", Key, primary_key=True),
+    sa.Column("hour", Instant, primary_key=True),
+    sa.Column("history", sa.Text, primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("units_micro", sa.BigInteger, nullable=False),
+)
+
 #: one row per sync target: an endpoint id exactly as the user gave it
 sync_targets = sa.Table(
     "sync_targets",

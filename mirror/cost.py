@@ -22,7 +22,7 @@ no binary floating point anywhere between fal's figures and what is printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -195,18 +195,15 @@ def _estimated(
         # estimates have no caller: a constant column, which PostgreSQL refuses to group by
         return exprs, [k for g, k in zip(by, exprs, strict=True) if g != "key"]
 
-    def chosen(column: Any) -> list[Any]:
-        return [endpoint_clause(column, filters.endpoints)] if filters.endpoints else []
-
-    since = filters.since and to_text(filters.since)
-    until = filters.until and to_text(filters.until)
+    since = to_text(filters.since) if filters.since else None
+    until = to_text(filters.until) if filters.until else None
     periods = _price_periods(conn)
     for endpoint_id, spans in periods.items():
-        for lo, hi, price in spans:
-            lo = max((b for b in (lo, since) if b), default=None)
-            hi = min((b for b in (hi, until) if b), default=None)
+        for start, end, price in spans:
+            lo = max((b for b in (start, since) if b), default=None)
+            hi = min((b for b in (end, until) if b), default=None)
             found = unbilled(conn, keys, lo=lo, hi=hi,
-                             endpoints=lambda c, e=endpoint_id: [c == e, *chosen(c)])  # fmt: skip
+                             endpoints=_endpoints(filters, only=endpoint_id))  # fmt: skip
             unit_nano = Decimal(repr(price.unit_price)) * NANO
             for key, (n, micro) in found.items():
                 s = _slot(acc, by, key)
@@ -217,14 +214,27 @@ def _estimated(
                 s.estimated_nano += int(
                     (micro * unit_nano / MICRO).to_integral_value(ROUND_HALF_EVEN)
                 )
-    priced = list(periods)
-
-    def unpriced(c: Any) -> list[Any]:
-        return [*chosen(c), *([c.not_in(priced)] if priced else [])]
-
-    found = unbilled(conn, keys, lo=since, hi=until, endpoints=unpriced, history="model")
+    found = unbilled(conn, keys, lo=since, hi=until, history="model",
+                     endpoints=_endpoints(filters, besides=list(periods)))  # fmt: skip
     for key, (n, _micro) in found.items():
         _slot(acc, by, key).unpriced += n
+
+
+def _endpoints(
+    filters: CostFilters, *, only: str | None = None, besides: Sequence[str] = ()
+) -> Callable[[Any], list[Any]]:
+    """The conditions on an endpoint column: the filters' endpoints, and ``only`` one or
+    none of ``besides``."""
+
+    def where(column: Any) -> list[Any]:
+        out = [endpoint_clause(column, filters.endpoints)] if filters.endpoints else []
+        if only is not None:
+            out.append(column == only)
+        if besides:
+            out.append(column.not_in(besides))
+        return out
+
+    return where
 
 
 def _slot(acc: dict[tuple[Any, ...], _Spend], by: Sequence[str], key: tuple[Any, ...]) -> _Spend:

@@ -66,7 +66,9 @@ def _s_add(r: str, where: str) -> str:
 
 def _s_sub_row(r: str) -> str:
     """Take the row ``r`` (NEW or OLD of ``requests``) out."""
-    key = f"endpoint_id = {r}.endpoint_id AND hour = {_S_HOUR.format(r=r)} AND history = {r}.history"
+    key = (
+        f"endpoint_id = {r}.endpoint_id AND hour = {_S_HOUR.format(r=r)} AND history = {r}.history"
+    )
     return f"""UPDATE unbilled_hourly SET requests = requests - 1,
             units_micro = units_micro - {_S_MICRO.format(r=r)} WHERE {key};
         DELETE FROM unbilled_hourly WHERE {key} AND requests = 0;"""
@@ -74,12 +76,10 @@ def _s_sub_row(r: str) -> str:
 
 def _s_sub_request(request_id: str) -> str:
     """Take the stored request ``request_id`` out, if it is in."""
-    found = (
-        f"FROM requests r WHERE r.request_id = {request_id} AND {_QUALIFIES.format(r='r')}"
-    )
+    found = f"FROM requests r WHERE r.request_id = {request_id} AND {_QUALIFIES.format(r='r')}"
     key = f"({_KEY}) = (SELECT r.endpoint_id, {_S_HOUR.format(r='r')}, r.history {found})"
     return f"""UPDATE unbilled_hourly SET requests = requests - 1,
-            units_micro = units_micro - (SELECT {_S_MICRO.format(r='r')} {found})
+            units_micro = units_micro - (SELECT {_S_MICRO.format(r="r")} {found})
         WHERE {key};
         DELETE FROM unbilled_hourly WHERE requests = 0 AND {key};"""
 
@@ -136,17 +136,11 @@ SQLITE_UP = [
     END""",
 ]
 
-SQLITE_DOWN = [
-    *(
-        f"DROP TRIGGER {name}"
-        for name in (
-            "unbilled_requests_ai", "unbilled_requests_ad", "unbilled_requests_au_old",
-            "unbilled_requests_au_new", "unbilled_events_ai", "unbilled_events_ad",
-            "unbilled_events_au",
-        )
-    ),  # fmt: skip
-    "DROP TABLE unbilled_hourly",
-]
+_SQLITE_TRIGGERS = (
+    "unbilled_requests_ai", "unbilled_requests_ad", "unbilled_requests_au_old",
+    "unbilled_requests_au_new", "unbilled_events_ai", "unbilled_events_ad", "unbilled_events_au",
+)  # fmt: skip
+SQLITE_DOWN = [*(f"DROP TRIGGER {name}" for name in _SQLITE_TRIGGERS), "DROP TABLE unbilled_hourly"]
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -168,7 +162,9 @@ def _p_add(r: str, tail: str) -> str:
 
 
 def _p_sub(r: str) -> str:
-    key = f"endpoint_id = {r}.endpoint_id AND hour = {_P_HOUR.format(r=r)} AND history = {r}.history"
+    key = (
+        f"endpoint_id = {r}.endpoint_id AND hour = {_P_HOUR.format(r=r)} AND history = {r}.history"
+    )
     return f"""UPDATE unbilled_hourly SET requests = requests - 1,
                 units_micro = units_micro - {_P_MICRO.format(r=r)} WHERE {key};
             DELETE FROM unbilled_hourly WHERE {key} AND requests = 0;"""

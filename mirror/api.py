@@ -666,23 +666,33 @@ class FalClient:
         """``attempts``: fewer than the policy's, for a call whose answer is optional."""
         return self._get(path, params, attempts)[0]
 
-    def get_page(self, path: str, params: Sequence[tuple[str, str]]) -> tuple[Any, datetime | None]:
-        """One page of a paged operation (``mirror.billing_api``): the decoded answer and
-        the API's clock when it gave it (``Date``), if it said; counted in ``stats.pages``."""
-        answer = self._get(path, params)
+    def get_page(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        decode: Callable[[bytes], Any] = orjson.loads,
+    ) -> tuple[Any, datetime | None]:
+        """One page of a paged operation (``mirror.billing_api``): the answer as ``decode``
+        reads it (a ``ValueError`` for a body that is not JSON) and the API's clock when it
+        gave it (``Date``), if it said; counted in ``stats.pages``."""
+        answer = self._get(path, params, decode=decode)
         with self._stats_lock:
             self.stats.pages += 1
         return answer
 
     def _get(
-        self, path: str, params: Sequence[tuple[str, str]], attempts: int | None = None
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]],
+        attempts: int | None = None,
+        decode: Callable[[bytes], Any] = orjson.loads,
     ) -> tuple[Any, datetime | None]:
         """The decoded answer, and the API's clock when it gave it (``Date``), if it said."""
         url = self.base_url + path
         shown = path + "?" + "&".join(f"{k}={v}" for k, v in params)
         try:
             return with_retries(
-                lambda: self._attempt(url, params, shown),
+                lambda: self._attempt(url, params, shown, decode),
                 policy=self.retry,
                 pacer=self.pacer,
                 rng=self._rng,
@@ -702,7 +712,11 @@ class FalClient:
             self.stats.retries += 1
 
     def _attempt(
-        self, url: str, params: Sequence[tuple[str, str]], shown: str
+        self,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        shown: str,
+        decode: Callable[[bytes], Any] = orjson.loads,
     ) -> tuple[Any, datetime | None]:
         policy = self.retry
         with self._stats_lock:
@@ -744,6 +758,7 @@ class FalClient:
                         raise Retryable(f"answer still incomplete after {policy.deadline:g}s")
                     chunks.append(chunk)
                 body = b"".join(chunks)
+                del chunks  # the page is in memory once, not twice, while it is decoded
                 status = resp.status_code
                 headers = resp.headers
         except httpx.TimeoutException as e:
@@ -770,8 +785,10 @@ class FalClient:
 
         if status == 200:
             try:
-                return orjson.loads(body), _http_date(headers.get("date"))
-            except orjson.JSONDecodeError as e:
+                return decode(body), _http_date(headers.get("date"))
+            except RecursionError:
+                raise BadDataError("the API's page nests deeper than JSON allows") from None
+            except ValueError as e:  # orjson's JSONDecodeError is one too
                 if "depth" in str(e) or "recursion" in str(e):
                     raise BadDataError(
                         f"the API's page nests deeper than JSON allows: {e}"

@@ -17,6 +17,7 @@ from support.sim import API_SCOPE_KEY, KEYS, NOW, static_world
 
 from mirror.api import MODELS_ANALYTICS_PATH, FalClient, RetryPolicy
 from mirror.billing_api import (
+    decode_lean,
     EVENTS_LIMIT,
     BillingEvent,
     Price,
@@ -364,3 +365,28 @@ def test_prices_and_model_counts_from_the_simulator(api: SimulatedAPI) -> None:
     )  # fmt: skip
     with pytest.raises(AdminRequired):
         list_billing_events(c, start=START, end=END)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"billing_events": [{"request_id": "r\\u00e9", "x": 1.5e-7, "n": 12345678901}], '
+        b'"next_cursor": null, "has_more": false}',
+        '{"a": ["caf\u00e9 \u2603", -0.0, 1e300, true, null, {}]}'.encode(),
+        b'{"emoji": "\\ud83d\\ude00", "also": "\\uD83D\\uDE00"}',
+    ],
+)
+def test_billing_pages_decode_as_orjson_decodes_them(body: bytes) -> None:
+    assert decode_lean(body) == orjson.loads(body), "the lean decoder read a page differently"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": "\xff"}', b'{"a": "\\ud800"}',
+     b'{"a": "\\udc00x"}', b"{", b""],
+)  # fmt: skip
+def test_the_lean_decoder_refuses_what_orjson_refuses(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        orjson.loads(body)
+    with pytest.raises(ValueError):
+        decode_lean(body)

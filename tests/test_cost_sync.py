@@ -23,7 +23,9 @@ class Recorder:
         self.windows: list[tuple[datetime, datetime]] = []
         self.paths: list[str] = []
 
-    def get_page(self, path: str, params: Sequence[tuple[str, str]]) -> tuple[Any, None]:
+    def get_page(
+        self, path: str, params: Sequence[tuple[str, str]], decode: Any = None
+    ) -> tuple[Any, None]:
         self.paths.append(path)
         p = dict(params)
         if path == BILLING_EVENTS_PATH:
@@ -78,7 +80,9 @@ def test_on_postgresql_one_process_at_a_time_mirrors_cost(pg_url: str) -> None:
             pass
 
         class Holding(Recorder):
-            def get_page(self, path: str, params: Sequence[tuple[str, str]]) -> tuple[Any, None]:
+            def get_page(
+                self, path: str, params: Sequence[tuple[str, str]], decode: Any = None
+            ) -> tuple[Any, None]:
                 if not outcome:  # while the first holds the step, the second tries
                     outcome.append(
                         sync_cost(

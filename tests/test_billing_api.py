@@ -17,11 +17,11 @@ from support.sim import API_SCOPE_KEY, KEYS, NOW, static_world
 
 from mirror.api import MODELS_ANALYTICS_PATH, FalClient, RetryPolicy
 from mirror.billing_api import (
-    decode_lean,
     EVENTS_LIMIT,
     BillingEvent,
     Price,
     UsageLine,
+    decode_lean,
     fetch_prices,
     fetch_usage,
     list_billing_events,

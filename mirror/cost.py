@@ -10,9 +10,10 @@ Two sources, never mixed up:
   could not read billing events, or fal has not billed them yet), each priced at the price
   in force when it ended (``prices``: the latest price seen at or before then; before the
   first price seen, that first price), for its ``billable_units`` when known and one unit
-  otherwise (a model request does not say how many images it made). Dated by ``ended_at``.
-  Only prices in USD are used; requests of the model history that cannot be priced that
-  way are counted as ``unpriced``.
+  otherwise (a model request does not say how many images it made), in millionths of a
+  unit. Dated by ``ended_at``. Only prices in USD are used; requests of the model history
+  that cannot be priced that way are counted as ``unpriced``. Those requests are counted
+  per hour as they are written (``mirror.unbilled``), not looked up one by one.
 
 Every row says which part is which: ``billed_*`` and ``events``, ``estimated_*`` and
 ``estimated`` (requests), their sum ``total_*``, and ``unpriced``. Amounts are integers of

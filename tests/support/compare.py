@@ -390,9 +390,19 @@ HISTOGRAM_SQL = """
 """
 
 
+#: ``unbilled_hourly`` recomputed from ``requests`` and ``billing_events`` by SQLite itself
+UNBILLED_SQL = """
+    SELECT r.endpoint_id, substr(r.ended_at, 1, 13) || ':00:00.000000Z' AS h, r.history,
+           count(*), sum(CAST(round(coalesce(r.billable_units, 1.0) * 1000000) AS INTEGER))
+    FROM requests r LEFT JOIN billing_events e ON e.request_id = r.request_id
+    WHERE r.status = 'success' AND r.ended_at IS NOT NULL AND e.request_id IS NULL
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
 def derived_tables_exact(path: Path) -> None:
-    """On a SQLite mirror, what the triggers keep is exact: ``summary_hourly`` and
-    ``duration_histogram`` equal a recomputation over ``requests`` row for row, and the
+    """On a SQLite mirror, what the triggers keep is exact: ``summary_hourly``,
+    ``duration_histogram`` and ``unbilled_hourly`` equal a recomputation row for row, and the
     search index matches the table entry for entry (with a rank, FTS5's integrity check
     compares every indexed entry with the content table: a row indexed twice, or not at all,
     fails)."""
@@ -406,6 +416,12 @@ def derived_tables_exact(path: Path) -> None:
             recomputed = con.execute(HISTOGRAM_SQL).fetchall()
             assert kept == recomputed, (
                 "duration_histogram drifted from a recomputation over requests"
+            )
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'unbilled_hourly'").fetchone():
+            kept = con.execute("SELECT * FROM unbilled_hourly ORDER BY 1, 2, 3").fetchall()
+            recomputed = con.execute(UNBILLED_SQL).fetchall()
+            assert kept == recomputed, (
+                "unbilled_hourly drifted from a recomputation over requests and billing events"
             )
         try:
             con.execute(

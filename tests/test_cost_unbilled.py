@@ -245,8 +245,9 @@ def billed_ids(conn: sa.Connection) -> set[str]:
     return set(conn.execute(sa.select(billing_events.c.request_id)).scalars())
 
 
-def test_a_copy_keeps_the_rollup(tmp_path: Path) -> None:
-    src, dst = str(tmp_path / "src.db"), str(tmp_path / "dst.db")
+def test_a_copy_keeps_the_rollup(tmp_path: Path, db_url: str) -> None:
+    """`mirror copy` from a SQLite file into a new file, or into PostgreSQL."""
+    src, dst = str(tmp_path / "src.db"), db_url
     store = Store.open(src)
     try:
         write(store, make_history(seed=7, n=200))

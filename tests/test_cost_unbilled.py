@@ -269,9 +269,14 @@ def test_a_copy_keeps_the_rollup(tmp_path: Path, db_url: str) -> None:
 
 
 def waiting_for_a_lock(conn: sa.Connection) -> bool:
-    return bool(conn.exec_driver_sql(
+    """Whether a session of this database waits for an advisory lock (each look in its own
+    transaction: within one, PostgreSQL shows the same snapshot of its activity)."""
+    waiting = conn.exec_driver_sql(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'").scalar())  # fmt: skip
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    ).scalar()
+    conn.rollback()
+    return bool(waiting)
 
 
 @pytest.mark.parametrize("first", ["request", "event"])
@@ -306,7 +311,9 @@ def test_a_request_and_its_event_written_at_once_on_postgresql(pg_url: str, firs
         worker = threading.Thread(target=second)
         worker.start()
         with store.engine.connect() as watch:
-            while not done.is_set() and not waiting_for_a_lock(watch):
+            for _ in range(1200):  # until it waits, or is done (without the lock)
+                if done.is_set() or waiting_for_a_lock(watch):
+                    break
                 done.wait(0.05)
         tx.commit()
         holding.close()

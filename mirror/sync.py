@@ -127,8 +127,9 @@ class SyncOptions:
     #: the history of each target that is not ``serverless`` (a hosted model: ``model``),
     #: which says through which operations it is listed and counted
     histories: Mapping[str, str] = field(default_factory=dict)
-    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``)
-    cost: bool = False
+    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``); on, as
+    #: `mirror sync` without ``--no-cost``
+    cost: bool = True
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into

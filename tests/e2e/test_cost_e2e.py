@@ -313,18 +313,25 @@ def test_a_difference_from_fals_usage_totals_is_reported_not_hidden(tmp_path: Pa
     assert check.code == 1 and "usage totals differ" in check.stdout, check.stdout
 
 
-def test_a_price_in_no_iso_currency_is_refused_and_nothing_of_it_stored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("currency", "refusal"),
+    [("US$", "'US$' is not a three-letter ISO 4217 code"),
+     ("ZZZ", "'ZZZ' is not a known ISO 4217 currency"),
+     ("EUR", None)],
+)  # fmt: skip
+def test_a_price_in_no_known_currency_is_refused_and_nothing_of_it_stored(
+    currency: str, refusal: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pricing answer names a currency that is no ISO 4217 code: one line, exit 1, no
-    price stored, the billing events and requests of the run kept."""
+    """The pricing answer names a currency that is malformed or well-formed but no
+    currency (ZZZ): one line, exit 1, no price stored, the billing events and requests of
+    the run kept. A real currency other than USD (EUR) is kept as it came."""
     from mirror.simulator.billing import Ledger, Price
 
     original = Ledger.price_at
 
     def odd(self: Ledger, endpoint_id: str, when: datetime) -> Price | None:
         price = original(self, endpoint_id, when)
-        return None if price is None else Price(price.nano, price.unit, "US$")
+        return None if price is None else Price(price.nano, price.unit, currency)
 
     monkeypatch.setattr(Ledger, "price_at", odd)
     db = str(tmp_path / "m.db")
@@ -332,8 +339,44 @@ def test_a_price_in_no_iso_currency_is_refused_and_nothing_of_it_stored(
     with SimulatedAPI(world, billing=_billing(world)) as api:
         run = _sync(db, fast_env(api.base_url))
         events = _server_events(api)
-    assert run.code == 1, f"an unknown currency was not refused (exit {run.code}): {run.stderr}"
-    line = assert_one_line(run.stderr, "bad data from api", context="unknown currency")
-    assert "'US$' is not a three-letter ISO 4217 code" in line, line
-    assert _table(db, "SELECT count(*) FROM prices") == [(0,)], "a price in no currency was stored"
     assert _mirror_events(db) == events, "the run's billing events were not kept"
+    prices = _table(db, "SELECT DISTINCT currency FROM prices")
+    if refusal is None:
+        assert run.code == 0, f"a price in {currency} failed the run: {run.stderr}"
+        assert prices == [(currency,)], f"the {currency} prices were not kept: {prices}"
+        return
+    assert run.code == 1, f"currency {currency} was not refused (exit {run.code}): {run.stderr}"
+    line = assert_one_line(run.stderr, "bad data from api", context=f"currency {currency}")
+    assert refusal in line and line.startswith("mirror: bad data from api: price '"), line
+    assert prices == [], f"a price in {currency} was stored"
+
+
+def test_usage_totals_in_no_known_currency_are_refused_and_nothing_of_them_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal's usage answer in a well-formed code that is no currency: one line, exit 1, no
+    usage check kept, the billing events and prices of the run kept, and status says the
+    last attempt failed and why."""
+    import mirror.simulator.cost_ops as cost_ops
+
+    original = cost_ops.usage_lines
+
+    def zzz(events: Any, **kw: Any) -> list[dict[str, Any]]:
+        return [{**line, "currency": "ZZZ"} for line in original(events, **kw)]
+
+    monkeypatch.setattr(cost_ops, "usage_lines", zzz)
+    db = str(tmp_path / "m.db")
+    world = _world(per_hour=10)
+    with SimulatedAPI(world, billing=_billing(world)) as api:
+        env = fast_env(api.base_url)
+        run = _sync(db, env)
+        events = _server_events(api)
+    assert run.code == 1, f"usage in ZZZ was not refused (exit {run.code}): {run.stderr}"
+    line = assert_one_line(run.stderr, "bad data from api", context="usage in ZZZ")
+    assert "usage line" in line and "'ZZZ' is not a known ISO 4217 currency" in line, line
+    assert _table(db, "SELECT count(*) FROM usage_checks") == [(0,)], "usage in ZZZ was kept"
+    assert _mirror_events(db) == events, "the run's billing events were not kept"
+    assert _table(db, "SELECT DISTINCT currency FROM prices") == [("USD",)], "prices lost"
+    js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
+    cost = js[0]["cost"]
+    assert cost["state"] == "failed" and "ZZZ" in cost["reason"], cost

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 __all__ = ["KNOWN", "is_known"]
 
-KNOWN: frozenset[str] = frozenset(
-    """
+_CODES = """
     AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD
     BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB
     EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK
@@ -28,8 +27,8 @@ KNOWN: frozenset[str] = frozenset(
     PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN
     SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VED VES VND VUV
     WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
-    """.split()
-)
+"""
+KNOWN: frozenset[str] = frozenset(_CODES.split())
 
 
 def is_known(code: str) -> bool:

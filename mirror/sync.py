@@ -61,7 +61,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mirror import cost_sync, interrupts, oversize
+from mirror import cost_sync, histories, interrupts, oversize
 from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.cuts import FilterProbe, Reach, plan_cut
 from mirror.errors import ApiError, AuthError, MirrorError
@@ -1117,14 +1117,8 @@ class Syncer:
         stays (the key may be what is wrong); so does the requested range of every other
         target."""
         dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
-        if not dropped:
-            return error
-        return type(error)(
-            error.status,
-            error.error_type,
-            f"{error.message}; not kept as a sync target: {', '.join(dropped)}",
-            error.url,
-        )
+        models = [t for t in sorted(self._refused) if self._lister.history_of(t) == "model"]
+        return histories.refusal(error, dropped=dropped, models=models)
 
     def _keep_page_limits(self, now: datetime) -> None:
         """Keep the page sizes this run's walks learned, for the next run's walks there."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import gated_syncs, mirror, spawn
+from support.cli import assert_one_line, gated_syncs, mirror, spawn
 from support.compare import (
     assert_mirror_equals,
     covers,
@@ -204,18 +204,30 @@ def test_verify_of_a_model_target_uses_its_counts_and_repairs_it(tmp_path: Path)
     ], "the repaired request is not of the model history"
 
 
-@pytest.mark.parametrize("status", [400, 404])
-def test_an_app_id_given_as_a_model_is_one_line_and_not_kept(tmp_path: Path, status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [(400, "Not a model endpoint"), (404, "Not a model endpoint"), (403, "Access denied")],
+)
+def test_an_app_id_given_as_a_model_is_one_line_and_not_kept(
+    tmp_path: Path, status: int, says: str
+) -> None:
+    """Whichever status the model API refuses an app's id with (a 403 says no more than
+    "Access denied"), the one line says the id is not a model the key can list and to use
+    --endpoint, not that the key lacks access."""
     world = two_histories(WorldConfig(models_refuse_owned=status), hours=2)
     db = str(tmp_path / "m.db")
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
         r = mirror(["sync", "--db", db, "-m", "acme/flux-lora"], env)
         assert r.code == 1, f"a refused model id must fail the run (exit 1): {r.code} {r.stderr}"
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Not a model endpoint" in lines[0], r.stderr
-        assert "Traceback" not in r.stderr
-        assert "not kept as a sync target: acme/flux-lora" in lines[0], lines
+        line = assert_one_line(r.stderr, "not a model", context=f"an app id as a model, {status}")
+        assert says in line, f"fal's own words are missing: {line}"
+        assert "not kept as a sync target: acme/flux-lora" in line, line
+        assert line.endswith(
+            "acme/flux-lora is not a model this key can list: --model takes one of fal's hosted "
+            "models (fal-ai/flux/dev); for an app of your own account use --endpoint"
+        ), f"the hint does not say what is wrong: {line}"
+        assert "owns" not in line and "scope" not in line, f"a hint about the key: {line}"
         assert db_query(db, "SELECT count(*) FROM requests") == [(0,)], "rows were stored"
         assert targets_of(db) == {}, "the refused id was remembered as a target"
         # the same id as an app is fine

@@ -439,9 +439,10 @@ def status_cmd(
 
     \b
     A line says whether cost (billing events, prices) is mirrored, or why not; in
-    json, jsonl and csv each row's cost: state (ok, refused, failed, never), reason,
-    checked_at, ok_at, covered_to, events, prices_checked_at, usage_checked_at,
-    usage_differences.
+    json, jsonl and csv each row's cost: state (ok, refused, failed, skipped by
+    --no-cost, never), reason, checked_at, ok_at, covered_to, events,
+    prices_checked_at, usage_checked_at, usage_differences. A sync with --no-cost
+    is no cost problem for --check; cost that stopped is said on its line.
 
     \b
     Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,

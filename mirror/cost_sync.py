@@ -22,9 +22,11 @@ through ``mirror.billing_api`` (every field checked before anything is stored) i
 On PostgreSQL, where several sync processes may share one database, one of them at a time
 does this step (a session advisory lock, `COST_LOCK_KEY`); the others leave it to it.
 
-A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
+A run with ``--no-cost`` calls nothing and only records that it skipped cost
+(`skip_cost`). A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
 it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), the
-requests the run synced stand, and prices (which need no ADMIN scope) are still kept. Any other failure (bad data, the API failing) is recorded as
+requests the run synced stand, and prices (which need no ADMIN scope) are still kept.
+Any other failure (bad data, the API failing) is recorded as
 ``failed`` and raised: the run fails as it would on requests.
 """
 
@@ -77,6 +79,7 @@ __all__ = [
     "CostReport",
     "differences_text",
     "model_endpoints",
+    "skip_cost",
     "sync_cost",
     "sync_cost_now",
 ]
@@ -279,6 +282,17 @@ def _exclusive(store: Store) -> Iterator[bool]:
                 with contextlib.suppress(Exception):  # the session's end releases it anyway
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": COST_LOCK_KEY})
                     conn.commit()
+
+
+#: ``cost_state.reason`` of a run that left cost out on purpose
+SKIPPED = "the syncs run with --no-cost"
+
+
+def skip_cost(store: Store, now: datetime) -> None:
+    """Record that a run left cost out (``--no-cost``): ``cost_state`` says ``skipped``,
+    keeping when cost was last mirrored (``ok_at``), so `mirror status` can tell a mirror
+    that never kept cost from one whose cost stopped, and neither is a failing check."""
+    _set_state(store, to_text(now), "skipped", SKIPPED)
 
 
 def sync_cost(

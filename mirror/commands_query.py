@@ -225,7 +225,10 @@ def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
 @click.command("stats")
 @db_option
 @filter_options
-@by_option("Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")
+@by_option(
+    "Group by endpoint, status, history (serverless: your apps; model: fal's hosted "
+    "models), and hour or day (combinable: --by history,endpoint,day)."
+)
 @click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
               help=f"Figures to show, in this order, after the groups: "
               f"{', '.join(query.STATS_FIELDS)}. Default: all of them, except in a table too "

@@ -113,6 +113,8 @@ class CostReport:
     pages: int = 0
     prices_added: int = 0
     prices_checked: bool = False
+    #: whether fal's usage totals were checked (at most once a day)
+    usage_checked: bool = False
     #: days and endpoints where the mirror's billed sum differs from fal's usage total
     differences: list[dict[str, Any]] = field(default_factory=list)
     #: why cost was not mirrored (the key lacks ADMIN scope), or None
@@ -355,6 +357,7 @@ def sync_cost_now(
             try:
                 if first < today:
                     report.differences = _check_usage(store, client, first, today, stamp)
+                    report.usage_checked = True
                 more["usage_checked_at"] = stamp
             except AdminRequired as e:
                 report.refused = _refusal(e)

@@ -23,11 +23,11 @@ On PostgreSQL, where several sync processes may share one database, one of them 
 does this step (a session advisory lock, `COST_LOCK_KEY`); the others leave it to it.
 
 A run with ``--no-cost`` calls nothing and only records that it skipped cost
-(`skip_cost`). A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
-it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), the
-requests the run synced stand, and prices (which need no ADMIN scope) are still kept.
-Any other failure (bad data, the API failing) is recorded as
-``failed`` and raised: the run fails as it would on requests.
+(`skip_cost`). A key without ADMIN scope (403 on billing events or usage) is not a
+failure: the run notes it once, ``cost_state`` says ``refused`` and why (``mirror status``
+shows it), the requests the run synced stand, and prices (which need no ADMIN scope) are
+still kept. Any other failure (bad data, the API failing) is recorded as ``failed`` and
+raised: the run fails as it would on requests.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def refusal(error: ApiError, *, dropped: Sequence[str], models: Sequence[str]) -
     the id is not a model the key can list rather than blaming the key."""
     kept = f"; not kept as a sync target: {', '.join(dropped)}" if dropped else ""
     message = f"{error.message}{kept}"
-    if models:
+    if models and 400 <= error.status < 500:  # else the run failed of something else first
         return NotAModel(error.status, error.error_type, message, error.url, models=list(models))
     if not dropped:
         return error

@@ -396,8 +396,8 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
 
     ``by`` is any of ``endpoint``, ``status``, ``history`` (``serverless`` or ``model``)
     and one of ``hour`` / ``day`` (of the filter's time field; unfinished requests have
-    no ``ended_at`` and fall in a null bucket). Groups
-    come in ascending key order, null first. Rates are of *finished* requests:
+    no ``ended_at`` and fall in a null bucket). Groups come in ascending key order, null
+    first. Rates are of *finished* requests:
     ``error_rate = error / (success + user_error + error)``. Percentiles (continuous, as
     PostgreSQL's ``percentile_cont``; see `percentile_cont`) and ``max`` are over the
     requests that have a duration. ``billable_units`` is summed exactly,
@@ -405,8 +405,9 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
     requests (zero counts when none match).
 
     When the filters and groups line up with ``summary_hourly`` (endpoint, status, and
-    whole hours of ``ended_at``; it has no history), counts and units come from it and only durations are read from the
-    covering index: several times faster on millions of rows, and the same answer. Both
+    whole hours of ``ended_at``; it has no history), counts and units come from it and
+    only durations are read from the covering index: several times faster on millions of
+    rows, and the same answer. Both
     reads happen in one transaction, so a sync writing meanwhile cannot skew them.
 
     On PostgreSQL the whole answer is one aggregate statement (`pg_stats_statement`).

@@ -831,7 +831,7 @@ class Syncer:
                     self.store, self.client, now=horizon,
                     default_from=now - opts.first_since, note=self._notes.add,
                 )  # fmt: skip
-            elif error is None and not self._stop.is_set():
+            elif error is None and not opts.cost and not self._stop.is_set():
                 cost_sync.skip_cost(self.store, horizon)
         except BaseException as e:
             error = error or e

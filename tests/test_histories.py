@@ -152,3 +152,6 @@ def test_a_refusal_of_model_ids_says_what_is_wrong_and_of_apps_keeps_the_keys_hi
                              "requests/by-endpoint)"), str(app)  # fmt: skip
     bad = ApiError(400, "validation_error", "Not a model endpoint: acme/a", url)
     assert refusal(bad, dropped=[], models=[]) is bad, "an error naming nothing dropped changed"
+    first = ApiError(500, "internal_error", "boom", url)  # another target failed first
+    other = refusal(first, dropped=[], models=["acme/a"])
+    assert type(other) is ApiError and other.status == 500, (type(other), str(other))

@@ -94,7 +94,7 @@ def one_run(
     try:
         with make_http_client() as http:
             client = FalClient(http, "sim-key-id:sim-key-secret", base_url=api.base_url)
-            opts = SyncOptions(targets=TARGETS, steady=steady, recheck=recheck)
+            opts = SyncOptions(targets=TARGETS, steady=steady, recheck=recheck, cost=False)
             report = sync(store, client, opts, clock=clock)
     finally:
         store.close()
@@ -164,7 +164,7 @@ def main() -> None:
                     sync(
                         store,
                         client,
-                        SyncOptions(targets=TARGETS, since=start - timedelta(hours=6)),
+                        SyncOptions(targets=TARGETS, since=start - timedelta(hours=6), cost=False),
                         clock=clock,
                     )
             finally:

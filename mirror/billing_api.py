@@ -13,8 +13,9 @@ Every field of every answer is checked before anything is handed on, and a bad a
 raises ``BadDataError`` naming the record and the field: money that is negative, not a
 number, absurdly large (over ``MAX_EVENT_USD`` for one request), a nano-USD amount that
 disagrees with the USD one, a total that is not the subtotal minus the discount, a
-currency that is not an ISO 4217 code, a record the call did not ask for (another
-endpoint, another request). A 403 from an ADMIN operation is ``AdminRequired``.
+currency that is not a current ISO 4217 currency (``mirror.currencies``), a record the
+call did not ask for (another endpoint, another request). A 403 from an ADMIN operation
+is ``AdminRequired``.
 
 Amounts are kept exactly: ``cost_estimate_nano_usd`` is an integer (fal documents it as
 the same charge as ``cost_total`` in 1e-9 USD), and a usage total given in USD is turned
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from mirror import currencies
 from mirror.api import FalClient
 from mirror.errors import AdminRequired, AuthError, BadDataError
 from mirror.records import page_cursor, page_items
@@ -190,6 +192,8 @@ def _currency(item: Mapping[str, Any], kind: str) -> str:
         raise BadDataError(
             f"{_what(item, kind)}: currency {str(v)[:20]!r} is not a three-letter ISO 4217 code"
         )
+    if not currencies.is_known(v):
+        raise BadDataError(f"{_what(item, kind)}: currency {v!r} is not a known ISO 4217 currency")
     return v
 
 

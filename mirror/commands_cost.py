@@ -64,17 +64,7 @@ def cost_cmd(
     columns = [*groups, *(cost.TABLE_COLUMNS if fmt == "table" else cost.COLUMNS)]
     output.write(sys.stdout, columns, ([r[c] for c in columns] for r in rows), fmt)
     if fmt == "table":
-        estimated = sum(r["estimated"] for r in rows)
-        unpriced = sum(r["unpriced"] for r in rows)
-        notes = []
-        if estimated:
-            notes.append(
-                f"estimated_usd is an estimate: {estimated} requests without a billing event, "
-                "priced at the price seen for their time"
-            )
-        if unpriced:
-            notes.append(f"{unpriced} model requests without a billing event have no price in USD")
-        print_notes(notes)
+        print_notes(cost.spend_notes(rows))
 
 
 COMMANDS = (cost_cmd,)

@@ -225,7 +225,10 @@ def _files_shown(files: list[dict[str, Any]], fmt: str) -> Any:
 @click.command("stats")
 @db_option
 @filter_options
-@by_option("Group by endpoint, status, and hour or day (combinable: --by endpoint,day).")
+@by_option(
+    "Group by endpoint, status, history (serverless: your apps; model: fal's hosted "
+    "models), and hour or day (combinable: --by history,endpoint,day)."
+)
 @click.option("-c", "--columns", "columns", multiple=True, metavar="COL[,COL…]",
               help=f"Figures to show, in this order, after the groups: "
               f"{', '.join(query.STATS_FIELDS)}. Default: all of them, except in a table too "
@@ -439,9 +442,10 @@ def status_cmd(
 
     \b
     A line says whether cost (billing events, prices) is mirrored, or why not; in
-    json, jsonl and csv each row's cost: state (ok, refused, failed, never), reason,
-    checked_at, ok_at, covered_to, events, prices_checked_at, usage_checked_at,
-    usage_differences.
+    json, jsonl and csv each row's cost: state (ok, refused, failed, skipped by
+    --no-cost, never), reason, checked_at, ok_at, covered_to, events,
+    prices_checked_at, usage_checked_at, usage_differences. A sync with --no-cost
+    is no cost problem for --check; cost that stopped is said on its line.
 
     \b
     Exit codes: 0 ok (with --check: healthy), 1 unhealthy (--check) or failed,

@@ -23,7 +23,7 @@ no binary floating point anywhere between fal's figures and what is printed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -45,6 +45,7 @@ __all__ = [
     "CostFilters",
     "check_groups",
     "spend",
+    "spend_notes",
     "usage_differences",
     "usd_text",
 ]
@@ -265,6 +266,23 @@ def spend(
     if not acc and not groups:
         acc[()] = _Spend()
     return [acc[k].row() for k in sorted(acc, key=lambda k: tuple((v is not None, v) for v in k))]
+
+
+def spend_notes(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What a person reading `spend`'s table must be told: which part is an estimate, and
+    how many requests could not be priced."""
+    rows = list(rows)
+    estimated = sum(r["estimated"] for r in rows)
+    unpriced = sum(r["unpriced"] for r in rows)
+    notes = []
+    if estimated:
+        notes.append(
+            f"estimated_usd is an estimate: {estimated} requests without a billing event, "
+            "priced at the price seen for their time"
+        )
+    if unpriced:
+        notes.append(f"{unpriced} model requests without a billing event have no price in USD")
+    return notes
 
 
 def usage_differences(

@@ -45,6 +45,7 @@ def check(groups: Sequence[str], filters: Filters) -> tuple[str, ...]:
             ("--min-duration", filters.min_duration is not None),
             ("--max-duration", filters.max_duration is not None),
             ("--search", filters.search),
+            ("--history", filters.histories),
         )
         if on
     ]

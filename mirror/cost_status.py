@@ -1,6 +1,7 @@
 """Whether cost is being mirrored, as `mirror status` and `status --check` read it.
 
-What ``mirror.cost_sync`` left in ``cost_state`` (ok, refused and why, failed and why),
+What ``mirror.cost_sync`` left in ``cost_state`` (ok, refused and why, failed and why,
+skipped by a ``--no-cost`` run),
 how far the billing events' completed windows reach, and how many days and endpoints the
 last usage check found different (``usage_checks``). Reading only.
 """
@@ -25,7 +26,9 @@ STATE_ID = 1
 class CostStatus:
     """``cost_state`` and what the mirror holds, as `mirror status` shows them."""
 
-    state: str  # "ok", "refused", "failed", or "never" (no sync has tried yet)
+    #: "ok", "refused", "failed", "skipped" (the last sync ran with --no-cost), or "never"
+    #: (no sync has tried yet)
+    state: str
     reason: str | None
     checked_at: str | None
     ok_at: str | None
@@ -56,6 +59,8 @@ class CostStatus:
             return f"cost: NOT being mirrored: {self.reason}"
         if self.state == "failed":
             return f"cost: the last attempt failed: {self.reason}"
+        if self.state == "skipped":
+            return f"cost: {self.stopped()}" if self.ok_at else f"cost: not mirrored: {self.reason}"
         to = f" up to {self.covered_to[:16]}Z" if self.covered_to else ""
         diff = (
             f"; fal's usage totals differ on {self.usage_differences} day(s) and endpoint(s)"
@@ -63,6 +68,13 @@ class CostStatus:
             else ""
         )
         return f"cost: {self.events} billing events{to}{diff}"
+
+    def stopped(self) -> str:
+        """That cost was mirrored and no longer is, since when and why (``skipped``)."""
+        held = f"{self.events} billing events"
+        held += f" up to {self.covered_to[:16]}Z" if self.covered_to else ""
+        since = self.ok_at[:16] + "Z" if self.ok_at else "?"
+        return f"NOT mirrored since {since}: {self.reason} ({held} kept)"
 
 
 def state_row(conn: Connection) -> Any:

@@ -22,10 +22,12 @@ through ``mirror.billing_api`` (every field checked before anything is stored) i
 On PostgreSQL, where several sync processes may share one database, one of them at a time
 does this step (a session advisory lock, `COST_LOCK_KEY`); the others leave it to it.
 
-A key without ADMIN scope (403 on billing events or usage) is not a failure: the run notes
-it once, ``cost_state`` says ``refused`` and why (``mirror status`` shows it), the
-requests the run synced stand, and prices (which need no ADMIN scope) are still kept. Any other failure (bad data, the API failing) is recorded as
-``failed`` and raised: the run fails as it would on requests.
+A run with ``--no-cost`` calls nothing and only records that it skipped cost
+(`skip_cost`). A key without ADMIN scope (403 on billing events or usage) is not a
+failure: the run notes it once, ``cost_state`` says ``refused`` and why (``mirror status``
+shows it), the requests the run synced stand, and prices (which need no ADMIN scope) are
+still kept. Any other failure (bad data, the API failing) is recorded as ``failed`` and
+raised: the run fails as it would on requests.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ __all__ = [
     "CostReport",
     "differences_text",
     "model_endpoints",
+    "skip_cost",
     "sync_cost",
     "sync_cost_now",
 ]
@@ -110,6 +113,8 @@ class CostReport:
     pages: int = 0
     prices_added: int = 0
     prices_checked: bool = False
+    #: whether fal's usage totals were checked (at most once a day)
+    usage_checked: bool = False
     #: days and endpoints where the mirror's billed sum differs from fal's usage total
     differences: list[dict[str, Any]] = field(default_factory=list)
     #: why cost was not mirrored (the key lacks ADMIN scope), or None
@@ -281,6 +286,17 @@ def _exclusive(store: Store) -> Iterator[bool]:
                     conn.commit()
 
 
+#: ``cost_state.reason`` of a run that left cost out on purpose
+SKIPPED = "the syncs run with --no-cost"
+
+
+def skip_cost(store: Store, now: datetime) -> None:
+    """Record that a run left cost out (``--no-cost``): ``cost_state`` says ``skipped``,
+    keeping when cost was last mirrored (``ok_at``), so `mirror status` can tell a mirror
+    that never kept cost from one whose cost stopped, and neither is a failing check."""
+    _set_state(store, to_text(now), "skipped", SKIPPED)
+
+
 def sync_cost(
     store: Store,
     client: FalClient,
@@ -341,6 +357,7 @@ def sync_cost_now(
             try:
                 if first < today:
                     report.differences = _check_usage(store, client, first, today, stamp)
+                    report.usage_checked = True
                 more["usage_checked_at"] = stamp
             except AdminRequired as e:
                 report.refused = _refusal(e)

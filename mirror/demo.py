@@ -1,26 +1,24 @@
 """`mirror demo`: the whole product in one command, with no key and no network.
 
 Starts the simulated API and its media CDN on free loopback ports, syncs a few days of
-several endpoints into a fresh file over real HTTP, stores what the key's calls to fal's
-hosted models were billed and the prices it is quoted (``mirror.billing_api`` into the
-store, in one pass over the whole range, as ``mirror.cost_sync`` does window by window in a
-sync), archives the files of the latest requests'
-outputs (``mirror media``), and prints what a user can now ask offline, spend per day
-included.
+both histories into a fresh file over real HTTP, as `mirror sync` does: the account's
+apps (`TARGETS`) and the key's calls to two of fal's hosted models (`MODELS`), then what
+they were billed, the prices quoted and fal's usage totals (``mirror.cost_sync``, the
+sync's own cost step). It archives the files of the latest requests' outputs
+(``mirror media``), and prints what a user can now ask offline, spend per day included.
 """
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from mirror import output
 from mirror.api import FalClient, make_http_client
-from mirror.billing_api import EVENTS_LIMIT, fetch_prices, list_billing_events
-from mirror.cost import TABLE_COLUMNS, CostFilters, spend
+from mirror.cost import TABLE_COLUMNS, CostFilters, spend, spend_notes
 from mirror.db import reader_engine
 from mirror.errors import StoreError
 from mirror.media import ArchiveOptions
@@ -31,17 +29,20 @@ from mirror.runs import media_mirror
 from mirror.sqlitefile import connect_readonly
 from mirror.store import Store
 from mirror.sync import SyncOptions, sync
-from mirror.timeparse import to_text, utcnow
+from mirror.timeparse import utcnow
 
 #: the apps the demo syncs (the simulated world's endpoints, routes included)
 TARGETS = ("acme/flux-lora", "acme/upscaler", "acme/whisper-v3")
+#: the hosted models it syncs the key's calls to (``mirror.simulator.generate.DEMO_MODELS``)
+MODELS = ("fal-ai/flux/dev", "fal-ai/flux/schnell")
 #: the latest successful requests whose outputs get files on the simulated CDN
 MEDIA_REQUESTS = 24
 EXAMPLES = [
     (
-        "Requests per endpoint and status",
-        "SELECT endpoint_id, status, count(*) AS n FROM requests "
-        "GROUP BY endpoint_id, status ORDER BY endpoint_id, n DESC",
+        "Requests per history and endpoint",
+        "SELECT history, endpoint_id, count(*) AS n, sum(status = 'success') AS success, "
+        "sum(status = 'user_error') AS user_error, sum(status = 'error') AS error "
+        "FROM requests GROUP BY history, endpoint_id ORDER BY history DESC, endpoint_id",
     ),
     (
         "The five slowest requests",
@@ -74,7 +75,7 @@ def _fresh(path: Path) -> None:
             con.close()
     except sqlite3.Error:
         targets = ["?"]
-    if any(not t.startswith("acme/") for t in targets):
+    if any(t not in (*TARGETS, *MODELS) for t in targets):
         raise StoreError(f"{path} exists and is not a demo database; pass another --db")
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -83,29 +84,8 @@ def _fresh(path: Path) -> None:
         shutil.rmtree(media)
 
 
-def store_billing(
-    store: Store, client: FalClient, models: Sequence[str], since: datetime, until: datetime
-) -> tuple[int, int]:
-    """Every billing event in [``since``, ``until``) and the current price of each of
-    ``models``, read through the API client and kept by the store: (events, prices added)."""
-    events = 0
-    cursor = None
-    with store.engine.begin() as conn:
-        while True:
-            page = list_billing_events(
-                client, start=since, end=until, cursor=cursor, limit=EVENTS_LIMIT
-            )
-            events += len(page.events)
-            store.upsert_billing_events(conn, page.events, now=to_text(utcnow()))
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        added = store.record_prices(conn, fetch_prices(client, models), to_text(until))
-    return events, added
-
-
 def spend_per_day(path: Path) -> list[str]:
-    """`mirror cost --by day`'s table for the file, as lines."""
+    """`mirror cost --by day`'s table for the file, as lines, then its notes."""
     engine = reader_engine(str(path))
     try:
         with engine.connect() as conn:
@@ -113,17 +93,36 @@ def spend_per_day(path: Path) -> list[str]:
     finally:
         engine.dispose()
     columns = ["day", *TABLE_COLUMNS]
-    return output.aligned(columns, ([r[c] for c in columns] for r in rows))
+    table = output.aligned(columns, ([r[c] for c in columns] for r in rows))
+    return [*table, *(f"mirror: note: {n}" for n in spend_notes(rows))]
 
 
-def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) -> None:
-    from mirror.simulator import DEFAULT_KEY, SimulatedAPI, SimulatedCDN, attach_media, demo_world
-    from mirror.simulator.generate import DEMO_MODELS
+def run_demo(
+    path: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    days: int = 3,
+    frozen: datetime | None = None,
+) -> None:
+    """The demo into ``path``. ``frozen``: the simulated API's clock stands still at that
+    instant (so its answers cannot move while a test compares them with the mirror)."""
+    from mirror.simulator import (
+        DEFAULT_KEY,
+        ManualClock,
+        SimulatedAPI,
+        SimulatedCDN,
+        WorldConfig,
+        attach_media,
+        demo_world,
+    )
 
     _fresh(path)
-    now = utcnow()
-    world = demo_world(now)
-    echo(f"Simulated fal API: {days} days of requests to {', '.join(TARGETS)}")
+    now = frozen or utcnow()
+    world = demo_world(now, config=WorldConfig(clock=ManualClock(now)) if frozen else None)
+    echo(
+        f"Simulated fal API: {days} days of requests to {', '.join(TARGETS)} (your apps) "
+        f"and {', '.join(MODELS)} (fal's hosted models, billed per request)"
+    )
     with SimulatedCDN(clock=world.config.clock) as cdn, SimulatedAPI(world) as api:
         attached = attach_media(world, cdn, count=MEDIA_REQUESTS, now=now)
         echo(f"  serving on {api.base_url}, its files on {cdn.base_url} (loopback only)")
@@ -132,17 +131,26 @@ def run_demo(path: Path, *, echo: Callable[[str], None] = print, days: int = 3) 
             # its own server on loopback: no proxy of the environment stands in between
             with make_http_client(env={}) as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url, pacer=Pacer(4))
-                opts = SyncOptions(targets=TARGETS, since=now - timedelta(days=days))
-                report = sync(store, client, opts)
-                events, prices = store_billing(
-                    store, client, list(DEMO_MODELS), now - timedelta(days=days), utcnow()
+                opts = SyncOptions(
+                    targets=[*TARGETS, *MODELS],
+                    histories=dict.fromkeys(MODELS, "model"),
+                    since=now - timedelta(days=days),
                 )
+                report = sync(store, client, opts)
         finally:
             store.close()
         echo(f"  {report.summary()}")
         echo(f"  into {path}")
-        models = ", ".join(DEMO_MODELS)
-        echo(f"  billing: {events} billing events of the key's calls to {models}; {prices} prices")
+        billed = report.cost
+        if billed is not None:  # None only when another process mirrors cost (PostgreSQL)
+            usage = ""
+            if billed.usage_checked:
+                agree = "differ (table usage_checks)" if billed.differences else "agree"
+                usage = f"; fal's usage totals {agree}"
+            echo(
+                f"  billing: {billed.events_new} billing events of the key's calls to "
+                f"{', '.join(MODELS)}; {billed.prices_added} prices{usage}"
+            )
         media = media_mirror(
             str(path),
             ArchiveOptions(filters=MediaFilters(since=attached.since)),

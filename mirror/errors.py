@@ -5,8 +5,9 @@
     │   └── UsageError           flags that do not fit the database (no target to sync)
     ├── LockedError              another sync holds this database (exit 75)
     ├── ApiError                 the API answered with an error we do not retry
-    │   └── AuthError            401/403: the key is missing, wrong or lacks access
-    │       └── AdminRequired    403 from an operation that needs an ADMIN key (cost)
+    │   ├── AuthError            401/403: the key is missing, wrong or lacks access
+    │   │   └── AdminRequired    403 from an operation that needs an ADMIN key (cost)
+    │   └── NotAModel            the model API refused an id given with --model
     ├── ApiUnavailable           retries exhausted: 429s, 5xx, resets, timeouts
     ├── ProxyRefused             the proxy (HTTPS_PROXY...) would not connect to the API
     ├── UntrustedCertificate     the API's TLS certificate does not verify
@@ -101,6 +102,29 @@ class AdminRequired(AuthError):
     def hint(self) -> str:
         return (
             "billing events and usage need a key with ADMIN scope (fal keys create --scope ADMIN)"
+        )
+
+
+class NotAModel(ApiError):
+    """The model API refused ids given with ``--model`` (400, 403, 404 or 422): they are
+    not hosted models the key can list, most often an app of the account's own. Not the
+    key's fault, so not an ``AuthError`` whatever the status."""
+
+    kind = "not a model"
+
+    def __init__(
+        self, status: int, error_type: str | None, message: str, url: str, *, models: list[str]
+    ) -> None:
+        super().__init__(status, error_type, message, url)
+        self.models = models
+
+    @property
+    def hint(self) -> str:
+        ids = ", ".join(self.models)
+        return (
+            f"{ids} {'is' if len(self.models) == 1 else 'are'} not a model this key can list: "
+            "--model takes one of fal's hosted models (fal-ai/flux/dev); "
+            "for an app of your own account use --endpoint"
         )
 
 

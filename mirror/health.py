@@ -19,7 +19,9 @@ What counts as a problem:
 - **cost**: billing events refused (the key lacks ADMIN scope) or their last sync failed;
   their completed windows ending longer than ``max_age`` ago (cost behind); fal's usage
   totals differing from the billing events held (``mirror.cost_status``). Nothing while no
-  sync has tried to mirror cost (``--no-cost``).
+  sync has tried to mirror cost, nor once the last sync left it out (``--no-cost``: the
+  user's choice); a mirror whose cost was mirrored and then stopped says so in the healthy
+  line instead.
 """
 
 from __future__ import annotations
@@ -264,6 +266,8 @@ def problems(health: Health, thresholds: Thresholds = Thresholds()) -> list[str]
 
 
 def _cost_problems(cost: CostStatus, now: datetime, max_age: timedelta, how: str) -> list[str]:
+    if cost.state == "skipped":  # the user's choice (--no-cost): said by the healthy line
+        return []
     if cost.state == "refused":
         return [f"cost is not being mirrored: {cost.reason}"]
     out = []
@@ -293,7 +297,9 @@ def healthy_line(health: Health) -> str:
         if ok is not None and ok.ended_at
         else ""
     )
-    return f"ok: {n} target{'s' if n != 1 else ''}{when}"
+    cost = health.cost
+    stopped = f"; cost {cost.stopped()}" if cost and cost.state == "skipped" and cost.ok_at else ""
+    return f"ok: {n} target{'s' if n != 1 else ''}{when}{stopped}"
 
 
 def minute(ts: str | None) -> str:

@@ -10,6 +10,9 @@ walks every stored target through the operations of its own history.
 - ``resolve``: the targets of a run and their histories, from what was named and what is
   stored; an id named as both, or named as the history it is not stored as, is refused
   before anything is called or written.
+- ``refusal``: what a run that the API refused targets fails with: for a model target,
+  that the id is not a model the key can list (an app's id given with ``--model``), not
+  a hint about the key.
 - ``discover_models``: the hosted models a key was billed for over a range, from
   ``/models/usage`` (ADMIN scope; a key without it gets a note, not a failure).
 """
@@ -23,11 +26,11 @@ from datetime import datetime
 
 from mirror.api import FalClient
 from mirror.billing_api import fetch_usage
-from mirror.errors import AdminRequired, UsageError
+from mirror.errors import AdminRequired, ApiError, NotAModel, UsageError
 
 log = logging.getLogger("mirror.histories")
 
-__all__ = ["Discovery", "Resolved", "discover_models", "resolve"]
+__all__ = ["Discovery", "Resolved", "discover_models", "refusal", "resolve"]
 
 
 @dataclass
@@ -104,3 +107,17 @@ def discover_models(
     models = [m for m in found if m not in serverless]
     log.info("--all-models: %d models in usage since %s", len(models), start)
     return Discovery(models, note)
+
+
+def refusal(error: ApiError, *, dropped: Sequence[str], models: Sequence[str]) -> ApiError:
+    """The error a run ends with when the API refused some of its targets: ``error`` (the
+    run's first), naming the ``dropped`` targets that were not kept; a ``NotAModel`` when
+    refused targets include ``models`` (ids given with ``--model``), whose one line says
+    the id is not a model the key can list rather than blaming the key."""
+    kept = f"; not kept as a sync target: {', '.join(dropped)}" if dropped else ""
+    message = f"{error.message}{kept}"
+    if models and 400 <= error.status < 500:  # else the run failed of something else first
+        return NotAModel(error.status, error.error_type, message, error.url, models=list(models))
+    if not dropped:
+        return error
+    return type(error)(error.status, error.error_type, message, error.url)

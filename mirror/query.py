@@ -59,7 +59,7 @@ DEFAULT_COLUMNS = ("request_id", "endpoint_id", "status", "status_code", "durati
 PAYLOAD_COLUMNS = ("json_input", "json_output")
 SORTS = ("ended_at", "sent_at", "duration")
 TIME_FIELDS = ("ended_at", "sent_at")
-GROUPS = ("endpoint", "status", "hour", "day")
+GROUPS = ("endpoint", "status", "history", "hour", "day")
 #: the fields of one stats row after its group keys, in output order
 STATS_FIELDS = (
     "requests", "success", "user_error", "error", "unfinished", "error_rate",
@@ -336,7 +336,7 @@ def stats_statement(
     """Every matching row's group keys, status, duration and units, in group order."""
     r = requests.c
     t = r[filters.time_field]
-    exprs = key_exprs(by, r.endpoint_id, r.status, t)
+    exprs = key_exprs(by, r.endpoint_id, r.status, t, r.history)
     return (
         sa.select(*(e.label(g) for e, g in zip(exprs, by, strict=True)), r.status, r.duration,
                   r.billable_units)
@@ -394,18 +394,20 @@ def stats_row(
 def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Counts, rates, duration percentiles and billable units, per group of ``by``.
 
-    ``by`` is any of ``endpoint``, ``status`` and one of ``hour`` / ``day`` (of the filter's
-    time field; unfinished requests have no ``ended_at`` and fall in a null bucket). Groups
-    come in ascending key order, null first. Rates are of *finished* requests:
+    ``by`` is any of ``endpoint``, ``status``, ``history`` (``serverless`` or ``model``)
+    and one of ``hour`` / ``day`` (of the filter's time field; unfinished requests have
+    no ``ended_at`` and fall in a null bucket). Groups come in ascending key order, null
+    first. Rates are of *finished* requests:
     ``error_rate = error / (success + user_error + error)``. Percentiles (continuous, as
     PostgreSQL's ``percentile_cont``; see `percentile_cont`) and ``max`` are over the
     requests that have a duration. ``billable_units`` is summed exactly,
     to a millionth of a unit (see `micro_units`). With no ``by``, one row for all matching
     requests (zero counts when none match).
 
-    When the filters line up with ``summary_hourly`` (endpoint, status, and whole hours of
-    ``ended_at``), counts and units come from it and only durations are read from the
-    covering index: several times faster on millions of rows, and the same answer. Both
+    When the filters and groups line up with ``summary_hourly`` (endpoint, status, and
+    whole hours of ``ended_at``; it has no history), counts and units come from it and
+    only durations are read from the covering index: several times faster on millions of
+    rows, and the same answer. Both
     reads happen in one transaction, so a sync writing meanwhile cannot skew them.
 
     On PostgreSQL the whole answer is one aggregate statement (`pg_stats_statement`).
@@ -415,7 +417,7 @@ def stats(conn: Connection, filters: Filters, *, by: Sequence[str] = ()) -> list
     if conn.dialect.name == "postgresql":
         return _pg_stats(conn, filters, groups, ids)
     acc: dict[tuple[Any, ...], _Group] = {}
-    if summary_applies(conn, filters):
+    if summary_applies(conn, filters) and "history" not in groups:  # the summary has none
         _from_summary(conn, filters, groups, acc, ids)
         if filters.since is None and filters.until is None:
             # the summary counts requests once they end; add the rest from their own rows
@@ -505,7 +507,7 @@ def durations_statement(
     """The durations behind the summary's rows, in group order (read from the covering index)."""
     r = requests.c
     t = r.ended_at
-    exprs = key_exprs(groups, r.endpoint_id, r.status, t)
+    exprs = key_exprs(groups, r.endpoint_id, r.status, t, r.history)
     return (
         sa.select(r.duration)
         .where(
@@ -765,7 +767,7 @@ def pg_stats_statement(
     from sqlalchemy.dialects import postgresql
 
     r = requests.c
-    exprs = key_exprs(by, r.endpoint_id, r.status, r[filters.time_field])
+    exprs = key_exprs(by, r.endpoint_id, r.status, r[filters.time_field], r.history)
     fractions = postgresql.array(
         [sa.literal(p / 100, sa.Float) for p in PERCENTILES], type_=sa.Float
     )

@@ -99,15 +99,22 @@ def hour_text(t: datetime) -> str:
     return to_text(t)[:13] + ":00:00Z"
 
 
-def key_exprs(by: Sequence[str], endpoint: Any, status: Any, t: Any) -> list[Any]:
-    """The group keys of ``by`` (``endpoint``, ``status``, ``hour``, ``day``) over some
-    columns; hours are the text of the hour's first instant, days ``YYYY-MM-DD``."""
+def key_exprs(
+    by: Sequence[str], endpoint: Any, status: Any, t: Any, history: Any = None
+) -> list[Any]:
+    """The group keys of ``by`` (``endpoint``, ``status``, ``hour``, ``day``, and
+    ``history`` where the columns have one) over some columns; hours are the text of the
+    hour's first instant, days ``YYYY-MM-DD``."""
     exprs: list[Any] = []
     for g in by:
         if g == "endpoint":
             exprs.append(endpoint)
         elif g == "status":
             exprs.append(status)
+        elif g == "history":
+            if history is None:
+                raise ValueError("these columns have no history to group by")
+            exprs.append(history)
         elif g == "hour":
             exprs.append(hour_of(t).concat(":00:00Z"))
         else:

@@ -61,7 +61,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from mirror import cost_sync, interrupts, oversize
+from mirror import cost_sync, histories, interrupts, oversize
 from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.cuts import FilterProbe, Reach, plan_cut
 from mirror.errors import ApiError, AuthError, MirrorError
@@ -127,8 +127,9 @@ class SyncOptions:
     #: the history of each target that is not ``serverless`` (a hosted model: ``model``),
     #: which says through which operations it is listed and counted
     histories: Mapping[str, str] = field(default_factory=dict)
-    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``)
-    cost: bool = False
+    #: then mirror billing events, prices and usage totals (``mirror.cost_sync``); on, as
+    #: `mirror sync` without ``--no-cost``
+    cost: bool = True
 
 
 #: (tier, how far back it reaches, how often it runs): the platform backfills requests into
@@ -830,6 +831,8 @@ class Syncer:
                     self.store, self.client, now=horizon,
                     default_from=now - opts.first_since, note=self._notes.add,
                 )  # fmt: skip
+            elif error is None and not opts.cost and not self._stop.is_set():
+                cost_sync.skip_cost(self.store, horizon)
         except BaseException as e:
             error = error or e
             self._stop.set()
@@ -1116,14 +1119,8 @@ class Syncer:
         stays (the key may be what is wrong); so does the requested range of every other
         target."""
         dropped = [t for t in sorted(self._refused) if self.store.forget_if_empty(t)]
-        if not dropped:
-            return error
-        return type(error)(
-            error.status,
-            error.error_type,
-            f"{error.message}; not kept as a sync target: {', '.join(dropped)}",
-            error.url,
-        )
+        models = [t for t in sorted(self._refused) if self._lister.history_of(t) == "model"]
+        return histories.refusal(error, dropped=dropped, models=models)
 
     def _keep_page_limits(self, now: datetime) -> None:
         """Keep the page sizes this run's walks learned, for the next run's walks there."""

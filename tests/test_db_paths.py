@@ -162,7 +162,11 @@ def test_verify_reads_a_mirror_in_a_read_only_folder(tmp_path, monkeypatch):
             with make_http_client() as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
                 since = now - timedelta(hours=5)
-                sync(store, client, SyncOptions(targets=["acme/app"], since=since, until=now))
+                sync(
+                    store,
+                    client,
+                    SyncOptions(targets=["acme/app"], since=since, until=now, cost=False),
+                )
         finally:
             store.close()
         monkeypatch.setenv("FAL_KEY", DEFAULT_KEY)

@@ -1,9 +1,10 @@
-"""`mirror demo` shows a spend answer, and `mirror fake-api` serves the cost operations:
-the two ways to try mirror without a key.
+"""`mirror demo` syncs both histories and shows a spend answer, and `mirror fake-api`
+serves the cost operations: the two ways to try mirror without a key.
 
-The demo's billing events and prices come from the simulated API through the real client
-(``mirror.billing_api``) into the real store; its spend per day is what `mirror cost --by
-day` answers from the file it leaves.
+The demo syncs the account's apps and the key's calls to two hosted models with `mirror
+sync`'s own library call, cost included (billing events, prices, fal's usage totals); its
+spend per day is what `mirror cost --by day` answers from the file it leaves, and what it
+billed is what the simulated server's usage totals say.
 """
 
 from __future__ import annotations
@@ -15,85 +16,95 @@ import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from support.sim import NOW
 
 from mirror.api import FalClient
 from mirror.billing_api import fetch_prices, fetch_usage, list_billing_events
-from mirror.demo import run_demo, store_billing
+from mirror.demo import MODELS, TARGETS, run_demo
 from mirror.simulator import DEFAULT_KEY, ManualClock, SimulatedAPI, WorldConfig, demo_world
 from mirror.simulator.billing import EventQuery
 from mirror.simulator.generate import DEMO_MODELS
-from mirror.store import Store
+
+SPEND_COLUMNS = ["day", "events", "billed_usd", "estimated", "estimated_usd", "total_usd",
+                 "unpriced"]  # fmt: skip
 
 
-def test_the_demo_prints_spend_per_day_as_mirror_cost_answers_it(tmp_path: Path) -> None:
+def _server(now: datetime, since: datetime) -> tuple[dict[str, int], list[tuple], list[tuple]]:
+    """What the demo's simulated server says at ``now`` (its clock frozen there, the same
+    world the demo built): its usage totals per UTC day from ``since``, in nano-USD, its
+    billing events, and its current prices."""
+    world = demo_world(now, config=WorldConfig(clock=ManualClock(now)))
+    with SimulatedAPI(world) as api, httpx.Client() as http:
+        client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
+        usage: dict[str, int] = {}
+        for line in fetch_usage(client, start=since, end=now + timedelta(days=1)):
+            usage[line.bucket[:10]] = usage.get(line.bucket[:10], 0) + line.cost_total_nano
+        events = sorted((e.request_id, e.endpoint_id, e.total_nano)
+                        for e in api.ledger.select(EventQuery(start=since, end=now), now))  # fmt: skip
+        prices = sorted((p.endpoint_id, p.unit, p.unit_price, p.currency)
+                        for p in fetch_prices(client, MODELS))  # fmt: skip
+    return usage, events, prices
+
+
+def test_the_demo_syncs_both_histories_and_its_spend_is_the_servers_usage(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
     echoed: list[str] = []
-    run_demo(db, echo=echoed.append, days=1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    run_demo(db, echo=echoed.append, days=1, frozen=now)
     lines = "\n".join(echoed).splitlines()
     titles = [line for line in lines if line.endswith(":") and not line.startswith(" ")]
     assert titles == [
-        "Requests per endpoint and status:", "The five slowest requests:",
+        "Requests per history and endpoint:", "The five slowest requests:",
         "Archived output files (mirror media):", "Billable units per day:",
         f"Spend per day (mirror cost --db {db} --by day):", "Browse it yourself:",
     ], "the demo's sections changed"  # fmt: skip
     (billing,) = [line for line in lines if line.startswith("  billing: ")]
     found = re.fullmatch(
         r"  billing: (\d+) billing events of the key's calls to "
-        r"fal-ai/flux/dev, fal-ai/flux/schnell; 2 prices",
+        r"fal-ai/flux/dev, fal-ai/flux/schnell; 2 prices; fal's usage totals agree",
         billing,
     )
     assert found, billing
-    events = int(found[1])
+    usage, events, prices = _server(now, now - timedelta(days=1))
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        stored = con.execute("SELECT count(*) FROM billing_events").fetchone()[0]
-        priced = con.execute("SELECT endpoint_id FROM prices ORDER BY 1").fetchall()
+        targets = con.execute("SELECT target, history FROM sync_targets ORDER BY 1").fetchall()
+        histories = dict(con.execute("SELECT history, count(*) FROM requests GROUP BY 1"))
+        stored = con.execute("SELECT request_id, endpoint_id, cost_estimate_nano_usd "
+                             "FROM billing_events ORDER BY 1, 2, 3").fetchall()  # fmt: skip
+        priced = con.execute("SELECT endpoint_id, unit, unit_price, currency FROM prices "
+                             "ORDER BY 1").fetchall()  # fmt: skip
     finally:
         con.close()
-    assert events > 100 and stored == events, f"said {events} events, stored {stored}"
-    assert priced == [("fal-ai/flux/dev",), ("fal-ai/flux/schnell",)]
+    assert targets == sorted([*((t, "serverless") for t in TARGETS),
+                              *((m, "model") for m in MODELS)]), targets  # fmt: skip
+    assert histories.get("model", 0) > 100 and histories.get("serverless", 0) > 1000, histories
+    assert int(found[1]) == len(events) > 100, (
+        f"said {found[1]} events, the server has {len(events)}"
+    )
+    assert stored == events, "the demo's billing events are not the server's"
+    assert priced == prices, f"the demo's prices are not the server's: {priced}"
 
     start = lines.index(titles[4]) + 1
     table = lines[start : lines.index("", start)]
-    shown = [line.split() for line in table]
+    notes = [line.strip() for line in table if line.strip().startswith("mirror: note:")]
+    shown = [line.split() for line in table if not line.strip().startswith("mirror: note:")]
+    assert shown[0] == SPEND_COLUMNS, shown[0]
+    billed = {row[0]: int(Decimal(row[2]) * 1_000_000_000) for row in shown[1:]}
+    assert billed == usage, f"the spend shown {billed} is not the server's usage totals {usage}"
     r = subprocess.run([sys.executable, "-m", "mirror", "cost", "--db", str(db), "--by", "day",
                         "-f", "json"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     answer = json.loads(r.stdout)
-    columns = ["day", "events", "billed_usd", "estimated", "estimated_usd", "total_usd",
-               "unpriced"]  # fmt: skip
-    assert shown == [columns, *([str(row[c]) for c in columns] for row in answer)]
-    assert sum(row["events"] for row in answer) == events and len(answer) >= 2
-
-
-def test_store_billing_keeps_the_servers_events_and_prices_exactly(tmp_path: Path) -> None:
-    world = demo_world(NOW, config=WorldConfig(clock=ManualClock(NOW)))
-    since = NOW - timedelta(days=3)
-    store = Store.open(str(tmp_path / "m.db"))
-    try:
-        with SimulatedAPI(world) as api, httpx.Client() as http:
-            client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
-            got = store_billing(store, client, list(DEMO_MODELS), since, NOW)
-            want = api.ledger.select(EventQuery(start=since, end=NOW), NOW)
-            quoted = [api.ledger.price_at(e, NOW) for e in DEMO_MODELS]
-        with store.engine.connect() as conn:
-            events = conn.exec_driver_sql(
-                "SELECT request_id, endpoint_id, cost_estimate_nano_usd FROM billing_events "
-                "ORDER BY request_id"
-            ).all()
-            prices = conn.exec_driver_sql(
-                "SELECT endpoint_id, unit, unit_price, currency FROM prices ORDER BY 1"
-            ).all()
-    finally:
-        store.close()
-    assert got == (len(want), 2) and len(want) > 1000
-    assert events == sorted((e.request_id, e.endpoint_id, e.total_nano) for e in want)
-    assert prices == [(e, p.unit, p.unit_price, p.currency)
-                      for e, p in zip(DEMO_MODELS, quoted, strict=True) if p]  # fmt: skip
+    assert shown == [SPEND_COLUMNS, *([str(row[c]) for c in SPEND_COLUMNS] for row in answer)]
+    estimated = sum(row["estimated"] for row in answer)
+    assert notes == (
+        [f"mirror: note: estimated_usd is an estimate: {estimated} requests without a billing "
+         "event, priced at the price seen for their time"] if estimated else []
+    ), notes  # fmt: skip
 
 
 def test_fake_api_serves_billing_events_pricing_and_usage_that_agree() -> None:

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from mirror import query
 from mirror.api import FalClient, RetryPolicy
-from mirror.errors import ConfigError, UsageError
-from mirror.histories import Resolved, resolve
+from mirror.errors import ApiError, AuthError, ConfigError, NotAModel, UsageError
+from mirror.histories import Resolved, refusal, resolve
 from mirror.records import Row, derive_status
 from mirror.schema import requests
 from mirror.store import Store
@@ -132,3 +132,26 @@ def test_rows_and_targets_are_stored_with_their_history(db_url: str) -> None:
 def test_an_unknown_history_is_a_usage_error() -> None:
     with pytest.raises(ConfigError, match="unknown history 'other'"):
         query.Filters(histories=("other",))
+
+
+def test_a_refusal_of_model_ids_says_what_is_wrong_and_of_apps_keeps_the_keys_hint() -> None:
+    url = "/v1/models/requests/by-endpoint"
+    denied = AuthError(403, "authorization_error", "Access denied", url)
+    models = refusal(denied, dropped=["acme/a"], models=["acme/a", "acme/b"])
+    assert (type(models), models.status, models.kind) == (NotAModel, 403, "not a model")
+    assert str(models) == (
+        f"HTTP 403 authorization_error: Access denied; not kept as a sync target: acme/a ({url})"
+    ), str(models)
+    assert models.hint == (
+        "acme/a, acme/b are not a model this key can list: --model takes one of fal's hosted "
+        "models (fal-ai/flux/dev); for an app of your own account use --endpoint"
+    ), models.hint
+    app = refusal(denied, dropped=["other/app"], models=[])
+    assert type(app) is AuthError and "owns this endpoint" in app.hint, (type(app), app.hint)
+    assert str(app).endswith("Access denied; not kept as a sync target: other/app (/v1/models/"
+                             "requests/by-endpoint)"), str(app)  # fmt: skip
+    bad = ApiError(400, "validation_error", "Not a model endpoint: acme/a", url)
+    assert refusal(bad, dropped=[], models=[]) is bad, "an error naming nothing dropped changed"
+    first = ApiError(500, "internal_error", "boom", url)  # another target failed first
+    other = refusal(first, dropped=[], models=["acme/a"])
+    assert type(other) is ApiError and other.status == 500, (type(other), str(other))

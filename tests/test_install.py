@@ -55,12 +55,12 @@ def test_pip_install_then_demo_from_another_folder(tmp_path: Path) -> None:
         cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh", *cmd]
     demo = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stderr[-3000:]
-    assert "synced 3 targets" in demo.stdout and "datasette demo.db" in demo.stdout, demo.stdout
+    assert "synced 5 targets" in demo.stdout and "datasette demo.db" in demo.stdout, demo.stdout
     con = sqlite3.connect(elsewhere / "demo.db")
     n, endpoints = con.execute(
         "SELECT count(*), count(DISTINCT endpoint_id) FROM requests"
     ).fetchone()
-    assert n > 5000 and endpoints == 4, (n, endpoints)
+    assert n > 5000 and endpoints == 6, (n, endpoints)  # 4 of the apps, 2 hosted models
     assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0].isdigit()
     # the installed package is the one that ran, not the source tree
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import mirror, mirror.migrations; print(mirror.__file__)"],

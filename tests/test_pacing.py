@@ -133,7 +133,9 @@ def test_sync_with_a_slow_writer_walks_with_one_walker_at_a_time(tmp_path, monke
         report = sync(
             store,
             client,
-            SyncOptions(targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=4),
+            SyncOptions(
+                targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=4, cost=False
+            ),
         )
     with store.engine.connect() as conn:
         stored = [r[0] for r in conn.exec_driver_sql("SELECT request_id FROM requests")]
@@ -181,7 +183,9 @@ def test_sync_backs_off_under_a_429_storm_and_recovers(tmp_path):
         report = sync(
             store,
             client,
-            SyncOptions(targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=8),
+            SyncOptions(
+                targets=["acme/a"], since=now - timedelta(days=1), max_concurrency=8, cost=False
+            ),
         )
         refused = sum(1 for e in api.log if e.status == 429)
     with store.engine.connect() as conn:

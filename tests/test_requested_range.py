@@ -60,7 +60,7 @@ def test_planning_starts_at_the_stored_start_whatever_the_run_asks(tmp_path) -> 
         with store.engine.begin() as conn:  # a later part completed, the start did not
             store.mark_complete(conn, "a/x", at(10), at(1), to_text(NOW))
         for since in (None, NOW - timedelta(hours=3)):
-            opts = SyncOptions(targets=["a/x"], since=since, window=timedelta(days=2))
+            opts = SyncOptions(targets=["a/x"], since=since, window=timedelta(days=2), cost=False)
             windows, _tail = plan_target(store, "a/x", opts, NOW)
             assert windows[0].start == NOW - timedelta(hours=30), (
                 f"since={since}: planning starts at {windows[0].start}, not the stored start"

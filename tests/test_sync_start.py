@@ -32,6 +32,7 @@ def test_start_of_run_wait(tmp_path, until: timedelta | None, waits: list[float]
         since=world_now - timedelta(hours=6),
         until=started + until if until is not None else None,
         recheck=False,
+        cost=False,
     )
     waited: list[float] = []
     store = Store.open(str(tmp_path / "m.db"))

@@ -83,7 +83,7 @@ def test_sync_refuses_a_cursor_that_never_ends(tmp_path, kind: str, length: time
     calls: list[httpx.Request] = []
     store = Store.open(str(tmp_path / "m.db"))
     opts = SyncOptions(targets=[TARGET], since=T0, until=T0 + length, recheck=False,
-                       max_concurrency=1)  # fmt: skip
+                       max_concurrency=1, cost=False)  # fmt: skip
     try:
         err = outcome(lambda: sync(store, client(endless(kind, calls)), opts,
                                    clock=lambda: T0 + length + timedelta(hours=1)))  # fmt: skip

@@ -459,6 +459,8 @@ class SimulatedAPI(Served):
         them (``WorldConfig.models_refuse_owned``)."""
         status = self.world.config.models_refuse_owned
         own = [e for e in endpoint_ids if self.world.owns(e)]
+        if status == 403 and own:  # what another account's endpoint gets: no word of why
+            raise ApiError(403, "authorization_error", "Access denied")
         if status is not None and own:
             kind = "not_found" if status == 404 else "validation_error"
             raise ApiError(status, kind, f"Not a model endpoint: {own[0]}")

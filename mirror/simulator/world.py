@@ -160,8 +160,9 @@ class WorldConfig:
     answer 403), `billing_refused` (app ids for which `expand=billing` answers 403, the other
     reading of open question 5), `models_refuse_owned` (the status with which the models
     operations refuse an endpoint of the key's own account, such as an app id given where a
-    hosted model belongs: 400 or 404; None, the default, lists the key's calls to it like
-    any other), and `clock` (tests pass a `ManualClock`).
+    hosted model belongs: 400, 403 (as for another account's endpoint) or 404; None, the
+    default, lists the key's calls to it like any other), and `clock` (tests pass a
+    `ManualClock`).
     """
 
     filter_field: FilterField = "ended_at"
@@ -182,9 +183,10 @@ class WorldConfig:
             raise ValueError(f"sort_direction must be desc or asc, not {self.sort_direction!r}")
         if self.nulls not in ("last", "first"):
             raise ValueError(f"nulls must be last or first, not {self.nulls!r}")
-        if self.models_refuse_owned not in (None, 400, 404):
+        if self.models_refuse_owned not in (None, 400, 403, 404):
             raise ValueError(
-                f"models_refuse_owned must be None, 400 or 404, not {self.models_refuse_owned!r}"
+                "models_refuse_owned must be None, 400, 403 or 404, "
+                f"not {self.models_refuse_owned!r}"
             )
 
 

@@ -167,8 +167,8 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
 
 def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: Path) -> None:
     """A key the billing operations refuse (403): exit 0, one note, the requests stored,
-    and `mirror status` (table, json, --check) says cost is not mirrored and why; with
-    --no-cost, not a word and no billing call."""
+    and `mirror status` (table, json, --check) says cost is not mirrored and why; then
+    with --no-cost, not a word, no billing call, and the check passes."""
     db = str(tmp_path / "m.db")
     world = _world(per_hour=10)
     with SimulatedAPI(world, keys=KEYS, admin_keys=frozenset({DEFAULT_KEY})) as api:
@@ -177,11 +177,6 @@ def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: 
         assert run.code == 0, f"a non-ADMIN key failed the sync: {run.stderr}"
         line = assert_one_line(run.stderr, "note", context="non-ADMIN key")
         assert "ADMIN" in line and "cost is not mirrored" in line, line
-        api.clear_log()
-        quiet = _sync(db, env, "--no-cost")
-        assert (quiet.code, quiet.stderr) == (0, ""), f"--no-cost still spoke: {quiet.stderr}"
-        asked = [c.path for c in api.log if "/models/" in c.path]
-        assert asked == [], f"--no-cost still called the cost operations: {asked}"
         want = {rid for rid, item in listable(world).items() if item["endpoint_id"] == APP}
     got = {r[0] for r in _table(db, f"SELECT request_id FROM requests WHERE endpoint_id = '{APP}'")}
     assert got == want, (
@@ -195,6 +190,73 @@ def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: 
     check = mirror(["status", "--db", db, "--check"], env)
     assert check.code == 1, f"--check passed a mirror whose cost is refused: {check.stdout}"
     assert "cost is not being mirrored" in check.stdout, check.stdout
+    with SimulatedAPI(world, keys=KEYS, admin_keys=frozenset({DEFAULT_KEY})) as api:
+        env = fast_env(api.base_url, FAL_KEY=API_SCOPE_KEY)
+        quiet = _sync(db, env, "--no-cost")
+        assert (quiet.code, quiet.stderr) == (0, ""), f"--no-cost still spoke: {quiet.stderr}"
+        asked = [c.path for c in api.log if "/models/" in c.path]
+        assert asked == [], f"--no-cost still called the cost operations: {asked}"
+    check = mirror(["status", "--db", db, "--check"], env)
+    assert (check.code, check.stdout.startswith("ok: 1 target;")) == (0, True), (
+        f"--check failed a mirror whose syncs chose --no-cost: {check.stdout}"
+    )
+
+
+def _age_cost(db: str, by: timedelta) -> str:
+    """Make the mirror's cost as old as if it had last been mirrored ``by`` ago: when."""
+    engine = make_engine(db)
+    old = {"end": _text(datetime.now(UTC) - by)}
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE cost_windows SET window_end = :end"), old)
+            conn.execute(sa.text("UPDATE cost_state SET ok_at = :end, checked_at = :end"), old)
+    finally:
+        engine.dispose()
+    return old["end"]
+
+
+def _text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_no_cost_is_not_a_failing_check_and_cost_that_stopped_is_said_plainly(
+    tmp_path: Path,
+) -> None:
+    """Syncs that always ran with --no-cost: status says cost is not mirrored and why,
+    --check passes without a word of cost. Syncs that mirrored cost and then only ran with
+    --no-cost for days: the check (which, while cost was on, counted it behind) passes,
+    and both status and the check's line say since when cost is not mirrored and why."""
+    never, stopped = str(tmp_path / "never.db"), str(tmp_path / "stopped.db")
+    world = _world(per_hour=10)
+    with SimulatedAPI(world, billing=_billing(world)) as api:
+        env = fast_env(api.base_url)
+        assert _sync(never, env, "--no-cost").code == 0
+        assert _sync(stopped, env).code == 0
+        events = len(_mirror_events(stopped))
+        aged = _age_cost(stopped, timedelta(days=3))
+        behind = mirror(["status", "--db", stopped, "--check"], env)
+        assert behind.code == 1 and "cost: billing events covered only up to" in behind.stdout, (
+            f"cost left days behind by syncs that mirror it is a problem: {behind.stdout}"
+        )
+        assert _sync(stopped, env, "--no-cost").code == 0
+    table = mirror(["status", "--db", never], env).stdout.splitlines()
+    assert table[-1] == "cost: not mirrored: the syncs run with --no-cost", table
+    check = mirror(["status", "--db", never, "--check"], env)
+    assert check.code == 0 and "cost" not in check.stdout, (
+        f"--check spoke of cost a user chose not to mirror: {check.code} {check.stdout}"
+    )
+    since = aged[:16] + "Z"
+    said = (
+        f"NOT mirrored since {since}: the syncs run with --no-cost "
+        f"({events} billing events up to {since} kept)"
+    )
+    table = mirror(["status", "--db", stopped], env).stdout.splitlines()
+    assert table[-1] == f"cost: {said}", f"status does not say cost stopped: {table[-1]}"
+    check = mirror(["status", "--db", stopped, "--check"], env)
+    assert check.code == 0, f"--check failed a mirror whose syncs chose --no-cost: {check.stdout}"
+    assert check.stdout.strip().endswith(f"; cost {said}"), check.stdout
+    js = json.loads(mirror(["status", "--db", stopped, "-f", "json"], env).stdout)[0]["cost"]
+    assert (js["state"], js["events"], js["ok_at"][:16] + "Z") == ("skipped", events, since), js
 
 
 def _kill_on_third_page(notes: Path) -> None:
@@ -313,18 +375,25 @@ def test_a_difference_from_fals_usage_totals_is_reported_not_hidden(tmp_path: Pa
     assert check.code == 1 and "usage totals differ" in check.stdout, check.stdout
 
 
-def test_a_price_in_no_iso_currency_is_refused_and_nothing_of_it_stored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("currency", "refusal"),
+    [("US$", "'US$' is not a three-letter ISO 4217 code"),
+     ("ZZZ", "'ZZZ' is not a known ISO 4217 currency"),
+     ("EUR", None)],
+)  # fmt: skip
+def test_a_price_in_no_known_currency_is_refused_and_nothing_of_it_stored(
+    currency: str, refusal: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pricing answer names a currency that is no ISO 4217 code: one line, exit 1, no
-    price stored, the billing events and requests of the run kept."""
+    """The pricing answer names a currency that is malformed or well-formed but no
+    currency (ZZZ): one line, exit 1, no price stored, the billing events and requests of
+    the run kept. A real currency other than USD (EUR) is kept as it came."""
     from mirror.simulator.billing import Ledger, Price
 
     original = Ledger.price_at
 
     def odd(self: Ledger, endpoint_id: str, when: datetime) -> Price | None:
         price = original(self, endpoint_id, when)
-        return None if price is None else Price(price.nano, price.unit, "US$")
+        return None if price is None else Price(price.nano, price.unit, currency)
 
     monkeypatch.setattr(Ledger, "price_at", odd)
     db = str(tmp_path / "m.db")
@@ -332,8 +401,44 @@ def test_a_price_in_no_iso_currency_is_refused_and_nothing_of_it_stored(
     with SimulatedAPI(world, billing=_billing(world)) as api:
         run = _sync(db, fast_env(api.base_url))
         events = _server_events(api)
-    assert run.code == 1, f"an unknown currency was not refused (exit {run.code}): {run.stderr}"
-    line = assert_one_line(run.stderr, "bad data from api", context="unknown currency")
-    assert "'US$' is not a three-letter ISO 4217 code" in line, line
-    assert _table(db, "SELECT count(*) FROM prices") == [(0,)], "a price in no currency was stored"
     assert _mirror_events(db) == events, "the run's billing events were not kept"
+    prices = _table(db, "SELECT DISTINCT currency FROM prices")
+    if refusal is None:
+        assert run.code == 0, f"a price in {currency} failed the run: {run.stderr}"
+        assert prices == [(currency,)], f"the {currency} prices were not kept: {prices}"
+        return
+    assert run.code == 1, f"currency {currency} was not refused (exit {run.code}): {run.stderr}"
+    line = assert_one_line(run.stderr, "bad data from api", context=f"currency {currency}")
+    assert refusal in line and line.startswith("mirror: bad data from api: price '"), line
+    assert prices == [], f"a price in {currency} was stored"
+
+
+def test_usage_totals_in_no_known_currency_are_refused_and_nothing_of_them_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal's usage answer in a well-formed code that is no currency: one line, exit 1, no
+    usage check kept, the billing events and prices of the run kept, and status says the
+    last attempt failed and why."""
+    import mirror.simulator.cost_ops as cost_ops
+
+    original = cost_ops.usage_lines
+
+    def zzz(events: Any, **kw: Any) -> list[dict[str, Any]]:
+        return [{**line, "currency": "ZZZ"} for line in original(events, **kw)]
+
+    monkeypatch.setattr(cost_ops, "usage_lines", zzz)
+    db = str(tmp_path / "m.db")
+    world = _world(per_hour=10)
+    with SimulatedAPI(world, billing=_billing(world)) as api:
+        env = fast_env(api.base_url)
+        run = _sync(db, env)
+        events = _server_events(api)
+    assert run.code == 1, f"usage in ZZZ was not refused (exit {run.code}): {run.stderr}"
+    line = assert_one_line(run.stderr, "bad data from api", context="usage in ZZZ")
+    assert "usage line" in line and "'ZZZ' is not a known ISO 4217 currency" in line, line
+    assert _table(db, "SELECT count(*) FROM usage_checks") == [(0,)], "usage in ZZZ was kept"
+    assert _mirror_events(db) == events, "the run's billing events were not kept"
+    assert _table(db, "SELECT DISTINCT currency FROM prices") == [("USD",)], "prices lost"
+    js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
+    cost = js[0]["cost"]
+    assert cost["state"] == "failed" and "ZZZ" in cost["reason"], cost

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import gated_syncs, mirror, spawn
+from support.cli import assert_one_line, gated_syncs, mirror, spawn
 from support.compare import (
     assert_mirror_equals,
     covers,
@@ -204,18 +204,30 @@ def test_verify_of_a_model_target_uses_its_counts_and_repairs_it(tmp_path: Path)
     ], "the repaired request is not of the model history"
 
 
-@pytest.mark.parametrize("status", [400, 404])
-def test_an_app_id_given_as_a_model_is_one_line_and_not_kept(tmp_path: Path, status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "says"),
+    [(400, "Not a model endpoint"), (404, "Not a model endpoint"), (403, "Access denied")],
+)
+def test_an_app_id_given_as_a_model_is_one_line_and_not_kept(
+    tmp_path: Path, status: int, says: str
+) -> None:
+    """Whichever status the model API refuses an app's id with (a 403 says no more than
+    "Access denied"), the one line says the id is not a model the key can list and to use
+    --endpoint, not that the key lacks access."""
     world = two_histories(WorldConfig(models_refuse_owned=status), hours=2)
     db = str(tmp_path / "m.db")
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
         r = mirror(["sync", "--db", db, "-m", "acme/flux-lora"], env)
         assert r.code == 1, f"a refused model id must fail the run (exit 1): {r.code} {r.stderr}"
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Not a model endpoint" in lines[0], r.stderr
-        assert "Traceback" not in r.stderr
-        assert "not kept as a sync target: acme/flux-lora" in lines[0], lines
+        line = assert_one_line(r.stderr, "not a model", context=f"an app id as a model, {status}")
+        assert says in line, f"fal's own words are missing: {line}"
+        assert "not kept as a sync target: acme/flux-lora" in line, line
+        assert line.endswith(
+            "acme/flux-lora is not a model this key can list: --model takes one of fal's hosted "
+            "models (fal-ai/flux/dev); for an app of your own account use --endpoint"
+        ), f"the hint does not say what is wrong: {line}"
+        assert "owns" not in line and "scope" not in line, f"a hint about the key: {line}"
         assert db_query(db, "SELECT count(*) FROM requests") == [(0,)], "rows were stored"
         assert targets_of(db) == {}, "the refused id was remembered as a target"
         # the same id as an app is fine
@@ -272,7 +284,7 @@ def test_all_models_adds_what_usage_lists_and_a_key_without_admin_gets_a_note(
     assert targets_of(db2) == {"acme/upscaler": "serverless"}
 
 
-def test_query_and_stats_answer_each_history_or_both(tmp_path: Path) -> None:
+def test_query_and_stats_answer_each_history_or_both_and_stats_by_history(tmp_path: Path) -> None:
     world = two_histories(hours=3)
     db = str(tmp_path / "m.db")
     with SimulatedAPI(world) as api:
@@ -300,6 +312,57 @@ def test_query_and_stats_answer_each_history_or_both(tmp_path: Path) -> None:
     assert len(lines) == n_model and all(line.endswith(",model") for line in lines), lines[:3]
     bad = mirror(["stats", "--db", db, "--history", "other"], env)
     assert bad.code == 2 and "other" in bad.stderr, bad.stderr
+    _stats_by_history(db, env, world)
+
+
+def _stats_by_history(db: str, env: dict[str, str], world: World) -> None:
+    """`stats --by history` (alone and with other keys) gives each history's rows; each
+    row equals what `--history` filtering to that history answers; json, jsonl, csv and
+    the table agree."""
+
+    def stats(*args: str) -> list[dict[str, Any]]:
+        out = mirror(["stats", "--db", db, "-f", "json", *args], env)
+        assert out.code == 0, out.stderr
+        return json.loads(out.stdout)
+
+    want: dict[tuple[str, str], int] = {}
+    for rec in expected(world).values():
+        history = "model" if rec["endpoint_id"] in MODELS else "serverless"
+        want[(history, rec["endpoint_id"])] = want.get((history, rec["endpoint_id"]), 0) + 1
+    both = stats("--by", "history,endpoint")
+    got = {(row["history"], row["endpoint"]): row["requests"] for row in both}
+    assert got == want, f"stats --by history,endpoint: {got} != {want}"
+    for history in ("model", "serverless"):
+        alone = [
+            {"history": history, **row} for row in stats("--history", history, "--by", "endpoint")
+        ]
+        mine = [row for row in both if row["history"] == history]
+        assert mine == alone, f"--by history's {history} rows differ from --history {history}'s"
+    per_history = {row["history"]: row["requests"] for row in stats("--by", "history")}
+    assert per_history == {
+        h: sum(n for (hh, _), n in want.items() if hh == h) for h in ("model", "serverless")
+    }, f"stats --by history: {per_history}"
+    summed: dict[str, int] = {}
+    for row in stats("--by", "day,history"):
+        summed[row["history"]] = summed.get(row["history"], 0) + row["requests"]
+    assert summed == per_history, f"--by day,history does not add up per history: {summed}"
+
+    as_json = [(row["history"], row["endpoint"], row["requests"]) for row in both]
+    jsonl = mirror(["stats", "--db", db, "-f", "jsonl", "--by", "history,endpoint"], env)
+    as_jsonl = [(r["history"], r["endpoint"], r["requests"])
+                for r in map(json.loads, jsonl.stdout.splitlines())]  # fmt: skip
+    csv = mirror(["stats", "--db", db, "-f", "csv", "--by", "history,endpoint"], env)
+    lines = csv.stdout.splitlines()
+    assert lines[0].startswith("history,endpoint,requests,"), lines[0]
+    as_csv = [(c[0], c[1], int(c[2])) for c in (line.split(",") for line in lines[1:])]
+    wide = {**env, "COLUMNS": "400"}
+    table = mirror(["stats", "--db", db, "--by", "history,endpoint"], wide).stdout.splitlines()
+    assert table[0].split()[:3] == ["history", "endpoint", "requests"], table[0]
+    as_table = [(c[0], c[1], int(c[2])) for c in (line.split() for line in table[2:])]
+    assert as_json == as_jsonl == as_csv == as_table, (as_json, as_jsonl, as_csv, as_table)
+    for args in (["--by", "history"], ["--history", "model"]):  # billing events have neither
+        refused = mirror(["stats", "--db", db, "--cost", *args], env)
+        assert refused.code == 2 and "history" in refused.stderr, (args, refused.stderr)
 
 
 def test_two_processes_share_model_targets_on_postgresql(tmp_path: Path, pg_url: str) -> None:

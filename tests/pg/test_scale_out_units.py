@@ -99,7 +99,7 @@ def test_a_write_aborted_by_a_deadlock_is_run_again(pg_url) -> None:
     # a client that is never called: this writer only writes what it is handed
     http = httpx.Client()
     client = FalClient(http, "unused-id:unused-secret", base_url="http://127.0.0.1:9/v1")
-    syncer = Syncer(store, client, SyncOptions(targets=["acme/app"]))
+    syncer = Syncer(store, client, SyncOptions(targets=["acme/app"], cost=False))
     attempts: list[str] = []
     real_once = syncer._write_once
 

@@ -124,7 +124,8 @@ def filters(draw: st.DrawFn) -> query.Filters:
 
 groupings = st.sampled_from(
     [[], ["endpoint"], ["status"], ["hour"], ["day"], ["endpoint", "day"], ["day", "endpoint"],
-     ["endpoint", "status", "hour"], ["status", "endpoint"], ["hour", "status"]]
+     ["endpoint", "status", "hour"], ["status", "endpoint"], ["hour", "status"], ["history"],
+     ["endpoint", "history", "day"]]
 )  # fmt: skip
 questions = st.lists(
     st.tuples(filters(), groupings, st.sampled_from(query.SORTS), st.booleans(),

@@ -422,7 +422,7 @@ class MirrorMachine(RuleBasedStateMachine):
         if since and since_at is None:
             since_at = T0 - timedelta(hours=5)
         opts = SyncOptions(targets=TARGETS, lookback=lookback, max_concurrency=concurrency,
-                           since=since_at)  # fmt: skip
+                           since=since_at, cost=False)  # fmt: skip
         # what the run records as asked for (a first run without --since: the last day, by
         # its own clock; a minute of slack for where exactly it counts from)
         asked = since_at or (

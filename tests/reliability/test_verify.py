@@ -158,7 +158,9 @@ def synced_mirror(
         try:
             with make_http_client() as http:
                 client = FalClient(http, DEFAULT_KEY, base_url=api.base_url)
-                opts = SyncOptions(targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR)
+                opts = SyncOptions(
+                    targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR, cost=False
+                )
                 sync(store, client, opts)
         finally:
             store.close()
@@ -614,7 +616,9 @@ def test_verify_on_postgresql_reports_and_repairs_like_on_sqlite(
                     sync(
                         store,
                         client,
-                        SyncOptions(targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR),
+                        SyncOptions(
+                            targets=TARGETS, since=now - 25 * HOUR, until=now + HOUR, cost=False
+                        ),
                     )
             finally:
                 store.close()

@@ -234,6 +234,8 @@ class ProcResult:
     code: int
     stdout: str
     stderr: str
+    #: the child's own CPU time, user + system (children not counted)
+    cpu_seconds: float = 0.0
 
 
 def run_measured(
@@ -265,6 +267,7 @@ def run_measured(
             proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
+            usage.ru_utime + usage.ru_stime,
         )
 
 

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 
 from mirror.errors import MirrorError
 from mirror.records import Row
-from mirror.timeparse import from_text
+from mirror.timeparse import from_text, normalize, to_text
 from mirror.walk import Lister
 from mirror.windows import Window, floor_s
 
@@ -73,21 +73,24 @@ class Reach:
         self.usable = True
         #: (first ended_at, rows) of the last page
         self._last: tuple[datetime, int] | None = None
+        self._bounds = (to_text(window.start), to_text(window.end))
 
     def add(self, rows: Sequence[Row]) -> None:
         if not self.usable or not rows:
             return
-        ends: list[datetime] = []
+        # Compared as the stored text, whose order is time order: parsing each of a page's
+        # 100 timestamps cost more than the rest of this (a walker's CPU is the run's).
+        ends: list[str] = []
+        lo, hi = self._bounds
         for r in rows:
             if r.ended_at is None:
                 self.usable = False  # listed unfinished: the window filters on another time
                 return
-            try:
-                e = from_text(r.ended_at)
-            except (ValueError, OverflowError):
+            e = _stored_text(r.ended_at)
+            if e is None:
                 self.usable = False
                 return
-            if not self.window.start <= e < self.window.end:
+            if not lo <= e < hi:
                 self.usable = False  # outside the window by ended_at: filtered on another
                 return
             ends.append(e)
@@ -95,8 +98,9 @@ class Reach:
         down = all(a >= b for a, b in pairs)
         up = all(a <= b for a, b in pairs)
         if self.edge is not None:  # this page must follow the last one
-            down = down and ends[0] <= self.edge
-            up = up and ends[0] >= self.edge
+            edge = to_text(self.edge)
+            down = down and ends[0] <= edge
+            up = up and ends[0] >= edge
         if not (down or up):
             self.usable = False
             return
@@ -106,11 +110,12 @@ class Reach:
             self.usable = False
             return
         self.order = order
-        self.edge = ends[-1]
-        first, n = (ends[0], 0) if self._last is None else self._last
-        span = abs((first - ends[-1]).total_seconds())
+        self.edge = from_text(ends[-1])
+        head = from_text(ends[0])
+        first, n = (head, 0) if self._last is None else self._last
+        span = abs((first - self.edge).total_seconds())
         self.rate = (n + len(rows)) / max(span, 1.0)
-        self._last = (ends[0], len(rows))
+        self._last = (head, len(rows))
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,14 @@ class FilterProbe:
                 "mid-walk" if answer else "only by its first page",
             )
             return answer
+
+
+def _stored_text(text: str) -> str | None:
+    """``text`` in the stored shape (27 characters, UTC), or None if it is no time."""
+    try:
+        return normalize(text)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _probe_row(rows: Sequence[Row]) -> tuple[Row, datetime] | None:

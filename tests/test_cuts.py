@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from mirror.cuts import CUT_SLACK, MIN_PIECE_ROWS, NEAR_PIECES, FilterProbe, Rea
 from mirror.records import Row
 from mirror.simulator import ManualClock, SimulatedAPI, World, WorldConfig
 from mirror.sync import estimate_parts
-from mirror.timeparse import to_text
+from mirror.timeparse import from_text, to_text
 from mirror.walk import Lister, Notes, Stop
 from mirror.windows import Window
 
@@ -153,6 +153,30 @@ def test_the_estimate_is_revised_as_pages_arrive_and_the_pieces_follow_it() -> N
     assert 0 < far[-1] <= size * 2 ** len(far), lengths
     left = int((cut.rest[0].end - START).total_seconds())
     assert cut.near == NEAR_PIECES and sum(lengths) == left, (cut.near, sum(lengths), left)
+
+
+def test_timestamps_in_another_shape_read_as_the_stored_text_and_garbage_gives_no_cut() -> None:
+    """``Reach`` compares the stored text (whose order is time order): rows whose
+    ``ended_at`` comes in another RFC 3339 shape (an offset, other fractions) say the same
+    as the stored shape, and one that is no time makes the pages unusable for a cut."""
+    sparse = [row(n, 36_000 - 60.0 * (n + 1)) for n in range(100)]
+    dense = [row(1000 + n, 36_000 - 6_000 - 1.0 * (n + 1)) for n in range(200)]
+
+    def other_shape(r: Row) -> Row:
+        assert r.ended_at is not None
+        at = from_text(r.ended_at).astimezone(timezone(timedelta(hours=5, minutes=30)))
+        return r._replace(ended_at=at.isoformat())
+
+    stored, other = Reach(WINDOW), Reach(WINDOW)
+    for page in (sparse, dense[:100], dense[100:]):
+        stored.add(page)
+        other.add([other_shape(r) for r in page])
+        seen = (other.usable, other.order, other.edge, other.rate)
+        assert seen == (stored.usable, stored.order, stored.edge, stored.rate), seen
+    assert plan_cut(other, WALK_ROWS) == plan_cut(stored, WALK_ROWS) is not None, "cuts differ"
+    broken = Reach(WINDOW)
+    broken.add([*sparse[:50], sparse[50]._replace(ended_at="2026-13-45T00:00:00.000000Z")])
+    assert not broken.usable and plan_cut(broken, WALK_ROWS) is None, "a non-time was cut on"
 
 
 def test_a_page_of_one_tie_group_is_not_taken_for_a_dense_stretch() -> None:

@@ -115,7 +115,10 @@ def test_both_histories_equal_the_servers_and_a_bare_sync_keeps_both(
         asked = {v for e in model_calls for v in e.params.get("expand", [])}
         assert asked <= {"payloads"}, f"a model list was asked for {asked}: only payloads exists"
         want = expected(world)
-        assert sum(1 for r in want.values() if r["endpoint_id"] in MODELS) > 150, "too few"
+        # (the simulated day is quieter at night: a guard that the models' history is more
+        # than one page, not a count of the world)
+        n = sum(1 for r in want.values() if r["endpoint_id"] in MODELS)
+        assert n > 100, f"only {n} model calls: one page, the scenario proves little"
         assert_mirror_equals(db_url, want, context="after the two first syncs")
         assert_histories(db_url)
         assert targets_of(db_url) == {

@@ -191,7 +191,8 @@ def test_an_incremental_run_walks_what_changed_and_catches_every_change(
             f"--full-lookback walked {whole} seconds of the lookback, not all of it"
         )
         full_calls = len([e for e in api.log if e.path.endswith("/requests/by-endpoint")])
-        assert steady_calls < full_calls, (
+        # never more; as many when the stretch from the oldest unbilled row spans it all
+        assert steady_calls <= full_calls, (
             f"the narrowed run made {steady_calls} list calls, the full lookback {full_calls}"
         )
         assert_mirror_equals(db, listable(world), context=" after --full-lookback")

@@ -313,7 +313,12 @@ class MirrorMachine(RuleBasedStateMachine):
     def sync_against_hostile_pages(self, mode: str, p: float, seed: int) -> None:
         faults = FaultConfig(seed=seed, bad_data=mode, p_bad_data=p)  # type: ignore[arg-type]
         outcome, err, _ = self._sync(faults=faults)
-        served = any((e.fault or "").startswith("bad:") for e in self._last_log)
+        # (garbled per-minute counts only narrow the lookback less: the steady state walks
+        # it whole, by design, so a hostile analytics answer alone need not fail the run)
+        served = any(
+            (e.fault or "").startswith("bad:") and "minute" not in e.params.get("timeframe", [])
+            for e in self._last_log
+        )
         if mode == "not_json":  # a 200 that is not JSON is retried like a proxy's error page
             assert outcome == "ok" or isinstance(err, ApiUnavailable), f"{mode}: {err!r}"
         elif mode == "repeat_cursor" and p < 1:  # a forged cursor may lead to the real next page

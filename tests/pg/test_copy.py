@@ -201,6 +201,7 @@ def source_db(tmp_path_factory) -> Path:
                     completed_at=now,
                 )
             )
+            conn.execute(cost_state.delete())  # (the fixture's sync kept one of its own)
             conn.execute(
                 cost_state.insert().values(
                     id=1,

@@ -313,10 +313,10 @@ class MirrorMachine(RuleBasedStateMachine):
     def sync_against_hostile_pages(self, mode: str, p: float, seed: int) -> None:
         faults = FaultConfig(seed=seed, bad_data=mode, p_bad_data=p)  # type: ignore[arg-type]
         outcome, err, _ = self._sync(faults=faults)
-        # (garbled per-minute counts only narrow the lookback less: the steady state walks
-        # it whole, by design, so a hostile analytics answer alone need not fail the run)
+        # a hostile list page fails the run; garbled analytics only plan or narrow less (the
+        # steady state then walks the whole lookback, by design)
         served = any(
-            (e.fault or "").startswith("bad:") and "minute" not in e.params.get("timeframe", [])
+            (e.fault or "").startswith("bad:") and e.path.endswith("/requests/by-endpoint")
             for e in self._last_log
         )
         if mode == "not_json":  # a 200 that is not JSON is retried like a proxy's error page

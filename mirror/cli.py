@@ -20,6 +20,7 @@ import click
 
 from mirror import (
     __version__,
+    arenas,
     commands_cost,
     commands_media,
     commands_query,
@@ -273,6 +274,7 @@ commands_cost.register(cli)
 
 def main() -> None:
     cli.as_process = True
+    arenas.cap()  # before any thread starts: a backfill's memory stays flat (mirror.arenas)
     # `mirror query ... | head` should stop quietly, like any Unix tool
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     # Ctrl-C means stop, whatever this process inherited: a shell starts background jobs

@@ -228,32 +228,34 @@ def test_sqlite_to_postgresql_to_sqlite_round_trips_every_table(
     assert len(original["requests"]) > 1000 and len(original["sync_runs"]) == 2, "fixture too small"
     con = sqlite3.connect(source_db)
     try:  # the state a sync records of what was asked and of the API's clock is carried too
-        asked = con.execute("SELECT count(requested_from) FROM sync_targets").fetchone()[0]
+        asked, targets = con.execute(
+            "SELECT count(requested_from), count(*) FROM sync_targets"
+        ).fetchone()
         skews = con.execute("SELECT count(clock_skew) FROM sync_runs").fetchone()[0]
     finally:
         con.close()
-    assert asked == 3 and skews == 1, f"fixture lacks requested starts or skews: {asked}, {skews}"
+    assert asked >= 3 and targets >= asked and skews == 1, (
+        f"fixture lacks requested starts or skews: {asked} of {targets}, {skews}"
+    )
     histories = {r[-1] for r in original["requests"]}
     assert histories == {"serverless", "model"}, f"fixture lacks a history: {histories}"
     events, n_prices = len(original["billing_events"]), len(original["prices"])
     assert events > len(ODD_EVENTS) and n_prices > 3, "fixture lacks the demo's cost rows"
+    empty = sorted(t for t, rows in original.items() if not rows)
+    assert empty == [], f"the fixture leaves tables empty, so their copy is not proved: {empty}"
 
     r = mirror_cli("copy", "--from", str(source_db), "--to", pg_url)
     assert r.returncode == 0, f"SQLite -> PostgreSQL failed: {r.stderr}"
     n = len(original["requests"])
-    assert r.stdout.startswith(f"copied {n} requests, 4 targets, "), r.stdout
+    assert r.stdout.startswith(f"copied {n} requests, {targets} targets, "), r.stdout
     assert f" {events} billing events and {n_prices} prices from " in r.stdout, r.stdout
     assert_same(original, pg_dump_as_sqlite(pg_url), "on PostgreSQL")
 
     # back, through the library with a tiny batch: many partitions and statements
     back = tmp_path / "back.db"
     report = copy_mirror(pg_url, str(back), batch=97)
-    assert report.counts == {
-        "requests": n, "billing_events": events, "prices": n_prices, "sync_targets": 4,
-        "sync_windows": len(original["sync_windows"]), "sync_runs": 2,
-        "sync_rechecks": len(original["sync_rechecks"]), "sync_page_limits": 1,
-        "oversized_requests": 2, "cost_windows": 1, "cost_state": 1, "usage_checks": 1,
-    }, report.summary()  # fmt: skip
+    copied = {t: len(rows) for t, rows in original.items() if t in report.counts}
+    assert report.counts == copied, report.summary()
     assert_same(original, sqlite_dump(back), "back on SQLite")
     assert sqlite_dump(source_db) == original, "the source changed"
     con = sqlite3.connect(back)

@@ -19,6 +19,11 @@ changed. Here the part of the lookback a previous run completed is narrowed to:
   is not waited on for billing (fal bills successful requests); ``--full-lookback`` or
   ``mirror verify --full`` read those again.
 
+What is left is priced in list calls by the server's per-minute counts: neighbouring
+stretches are walked as one where a single page holds them and the rows between, and a
+plan that would cost more calls than walking the whole lookback (changes scattered over
+many minutes) walks the whole lookback instead.
+
 The run's new part (from the last completed point on) and every stretch that is not
 completed are walked as before. Without analytics (refused, absent, garbled) a target's
 lookback is walked whole, and the run says so once. ``SyncOptions.steady`` off
@@ -27,9 +32,11 @@ lookback is walked whole, and the run says so once. ``SyncOptions.steady`` off
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +45,7 @@ import sqlalchemy as sa
 
 from mirror.api import ANALYTICS_PATHS, FalClient
 from mirror.errors import ApiError, ApiUnavailable, BadDataError
+from mirror.records import PAGE_LIMIT
 from mirror.schema import requests, target_clause
 from mirror.store import Store
 from mirror.timeparse import api_param, from_text, to_text
@@ -51,8 +59,6 @@ MINUTE = timedelta(minutes=1)
 FIELDS = ("ended_at", "sent_at", "started_at")
 #: (request, success, user error, error) counts of one minute
 Counts = tuple[int, int, int, int]
-#: rows a list page holds
-PAGE_ROWS = 100
 #: minutes asked for per analytics page, and pages read for one target's lookback: a
 #: longer lookback is walked whole (counting that many minutes is a heavy call for the API)
 ANALYTICS_PAGE = 1000
@@ -162,6 +168,41 @@ def _merge(ws: Sequence[Window]) -> list[Window]:
     return out
 
 
+def _pages(rows: int) -> int:
+    """The list calls a walk of ``rows`` rows costs (an empty window costs one)."""
+    return max(1, math.ceil(rows / PAGE_LIMIT))
+
+
+def _row_estimate(server: Mapping[str, Counts]) -> Callable[[Window], int]:
+    """The rows a walk of a window meets, by the server's counts of its minutes (a minute
+    the window only partly covers counts whole: an estimate that errs towards more pages)."""
+    keys = sorted(server)
+    starts = [from_text(k) for k in keys]
+    sums = list(itertools.accumulate((server[k][0] for k in keys), initial=0))
+
+    def rows(w: Window) -> int:
+        i = bisect.bisect_left(starts, align_down(w.start, MINUTE))
+        j = bisect.bisect_left(starts, w.end)
+        return sums[j] - sums[i]
+
+    return rows
+
+
+def _coalesce(parts: Iterator[Window], rows: Callable[[Window], int]) -> list[Window]:
+    """Neighbouring parts of one window walked as one where that takes fewer calls: the
+    rows between them are read again, but a page that holds them all is one call, not
+    two."""
+    out: list[Window] = []
+    for p in parts:
+        if out:
+            joined = Window(out[-1].start, p.end)
+            if _pages(rows(joined)) < _pages(rows(out[-1])) + _pages(rows(p)):
+                out[-1] = joined
+                continue
+        out.append(p)
+    return out
+
+
 class Steady:
     """Narrows each target's lookback for one sync run (see the module's docstring)."""
 
@@ -217,7 +258,14 @@ class Steady:
         keep = _merge(keep)
         trusted = [Window(max(a, lo), min(b, hi)) for a, b in completed if max(a, lo) < min(b, hi)]
         trusted = _merge([p for t in trusted for p in _subtract(t, keep)])
-        out = [p for w in windows for p in _subtract(w, trusted)]
+        rows = _row_estimate(server)
+        out = [p for w in windows for p in _coalesce(_subtract(w, trusted), rows)]
+        calls = sum(_pages(rows(w)) for w in out) + len(by_id)
+        whole = sum(_pages(rows(w)) for w in windows)
+        if calls > whole:  # changes scattered over the lookback: one walk of it is cheaper
+            log.info("%s: the lookback is walked whole (%d calls, narrowed %d)", target, whole,
+                     calls)  # fmt: skip
+            return Narrowed(windows)
         left_out = sum(t.length.total_seconds() for t in trusted)
         log.info(
             "%s: lookback narrowed to %d windows (%d minutes differ, %s), %d rows by id; "
@@ -419,7 +467,7 @@ class Steady:
             if i >= best_cost or s in seen:
                 continue
             seen.add(s)
-            cost = i + max(1, math.ceil(self._rows_from(target, s, hi) / PAGE_ROWS))
+            cost = i + max(1, math.ceil(self._rows_from(target, s, hi) / PAGE_LIMIT))
             if cost < best_cost:
                 best_i, best_cost = i, cost
         if best_i > MAX_BY_ID:  # more than a run should ask by id: walk further back instead

@@ -162,20 +162,23 @@ def test_an_incremental_run_walks_what_changed_and_catches_every_change(
         late_minutes = {
             t.replace(second=0, microsecond=0) for ts in changed for t in ts if t is not None
         }
+        # (a stretch between two of those may be walked with them, where one page holds it
+        # all; a target whose changes would cost more calls than its lookback walks it whole)
+        narrowed = walked_seconds(api, lo, last)
         for target, a, b in walks(api):
             a, b = max(a, lo[target]), min(b, last[target])
+            if a >= b or narrowed[target] == LOOKBACK.total_seconds():
+                continue
             oldest = oldest_pending(before, target, lo[target])
             allowed = [(m, m + timedelta(minutes=1)) for m in late_minutes]
             if oldest is not None:
                 allowed.append((oldest.replace(microsecond=0), last[target]))
-            for x, y in sorted(allowed):  # what of [a, b) no allowed stretch covers
-                if x <= a < y:
-                    a = y
-            assert a >= b, (
-                f"{target} walked {a}..{b} of its lookback: no late record nor running row "
-                f"there, and it is before the oldest unbilled or running row ({oldest})"
+            inside = [(max(x, a), min(y, b)) for x, y in sorted(allowed) if max(x, a) < min(y, b)]
+            assert inside and inside[0][0] == a and max(y for _, y in inside) == b, (
+                f"{target} walked {a}..{b} of its lookback: it does not start and end at a late "
+                f"record, a running row or the stretch from the oldest unbilled or running row "
+                f"({oldest})"
             )
-        narrowed = walked_seconds(api, lo, last)
         assert narrowed["acme/upscaler"] < LOOKBACK.total_seconds(), narrowed
         steady_calls = len([e for e in api.log if e.path.endswith("/requests/by-endpoint")])
 
@@ -231,3 +234,67 @@ def test_without_analytics_the_whole_lookback_is_walked_and_said_once(
         assert asked == list(want), f"analytics asked for {asked} after answering {status}"
         after = assert_mirror_equals(db, listable(world))
         assert {r.request_id for r in late} <= set(after), "late records were not caught"
+
+
+def list_calls(api: SimulatedAPI, target: str) -> int:
+    return len(
+        [
+            e
+            for e in api.log
+            if e.path.endswith("/requests/by-endpoint") and e.params["endpoint_id"][0] == target
+        ]
+    )
+
+
+def test_changes_scattered_over_the_lookback_cost_no_more_calls_than_walking_it(
+    tmp_path: Path,
+) -> None:
+    world = static_world(hours=3, per_hour=900, running=0, late_fraction=0)
+    db = tmp_path / "mirror.sqlite"
+    with SimulatedAPI(world) as api:
+        env = fast_env(api.base_url)
+        assert mirror(sync_args(db, "--since", "4h"), env).code == 0
+        # one late record in each of 24 minutes spread over the upscaler's lookback; two in
+        # minutes three apart on flux-lora
+        late = [
+            r
+            for i in range(24)
+            for r in world.backdate(
+                1,
+                hours_ago=0.1 + i * 0.075,
+                endpoint_id="acme/upscaler",
+                spread_minutes=0.01,
+                seed=i,
+            )
+        ]
+        pair = [
+            r
+            for i, ago in enumerate((1.0, 1.05))
+            for r in world.backdate(
+                1, hours_ago=ago, endpoint_id="acme/flux-lora", spread_minutes=0.01, seed=100 + i
+            )
+        ]
+        api.clear_log()
+        r = mirror(sync_args(db), env)
+        assert r.code == 0, f"incremental run failed: {r.stderr}"
+        after = assert_mirror_equals(db, listable(world), context=" after the incremental run")
+        missing = {x.request_id for x in late + pair} - set(after)
+        assert not missing, f"late records were not caught: {missing}"
+        steady = {t: list_calls(api, t) for t in TARGETS}
+        a, b = sorted(min(x.sent_at, x.ended_at) for x in pair)
+        joined = [(s, e) for t, s, e in walks(api) if t == "acme/flux-lora" and s <= a and b < e]
+        assert joined, (
+            "two changed minutes three apart were walked apart: "
+            f"{[(s, e) for t, s, e in walks(api) if t == 'acme/flux-lora']}"
+        )
+
+        api.clear_log()
+        assert mirror(sync_args(db, "--full-lookback"), env).code == 0
+        full = {t: list_calls(api, t) for t in TARGETS}
+        minutes = {x.sent_at.replace(second=0, microsecond=0) for x in late}
+        assert len(minutes) > full["acme/upscaler"], (
+            f"{len(minutes)} changed minutes cost no more than the whole lookback's "
+            f"{full['acme/upscaler']} calls: the scenario proves nothing"
+        )
+        dearer = {t: (steady[t], full[t]) for t in TARGETS if steady[t] > full[t]}
+        assert not dearer, f"narrowed runs made more list calls than the full lookback: {dearer}"

@@ -44,7 +44,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from mirror import interrupts
 from mirror.api import FalClient
 from mirror.billing_api import (
     EVENTS_LIMIT,
@@ -140,7 +139,7 @@ def _set_state(store: Store, now: str, state: str, reason: str | None, **more: s
     if state == "ok":
         values["ok_at"] = now
     insert = _state_insert(store.dialect)(cost_state).values(id=STATE_ID, **values)
-    with interrupts.deferred(), store.engine.begin() as conn:
+    with store.writing() as conn:
         conn.execute(insert.on_conflict_do_update(index_elements=["id"], set_=values))
 
 
@@ -197,7 +196,7 @@ def _walk(store: Store, client: FalClient, window: Window, report: CostReport, s
             client, start=window.start, end=window.end, cursor=cursor, limit=EVENTS_LIMIT
         )
         report.pages += 1
-        with interrupts.deferred(), store.engine.begin() as conn:
+        with store.writing() as conn:
             result = store.upsert_billing_events(conn, page.events, now=stamp)
             if page.next_cursor is None:
                 _mark_complete(conn, window, stamp)
@@ -241,7 +240,7 @@ def _check_usage(
             key = (line.bucket[:10], line.endpoint_id)
             totals[key] = totals.get(key, 0) + line.cost_total_nano
     u = usage_checks.c
-    with interrupts.deferred(), store.engine.begin() as conn:
+    with store.writing() as conn:
         diffs = usage_differences(conn, lines, CostFilters(since=start, until=end))
         differing = {(d["day"], d["endpoint"]): d["mirror_nano_usd"] for d in diffs}
         conn.execute(
@@ -326,7 +325,7 @@ def sync_cost_now(
     a requested start. ``note``: tells the run's user one line (a refusal, a difference)."""
     report = CostReport()
     stamp = to_text(now)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         start = _start(conn, default_from)
         completed = _completed(conn)
         row = state_row(conn)
@@ -343,11 +342,11 @@ def sync_cost_now(
             report.refused = _refusal(e)
         # prices need no ADMIN scope: kept for the estimates whether events are read or not
         if _prices_due(row, now):
-            with store.engine.connect() as conn:
+            with store.reading() as conn:
                 models = model_endpoints(conn)
                 conn.rollback()
             quotes = fetch_prices(client, models) if models else []
-            with interrupts.deferred(), store.engine.begin() as conn:
+            with store.writing() as conn:
                 report.prices_added = store.record_prices(conn, quotes, stamp)
             report.prices_checked = True
             more["prices_checked_at"] = stamp

@@ -362,7 +362,7 @@ class Steady:
             r.sent_at < to_text(hi),
             sa.or_(r.ended_at.is_(None), r.ended_at >= to_text(first)),
         )
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             for sent, started, ended, code in conn.execute(q):
                 for name, value in zip(FIELDS, (ended, sent, started), strict=True):
                     if value is None:
@@ -418,7 +418,7 @@ class Steady:
             .order_by(r.sent_at)
         )
         out = []
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             for rid, ep, sent, ended in conn.execute(q):
                 try:
                     out.append(
@@ -441,7 +441,7 @@ class Steady:
             r.sent_at < to_text(hi),
             sa.or_(r.ended_at.is_(None), r.ended_at >= to_text(start)),
         )
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             n = int(conn.execute(q).scalar() or 0)
             conn.rollback()
         return n

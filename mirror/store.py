@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from mirror import lock
+from mirror import interrupts, lock
 from mirror.db import (
     display_db,
     ensure_schema,
@@ -170,6 +170,28 @@ class Store:
         store = cls(engine, db)
         store._reader = True
         return store
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for one short read, rolled back at its end.
+
+        On SQLite every transaction of the writer's engine takes the write lock (BEGIN
+        IMMEDIATE), reads too. A Ctrl-C raised in the middle of SQLAlchemy's bookkeeping
+        could leave the connection checked out with that lock held, and the run's outcome
+        could then not be recorded; so the read runs whole (``interrupts.deferred``).
+        """
+        with interrupts.deferred(), self.engine.connect() as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A connection for one short write, committed whole at its end (or rolled back),
+        an interrupt meanwhile raised after it (see ``reading``)."""
+        with interrupts.deferred(), self.engine.begin() as conn:
+            yield conn
 
     def close(self) -> None:
         self.engine.dispose()
@@ -491,7 +513,7 @@ class Store:
     # -- targets and windows ------------------------------------------------------------
 
     def targets(self) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = [
                 r[0]
                 for r in conn.execute(
@@ -504,7 +526,7 @@ class Store:
     def target_histories(self) -> dict[str, str]:
         """Every stored target and the history it is (``HISTORIES``), in target order."""
         c = sync_targets.c
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = {t: h for t, h in conn.execute(sa.select(c.target, c.history).order_by(c.target))}
             conn.rollback()
         return out
@@ -568,7 +590,7 @@ class Store:
     def forget_if_empty(self, target: str) -> bool:
         """Drop a target that holds no row and no completed window; True if it was dropped."""
         w = sync_windows.c
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             held = conn.execute(
                 sa.select(
                     sa.exists().where(w.target == target) | sa.exists().where(target_clause(target))
@@ -583,7 +605,7 @@ class Store:
     def requested_from(self, target: str) -> str | None:
         """Where the target's requested range starts (None: nothing recorded yet)."""
         t = sync_targets.c
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = conn.execute(
                 sa.select(t.requested_from).where(t.target == target)
             ).scalar_one_or_none()
@@ -593,7 +615,7 @@ class Store:
     def completed_until(self, targets: Iterable[str]) -> str | None:
         """The latest end of any completed interval of these targets (None: none yet)."""
         w = sync_windows.c
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = conn.execute(
                 sa.select(sa.func.max(w.window_end)).where(w.target.in_(list(targets)))
             ).scalar_one_or_none()
@@ -609,7 +631,7 @@ class Store:
         )
         if conn is not None:
             return [(r[0], r[1]) for r in conn.execute(q)]
-        with self.engine.connect() as c:
+        with self.reading() as c:
             out = [(r[0], r[1]) for r in c.execute(q)]
             c.rollback()
         return out
@@ -645,7 +667,7 @@ class Store:
             .order_by(r.sent_at)
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = [(a, b, c) for a, b, c in conn.execute(q)]
             conn.rollback()
         return out
@@ -663,7 +685,7 @@ class Store:
             .where(target_clause(target), r.ended_at >= start, r.ended_at < end)
             .group_by(hour)
         )
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = {h: int(n) for h, n in conn.execute(q) if _is_hour(h)}
             conn.rollback()
         return out
@@ -671,7 +693,7 @@ class Store:
     def rechecked(self, target: str) -> dict[str, str]:
         """tier -> when the target's older history was last re-checked."""
         c = sync_rechecks.c
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = {
                 t: at
                 for t, at in conn.execute(sa.select(c.tier, c.checked_at).where(c.target == target))
@@ -681,7 +703,7 @@ class Store:
 
     def mark_rechecked(self, target: str, tiers: Iterable[str], now: str) -> None:
         c = sync_rechecks.c
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             for tier in tiers:
                 conn.execute(sync_rechecks.delete().where(c.target == target, c.tier == tier))
                 conn.execute(
@@ -710,7 +732,7 @@ class Store:
         its outcome (SIGKILL, a crash, the machine stopping), and is logged ``killed`` now.
         (Not on a server database, where several machines may sync at once.)
         """
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             if self.holds_sqlite_lock():
                 conn.execute(
                     sync_runs.update()
@@ -760,7 +782,7 @@ class Store:
         }
         if clock_skew is not None:
             values["clock_skew"] = clock_skew
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             conn.execute(
                 sync_runs.update().where(sync_runs.c.id == run_id).values(**values, **counts)
             )
@@ -768,7 +790,7 @@ class Store:
     def last_clock_skew(self) -> float | None:
         """The clock skew the latest run that measured one found (seconds, local - API)."""
         c = sync_runs.c
-        with self.engine.connect() as conn:
+        with self.reading() as conn:
             out = conn.execute(
                 sa.select(c.clock_skew)
                 .where(c.clock_skew.is_not(None))

@@ -529,7 +529,7 @@ class Syncer:
         self._refused: set[str] = set()
         self._skew = SkewEstimate()
         self._notes = Notes(log)
-        with store.engine.connect() as conn:
+        with store.reading() as conn:
             known = oversize.load_stretches(conn, opts.targets)
             conn.rollback()
         self._lister = Lister(
@@ -943,10 +943,7 @@ class Syncer:
     ) -> list[_Walk | _Refresh]:
         opts = self.opts
         blind: set[Window] = set()
-        with interrupts.deferred():  # short reads; see _write
-            windows, tail = plan_target(
-                self.store, target, opts, now, gaps_only=gaps_only, blind=blind
-            )
+        windows, tail = plan_target(self.store, target, opts, now, gaps_only=gaps_only, blind=blind)
         tails[target] = tail
         by_id: list[tuple[str, str, str]] = []
         if opts.steady and not gaps_only:
@@ -960,8 +957,7 @@ class Syncer:
         report.refreshed += len(by_id)
         report.windows.planned += len(windows)
         if not gaps_only:  # a process that held the target refreshed its unfinished rows
-            with interrupts.deferred():
-                stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
+            stale = self.store.unfinished(target, to_text(tail), opts.unfinished_limit)
             for i in range(0, len(stale), 50):
                 tasks.append(_Refresh(target, tuple(stale[i : i + 50]), now))
             report.refreshed += len(stale)
@@ -1055,11 +1051,8 @@ class Syncer:
         stamp = to_text(now)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                # whole or not at all, and an interrupt waits for the commit (< 1 s): one
-                # raised mid-transaction could leave this process's own connection holding
-                # the write lock while the run's outcome is being recorded
-                with interrupts.deferred():
-                    written, done = self._write_once(row_events, stamp)
+                # whole or not at all, and an interrupt waits for the commit (< 1 s)
+                written, done = self._write_once(row_events, stamp)
                 break
             except sa.exc.DBAPIError as e:
                 if not _retryable(e) or attempt == WRITE_ATTEMPTS:
@@ -1073,7 +1066,7 @@ class Syncer:
     def _write_once(self, row_events: list[Rows], stamp: str) -> tuple[Tally, int]:
         """(the rows written, the windows completed) in one transaction."""
         written, done = Tally(), 0
-        with self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             history_of = self._lister.history_of
             for billing, history in ((True, "serverless"), (False, "serverless"), (False, "model")):
                 rows = [
@@ -1128,7 +1121,7 @@ class Syncer:
         if not learned:
             return
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.writing() as conn:
                 oversize.save_stretches(conn, learned, to_text(now))
         except Exception as e:  # only a saving: the next run learns them again
             log.warning("could not keep the page sizes learned: %s", e)

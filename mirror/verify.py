@@ -317,7 +317,7 @@ class Verifier:
         self.clock = clock
         self._notes = Notes(log)
         if limits is None:
-            with store.engine.connect() as conn:
+            with store.reading() as conn:
                 limits = PageLimits(oversize.load_stretches(conn, self.targets))
                 conn.rollback()
         self._lister = Lister(
@@ -388,7 +388,7 @@ class Verifier:
     def _mirror_counts(self, target: str, lo: datetime, hi: datetime) -> dict[str, dict[str, int]]:
         """Per candidate field: the mirror's rows per hour key in ``[lo, hi)``."""
         out: dict[str, dict[str, int]] = {}
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             for name in CANDIDATE_FIELDS:
                 col = requests.c[name]
                 hour = hour_of(col)
@@ -588,7 +588,7 @@ class Verifier:
             writes: list[tuple[Row, bool]] = []
             deletes: list[str] = []
             before = tr.found
-            with self.store.engine.connect() as conn:
+            with self.store.reading() as conn:
                 mirror = self._mirror_rows(conn, w.rows)
                 ended_here = self._mirror_ended_in(conn, slot)
                 conn.rollback()
@@ -649,7 +649,7 @@ class Verifier:
             if self.delete_extra:
                 deletes.append(rid)
             return calls
-        with self.store.engine.connect() as conn:
+        with self.store.reading() as conn:
             have = self._mirror_rows(conn, [rid]).get(rid)
             conn.rollback()
         if have is None:  # deleted meanwhile by someone else: the walk of its hour says missing
@@ -672,7 +672,7 @@ class Verifier:
     ) -> None:
         """One transaction per hour: upsert what was missing or different (recording those
         read without payloads, as a sync does), delete extras."""
-        with self.store.engine.begin() as conn:
+        with self.store.writing() as conn:
             history = self._lister.history_of(slot.target)
             for billing in (True, False):
                 rows = [r for r, b in writes if b == billing]

@@ -1024,7 +1024,7 @@ class Syncer:
         """At least one event, then whatever else is waiting, up to a batch of rows."""
         if self._q.empty():  # the writer waits for pages: more calls in flight may help
             self.client.backlog(behind=False)
-        batch = [self._q.get()]
+        batch = [self._next_event()]
         rows = 0
         while rows < BATCH_ROWS:
             try:
@@ -1035,6 +1035,18 @@ class Syncer:
             if isinstance(ev, Rows):
                 rows += len(ev.rows)
         return batch
+
+    def _next_event(self) -> object:
+        """The next event, waited for in short deferred steps: a Ctrl-C raised inside the
+        queue's own wait could land between its lock's release and the code that takes it
+        back, and the queue would then release a lock it does not hold (RuntimeError, not
+        an interrupt). Deferred, it is raised between two steps, within 0.1 s."""
+        while True:
+            with interrupts.deferred():
+                try:
+                    return self._q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
 
     def _write(self, batch: list[object], report: SyncReport, now: datetime) -> None:
         """One transaction for the batch's rows and the windows they complete.

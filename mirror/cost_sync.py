@@ -329,7 +329,6 @@ def sync_cost_now(
         start = _start(conn, default_from)
         completed = _completed(conn)
         row = state_row(conn)
-        conn.rollback()
     reached = max((b for _, b in completed), default=None)
     windows = plan(start, now, completed, recheck_from=reached and reached - LOOKBACK,
                    size=WINDOW)  # fmt: skip
@@ -344,7 +343,6 @@ def sync_cost_now(
         if _prices_due(row, now):
             with store.reading() as conn:
                 models = model_endpoints(conn)
-                conn.rollback()
             quotes = fetch_prices(client, models) if models else []
             with store.writing() as conn:
                 report.prices_added = store.record_prices(conn, quotes, stamp)

@@ -377,7 +377,6 @@ class Steady:
                     c[0] += 1
                     if (s := _status(code)) > 0:
                         c[s] += 1
-            conn.rollback()
         zero: Counts = (0, 0, 0, 0)
 
         def counts(name: str, key: str) -> Counts:
@@ -431,7 +430,6 @@ class Steady:
                     )
                 except (ValueError, OverflowError):
                     continue  # not a time: stored by an older mirror, left to verify
-            conn.rollback()
         return out
 
     def _rows_from(self, target: str, start: datetime, hi: datetime) -> int:
@@ -443,7 +441,6 @@ class Steady:
         )
         with self.store.reading() as conn:
             n = int(conn.execute(q).scalar() or 0)
-            conn.rollback()
         return n
 
     def _pending_plan(

@@ -520,7 +520,6 @@ class Store:
                     sa.select(sync_targets.c.target).order_by(sync_targets.c.target)
                 )
             ]
-            conn.rollback()
         return out
 
     def target_histories(self) -> dict[str, str]:
@@ -528,7 +527,6 @@ class Store:
         c = sync_targets.c
         with self.reading() as conn:
             out = {t: h for t, h in conn.execute(sa.select(c.target, c.history).order_by(c.target))}
-            conn.rollback()
         return out
 
     def request_range(
@@ -609,7 +607,6 @@ class Store:
             out = conn.execute(
                 sa.select(t.requested_from).where(t.target == target)
             ).scalar_one_or_none()
-            conn.rollback()
         return out
 
     def completed_until(self, targets: Iterable[str]) -> str | None:
@@ -619,7 +616,6 @@ class Store:
             out = conn.execute(
                 sa.select(sa.func.max(w.window_end)).where(w.target.in_(list(targets)))
             ).scalar_one_or_none()
-            conn.rollback()
         return out
 
     def completed(self, target: str, conn: Connection | None = None) -> list[tuple[str, str]]:
@@ -633,7 +629,6 @@ class Store:
             return [(r[0], r[1]) for r in conn.execute(q)]
         with self.reading() as c:
             out = [(r[0], r[1]) for r in c.execute(q)]
-            c.rollback()
         return out
 
     def mark_complete(self, conn: Connection, target: str, start: str, end: str, now: str) -> None:
@@ -669,7 +664,6 @@ class Store:
         )
         with self.reading() as conn:
             out = [(a, b, c) for a, b, c in conn.execute(q)]
-            conn.rollback()
         return out
 
     def hourly_counts(self, target: str, start: str, end: str) -> dict[str, int]:
@@ -687,7 +681,6 @@ class Store:
         )
         with self.reading() as conn:
             out = {h: int(n) for h, n in conn.execute(q) if _is_hour(h)}
-            conn.rollback()
         return out
 
     def rechecked(self, target: str) -> dict[str, str]:
@@ -698,7 +691,6 @@ class Store:
                 t: at
                 for t, at in conn.execute(sa.select(c.tier, c.checked_at).where(c.target == target))
             }
-            conn.rollback()
         return out
 
     def mark_rechecked(self, target: str, tiers: Iterable[str], now: str) -> None:
@@ -797,7 +789,6 @@ class Store:
                 .order_by(c.id.desc())
                 .limit(1)
             ).scalar_one_or_none()
-            conn.rollback()
         return out
 
     def checkpoint(self) -> None:

@@ -531,7 +531,6 @@ class Syncer:
         self._notes = Notes(log)
         with store.reading() as conn:
             known = oversize.load_stretches(conn, opts.targets)
-            conn.rollback()
         self._lister = Lister(
             self.client,
             payloads=opts.payloads,

@@ -319,7 +319,6 @@ class Verifier:
         if limits is None:
             with store.reading() as conn:
                 limits = PageLimits(oversize.load_stretches(conn, self.targets))
-                conn.rollback()
         self._lister = Lister(
             self.client,
             payloads=payloads,
@@ -398,7 +397,6 @@ class Verifier:
                     .group_by(hour)
                 )
                 out[name] = {h: int(n) for h, n in conn.execute(q)}
-            conn.rollback()
         return out
 
     def _mirror_rows(self, conn: sa.Connection, ids: Iterable[str]) -> dict[str, Row]:
@@ -591,7 +589,6 @@ class Verifier:
             with self.store.reading() as conn:
                 mirror = self._mirror_rows(conn, w.rows)
                 ended_here = self._mirror_ended_in(conn, slot)
-                conn.rollback()
             done = reported[slot.target]
             for rid in sorted(w.rows):
                 if rid in done:
@@ -651,7 +648,6 @@ class Verifier:
             return calls
         with self.store.reading() as conn:
             have = self._mirror_rows(conn, [rid]).get(rid)
-            conn.rollback()
         if have is None:  # deleted meanwhile by someone else: the walk of its hour says missing
             return calls
         fields = differing_fields(have, row, payloads=self.payloads, billing=billing)

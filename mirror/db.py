@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from mirror import lock
+from mirror import interrupts, lock
 from mirror.errors import ConfigError, SchemaTooNewError, StoreError
 from mirror.sqlitefile import check_file, connect_readonly, sqlite_uri
 
@@ -120,6 +120,31 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # Writers take the write lock up front, so a transaction never fails half-way with
     # SQLITE_BUSY on upgrade from a read lock; readers in WAL mode are never blocked by it.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for one short read, rolled back at its end.
+
+    On SQLite every transaction of a writer's engine takes the write lock (BEGIN
+    IMMEDIATE, above), reads too. A Ctrl-C raised in the middle of SQLAlchemy's bookkeeping
+    could leave the connection checked out with that lock held, and what the command
+    records next (a sync's outcome) would wait for it in vain; so the read runs whole
+    (``interrupts.deferred``).
+    """
+    with interrupts.deferred(), engine.connect() as conn:
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A connection for one short write, committed whole at its end (or rolled back), an
+    interrupt meanwhile raised after it (see ``reading``)."""
+    with interrupts.deferred(), engine.begin() as conn:
+        yield conn
 
 
 def make_engine(db: str) -> Engine:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from mirror import interrupts, media_db
+from mirror import media_db
+from mirror.db import writing
 from mirror.media_db import MediaFilters, Work
 from mirror.media_fetch import DEFAULT_DEADLINE, DEFAULT_MAX_FILE, Fetched, Fetcher
 from mirror.media_files import MediaDir, sha256_file
@@ -236,7 +237,7 @@ def _fetch_all(
 def _record(
     writer: Engine, results: list[tuple[Work, Fetched]], report: MediaReport, now: str
 ) -> None:
-    with interrupts.deferred(), writer.begin() as conn:
+    with writing(writer) as conn:
         media_db.record(conn, [(item.url, fetched) for item, fetched in results], now)
     for item, fetched in results:
         _count(report, item, fetched)
@@ -331,6 +332,6 @@ def _repair(writer: Engine, fetcher: Fetcher, sha: str, report: MediaVerifyRepor
             report.repaired.append(sha)
             return
         report.notes.append(f"media: cannot repair from {_short(url)}: {fetched.reason}")
-    with interrupts.deferred(), writer.begin() as conn:
+    with writing(writer) as conn:
         media_db.mark_missing(conn, sha)
     report.reset.append(sha)

@@ -24,17 +24,19 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from mirror import interrupts, lock
+from mirror import lock
 from mirror.db import (
     display_db,
     ensure_schema,
     make_engine,
     reader_engine,
+    reading,
     schema_state,
     sqlite_path,
     tidy_wal,
     translate_errors,
     upgrade,
+    writing,
 )
 from mirror.errors import StoreError
 from mirror.records import Row, upsert_fields
@@ -171,27 +173,13 @@ class Store:
         store._reader = True
         return store
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Connection]:
-        """A connection for one short read, rolled back at its end.
+    def reading(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for one short read (``mirror.db.reading``)."""
+        return reading(self.engine)
 
-        On SQLite every transaction of the writer's engine takes the write lock (BEGIN
-        IMMEDIATE), reads too. A Ctrl-C raised in the middle of SQLAlchemy's bookkeeping
-        could leave the connection checked out with that lock held, and the run's outcome
-        could then not be recorded; so the read runs whole (``interrupts.deferred``).
-        """
-        with interrupts.deferred(), self.engine.connect() as conn:
-            try:
-                yield conn
-            finally:
-                conn.rollback()
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[Connection]:
-        """A connection for one short write, committed whole at its end (or rolled back),
-        an interrupt meanwhile raised after it (see ``reading``)."""
-        with interrupts.deferred(), self.engine.begin() as conn:
-            yield conn
+    def writing(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for one short write (``mirror.db.writing``)."""
+        return writing(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

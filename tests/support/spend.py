@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from mirror.cost import usd_text
 from mirror.schema import billing_events, prices, requests, unbilled_hourly
+from support.compare import covers
 
 
 def micro(units: float | None) -> int:
@@ -42,7 +43,7 @@ def stored_rollup(conn: sa.Connection) -> dict[tuple[str, str, str], tuple[int, 
 
 
 def matches(endpoint: str, chosen: Sequence[str]) -> bool:
-    return not chosen or any(endpoint == c or endpoint.startswith(c + "/") for c in chosen)
+    return not chosen or any(covers(c, endpoint) for c in chosen)
 
 
 def expected_spend(conn: sa.Connection, by: Sequence[str], since: str | None,

@@ -780,10 +780,14 @@ class Store:
         return out
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database and truncate it, if no reader is in the way.
+        """Fold the WAL back into the database and truncate it, once the readers still
+        reading an older state are done; gives up after a second.
 
-        Never waits: a reader in the middle of a long transaction keeps its view, and the
-        next run (or SQLite's automatic checkpoint) finishes the job.
+        A short wait for readers such as a `sqlite3` shell leaves the file's closing nothing
+        to copy: closing the last connection checkpoints what is left while it holds the
+        file exclusively, and a reader with no busy timeout that opens the file meanwhile is
+        turned away ("database is locked"). A reader in the middle of a long transaction
+        keeps its view, and the next run (or SQLite's automatic checkpoint) finishes the job.
         """
         if self.dialect != "sqlite":
             return
@@ -791,7 +795,7 @@ class Store:
             raw = self.engine.raw_connection()
             try:
                 con = raw.driver_connection
-                con.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]
+                con.execute("PRAGMA busy_timeout = 1000")  # type: ignore[union-attr]
                 try:
                     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
                 finally:

@@ -1,7 +1,8 @@
 """Reading while cron syncs: the `sqlite3` shell and `mirror query`/`stats` during a real sync.
 
-Neither side may fail with "database is locked", and once the sync is done the summaries and
-the search index it maintained on the way are exact.
+Neither side may fail with "database is locked" while the sync runs (the shell, which waits
+for nothing, may at the instant the sync closes the file: docs/querying.md), and once the
+sync is done the summaries and the search index it maintained on the way are exact.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def test_the_shell_and_mirror_read_while_a_sync_writes(tmp_path, run_cli):
                 shell = subprocess.run(
                     ["sqlite3", str(db), SHELL_SQL], capture_output=True, text=True, timeout=60
                 )
+                if "database is locked" in shell.stderr and _run_ended(db):
+                    # the one instant SQLite itself turns away a reader with no busy timeout:
+                    # the sync's last connection closing the file (docs/querying.md)
+                    continue
                 assert shell.returncode == 0 and not shell.stderr, (
-                    f"sqlite3 shell failed: {shell.stderr}"
+                    f"sqlite3 shell failed while the sync was running: {shell.stderr}"
                 )
                 counts.append(int(shell.stdout.split()[0]))
                 shell_runs += 1
@@ -73,6 +78,11 @@ def test_the_shell_and_mirror_read_while_a_sync_writes(tmp_path, run_cli):
     (final,) = read_all(db, "SELECT count(*) FROM requests")
     assert counts[-1] == final[0]
     derived_tables_exact(db)
+
+
+def _run_ended(db) -> bool:
+    """Whether the sync has recorded its end, which it does before it closes the file."""
+    return bool(read_all(db, "SELECT 1 FROM sync_runs WHERE ended_at IS NOT NULL"))
 
 
 def _has_schema(db) -> bool:

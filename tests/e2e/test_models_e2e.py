@@ -29,11 +29,13 @@ from support.compare import (
 )
 from support.sim import (
     ENDPOINTS,
-    READING_PARAMS,
+    PG_READINGS,
+    READINGS,
     TARGETS,
     IdentifyingAPI,
     fast_env,
     listable,
+    on_backends,
     static_world,
 )
 
@@ -98,7 +100,9 @@ def targets_of(db: Path | str) -> dict[str, str]:
     return dict(db_query(db, "SELECT target, history FROM sync_targets"))
 
 
-@pytest.mark.parametrize("config", READING_PARAMS)
+@pytest.mark.parametrize(
+    ("db_url", "config"), on_backends(READINGS, PG_READINGS), indirect=["db_url"]
+)
 def test_both_histories_equal_the_servers_and_a_bare_sync_keeps_both(
     db_url: str, config: WorldConfig
 ) -> None:

@@ -94,15 +94,31 @@ READINGS: dict[str, WorldConfig] = {
 
 #: the same readings as parameters of a test taking a ``config``, with the ids the
 #: end-to-end suite has always given them
+_READING_IDS = {
+    "ended_at-desc": "filter-ended_at",
+    "sent_at-desc": "filter-sent_at",
+    "sent_at-asc-nullsfirst": "sent_at-asc-nullsfirst",
+    "started_at-hidden": "started_at-hidden-unfinished",
+}
 READING_PARAMS = [
-    pytest.param(READINGS[name], id=test_id)
-    for name, test_id in (
-        ("ended_at-desc", "filter-ended_at"),
-        ("sent_at-desc", "filter-sent_at"),
-        ("sent_at-asc-nullsfirst", "sent_at-asc-nullsfirst"),
-        ("started_at-hidden", "started_at-hidden-unfinished"),
-    )
+    pytest.param(READINGS[name], id=test_id) for name, test_id in _READING_IDS.items()
 ]
+
+#: the readings a test crossing both backends runs on PostgreSQL: the reading shapes the
+#: walk, the backend the writes, so each reading runs on SQLite and PostgreSQL gets the two
+#: that differ most in what the store is given (rows with null times first; unfinished rows
+#: the list hides, refreshed by id) instead of every combination
+PG_READINGS = ("sent_at-asc-nullsfirst", "started_at-hidden")
+
+
+def on_backends(sqlite: Iterable[str], postgresql: Iterable[str]) -> list[Any]:
+    """Parameters ``(db_url, config)`` for a test taking both, ``db_url`` indirect: each
+    reading named for a backend runs on it (ids as the fixtures would give them)."""
+    return [
+        pytest.param(backend, READINGS[name], id=f"{backend}-{_READING_IDS[name]}")
+        for backend, names in (("sqlite", sqlite), ("postgresql", postgresql))
+        for name in names
+    ]
 
 
 # --------------------------------------------------------------------------- static worlds

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support.cli import assert_one_line, die, mirror, note, run_cli
+from support.cli import assert_one_line, die, forked, note, run_cli
 from support.sim import API_SCOPE_KEY, KEYS, fast_env, listable, static_world
 
 from mirror.db import make_engine
@@ -92,7 +92,7 @@ def _usage_per_day(api: SimulatedAPI) -> dict[tuple[str, str], int]:
 
 
 def _sync(db: str, env: dict[str, str], *extra: str) -> Any:
-    return mirror(["sync", "--db", db, "-e", APP, "--since", f"{HOURS + 2}h", *extra], env)
+    return forked(["sync", "--db", db, "-e", APP, "--since", f"{HOURS + 2}h", *extra], env)
 
 
 def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
@@ -132,27 +132,27 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
         _table(db_url, "SELECT endpoint_id, unit, unit_price, currency FROM prices")
     )
     assert got_prices == expected_prices, "the prices kept are not the server's current prices"
-    out = mirror(
+    out = forked(
         ["cost", "--db", db_url, "--by", "day,endpoint", "--no-estimate", "-f", "json"], env
     )
     assert out.code == 0, out.stderr
     spent = {(r["day"], r["endpoint"]): r["billed_nano_usd"] for r in json.loads(out.stdout)}
     assert spent == usage, "spend per day and endpoint differs from the server's usage totals"
-    stats = mirror(["stats", "--db", db_url, "--by", "day,endpoint", "--cost", "-f", "json"], env)
+    stats = forked(["stats", "--db", db_url, "--by", "day,endpoint", "--cost", "-f", "json"], env)
     assert stats.code == 0, stats.stderr
     per_day = {(r["day"], r["endpoint"]): r["cost_nano_usd"] for r in json.loads(stats.stdout)
                if r["cost_nano_usd"] is not None}  # fmt: skip
     assert per_day == usage, "stats --cost per day and endpoint differs from the usage totals"
-    by_key = mirror(["stats", "--db", db_url, "--by", "key", "--cost", "-f", "csv"], env)
+    by_key = forked(["stats", "--db", db_url, "--by", "key", "--cost", "-f", "csv"], env)
     lines = by_key.stdout.splitlines()
     assert (
         lines[0] == "key,cost_usd,cost_per_request_usd,cost_nano_usd,cost_per_request_nano_usd"
     ), f"stats --cost --by key's columns: {lines[0]}"
     wide = {**env, "COLUMNS": "400"}
-    table = mirror(["stats", "--db", db_url, "--by", "endpoint", "--cost"], wide)
+    table = forked(["stats", "--db", db_url, "--by", "endpoint", "--cost"], wide)
     header = table.stdout.splitlines()[0].split()
     assert header[-2:] == ["cost_usd", "cost_per_request_usd"], f"the table's columns: {header}"
-    refused = mirror(["stats", "--db", db_url, "--by", "status", "--cost"], env)
+    refused = forked(["stats", "--db", db_url, "--by", "status", "--cost"], env)
     assert refused.code == 2 and "--cost" in refused.stderr, (refused.code, refused.stderr)
     callers = {line.split(",")[0]: int(line.split(",")[3]) for line in lines[1:]}
     assert sum(callers.values()) == sum(usage.values()) and len(callers) == 3, (
@@ -160,7 +160,7 @@ def test_billing_events_prices_and_spend_equal_the_servers(db_url: str) -> None:
     )
     diffs = _table(db_url, "SELECT day FROM usage_checks WHERE usage_nano_usd <> mirror_nano_usd")
     assert diffs == [], f"the usage check found differences where there are none: {diffs}"
-    status = mirror(["status", "--db", db_url, "-f", "json"], env)
+    status = forked(["status", "--db", db_url, "-f", "json"], env)
     cost = json.loads(status.stdout)[0]["cost"]
     assert (cost["state"], cost["events"], cost["reason"]) == ("ok", len(server), None), cost
 
@@ -183,11 +183,11 @@ def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: 
         f"the requests did not sync with a non-ADMIN key ({len(got)} of {len(want)})"
     )
     assert _table(db, "SELECT count(*) FROM billing_events") == [(0,)], "events with no access?"
-    table = mirror(["status", "--db", db], env)
+    table = forked(["status", "--db", db], env)
     assert "cost: NOT being mirrored: the key lacks ADMIN scope" in table.stdout, table.stdout
-    js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
+    js = json.loads(forked(["status", "--db", db, "-f", "json"], env).stdout)
     assert js[0]["cost"]["state"] == "refused" and "ADMIN" in js[0]["cost"]["reason"], js[0]
-    check = mirror(["status", "--db", db, "--check"], env)
+    check = forked(["status", "--db", db, "--check"], env)
     assert check.code == 1, f"--check passed a mirror whose cost is refused: {check.stdout}"
     assert "cost is not being mirrored" in check.stdout, check.stdout
     with SimulatedAPI(world, keys=KEYS, admin_keys=frozenset({DEFAULT_KEY})) as api:
@@ -196,7 +196,7 @@ def test_a_key_without_admin_scope_syncs_requests_and_status_says_why(tmp_path: 
         assert (quiet.code, quiet.stderr) == (0, ""), f"--no-cost still spoke: {quiet.stderr}"
         asked = [c.path for c in api.log if "/models/" in c.path]
         assert asked == [], f"--no-cost still called the cost operations: {asked}"
-    check = mirror(["status", "--db", db, "--check"], env)
+    check = forked(["status", "--db", db, "--check"], env)
     assert (check.code, check.stdout.startswith("ok: 1 target;")) == (0, True), (
         f"--check failed a mirror whose syncs chose --no-cost: {check.stdout}"
     )
@@ -234,14 +234,14 @@ def test_no_cost_is_not_a_failing_check_and_cost_that_stopped_is_said_plainly(
         assert _sync(stopped, env).code == 0
         events = len(_mirror_events(stopped))
         aged = _age_cost(stopped, timedelta(days=3))
-        behind = mirror(["status", "--db", stopped, "--check"], env)
+        behind = forked(["status", "--db", stopped, "--check"], env)
         assert behind.code == 1 and "cost: billing events covered only up to" in behind.stdout, (
             f"cost left days behind by syncs that mirror it is a problem: {behind.stdout}"
         )
         assert _sync(stopped, env, "--no-cost").code == 0
-    table = mirror(["status", "--db", never], env).stdout.splitlines()
+    table = forked(["status", "--db", never], env).stdout.splitlines()
     assert table[-1] == "cost: not mirrored: the syncs run with --no-cost", table
-    check = mirror(["status", "--db", never, "--check"], env)
+    check = forked(["status", "--db", never, "--check"], env)
     assert check.code == 0 and "cost" not in check.stdout, (
         f"--check spoke of cost a user chose not to mirror: {check.code} {check.stdout}"
     )
@@ -250,12 +250,12 @@ def test_no_cost_is_not_a_failing_check_and_cost_that_stopped_is_said_plainly(
         f"NOT mirrored since {since}: the syncs run with --no-cost "
         f"({events} billing events up to {since} kept)"
     )
-    table = mirror(["status", "--db", stopped], env).stdout.splitlines()
+    table = forked(["status", "--db", stopped], env).stdout.splitlines()
     assert table[-1] == f"cost: {said}", f"status does not say cost stopped: {table[-1]}"
-    check = mirror(["status", "--db", stopped, "--check"], env)
+    check = forked(["status", "--db", stopped, "--check"], env)
     assert check.code == 0, f"--check failed a mirror whose syncs chose --no-cost: {check.stdout}"
     assert check.stdout.strip().endswith(f"; cost {said}"), check.stdout
-    js = json.loads(mirror(["status", "--db", stopped, "-f", "json"], env).stdout)[0]["cost"]
+    js = json.loads(forked(["status", "--db", stopped, "-f", "json"], env).stdout)[0]["cost"]
     assert (js["state"], js["events"], js["ok_at"][:16] + "Z") == ("skipped", events, since), js
 
 
@@ -333,7 +333,7 @@ def test_negative_or_absurd_amounts_are_refused_before_storing(
     assert "billing event" in line and "not between 0 and" in line, line
     assert _table(db, "SELECT count(*) FROM billing_events") == [(0,)], "a bad event was stored"
     assert _table(db, "SELECT count(*) FROM requests")[0][0] > 50, "the requests were lost"
-    js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
+    js = json.loads(forked(["status", "--db", db, "-f", "json"], env).stdout)
     assert js[0]["cost"]["state"] == "failed" and "not between" in js[0]["cost"]["reason"], js
 
 
@@ -369,9 +369,9 @@ def test_a_difference_from_fals_usage_totals_is_reported_not_hidden(tmp_path: Pa
                       "WHERE usage_nano_usd <> mirror_nano_usd")  # fmt: skip
     full = usage[(day, gone.endpoint_id)]
     assert kept == [(day, gone.endpoint_id, full, full - gone.cost_estimate_nano_usd)], kept
-    status = mirror(["status", "--db", db], env)
+    status = forked(["status", "--db", db], env)
     assert "fal's usage totals differ on 1 day(s)" in status.stdout, status.stdout
-    check = mirror(["status", "--db", db, "--check"], env)
+    check = forked(["status", "--db", db, "--check"], env)
     assert check.code == 1 and "usage totals differ" in check.stdout, check.stdout
 
 
@@ -439,6 +439,6 @@ def test_usage_totals_in_no_known_currency_are_refused_and_nothing_of_them_store
     assert _table(db, "SELECT count(*) FROM usage_checks") == [(0,)], "usage in ZZZ was kept"
     assert _mirror_events(db) == events, "the run's billing events were not kept"
     assert _table(db, "SELECT DISTINCT currency FROM prices") == [("USD",)], "prices lost"
-    js = json.loads(mirror(["status", "--db", db, "-f", "json"], env).stdout)
+    js = json.loads(forked(["status", "--db", db, "-f", "json"], env).stdout)
     cost = js[0]["cost"]
     assert cost["state"] == "failed" and "ZZZ" in cost["reason"], cost

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import assert_one_line, gated_syncs, mirror, spawn
+from support.cli import assert_one_line, forked, gated_syncs, mirror, spawn
 from support.compare import (
     assert_mirror_equals,
     covers,
@@ -296,7 +296,7 @@ def test_query_and_stats_answer_each_history_or_both_and_stats_by_history(tmp_pa
     db = str(tmp_path / "m.db")
     with SimulatedAPI(world) as api:
         env = fast_env(api.base_url)
-        r = mirror(["sync", "--db", db, "--since", "4h", *EP_ARGS, *MODEL_ARGS], env)
+        r = forked(["sync", "--db", db, "--since", "4h", *EP_ARGS, *MODEL_ARGS], env)
         assert r.code == 0, r.stderr
     want = expected(world)
     n_model = sum(1 for r in want.values() if r["endpoint_id"] in MODELS)
@@ -304,7 +304,7 @@ def test_query_and_stats_answer_each_history_or_both_and_stats_by_history(tmp_pa
     for history in ("model", "serverless", None):
         args = ["stats", "--db", db, "--format", "json"]
         args += ["--history", history] if history else []
-        s = mirror(args, env)
+        s = forked(args, env)
         assert s.code == 0, s.stderr
         counts[history] = json.loads(s.stdout)[0]["requests"]
     assert counts == {
@@ -312,12 +312,12 @@ def test_query_and_stats_answer_each_history_or_both_and_stats_by_history(tmp_pa
         "serverless": len(want) - n_model,
         None: len(want),
     }, "stats per history"
-    q = mirror(["query", "--db", db, "--history", "model", "--columns", "endpoint_id,history",
+    q = forked(["query", "--db", db, "--history", "model", "--columns", "endpoint_id,history",
                 "--format", "csv", "--limit", "100000"], env)  # fmt: skip
     assert q.code == 0, q.stderr
     lines = q.stdout.strip().splitlines()[1:]
     assert len(lines) == n_model and all(line.endswith(",model") for line in lines), lines[:3]
-    bad = mirror(["stats", "--db", db, "--history", "other"], env)
+    bad = forked(["stats", "--db", db, "--history", "other"], env)
     assert bad.code == 2 and "other" in bad.stderr, bad.stderr
     _stats_by_history(db, env, world)
 
@@ -328,7 +328,7 @@ def _stats_by_history(db: str, env: dict[str, str], world: World) -> None:
     the table agree."""
 
     def stats(*args: str) -> list[dict[str, Any]]:
-        out = mirror(["stats", "--db", db, "-f", "json", *args], env)
+        out = forked(["stats", "--db", db, "-f", "json", *args], env)
         assert out.code == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -355,20 +355,20 @@ def _stats_by_history(db: str, env: dict[str, str], world: World) -> None:
     assert summed == per_history, f"--by day,history does not add up per history: {summed}"
 
     as_json = [(row["history"], row["endpoint"], row["requests"]) for row in both]
-    jsonl = mirror(["stats", "--db", db, "-f", "jsonl", "--by", "history,endpoint"], env)
+    jsonl = forked(["stats", "--db", db, "-f", "jsonl", "--by", "history,endpoint"], env)
     as_jsonl = [(r["history"], r["endpoint"], r["requests"])
                 for r in map(json.loads, jsonl.stdout.splitlines())]  # fmt: skip
-    csv = mirror(["stats", "--db", db, "-f", "csv", "--by", "history,endpoint"], env)
+    csv = forked(["stats", "--db", db, "-f", "csv", "--by", "history,endpoint"], env)
     lines = csv.stdout.splitlines()
     assert lines[0].startswith("history,endpoint,requests,"), lines[0]
     as_csv = [(c[0], c[1], int(c[2])) for c in (line.split(",") for line in lines[1:])]
     wide = {**env, "COLUMNS": "400"}
-    table = mirror(["stats", "--db", db, "--by", "history,endpoint"], wide).stdout.splitlines()
+    table = forked(["stats", "--db", db, "--by", "history,endpoint"], wide).stdout.splitlines()
     assert table[0].split()[:3] == ["history", "endpoint", "requests"], table[0]
     as_table = [(c[0], c[1], int(c[2])) for c in (line.split() for line in table[2:])]
     assert as_json == as_jsonl == as_csv == as_table, (as_json, as_jsonl, as_csv, as_table)
     for args in (["--by", "history"], ["--history", "model"]):  # billing events have neither
-        refused = mirror(["stats", "--db", db, "--cost", *args], env)
+        refused = forked(["stats", "--db", db, "--cost", *args], env)
         assert refused.code == 2 and "history" in refused.stderr, (args, refused.stderr)
 
 

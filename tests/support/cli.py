@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 import traceback
@@ -74,6 +75,14 @@ def mirror(args: list[str], env: dict[str, str], *, timeout: float = 240) -> Run
         timeout=timeout,
     )
     return Run(p.returncode, p.stdout, p.stderr)
+
+
+def forked(args: list[str], env: dict[str, str], *, timeout: float = 240) -> Outcome:
+    """``mirror ARGS`` to the end, in a child forked from this process (``run_cli``): the
+    same command as ``mirror`` without a fresh interpreter's start-up, for tests that run
+    many commands."""
+    with tempfile.TemporaryDirectory(prefix="mirror-run-") as out:
+        return run_cli(args, env, Path(out), timeout=timeout)
 
 
 def on_terminal(

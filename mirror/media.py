@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from mirror import media_db
-from mirror.db import writing
+from mirror.db import reading, writing
 from mirror.media_db import MediaFilters, Work
 from mirror.media_fetch import DEFAULT_DEADLINE, DEFAULT_MAX_FILE, Fetched, Fetcher
 from mirror.media_files import MediaDir, sha256_file
@@ -302,7 +302,7 @@ def verify(
 ) -> MediaVerifyReport:
     """Re-hash the archive (see the module's docstring); ``fetcher`` for ``repair``."""
     report = MediaVerifyReport()
-    with writer.connect() as conn:
+    with reading(writer) as conn:
         stored = list(media_db.archived_files(conn))
     for sha, size in stored:
         path = files.path_of(sha)
@@ -324,7 +324,7 @@ def verify(
 
 
 def _repair(writer: Engine, fetcher: Fetcher, sha: str, report: MediaVerifyReport) -> None:
-    with writer.connect() as conn:
+    with reading(writer) as conn:
         urls = media_db.urls_of(conn, sha)
     for url in urls:
         fetched = fetcher.fetch(url, expect_sha=sha)

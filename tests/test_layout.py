@@ -2,8 +2,9 @@
 another's private names.
 
 - An import cycle (``a`` imports ``b`` at the top while ``b`` imports ``a``) only shows when
-  the wrong module happens to be imported first: each module is imported alone, in a fresh
-  interpreter, and the test names every one that fails.
+  the wrong module happens to be imported first: each module is imported alone, in a child
+  forked from a fresh interpreter that has loaded only the big third-party packages (no
+  module of mirror), and the test names every one that fails.
 - A leading underscore says "only this module uses it". ``from mirror.x import _name``, and
   ``mirror.x._name`` through a module name, elsewhere (mirror/, tests/, bench/, migrations/) are
   refused: make the name public where it is meant to be shared. The same holds for the tests'
@@ -14,6 +15,7 @@ another's private names.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -54,19 +56,53 @@ def package_modules() -> list[str]:
     return names
 
 
-def _import_alone(module: str) -> tuple[str, str | None]:
+#: third-party packages the import server loads before it forks a child per module:
+#: importing them is most of each fresh interpreter's time, and a cycle can only be
+#: among mirror's own modules, which no child finds already imported
+PRELOADED = ("sqlalchemy", "alembic", "httpx", "click", "orjson", "tqdm", "prometheus_client")
+
+#: a fresh interpreter that loads ``PRELOADED`` and then, for each module named on its
+#: standard input, forks a child that imports that module alone; it prints one JSON line
+#: per module: the module and its error (null if it imported)
+_IMPORT_SERVER = """
+import importlib, json, os, sys, traceback
+for name in %r:
+    importlib.import_module(name)
+assert not any(m == "mirror" or m.startswith("mirror.") for m in sys.modules)
+for module in sys.stdin.read().split():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            importlib.import_module(module)
+            error = ""
+        except BaseException:
+            error = traceback.format_exc().strip().splitlines()[-1]
+        os.write(w, error.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        error = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    if not error and status:
+        error = f"the child ended with status {status}"
+    print(json.dumps([module, error or None]), flush=True)
+"""
+
+
+def _import_each_alone(modules: list[str]) -> list[tuple[str, str | None]]:
     proc = subprocess.run(
-        [sys.executable, "-c", f"import importlib; importlib.import_module({module!r})"],
+        [sys.executable, "-c", _IMPORT_SERVER % (PRELOADED,)],
+        input="\n".join(modules),
         capture_output=True,
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        timeout=120,
+        timeout=300,
     )
-    if proc.returncode == 0:
-        return module, None
-    lines = proc.stderr.strip().splitlines()
-    return module, lines[-1] if lines else f"exit {proc.returncode}"
+    assert proc.returncode == 0, f"the import server failed: {proc.stderr[-2000:]}"
+    return [tuple(json.loads(line)) for line in proc.stdout.splitlines()]  # type: ignore[misc]
 
 
 def test_the_module_list_covers_the_package() -> None:
@@ -78,8 +114,11 @@ def test_the_module_list_covers_the_package() -> None:
 
 def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
     modules = [m for m in package_modules() if m not in NOT_IMPORTABLE_ALONE]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(_import_alone, modules))
+    half = len(modules) // 2  # two servers, one per core
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = [r for part in pool.map(_import_each_alone, (modules[:half], modules[half:]))
+                   for r in part]  # fmt: skip
+    assert [m for m, _ in results] == modules, "the import server skipped modules"
     failed = [f"{module}: {error}" for module, error in results if error is not None]
     assert not failed, "cannot be imported on its own:\n  " + "\n  ".join(failed)
 

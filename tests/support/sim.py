@@ -92,14 +92,14 @@ READINGS: dict[str, WorldConfig] = {
     "started_at-hidden": WorldConfig(filter_field="started_at", unfinished_visible=False),
 }
 
-#: the same readings as parameters of a test taking a ``config``, with the ids the
-#: end-to-end suite has always given them
+#: each reading's id in test names, the one the end-to-end suite has always given it
 _READING_IDS = {
     "ended_at-desc": "filter-ended_at",
     "sent_at-desc": "filter-sent_at",
     "sent_at-asc-nullsfirst": "sent_at-asc-nullsfirst",
     "started_at-hidden": "started_at-hidden-unfinished",
 }
+#: the same readings as parameters of a test taking a ``config``
 READING_PARAMS = [
     pytest.param(READINGS[name], id=test_id) for name, test_id in _READING_IDS.items()
 ]

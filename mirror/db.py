@@ -86,6 +86,9 @@ def display_db(db: str) -> str:
 
 # --------------------------------------------------------------------------- engines
 
+#: how long a connection waits for another's lock before "database is locked" (ms)
+BUSY_TIMEOUT_MS = 30_000
+
 #: bytes per page of a new SQLite database (bench/ingest_bench.py measures it against 4 KiB)
 PAGE_SIZE = 16_384
 
@@ -95,7 +98,7 @@ def sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     try:
-        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # Only a new, empty file takes it, and only before WAL mode is set; a database that
         # exists keeps its page size. 16 KiB instead of SQLite's 4 KiB: a sync's bulk ingest
         # does ~15% less work (fewer B-tree pages to split, read and write; one page per
@@ -240,7 +243,7 @@ def _preflight(path: Path) -> None:
         )
 
 
-def reader_engine(db: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+def reader_engine(db: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An engine that only reads; for a SQLite file that must already exist.
 
     Opening never creates a database: ``mode=ro`` refuses a missing file, and a path that

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mirror import lock
 from mirror.db import (
+    BUSY_TIMEOUT_MS,
     display_db,
     ensure_schema,
     make_engine,
@@ -799,6 +800,6 @@ class Store:
                 try:
                     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
                 finally:
-                    con.execute("PRAGMA busy_timeout = 30000")  # type: ignore[union-attr]
+                    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # type: ignore[union-attr]
             finally:
                 raw.close()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror.db import script_heads
+from mirror.db import HEAD_REVISION, script_heads
 from mirror.errors import SchemaTooNewError, StoreError
 from mirror.records import Row, derive_status
 from mirror.schema import ROW_COLUMNS, metadata, requests
@@ -85,6 +85,23 @@ def test_migrated_schema_matches_the_declared_tables(store):
         ]
     names = {i["name"] for i in insp.get_indexes("requests")}
     assert {"ix_requests_endpoint_ended", "ix_requests_ended_at", "ix_requests_unfinished"} <= names
+
+
+def test_a_database_at_head_opens_without_loading_alembic(tmp_path):
+    """``HEAD_REVISION`` is Alembic's head, and a database already there is opened (as
+    every cron run opens it) without importing Alembic: only an upgrade needs it."""
+    import subprocess
+    import sys
+
+    assert HEAD_REVISION == script_heads()[0].get_current_head()
+    db = str(tmp_path / "m.db")
+    Store.open(db).close()
+    code = (
+        "import sys\nfrom mirror.store import Store\nStore.open(sys.argv[1]).close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, db], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "[]", "")
 
 
 def test_database_files_are_private_and_in_wal_mode(tmp_path, store):
@@ -565,3 +582,55 @@ def test_mirror_sql_never_prints_a_password_given_as_a_parameter():
         assert r.exit_code == 1 and "/nope" in r.stderr and "hunter2" not in r.stderr, (
             f"mirror {args[0]}: exit {r.exit_code}, stderr {r.stderr!r}"
         )
+
+
+def _batch_steps(store, rows):
+    """SQLite virtual-machine steps an upsert of ``rows`` takes (its statements, the index
+    and rollup work included): a count of work done, not of time."""
+    steps = 0
+
+    def count():
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store.engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        raw.set_progress_handler(count, 100)
+        try:
+            store.upsert(conn, rows, payloads=True, billing=True, now=T1)
+        finally:
+            raw.set_progress_handler(None, 0)
+    return steps
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["plain", "analyzed"])
+def test_a_batch_costs_the_same_whatever_the_mirror_already_holds(tmp_path, analyzed):
+    """The work a batch does after its rows (full-text index, summary, histogram, unbilled
+    requests) reads the rows it inserted, not the table: a batch into a mirror ten times
+    larger takes as many steps. With SQLite's statistics (ANALYZE, which `sqlite3` users may
+    run) too. Before: the unbilled rollup read every success row of the table per batch."""
+
+    def rows(prefix, n):
+        return [
+            row(f"{prefix}{i:06d}", ended=f"2026-11-28T{i % 24:02d}:00:01.000000Z")
+            for i in range(n)
+        ]
+
+    small, large = Store.open(str(tmp_path / "s.db")), Store.open(str(tmp_path / "l.db"))
+    try:
+        for s, held in ((small, 1_000), (large, 10_000)):
+            for start in range(0, held, 1_000):
+                upsert(s, rows(f"old{start:06d}-", 1_000))
+            if analyzed:
+                with s.engine.begin() as conn:
+                    conn.exec_driver_sql("ANALYZE")
+        base = _batch_steps(small, rows("new-", 200))
+        grown = _batch_steps(large, rows("new-", 200))
+        assert grown <= 1.2 * base, (
+            f"a 200-row batch took {grown} x100 VM steps into a mirror of 10,000 rows and "
+            f"{base} x100 into one of 1,000: some statement reads the table, not the batch"
+        )
+    finally:
+        small.close()
+        large.close()

@@ -45,14 +45,15 @@ BUCKET_OF_DURATION = (
     "ORDER BY b.lower DESC LIMIT 1), 0)"
 )
 # The rows a batch inserted (rowid > ?) added group by group: the same integer sums per hour
-# as the row-by-row trigger of migration 0002, the same counts per bucket as 0011's.
+# as the row-by-row trigger of migration 0002, the same counts per bucket as 0011's. NOT
+# INDEXED keeps the planner on the rowid range (``mirror.unbilled.BATCH_NEW`` says why).
 SUMMARIZE_NEW = """
 INSERT INTO summary_hourly (hour, endpoint_id, status, requests, durations, duration_us,
                             billed, billable_micro)
 SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, endpoint_id, status, count(*),
        count(duration), COALESCE(sum(CAST(round(duration * 1000000) AS INTEGER)), 0),
        count(billable_units), COALESCE(sum(CAST(round(billable_units * 1000000) AS INTEGER)), 0)
-FROM requests WHERE rowid > ? AND ended_at IS NOT NULL
+FROM requests NOT INDEXED WHERE rowid > ? AND ended_at IS NOT NULL
 GROUP BY h, endpoint_id, status
 ON CONFLICT (hour, endpoint_id, status) DO UPDATE SET
     requests = requests + excluded.requests,
@@ -65,7 +66,7 @@ HISTOGRAM_NEW = f"""
 INSERT INTO duration_histogram (hour, bucket, endpoint_id, status, requests)
 SELECT substr(ended_at, 1, 13) || ':00:00Z' AS h, {BUCKET_OF_DURATION} AS b, endpoint_id,
        status, count(*)
-FROM requests WHERE rowid > ? AND ended_at IS NOT NULL AND duration IS NOT NULL
+FROM requests NOT INDEXED WHERE rowid > ? AND ended_at IS NOT NULL AND duration IS NOT NULL
 GROUP BY h, b, endpoint_id, status
 ON CONFLICT (hour, bucket, endpoint_id, status) DO UPDATE SET
     requests = requests + excluded.requests

@@ -69,7 +69,7 @@ _BATCH_BEGIN = "INSERT OR REPLACE INTO sync_batch (batch) VALUES (1)"
 _BATCH_END = "DELETE FROM sync_batch"
 _INDEX_NEW = (
     "INSERT INTO requests_fts (rowid, json_input, json_output) "
-    "SELECT rowid, json_input, json_output FROM requests WHERE rowid > ?"
+    "SELECT rowid, json_input, json_output FROM requests NOT INDEXED WHERE rowid > ?"
 )
 #: the error logged for a run found ``running`` by the next sync holding the lock
 STALE_RUN_ERROR = (

@@ -93,7 +93,7 @@ def test_a_database_at_head_opens_without_loading_alembic(tmp_path):
     import subprocess
     import sys
 
-    assert HEAD_REVISION == script_heads()[0].get_current_head()
+    assert script_heads()[0].get_current_head() == HEAD_REVISION
     db = str(tmp_path / "m.db")
     Store.open(db).close()
     code = (

@@ -489,7 +489,7 @@ def with_retries(
         pacer.acquire(retry=throttle)
         throttle = False
         t0 = time.monotonic()
-        outcome, pause = "error", 0.0
+        outcome, pause, told = "error", 0.0, False
         try:
             answer = attempt()
             outcome = "ok"
@@ -505,6 +505,7 @@ def with_retries(
                 wait = policy.backoff(n, rng)
             if r.throttled:
                 outcome, pause, throttle = "throttled", wait, True
+                told = r.wait is not None
             log.info("GET %s: %s; retry %d in %.2fs", shown, r.reason, n + 1, wait)
         finally:
             took = time.monotonic() - t0
@@ -512,7 +513,7 @@ def with_retries(
                 outcome,
                 latency=latency(took) if latency is not None else took,
                 pause=pause,
-                retry=throttle and n + 1 < n_attempts,
+                told=told,
             )
         if n + 1 < n_attempts:
             if on_retry is not None:

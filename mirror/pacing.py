@@ -19,9 +19,10 @@ With ``learn_rate`` (what ``mirror sync`` uses) a 429 does not halve the limit: 
 *rate* of calls at 97% of the rate answered in the last second, spaces admissions by it, and
 raises the cap again by six calls a second per second while answers are healthy. A
 token-bucket rate limit (fal's) then refuses a call only now and then, instead of a burst of
-calls every time the limit grows back; the call refused gets the first admission after the
-pause (``acquire(retry=True)``), ahead of new calls, so it is not refused twice in a row
-(``bench/backfill_bench.py``).
+calls every time the limit grows back. The other calls pause only ``PAUSE_SLOTS`` admission
+intervals (a ``Retry-After``, when the server sends one, pauses them all for its length);
+the call refused waits its backoff and is then admitted ahead of new calls
+(``acquire(retry=True)``), so it is not refused twice in a row (``bench/backfill_bench.py``).
 
 A worker that fetches pages for a consumer (the sync's walkers, feeding its one writer)
 takes a ``turn()`` for each page, from the call to handing the page over: at most ``limit``
@@ -49,6 +50,12 @@ RATE_CUT = 0.97
 RATE_GROWTH = 6.0
 #: while the consumer of the answers is behind, one fewer worker (and call in flight) this often
 BACKLOG_CUT_INTERVAL = 0.25
+#: after a 429 that names no wait, with a learned rate, the other calls pause this many
+#: admission intervals (at the rate just learned), not the refused call's whole backoff: a
+#: token bucket refills that many tokens meanwhile, and the spacing keeps calls under its
+#: rate; pausing everyone for the backoff left ~7 calls' worth of the allowed rate unused
+#: per 429 (bench/backfill_bench.py)
+PAUSE_SLOTS = 2
 
 
 class Pacer:
@@ -67,6 +74,8 @@ class Pacer:
         self.limit = min(initial or max_concurrency, max_concurrency)
         self.in_flight = 0
         self.pause_until = 0.0
+        #: 429s before this are one signal with the one that cut the rate or the limit
+        self._cut_until = 0.0
         self._streak = 0
         self._fastest = float("inf")
         self._last_slow_cut = float("-inf")
@@ -81,8 +90,8 @@ class Pacer:
         self._next_slot = float("-inf")
         self._oks: deque[float] = deque()
         self._first_ok: float | None = None
-        #: when each refused call that will be retried stops having priority
-        self._retries_due: list[float] = []
+        #: refused calls waiting in ``acquire(retry=True)``: new calls let them go first
+        self._retries_waiting = 0
         #: the consumer has waited for an answer since it was last behind (or never said)
         self.consumer_waiting = True
         self._last_backlog_cut = float("-inf")
@@ -94,28 +103,31 @@ class Pacer:
     def acquire(self, *, retry: bool = False) -> None:
         """Wait for room. ``retry``: a call refused with a 429, admitted before new calls."""
         with self._cond:
-            while True:
-                now = self._clock()
-                wait = self.pause_until - now
-                if wait > 0:
-                    self._cond.wait(timeout=wait)
-                    continue
-                if self._retries_due:
-                    self._retries_due = [t for t in self._retries_due if t > now]
-                if not retry and self._retries_due:  # a refused call goes first
-                    self._cond.wait(timeout=min(0.05, self._retries_due[0] - now))
-                    continue
-                if self.rate is not None and self._next_slot > now:
-                    self._cond.wait(timeout=self._next_slot - now)
-                    continue
-                if self.in_flight < self.limit:
-                    self.in_flight += 1
-                    if retry and self._retries_due:
-                        self._retries_due.pop(0)
-                    if self.rate is not None:
-                        self._next_slot = max(now, self._next_slot) + 1.0 / self.rate
-                    return
-                self._cond.wait(timeout=0.5)
+            if retry:
+                self._retries_waiting += 1
+            try:
+                while True:
+                    now = self._clock()
+                    wait = self.pause_until - now
+                    if wait > 0:
+                        self._cond.wait(timeout=wait)
+                        continue
+                    if not retry and self._retries_waiting:  # a refused call goes first
+                        self._cond.wait(timeout=0.05)
+                        continue
+                    if self.rate is not None and self._next_slot > now:
+                        self._cond.wait(timeout=self._next_slot - now)
+                        continue
+                    if self.in_flight < self.limit:
+                        self.in_flight += 1
+                        if self.rate is not None:
+                            self._next_slot = max(now, self._next_slot) + 1.0 / self.rate
+                        return
+                    self._cond.wait(timeout=0.5)
+            finally:
+                if retry:
+                    self._retries_waiting -= 1
+                    self._cond.notify_all()
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -164,11 +176,12 @@ class Pacer:
         return len(oks) / span if span > 0.05 else None
 
     def release(
-        self, outcome: str, *, latency: float = 0.0, pause: float = 0.0, retry: bool = False
+        self, outcome: str, *, latency: float = 0.0, pause: float = 0.0, told: bool = False
     ) -> None:
         """outcome: "ok", "throttled" (429), or "error" (5xx, reset, timeout).
 
-        ``retry``: a throttled call that will be asked again (it gets priority then)."""
+        ``pause``: after a 429, how long the refused call waits before it is asked again;
+        ``told``: that wait is the server's (``Retry-After``), which every call honours."""
         with self._cond:
             self.in_flight -= 1
             now = self._clock()
@@ -176,7 +189,8 @@ class Pacer:
                 self.throttles += 1
                 ramping, self.slow_start = self.slow_start, False
                 # one cut per pause: several workers refused at once are one signal
-                if now >= self.pause_until:
+                if now >= self._cut_until:
+                    self._cut_until = now + pause
                     if self.learn_rate and not ramping:
                         answered = self._answered_rate(now)
                         base = answered if answered is not None else self.rate
@@ -189,9 +203,9 @@ class Pacer:
                     else:
                         self._set(max(1, self.limit // 2))
                 self._streak = 0
+                if self.rate is not None and not told:
+                    pause = min(pause, PAUSE_SLOTS / self.rate)
                 self.pause_until = max(self.pause_until, now + pause)
-                if retry and self.learn_rate:
-                    self._retries_due.append(self.pause_until + 0.5)
             elif outcome == "error":
                 self._streak = 0
             else:

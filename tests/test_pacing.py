@@ -1,4 +1,4 @@
-"""Adaptive concurrency: halves on 429 storms, pauses everyone, grows back when healthy;\ncomes down to one call in flight while the writer is behind."""
+"""Adaptive concurrency: halves on 429 storms, learns the rate, grows back when healthy;\ncomes down to one call in flight while the writer is behind."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_learned_rate_caps_and_spaces_calls_after_a_429():
     assert p.rate is None
     clock.t = 0.5
     p.acquire()
-    p.release("throttled", pause=0.1, retry=False)
+    p.release("throttled", pause=0.1)
     assert p.limit == 8, "with a learned rate a 429 cuts the rate, not the concurrency"
     assert p.rate is not None and 80 <= p.rate < 100, p.rate
     clock.t = 0.6
@@ -234,19 +234,67 @@ def test_learned_rate_caps_and_spaces_calls_after_a_429():
     assert p.rate > before, "healthy answers raise the learned rate again"
 
 
-def test_a_refused_call_is_admitted_before_new_calls():
+def _steady_then_refused(*, told: bool) -> tuple[Pacer, FakeClock]:
+    """A pacer after half a second of 100 answers a second, then a 429 at 0.5 s whose
+    refused call waits 0.1 s (its backoff, or the server's ``Retry-After`` when ``told``)."""
     clock = FakeClock()
-    p = Pacer(4, clock=clock, learn_rate=True)
+    p = Pacer(8, clock=clock, learn_rate=True)
+    for i in range(50):
+        clock.t = i * 0.01
+        p.acquire()
+        p.release("ok", latency=0.05)
+    clock.t = 0.5
     p.acquire()
-    p.release("throttled", pause=0.1, retry=True)
-    clock.t = 0.2  # the pause is over; the refused call has not come back yet
+    p.release("throttled", pause=0.1, told=told)
+    return p, clock
+
+
+def _admitted_within(p: Pacer, seconds: float, *, retry: bool = False) -> bool:
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (p.acquire(retry=retry), got.set()), daemon=True)
+    t.start()
+    return got.wait(seconds)
+
+
+def test_after_a_429_the_others_pause_two_slots_not_the_refused_calls_backoff():
+    """A 429 without ``Retry-After`` pauses the other calls ``PAUSE_SLOTS`` intervals of
+    the rate just learned (a token bucket refills that much meanwhile), not the 0.1 s the
+    refused call waits: the allowed rate is not left unused. A ``Retry-After`` pauses every
+    call for its length."""
+    from mirror.pacing import PAUSE_SLOTS
+
+    p, clock = _steady_then_refused(told=False)
+    assert p.pause_until == pytest.approx(0.5 + PAUSE_SLOTS / p.rate), (p.pause_until, p.rate)
+    clock.t = p.pause_until + 1e-6
+    p._next_slot = clock.t  # the rate's next slot is due: only the pause could hold a call
+    assert _admitted_within(p, 2), "a new call waited for the refused call's backoff"
+
+    told, clock = _steady_then_refused(told=True)
+    assert told.pause_until == pytest.approx(0.6)
+    clock.t = 0.59
+    assert not _admitted_within(told, 0.3), "a call went ahead of the server's Retry-After"
+
+
+def test_a_refused_call_is_admitted_before_new_calls_when_it_comes_back():
+    """Once its backoff is over, the refused call takes the next admission, ahead of new
+    calls already waiting for it, so it is not refused twice in a row."""
+    p, clock = _steady_then_refused(told=False)
+    clock.t = 0.61  # the pause and the backoff are over; the next slot is still ahead
+    slot = p._next_slot = 0.62
     order: list[str] = []
     newcomer = threading.Thread(target=lambda: (p.acquire(), order.append("new")))
     newcomer.start()
-    newcomer.join(0.3)
-    assert order == [], "a new call went ahead of the refused one"
-    p.acquire(retry=True)
-    order.append("retry")
+    newcomer.join(0.2)
+    retried = threading.Thread(target=lambda: (p.acquire(retry=True), order.append("retry")))
+    retried.start()
+    retried.join(0.2)
+    assert order == [], "a call went ahead of the learned rate"
+    clock.t = slot
+    with p._cond:
+        p._cond.notify_all()
+    retried.join(2)
+    assert order == ["retry"], "the refused call did not take the first admission"
+    clock.t = p._next_slot
     with p._cond:
         p._cond.notify_all()
     newcomer.join(2)

@@ -31,6 +31,7 @@ from common import (
     TARGETS,
     base_parser,
     header,
+    remove_db,
     sim_env,
     table,
     verdict,
@@ -63,8 +64,7 @@ def _holds(db: Path, sql: str) -> bool:
 
 def one_sync(base_url: str, db: Path, code: Path) -> dict[str, int]:
     """One sync read by shells from start to exit: shells run, refusals of each kind."""
-    for p in db.parent.glob(db.name + "*"):
-        p.unlink()
+    remove_db(db)
     env = sim_env(base_url)
     env["PYTHONPATH"] = str(code)
     cmd = [PY, "-m", "mirror", "sync", "--db", str(db), "--since", "4d", "-q"]

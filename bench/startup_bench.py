@@ -62,20 +62,19 @@ def main() -> None:
         for side in trees:
             dbs[side] = tmp / f"{side}.db"
             shutil.copy(first, dbs[side])
+        env = c.sim_env(server.base_url)
+        envs = {side: {**env, "PYTHONPATH": str(tree)} for side, tree in trees.items()}
         cases: dict[str, list[tuple[float, float]]] = {}
         for i in range(runs):
-            env = c.sim_env(server.base_url)
             cases.setdefault("floor", []).append(timed([c.PY, "-c", FLOOR], env, c.REPO))
             for side, tree in trees.items():
-                env = {**c.sim_env(server.base_url), "PYTHONPATH": str(tree)}
-                base = [c.PY, "-m", "mirror"]
                 for name, args in (
                     ("--version", ["--version"]),
                     ("stats", ["stats", "--db", str(dbs[side])]),
                     ("sync, nothing new", ["sync", "--db", str(dbs[side])]),
                 ):
                     cases.setdefault(f"{side}: mirror {name}", []).append(
-                        timed(base + args, env, tree)
+                        timed([c.PY, "-m", "mirror", *args], envs[side], tree)
                     )
             print(f"  run {i + 1}/{runs}", file=sys.stderr, flush=True)
     floor_wall = statistics.median(w for w, _ in cases["floor"])
